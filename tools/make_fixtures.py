@@ -162,8 +162,8 @@ def published_style(cfg):
 def save(model, out, dtype, style, shard=None):
     if out.exists():
         shutil.rmtree(out)
+    # Saved after the reference outputs are taken: this also rounds buffers (RoPE frequencies).
     model.to(dtype).save_pretrained(out, max_shard_size=shard or "50GB")
-    model.to(torch.float32)
     path = out / "config.json"
     cfg = json.loads(path.read_text())
     if style == "published":
@@ -181,8 +181,11 @@ def make_fixture(name, spec, seed):
         cfg, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
     ).eval()
     init_weights(model, seed)
-    # The reference runs in f32 over the weights exactly as stored on disk.
-    model.to(spec["dtype"]).to(torch.float32)
+    # The reference runs in f32 over the weights exactly as stored on disk. Parameters only:
+    # `model.to(dtype)` would also round buffers such as RoPE's inverse frequencies.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(spec["dtype"]).to(torch.float32))
 
     gen = torch.Generator().manual_seed(seed + 1)
     tokens = torch.randint(2, cfg.vocab_size, (1, PROMPT_LEN), generator=gen)

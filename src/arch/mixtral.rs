@@ -1,0 +1,38 @@
+//! Mixtral: softmax router with renormalised top-k, experts `w1` (gate), `w3` (up), `w2` (down).
+
+use super::{common, Defaults, ExpertNames, Fields, TensorNames, LLAMA_NAMES};
+use crate::config::{ModelConfig, MoeConfig};
+use crate::error::Result;
+
+pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
+    let mut cfg = common(
+        f,
+        Defaults {
+            rope_theta: 1e6,
+            rms_norm_eps: 1e-5,
+        },
+    )?;
+    if let Some(window) = f.opt_usize("sliding_window")? {
+        return Err(f.error(
+            "sliding_window",
+            format!("{window}: sliding-window attention is not implemented (only null)"),
+        ));
+    }
+    cfg.moe = MoeConfig {
+        num_experts: f.usize_any(&["num_local_experts", "num_experts"])?,
+        top_k: f.usize("num_experts_per_tok")?,
+        expert_intermediate_size: f.usize("intermediate_size")?,
+        norm_topk_prob: true,
+        shared_expert: None,
+    };
+    let names = TensorNames {
+        moe: "block_sparse_moe",
+        experts: ExpertNames::PerExpert {
+            gate: "w1",
+            up: "w3",
+            down: "w2",
+        },
+        ..LLAMA_NAMES
+    };
+    Ok((cfg, names))
+}

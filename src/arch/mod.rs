@@ -1,0 +1,314 @@
+//! Model families as data: each file translates one `model_type`'s config.json into a
+//! `ModelConfig` and names its hub tensors. No family has tensor math of its own.
+
+mod fields;
+mod granitemoe;
+mod mixtral;
+mod olmoe;
+mod qwen2_moe;
+mod qwen3_moe;
+
+use std::path::Path;
+
+use serde_json::Value;
+
+pub use fields::Fields;
+
+use crate::config::{
+    AttentionConfig, LayerKind, ModelConfig, MoeConfig, QkNorm, RopeConfig, Scales,
+};
+use crate::error::{Error, Result};
+
+/// The `model_type` values we load, with the family that reads each.
+pub const SUPPORTED: &[&str] = &["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"];
+
+/// A parsed config.json: the blueprint, where its tensors live, and what went unread.
+#[derive(Debug, Clone)]
+pub struct Architecture {
+    pub config: ModelConfig,
+    pub names: TensorNames,
+    /// config.json fields that no part of the parser read; the caller should report them.
+    pub unrecognized_fields: Vec<String>,
+}
+
+/// Hub tensor names of one family. Layer tensors are `{layers}.{i}.{name}`; MoE tensors are
+/// under `{layers}.{i}.{moe}.`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorNames {
+    pub embed: &'static str,
+    pub final_norm: &'static str,
+    pub lm_head: &'static str,
+    pub layers: &'static str,
+    pub attn_norm: &'static str,
+    pub ffn_norm: &'static str,
+    /// Projections, without the `.weight` / `.bias` suffix.
+    pub q: &'static str,
+    pub k: &'static str,
+    pub v: &'static str,
+    pub o: &'static str,
+    pub q_norm: &'static str,
+    pub k_norm: &'static str,
+    /// The sparse block's prefix inside a layer.
+    pub moe: &'static str,
+    pub router: &'static str,
+    pub experts: ExpertNames,
+    pub shared_expert: &'static str,
+    pub shared_expert_gate: &'static str,
+    /// The dense MLP's prefix inside a layer, and the projections of any SiLU-gated MLP
+    /// (dense layers and shared experts).
+    pub dense_mlp: &'static str,
+    pub mlp_gate: &'static str,
+    pub mlp_up: &'static str,
+    pub mlp_down: &'static str,
+}
+
+/// How a checkpoint stores its routed experts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExpertNames {
+    /// One tensor per expert and projection: `{moe}.experts.{e}.{gate|up|down}.weight`.
+    PerExpert {
+        gate: &'static str,
+        up: &'static str,
+        down: &'static str,
+    },
+    /// Already stacked: `{moe}.{gate_up}` as [E, 2I, H] (gate rows first) and
+    /// `{moe}.{down}` as [E, H, I].
+    Stacked {
+        gate_up: &'static str,
+        down: &'static str,
+    },
+}
+
+/// The names most families share (the Llama lineage); each family overrides what differs.
+pub const LLAMA_NAMES: TensorNames = TensorNames {
+    embed: "model.embed_tokens.weight",
+    final_norm: "model.norm.weight",
+    lm_head: "lm_head.weight",
+    layers: "model.layers",
+    attn_norm: "input_layernorm.weight",
+    ffn_norm: "post_attention_layernorm.weight",
+    q: "self_attn.q_proj",
+    k: "self_attn.k_proj",
+    v: "self_attn.v_proj",
+    o: "self_attn.o_proj",
+    q_norm: "self_attn.q_norm.weight",
+    k_norm: "self_attn.k_norm.weight",
+    moe: "mlp",
+    router: "gate.weight",
+    experts: ExpertNames::PerExpert {
+        gate: "gate_proj",
+        up: "up_proj",
+        down: "down_proj",
+    },
+    shared_expert: "shared_expert",
+    shared_expert_gate: "shared_expert_gate.weight",
+    dense_mlp: "mlp",
+    mlp_gate: "gate_proj",
+    mlp_up: "up_proj",
+    mlp_down: "down_proj",
+};
+
+/// Reads `dir/config.json` and translates it for the family its `model_type` names.
+pub fn load(dir: &Path) -> Result<Architecture> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    parse(&path, value)
+}
+
+/// Translates an already-read config.json; `path` names it in errors.
+pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
+    let mut f = Fields::new(path, value)?;
+    let model_type = f
+        .opt_str("model_type")?
+        .ok_or_else(|| f.error("model_type", "is required but missing"))?;
+    let (config, names) = match model_type.as_str() {
+        "mixtral" => mixtral::parse(&mut f)?,
+        "qwen2_moe" => qwen2_moe::parse(&mut f)?,
+        "qwen3_moe" => qwen3_moe::parse(&mut f)?,
+        "olmoe" => olmoe::parse(&mut f)?,
+        "granitemoe" => granitemoe::parse(&mut f)?,
+        other => {
+            return Err(f.error(
+                "model_type",
+                format!(
+                    "`{other}` is not supported (supported: {})",
+                    SUPPORTED.join(", ")
+                ),
+            ))
+        }
+    };
+    // Bookkeeping and training-only knobs: none of them changes a forward pass.
+    f.irrelevant(&[
+        "architectures",
+        "transformers_version",
+        "torch_dtype",
+        "dtype",
+        "use_cache",
+        "initializer_range",
+        "attention_dropout",
+        "output_router_logits",
+        "router_aux_loss_coef",
+        "router_jitter_noise",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+        "_name_or_path",
+        "_attn_implementation_autoset",
+    ]);
+    config.validate(path)?;
+    Ok(Architecture {
+        config,
+        names,
+        unrecognized_fields: f.unread(),
+    })
+}
+
+/// Family defaults for fields that published configs sometimes leave out.
+struct Defaults {
+    rope_theta: f64,
+    rms_norm_eps: f64,
+}
+
+/// The fields every family shares, as a config whose MoE part the family fills in.
+fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
+    let model_type = f.opt_str("model_type")?.unwrap_or_default();
+    let hidden_size = f.usize("hidden_size")?;
+    let num_heads = f.usize("num_attention_heads")?;
+    if num_heads == 0 {
+        return Err(f.error("num_attention_heads", "must be at least 1"));
+    }
+    let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
+    let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads);
+    let num_layers = f.usize("num_hidden_layers")?;
+    let act = f
+        .opt_str("hidden_act")?
+        .unwrap_or_else(|| "silu".to_string());
+    if act != "silu" {
+        return Err(f.error(
+            "hidden_act",
+            format!("`{act}` is not supported (only silu)"),
+        ));
+    }
+    Ok(ModelConfig {
+        model_type,
+        vocab_size: f.usize("vocab_size")?,
+        hidden_size,
+        max_position_embeddings: f.usize("max_position_embeddings")?,
+        rms_norm_eps: f.f64_or("rms_norm_eps", defaults.rms_norm_eps)?,
+        attention: AttentionConfig {
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: QkNorm::None,
+            clip_qkv: None,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+        },
+        rope: rope(f, defaults.rope_theta)?,
+        moe: MoeConfig {
+            num_experts: 0,
+            top_k: 0,
+            expert_intermediate_size: 0,
+            norm_topk_prob: false,
+            shared_expert: None,
+        },
+        dense_intermediate_size: 0,
+        layers: vec![LayerKind::Sparse; num_layers],
+        scales: Scales::default(),
+        tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
+    })
+}
+
+/// RoPE from either style: `rope_theta` + `rope_scaling` (published checkpoints) or
+/// `rope_parameters` (transformers 5). Only the original RoPE is implemented.
+fn rope(f: &mut Fields, default_theta: f64) -> Result<RopeConfig> {
+    let mut theta = f.f64_or("rope_theta", default_theta)?;
+    for field in ["rope_parameters", "rope_scaling"] {
+        let Some(value) = f.value(field) else {
+            continue;
+        };
+        let Value::Object(params) = value else {
+            return Err(f.error(field, format!("expected an object or null, got {value}")));
+        };
+        // The type first: an unimplemented RoPE variant is the error worth reporting, not
+        // the parameters that come with it.
+        for key in ["rope_type", "type"] {
+            match params.get(key) {
+                Some(v) if v.as_str() != Some("default") => {
+                    return Err(f.error(
+                        &format!("{field}.{key}"),
+                        format!("{v} is not implemented (only default)"),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        for (key, v) in &params {
+            let name = format!("{field}.{key}");
+            match key.as_str() {
+                "rope_type" | "type" => {}
+                "rope_theta" => {
+                    theta = v
+                        .as_f64()
+                        .ok_or_else(|| f.error(&name, format!("expected a number, got {v}")))?
+                }
+                _ => return Err(f.error(&name, "is not supported")),
+            }
+        }
+    }
+    Ok(RopeConfig { theta })
+}
+
+/// Layers are sparse unless listed in `mlp_only_layers` or off the `decoder_sparse_step`
+/// grid (the Qwen rule).
+fn qwen_layer_plan(f: &mut Fields, num_layers: usize) -> Result<Vec<LayerKind>> {
+    let dense = f.usize_list("mlp_only_layers")?;
+    if let Some(&bad) = dense.iter().find(|&&i| i >= num_layers) {
+        return Err(f.error(
+            "mlp_only_layers",
+            format!("layer {bad} does not exist (num_hidden_layers = {num_layers})"),
+        ));
+    }
+    let step = f.opt_usize("decoder_sparse_step")?.unwrap_or(1);
+    if step == 0 {
+        return Err(f.error("decoder_sparse_step", "must be at least 1"));
+    }
+    Ok((0..num_layers)
+        .map(|i| {
+            if !dense.contains(&i) && (i + 1) % step == 0 {
+                LayerKind::Sparse
+            } else {
+                LayerKind::Dense
+            }
+        })
+        .collect())
+}
+
+/// Qwen's sliding-window switch: only `use_sliding_window: false` can be honoured; the window
+/// size and per-layer window settings then have no effect.
+fn refuse_qwen_sliding_window(f: &mut Fields) -> Result<()> {
+    if f.bool_or("use_sliding_window", false)? {
+        return Err(f.error(
+            "use_sliding_window",
+            "sliding-window attention is not implemented",
+        ));
+    }
+    if let Some(Value::Array(types)) = f.value("layer_types") {
+        if let Some(t) = types.iter().find(|t| t.as_str() != Some("full_attention")) {
+            return Err(f.error("layer_types", format!("{t} attention is not implemented")));
+        }
+    }
+    f.irrelevant(&["sliding_window", "max_window_layers"]);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,28 @@
+//! OLMoE: q/k RMSNorm over the whole projection, `clip_qkv`, optional top-k renormalisation.
+
+use super::{common, Defaults, Fields, TensorNames, LLAMA_NAMES};
+use crate::config::{ModelConfig, MoeConfig, QkNorm};
+use crate::error::Result;
+
+pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
+    let mut cfg = common(
+        f,
+        Defaults {
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+        },
+    )?;
+    let bias = f.bool_or("attention_bias", false)?;
+    cfg.attention.qkv_bias = bias;
+    cfg.attention.o_bias = bias;
+    cfg.attention.qk_norm = QkNorm::Projection;
+    cfg.attention.clip_qkv = f.opt_f64("clip_qkv")?;
+    cfg.moe = MoeConfig {
+        num_experts: f.usize_any(&["num_experts", "num_local_experts"])?,
+        top_k: f.usize("num_experts_per_tok")?,
+        expert_intermediate_size: f.usize("intermediate_size")?,
+        norm_topk_prob: f.bool_or("norm_topk_prob", false)?,
+        shared_expert: None,
+    };
+    Ok((cfg, LLAMA_NAMES))
+}

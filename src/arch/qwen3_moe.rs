@@ -1,0 +1,34 @@
+//! Qwen3-MoE: per-head q/k RMSNorm, an explicit `head_dim`, optional top-k renormalisation,
+//! and dense layers chosen by `mlp_only_layers` and `decoder_sparse_step`.
+
+use super::{
+    common, qwen_layer_plan, refuse_qwen_sliding_window, Defaults, Fields, TensorNames, LLAMA_NAMES,
+};
+use crate::config::{ModelConfig, MoeConfig, QkNorm};
+use crate::error::Result;
+
+pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
+    let mut cfg = common(
+        f,
+        Defaults {
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-6,
+        },
+    )?;
+    refuse_qwen_sliding_window(f)?;
+    let bias = f.bool_or("attention_bias", false)?;
+    cfg.attention.qkv_bias = bias;
+    cfg.attention.o_bias = bias;
+    cfg.attention.qk_norm = QkNorm::PerHead;
+    cfg.layers = qwen_layer_plan(f, cfg.layers.len())?;
+    // Only dense layers use it, but published configs always carry it.
+    cfg.dense_intermediate_size = f.opt_usize("intermediate_size")?.unwrap_or(0);
+    cfg.moe = MoeConfig {
+        num_experts: f.usize_any(&["num_experts", "num_local_experts"])?,
+        top_k: f.usize("num_experts_per_tok")?,
+        expert_intermediate_size: f.usize("moe_intermediate_size")?,
+        norm_topk_prob: f.bool_or("norm_topk_prob", false)?,
+        shared_expert: None,
+    };
+    Ok((cfg, LLAMA_NAMES))
+}

@@ -1,0 +1,240 @@
+//! `moe`: the command line over the library (DESIGN.md section 3). Thin: parse, call, print.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use clap::{Args, Parser, Subcommand};
+use moe_runtime::config::LayerKind;
+use moe_runtime::{arch, generate, LoadOptions, Model, MoeImpl};
+
+#[derive(Parser)]
+#[command(name = "moe", version, about = "Sparse Mixture-of-Experts inference")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Architecture, parameters (total and active per token) and memory of a checkpoint.
+    Inspect {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Logits at every position of a token sequence, written as safetensors ("logits": F32 [T, vocab]).
+    Logits {
+        #[command(flatten)]
+        common: Common,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Continue a token sequence, greedily; stops at an end-of-sequence id.
+    Generate {
+        #[command(flatten)]
+        common: Common,
+        /// Comma-separated token ids.
+        #[arg(long, value_delimiter = ',', required = true)]
+        tokens: Vec<u32>,
+        #[arg(long, default_value_t = 32)]
+        max_new_tokens: usize,
+        /// Only 0 (greedy) for now; sampling comes with the tokenizer.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Print one JSON object as the last line of stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct Common {
+    /// A hub-layout checkpoint folder (config.json and *.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// cpu (this build has no CUDA backend yet).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Compute dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Experts per token, overriding the checkpoint's top-k.
+    #[arg(long)]
+    experts_per_token: Option<usize>,
+    /// Routed-expert implementation: fast, or reference (the slow twin, for checking).
+    #[arg(long, default_value = "fast")]
+    moe_impl: String,
+}
+
+impl Common {
+    fn load_options(&self) -> Result<LoadOptions> {
+        let dtype = match self.dtype.as_str() {
+            "f32" => DType::F32,
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            other => bail!("--dtype {other} is not supported (f32, bf16 or f16)"),
+        };
+        let device = match self.device.as_str() {
+            "cpu" => Device::Cpu,
+            other => bail!("--device {other} is not available: this build supports cpu only"),
+        };
+        Ok(LoadOptions {
+            dtype,
+            device,
+            moe_impl: self.moe_impl.parse::<MoeImpl>()?,
+            experts_per_token: self.experts_per_token,
+        })
+    }
+
+    fn load(&self) -> Result<Model> {
+        let opts = self.load_options()?;
+        if let Some(n) = self.threads {
+            if n == 0 {
+                bail!("--threads must be at least 1");
+            }
+            // candle's matmul reads the variable; rayon's pool serves our kernels.
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .context("setting up the thread pool")?;
+        }
+        warn_unrecognized(&self.model)?;
+        Ok(Model::load(&self.model, &opts)?)
+    }
+}
+
+/// Fields of config.json that nothing reads are reported, never dropped silently.
+fn warn_unrecognized(dir: &Path) -> Result<()> {
+    let arch = arch::load(dir)?;
+    if !arch.unrecognized_fields.is_empty() {
+        eprintln!(
+            "warning: {}: fields not used by moe-runtime: {}",
+            dir.join("config.json").display(),
+            arch.unrecognized_fields.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Inspect { common } => inspect(&common),
+        Command::Logits {
+            common,
+            tokens,
+            out,
+        } => {
+            let model = common.load()?;
+            let logits = model.forward(&tokens, &mut model.new_cache())?;
+            let tensors = HashMap::from([("logits".to_string(), logits)]);
+            candle_core::safetensors::save(&tensors, &out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            Ok(())
+        }
+        Command::Generate {
+            common,
+            tokens,
+            max_new_tokens,
+            temperature,
+            json,
+        } => {
+            if temperature != 0.0 {
+                bail!(
+                    "--temperature {temperature}: only greedy decoding (0) is implemented so far"
+                );
+            }
+            let model = common.load()?;
+            let eos = generate::eos_token_ids(&common.model)?;
+            let gen = generate::greedy(&model, &tokens, max_new_tokens, &eos)?;
+            let s = &gen.stats;
+            if json {
+                let report = serde_json::json!({
+                    "tokens": gen.tokens,
+                    "prompt_tokens": s.prompt_tokens,
+                    "generated_tokens": s.generated_tokens,
+                    "prefill_tokens_per_s": s.prefill_tokens_per_s(),
+                    "decode_tokens_per_s": s.decode_tokens_per_s(),
+                });
+                println!("{report}");
+            } else {
+                let ids: Vec<String> = gen.tokens.iter().map(|t| t.to_string()).collect();
+                println!("{}", ids.join(","));
+                eprintln!(
+                    "prefill {:.1} tokens/s, decode {:.1} tokens/s",
+                    s.prefill_tokens_per_s(),
+                    s.decode_tokens_per_s()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn inspect(common: &Common) -> Result<()> {
+    let opts = common.load_options()?;
+    let arch = arch::load(&common.model)?;
+    let c = &arch.config;
+    let a = &c.attention;
+    let m = &c.moe;
+    let sparse = c.layers.iter().filter(|&&k| k == LayerKind::Sparse).count();
+    let (total, active) = c.parameter_counts();
+    let bytes = opts.dtype.size_in_bytes() as f64;
+    println!("model          {}", common.model.display());
+    println!("architecture   {}", c.model_type);
+    println!(
+        "layers         {} ({} sparse, {} dense)",
+        c.num_layers(),
+        sparse,
+        c.num_layers() - sparse
+    );
+    println!("hidden         {}", c.hidden_size);
+    println!(
+        "attention      {} heads, {} kv heads, head_dim {}, qk norm {:?}",
+        a.num_heads, a.num_kv_heads, a.head_dim, a.qk_norm
+    );
+    println!(
+        "experts        {} routed, top-{}, ffn {}{}",
+        m.num_experts,
+        m.top_k,
+        m.expert_intermediate_size,
+        m.shared_expert.as_ref().map_or(String::new(), |s| format!(
+            ", shared expert ffn {}",
+            s.intermediate_size
+        ))
+    );
+    println!("vocab          {}", c.vocab_size);
+    println!("context        {}", c.max_position_embeddings);
+    println!(
+        "parameters     {:.3}M total, {:.3}M active per token",
+        total as f64 / 1e6,
+        active as f64 / 1e6
+    );
+    println!(
+        "memory ({:?})  {:.1} MiB of weights",
+        opts.dtype,
+        total as f64 * bytes / (1 << 20) as f64
+    );
+    if !arch.unrecognized_fields.is_empty() {
+        println!("unused fields  {}", arch.unrecognized_fields.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! `ModelConfig`: the architecture-free blueprint every family translates into, and its checks.
+//!
+//! A difference between families is a named field here, never a branch on the family name:
+//! the shared core in `model/` and `moe/` reads only this struct.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Everything the forward pass needs to know about a model's shape and arithmetic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// The `model_type` it was read from, for display only.
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub attention: AttentionConfig,
+    pub rope: RopeConfig,
+    pub moe: MoeConfig,
+    /// Feed-forward width of the dense layers (those with `LayerKind::Dense`).
+    pub dense_intermediate_size: usize,
+    /// One entry per decoder layer, in order.
+    pub layers: Vec<LayerKind>,
+    pub scales: Scales,
+    /// The head reuses the embedding table (also assumed when `lm_head.weight` is absent).
+    pub tie_word_embeddings: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerKind {
+    /// A plain SiLU-gated MLP.
+    Dense,
+    /// A sparse Mixture-of-Experts block.
+    Sparse,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionConfig {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    /// Biases on the q, k and v projections.
+    pub qkv_bias: bool,
+    /// A bias on the output projection.
+    pub o_bias: bool,
+    pub qk_norm: QkNorm,
+    /// Clamp q, k and v to [-c, c] after projection (and q/k norm).
+    pub clip_qkv: Option<f64>,
+    /// Multiplies q·k before the softmax: 1/sqrt(head_dim) unless the family says otherwise.
+    pub scale: f64,
+}
+
+/// Where RMSNorm is applied to queries and keys, if anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QkNorm {
+    None,
+    /// Over each head's `head_dim` values, one weight vector shared by all heads (Qwen3).
+    PerHead,
+    /// Over the whole q (or k) projection output (OLMoE).
+    Projection,
+}
+
+/// Rotary position embedding. Only the original ("default") RoPE is implemented; configs
+/// asking for a scaled variant are refused at parse time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeConfig {
+    pub theta: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MoeConfig {
+    pub num_experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Feed-forward width of one routed expert.
+    pub expert_intermediate_size: usize,
+    /// Renormalise the top-k probabilities to sum to one.
+    pub norm_topk_prob: bool,
+    pub shared_expert: Option<SharedExpertConfig>,
+}
+
+/// An always-on expert added to the routed ones (Qwen2-MoE).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedExpertConfig {
+    pub intermediate_size: usize,
+    /// Its output is multiplied by sigmoid(x · w) of a learned one-row gate.
+    pub gated: bool,
+}
+
+/// Constant multipliers some families put on the residual stream (Granite).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scales {
+    /// Multiplies the token embeddings.
+    pub embedding: f64,
+    /// Multiplies each block's output before it is added to the residual.
+    pub residual: f64,
+    /// Divides the final logits.
+    pub logits_divisor: f64,
+}
+
+impl Default for Scales {
+    fn default() -> Self {
+        Scales {
+            embedding: 1.0,
+            residual: 1.0,
+            logits_divisor: 1.0,
+        }
+    }
+}
+
+/// Upper bounds that no real checkpoint reaches; anything above is refused before a single
+/// byte is allocated for it.
+const MAX_VOCAB: usize = 1 << 24;
+const MAX_HIDDEN: usize = 1 << 16;
+const MAX_INTERMEDIATE: usize = 1 << 18;
+const MAX_LAYERS: usize = 1 << 10;
+const MAX_HEADS: usize = 1 << 10;
+const MAX_HEAD_DIM: usize = 1 << 10;
+const MAX_EXPERTS: usize = 1 << 12;
+const MAX_POSITIONS: usize = 1 << 24;
+/// 2^42 parameters (16 TiB in f32) is far past any published MoE.
+const MAX_PARAMETERS: u128 = 1 << 42;
+
+impl ModelConfig {
+    /// Checks ranges and internal consistency; `path` names the config file in errors.
+    pub fn validate(&self, path: &Path) -> Result<()> {
+        let range = |field: &str, v: usize, max: usize| -> Result<()> {
+            if v == 0 || v > max {
+                return Err(Error::config(
+                    path,
+                    field,
+                    format!("{v} is out of range 1..={max}"),
+                ));
+            }
+            Ok(())
+        };
+        let a = &self.attention;
+        range("vocab_size", self.vocab_size, MAX_VOCAB)?;
+        range("hidden_size", self.hidden_size, MAX_HIDDEN)?;
+        range("num_hidden_layers", self.layers.len(), MAX_LAYERS)?;
+        range("num_attention_heads", a.num_heads, MAX_HEADS)?;
+        range("num_key_value_heads", a.num_kv_heads, MAX_HEADS)?;
+        range("head_dim", a.head_dim, MAX_HEAD_DIM)?;
+        range(
+            "max_position_embeddings",
+            self.max_position_embeddings,
+            MAX_POSITIONS,
+        )?;
+        range("num_experts", self.moe.num_experts, MAX_EXPERTS)?;
+        range("num_experts_per_tok", self.moe.top_k, self.moe.num_experts)?;
+        range(
+            "moe_intermediate_size",
+            self.moe.expert_intermediate_size,
+            MAX_INTERMEDIATE,
+        )?;
+        if self.layers.contains(&LayerKind::Dense) {
+            range(
+                "intermediate_size",
+                self.dense_intermediate_size,
+                MAX_INTERMEDIATE,
+            )?;
+        }
+        if let Some(shared) = &self.moe.shared_expert {
+            range(
+                "shared_expert_intermediate_size",
+                shared.intermediate_size,
+                MAX_INTERMEDIATE,
+            )?;
+        }
+        if a.num_heads % a.num_kv_heads != 0 {
+            return Err(Error::config(
+                path,
+                "num_key_value_heads",
+                format!(
+                    "{} does not divide num_attention_heads = {}",
+                    a.num_kv_heads, a.num_heads
+                ),
+            ));
+        }
+        if a.head_dim % 2 != 0 {
+            return Err(Error::config(
+                path,
+                "head_dim",
+                format!(
+                    "{} is odd; rotary embeddings need an even head_dim",
+                    a.head_dim
+                ),
+            ));
+        }
+        let positive = |field: &str, v: f64| -> Result<()> {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::config(
+                    path,
+                    field,
+                    format!("{v} must be finite and > 0"),
+                ));
+            }
+            Ok(())
+        };
+        positive("rms_norm_eps", self.rms_norm_eps)?;
+        positive("rope_theta", self.rope.theta)?;
+        positive("attention scale", a.scale)?;
+        if let Some(c) = a.clip_qkv {
+            positive("clip_qkv", c)?;
+        }
+        positive("embedding_multiplier", self.scales.embedding)?;
+        positive("residual_multiplier", self.scales.residual)?;
+        positive("logits_scaling", self.scales.logits_divisor)?;
+        let (total, _) = self.parameter_counts();
+        if total > MAX_PARAMETERS {
+            return Err(Error::config(
+                path,
+                "(model size)",
+                format!("{total} parameters is beyond any supported model"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// (total, active per token) parameter counts, computed from the shapes alone.
+    pub fn parameter_counts(&self) -> (u128, u128) {
+        let h = self.hidden_size as u128;
+        let a = &self.attention;
+        let (nh, nkv, hd) = (
+            a.num_heads as u128,
+            a.num_kv_heads as u128,
+            a.head_dim as u128,
+        );
+        let mut attn = h * hd * (2 * nh + 2 * nkv);
+        if a.qkv_bias {
+            attn += hd * (nh + 2 * nkv);
+        }
+        if a.o_bias {
+            attn += h;
+        }
+        attn += match a.qk_norm {
+            QkNorm::None => 0,
+            QkNorm::PerHead => 2 * hd,
+            QkNorm::Projection => hd * (nh + nkv),
+        };
+        let norms = 2 * h;
+        let m = &self.moe;
+        let expert = 3 * h * m.expert_intermediate_size as u128;
+        let shared = m.shared_expert.as_ref().map_or(0, |s| {
+            3 * h * s.intermediate_size as u128 + if s.gated { h } else { 0 }
+        });
+        let router = h * m.num_experts as u128;
+        let dense = 3 * h * self.dense_intermediate_size as u128;
+        let (mut total, mut active) = (0u128, 0u128);
+        for kind in &self.layers {
+            let (t, act) = match kind {
+                LayerKind::Dense => (dense, dense),
+                LayerKind::Sparse => (
+                    router + shared + expert * m.num_experts as u128,
+                    router + shared + expert * m.top_k as u128,
+                ),
+            };
+            total += attn + norms + t;
+            active += attn + norms + act;
+        }
+        let embed = self.vocab_size as u128 * h;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        total += embed + head + h;
+        active += embed + head + h;
+        (total, active)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small valid config for unit tests elsewhere in the crate.
+    pub(crate) fn tiny() -> ModelConfig {
+        ModelConfig {
+            model_type: "test".into(),
+            vocab_size: 64,
+            hidden_size: 16,
+            max_position_embeddings: 64,
+            rms_norm_eps: 1e-6,
+            attention: AttentionConfig {
+                num_heads: 4,
+                num_kv_heads: 2,
+                head_dim: 4,
+                qkv_bias: false,
+                o_bias: false,
+                qk_norm: QkNorm::None,
+                clip_qkv: None,
+                scale: 0.5,
+            },
+            rope: RopeConfig { theta: 10000.0 },
+            moe: MoeConfig {
+                num_experts: 4,
+                top_k: 2,
+                expert_intermediate_size: 8,
+                norm_topk_prob: true,
+                shared_expert: None,
+            },
+            dense_intermediate_size: 0,
+            layers: vec![LayerKind::Sparse; 2],
+            scales: Scales::default(),
+            tie_word_embeddings: false,
+        }
+    }
+
+    #[test]
+    fn tiny_config_is_valid() {
+        tiny().validate(Path::new("config.json")).unwrap();
+    }
+
+    #[test]
+    fn absurd_vocab_is_refused_with_the_field_named() {
+        let mut cfg = tiny();
+        cfg.vocab_size = 1_000_000_000_000;
+        let err = cfg
+            .validate(Path::new("config.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vocab_size") && err.contains("out of range"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kv_heads_must_divide_heads() {
+        let mut cfg = tiny();
+        cfg.attention.num_kv_heads = 3;
+        let err = cfg.validate(Path::new("c.json")).unwrap_err().to_string();
+        assert!(err.contains("num_key_value_heads"), "{err}");
+    }
+
+    #[test]
+    fn top_k_above_expert_count_is_refused() {
+        let mut cfg = tiny();
+        cfg.moe.top_k = 5;
+        let err = cfg.validate(Path::new("c.json")).unwrap_err().to_string();
+        assert!(err.contains("num_experts_per_tok"), "{err}");
+    }
+
+    #[test]
+    fn active_parameters_count_only_top_k_experts() {
+        let cfg = tiny();
+        let (total, active) = cfg.parameter_counts();
+        let per_expert = 3 * 16 * 8;
+        // Two sparse layers, each with 4 experts of which 2 are active.
+        assert_eq!(total - active, 2 * 2 * per_expert);
+    }
+}

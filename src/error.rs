@@ -1,0 +1,73 @@
+//! The one error type of the library: every variant names the file, field or tensor at fault.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong while loading a checkpoint or running it.
+///
+/// Each variant renders as one sentence that names what is wrong and where, so that the
+/// command line can print it as is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{path}: not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A config.json field that is missing, mistyped, out of range or not supported.
+    #[error("{path}: field `{field}`: {message}")]
+    Config {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+
+    /// A safetensors file that cannot be read as one (truncated, not safetensors, bad header).
+    #[error("{path}: not a valid safetensors file: {message}")]
+    Safetensors { path: PathBuf, message: String },
+
+    #[error("{dir}: tensor `{name}` is missing from the checkpoint")]
+    MissingTensor { dir: PathBuf, name: String },
+
+    #[error("{path}: tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    TensorShape {
+        path: PathBuf,
+        name: String,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+
+    #[error("{path}: tensor `{name}` has dtype {dtype}, expected F32, BF16 or F16")]
+    TensorDtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
+
+    /// Bad input from the caller: a token out of range, an empty prompt, a full context.
+    #[error("{0}")]
+    Input(String),
+
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn config(path: &std::path::Path, field: &str, message: impl Into<String>) -> Self {
+        Error::Config {
+            path: path.to_path_buf(),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+//! # moe-runtime
+//!
+//! A sparse Mixture-of-Experts inference engine on [Candle](https://github.com/huggingface/candle).
+//! It loads the safetensors checkpoints MoE models are published in (the HuggingFace hub
+//! layout), routes every token to its top-k experts, and computes what HF transformers
+//! computes for the same weights.
+//!
+//! The core types, and what each owns:
+//!
+//! - [`ModelConfig`]: the architecture-free blueprint, translated from a family's config.json
+//!   by [`arch`] (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE).
+//! - [`Model`]: the immutable weights, shared freely between threads.
+//! - [`Cache`]: one sequence's keys, values and position, owned by the caller.
+//!
+//! ```
+//! use moe_runtime::{generate, LoadOptions, Model};
+//!
+//! let model = Model::load("tests/fixtures/qwen3_moe-a".as_ref(), &LoadOptions::default())?;
+//! let mut cache = model.new_cache();
+//! let logits = model.forward(&[1, 2, 3], &mut cache)?; // (3, vocab), f32
+//! let next = generate::argmax(&logits.get(2)?)?;
+//! let more = model.forward(&[next], &mut cache)?; // continues after position 3
+//! # let _ = more;
+//! # Ok::<(), moe_runtime::Error>(())
+//! ```
+
+pub mod arch;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod moe;
+pub mod ops;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use error::{Error, Result};
+pub use model::{Cache, LoadOptions, Model};
+pub use moe::MoeImpl;

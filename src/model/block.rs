@@ -1,0 +1,58 @@
+//! `Block`: one decoder layer: pre-norm attention and pre-norm feed-forward (dense or sparse),
+//! each added back to the residual stream.
+
+use candle_core::{Module, Tensor};
+use candle_nn::RmsNorm;
+
+use super::attention::{Attention, Step};
+use super::cache::Cache;
+use super::mlp::Mlp;
+use crate::error::Result;
+use crate::moe::SparseMoe;
+
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    Dense(Mlp),
+    Sparse(SparseMoe),
+}
+
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub attn_norm: RmsNorm,
+    pub attn: Attention,
+    pub ffn_norm: RmsNorm,
+    pub ffn: FeedForward,
+}
+
+impl Block {
+    /// xs: (tokens, hidden) -> (tokens, hidden). `residual_scale` multiplies each branch's
+    /// output before it joins the residual (1 except for Granite).
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        step: &Step,
+        cache: &mut Cache,
+        layer: usize,
+        residual_scale: f64,
+    ) -> Result<Tensor> {
+        let h = self
+            .attn
+            .forward(&self.attn_norm.forward(xs)?, step, cache, layer)?;
+        let xs = (xs + scaled(h, residual_scale)?)?;
+        let normed = self.ffn_norm.forward(&xs)?;
+        let h = match &self.ffn {
+            FeedForward::Dense(mlp) => mlp.forward(&normed)?,
+            FeedForward::Sparse(moe) => moe.forward(&normed)?,
+        };
+        Ok((xs + scaled(h, residual_scale)?)?)
+    }
+}
+
+/// `xs * scale`, skipping the op when the scale is exactly one.
+pub(crate) fn scaled(xs: Tensor, scale: f64) -> Result<Tensor> {
+    if scale == 1.0 {
+        Ok(xs)
+    } else {
+        Ok((xs * scale)?)
+    }
+}

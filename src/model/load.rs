@@ -1,0 +1,132 @@
+//! Building a `Model` from a checkpoint: every tensor fetched by its hub name with the shape the
+//! config implies, so a misshapen or missing tensor is reported by name before any forward.
+
+use candle_nn::{Linear, RmsNorm};
+
+use super::attention::{Attention, AttentionWeights};
+use super::block::{Block, FeedForward};
+use super::mlp::Mlp;
+use crate::arch::TensorNames;
+use crate::config::{LayerKind, ModelConfig, QkNorm};
+use crate::error::Result;
+use crate::moe::{Experts, MoeImpl, RouterConfig, SharedExpert, SparseMoe};
+use crate::weights::Weights;
+
+/// Reads tensors of one layer by their names relative to the layer prefix.
+pub struct LayerReader<'a> {
+    pub weights: &'a Weights,
+    pub names: &'a TensorNames,
+    pub cfg: &'a ModelConfig,
+    pub prefix: String,
+}
+
+impl LayerReader<'_> {
+    fn get(&self, name: &str, shape: &[usize]) -> Result<candle_core::Tensor> {
+        self.weights.get(&format!("{}.{name}", self.prefix), shape)
+    }
+
+    fn norm(&self, name: &str, size: usize) -> Result<RmsNorm> {
+        Ok(RmsNorm::new(
+            self.get(name, &[size])?,
+            self.cfg.rms_norm_eps,
+        ))
+    }
+
+    /// `{proj}.weight` of shape (out, in), and `{proj}.bias` (out) when `bias`.
+    fn linear(&self, proj: &str, (out, inp): (usize, usize), bias: bool) -> Result<Linear> {
+        let w = self.get(&format!("{proj}.weight"), &[out, inp])?;
+        let b = if bias {
+            Some(self.get(&format!("{proj}.bias"), &[out])?)
+        } else {
+            None
+        };
+        Ok(Linear::new(w, b))
+    }
+
+    fn mlp(&self, prefix: &str, intermediate: usize) -> Result<Mlp> {
+        let n = self.names;
+        let h = self.cfg.hidden_size;
+        let w = |proj: &str, shape: &[usize]| self.get(&format!("{prefix}.{proj}.weight"), shape);
+        Ok(Mlp::new(
+            w(n.mlp_gate, &[intermediate, h])?,
+            w(n.mlp_up, &[intermediate, h])?,
+            w(n.mlp_down, &[h, intermediate])?,
+        ))
+    }
+
+    fn attention(&self) -> Result<Attention> {
+        let a = &self.cfg.attention;
+        let n = self.names;
+        let h = self.cfg.hidden_size;
+        let (q_out, kv_out) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
+        let qk_norm = match a.qk_norm {
+            QkNorm::None => None,
+            QkNorm::PerHead => Some((
+                self.norm(n.q_norm, a.head_dim)?,
+                self.norm(n.k_norm, a.head_dim)?,
+            )),
+            QkNorm::Projection => Some((self.norm(n.q_norm, q_out)?, self.norm(n.k_norm, kv_out)?)),
+        };
+        let weights = AttentionWeights {
+            q: self.linear(n.q, (q_out, h), a.qkv_bias)?,
+            k: self.linear(n.k, (kv_out, h), a.qkv_bias)?,
+            v: self.linear(n.v, (kv_out, h), a.qkv_bias)?,
+            o: self.linear(n.o, (h, q_out), a.o_bias)?,
+            qk_norm,
+        };
+        Ok(Attention::new(weights, a))
+    }
+
+    fn sparse_moe(&self, imp: MoeImpl) -> Result<SparseMoe> {
+        let n = self.names;
+        let m = &self.cfg.moe;
+        let h = self.cfg.hidden_size;
+        let moe = |name: &str| format!("{}.{name}", n.moe);
+        let router = Linear::new(self.get(&moe(n.router), &[m.num_experts, h])?, None);
+        let (gate_up, down) = self.weights.experts(
+            n,
+            &format!("{}.{}", self.prefix, n.moe),
+            (m.num_experts, m.expert_intermediate_size, h),
+        )?;
+        let shared = match &m.shared_expert {
+            None => None,
+            Some(s) => Some(SharedExpert {
+                mlp: self.mlp(&moe(n.shared_expert), s.intermediate_size)?,
+                gate: if s.gated {
+                    Some(Linear::new(
+                        self.get(&moe(n.shared_expert_gate), &[1, h])?,
+                        None,
+                    ))
+                } else {
+                    None
+                },
+            }),
+        };
+        Ok(SparseMoe {
+            router,
+            router_cfg: RouterConfig {
+                top_k: m.top_k,
+                norm_topk_prob: m.norm_topk_prob,
+            },
+            experts: Experts { gate_up, down },
+            shared,
+            imp,
+        })
+    }
+
+    pub fn block(&self, kind: LayerKind, imp: MoeImpl) -> Result<Block> {
+        let h = self.cfg.hidden_size;
+        let ffn = match kind {
+            LayerKind::Dense => FeedForward::Dense(
+                self.mlp(self.names.dense_mlp, self.cfg.dense_intermediate_size)?,
+            ),
+            LayerKind::Sparse => FeedForward::Sparse(self.sparse_moe(imp)?),
+        };
+        Ok(Block {
+            attn_norm: self.norm(self.names.attn_norm, h)?,
+            attn: self.attention()?,
+            ffn_norm: self.norm(self.names.ffn_norm, h)?,
+            ffn,
+        })
+    }
+}

@@ -1,0 +1,220 @@
+//! `Model`: embedding -> decoder blocks -> final norm -> head, shared by every family.
+
+mod attention;
+mod block;
+mod cache;
+mod load;
+mod mlp;
+mod rope;
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::RmsNorm;
+
+pub use block::{Block, FeedForward};
+pub use cache::Cache;
+pub use mlp::Mlp;
+
+use crate::arch::{self, Architecture};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+use crate::moe::MoeImpl;
+use crate::weights::Weights;
+use attention::{causal_mask, Step};
+use load::LayerReader;
+use rope::Rope;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype; weights are converted to it at load.
+    pub dtype: DType,
+    pub device: Device,
+    pub moe_impl: MoeImpl,
+    /// Overrides the checkpoint's experts per token (1..=num_experts).
+    pub experts_per_token: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            moe_impl: MoeImpl::default(),
+            experts_per_token: None,
+        }
+    }
+}
+
+/// The immutable weights of a model. `Send + Sync`: many sequences, each with its own `Cache`,
+/// can share one `Model`.
+#[derive(Debug, Clone)]
+pub struct Model {
+    cfg: ModelConfig,
+    /// (vocab, hidden)
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    /// (vocab, hidden); the embedding table itself when tied.
+    lm_head: Tensor,
+    rope: Rope,
+    device: Device,
+    dtype: DType,
+}
+
+impl Model {
+    /// Loads the hub-layout checkpoint in `dir` (config.json and safetensors).
+    pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Model> {
+        let arch = arch::load(dir)?;
+        let weights = Weights::open(dir, opts.dtype, &opts.device)?;
+        Model::from_weights(arch, &weights, opts)
+    }
+
+    /// Builds a model from an already-parsed config and opened weights.
+    pub fn from_weights(
+        arch: Architecture,
+        weights: &Weights,
+        opts: &LoadOptions,
+    ) -> Result<Model> {
+        let Architecture {
+            config: mut cfg,
+            names,
+            ..
+        } = arch;
+        if let Some(k) = opts.experts_per_token {
+            if k == 0 || k > cfg.moe.num_experts {
+                return Err(Error::Input(format!(
+                    "--experts-per-token {k} is out of range 1..={} for this model",
+                    cfg.moe.num_experts
+                )));
+            }
+            cfg.moe.top_k = k;
+        }
+        let (v, h) = (cfg.vocab_size, cfg.hidden_size);
+        let embed = weights.get(names.embed, &[v, h])?;
+        let lm_head = if weights.contains(names.lm_head) && !cfg.tie_word_embeddings {
+            weights.get(names.lm_head, &[v, h])?
+        } else {
+            // Tied, or a checkpoint that simply has no head: HF ties in both cases.
+            embed.clone()
+        };
+        let blocks = cfg
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| {
+                let reader = LayerReader {
+                    weights,
+                    names: &names,
+                    cfg: &cfg,
+                    prefix: format!("{}.{i}", names.layers),
+                };
+                reader.block(kind, opts.moe_impl)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(weights.get(names.final_norm, &[h])?, cfg.rms_norm_eps);
+        Ok(Model {
+            rope: Rope::new(&cfg.rope, cfg.attention.head_dim),
+            cfg,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            device: opts.device.clone(),
+            dtype: opts.dtype,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh, empty cache for one sequence.
+    pub fn new_cache(&self) -> Cache {
+        Cache::new(self.blocks.len())
+    }
+
+    /// Runs `tokens` after whatever `cache` holds; returns f32 logits for every one of them,
+    /// (tokens, vocab).
+    pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
+        let hidden = self.hidden(tokens, cache)?;
+        self.logits(&hidden)
+    }
+
+    /// Like `forward`, but computes the head for the last token only: (vocab,).
+    pub fn forward_last(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
+        let hidden = self.hidden(tokens, cache)?;
+        let last = hidden.narrow(0, tokens.len() - 1, 1)?;
+        Ok(self.logits(&last)?.squeeze(0)?)
+    }
+
+    /// The final-normed hidden states, (tokens, hidden).
+    fn hidden(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
+        self.check_tokens(tokens, cache)?;
+        let t = tokens.len();
+        let start = cache.position();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut xs = block::scaled(self.embed.index_select(&ids, 0)?, self.cfg.scales.embedding)?;
+        let (cos, sin) = self.rope.cos_sin(start, t, self.dtype, &self.device)?;
+        let mask = if t > 1 {
+            Some(causal_mask(t, start, self.dtype, &self.device)?)
+        } else {
+            None
+        };
+        let step = Step {
+            cos: &cos,
+            sin: &sin,
+            mask: mask.as_ref(),
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            xs = block.forward(&xs, &step, cache, i, self.cfg.scales.residual)?;
+        }
+        cache.advance(t);
+        Ok(self.norm.forward(&xs)?)
+    }
+
+    /// hidden: (tokens, hidden) -> f32 logits (tokens, vocab)
+    fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let mut logits = hidden.matmul(&self.lm_head.t()?)?;
+        let divisor = self.cfg.scales.logits_divisor;
+        if divisor != 1.0 {
+            logits = (logits / divisor)?;
+        }
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// Refuses what would fail deep inside the forward: no tokens, ids past the vocabulary,
+    /// or more positions than the model was made for.
+    fn check_tokens(&self, tokens: &[u32], cache: &Cache) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::Input("the token list is empty".into()));
+        }
+        let vocab = self.cfg.vocab_size;
+        if let Some((i, id)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= vocab)
+        {
+            return Err(Error::Input(format!(
+                "token id {id} at position {i} is out of range (vocab_size = {vocab})"
+            )));
+        }
+        let end = cache.position() + tokens.len();
+        let max = self.cfg.max_position_embeddings;
+        if end > max {
+            return Err(Error::Input(format!(
+                "{end} positions exceed the model's context of {max} (max_position_embeddings)"
+            )));
+        }
+        Ok(())
+    }
+}

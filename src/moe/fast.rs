@@ -1,0 +1,28 @@
+//! The fast CPU path for the routed experts: one host copy of the routing, then the grouped
+//! kernel of `ops::cpu` over the stacked weights, without a tensor op per expert.
+
+use candle_core::{DType, Tensor};
+
+use super::{Experts, Routing};
+use crate::error::Result;
+use crate::ops::cpu::{grouped_ffn_weights, with_weight_slice, ExpertGroups};
+
+/// xs: (tokens, hidden) -> (tokens, hidden)
+pub fn forward(xs: &Tensor, experts: &Experts, routing: &Routing) -> Result<Tensor> {
+    let (t, h) = xs.dims2()?;
+    let i = experts.intermediate();
+    let x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let groups = ExpertGroups::new(
+        &routing.experts,
+        &routing.weights,
+        experts.num_experts(),
+        routing.top_k,
+    );
+    let mut out = vec![0f32; t * h];
+    with_weight_slice(&experts.gate_up, |gate_up| {
+        with_weight_slice(&experts.down, |down| {
+            grouped_ffn_weights(&x, &groups, gate_up, down, (h, i), &mut out)
+        })
+    })?;
+    Ok(Tensor::from_vec(out, (t, h), xs.device())?.to_dtype(xs.dtype())?)
+}

@@ -1,0 +1,232 @@
+//! Checkpoint tensors: safetensors files (one, or shards listed in
+//! `model.safetensors.index.json`) memory-mapped, looked up by hub name, checked for shape,
+//! converted to the compute dtype, and routed experts stacked once into `[E, N, K]`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use half::{bf16, f16};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+
+use crate::arch::{ExpertNames, TensorNames};
+use crate::error::{Error, Result};
+
+const SINGLE_FILE: &str = "model.safetensors";
+const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// All tensors of a checkpoint, mapped but not yet read.
+pub struct Weights {
+    dir: PathBuf,
+    files: Vec<MappedFile>,
+    /// Tensor name -> (file index, dtype, shape, byte range within that file).
+    tensors: HashMap<String, Entry>,
+    dtype: DType,
+    device: Device,
+}
+
+struct MappedFile {
+    path: PathBuf,
+    mmap: Mmap,
+}
+
+struct Entry {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+impl Weights {
+    /// Maps the checkpoint in `dir`; tensors come out in `dtype` on `device`.
+    pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
+        let paths = shard_paths(dir)?;
+        let mut files = Vec::with_capacity(paths.len());
+        let mut tensors = HashMap::new();
+        for (file, path) in paths.into_iter().enumerate() {
+            let mmap = map(&path)?;
+            let bad = |message: String| Error::Safetensors {
+                path: path.clone(),
+                message,
+            };
+            // read_metadata checks the header and that the offsets tile the file exactly, so a
+            // truncated file is caught here rather than when a tensor is read.
+            let (header_len, metadata) =
+                SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
+            let data_start = 8 + header_len;
+            for (name, info) in metadata.tensors() {
+                let (start, end) = info.data_offsets;
+                tensors.insert(
+                    name,
+                    Entry {
+                        file,
+                        dtype: info.dtype,
+                        shape: info.shape.clone(),
+                        start: data_start + start,
+                        end: data_start + end,
+                    },
+                );
+            }
+            files.push(MappedFile { path, mmap });
+        }
+        Ok(Weights {
+            dir: dir.to_path_buf(),
+            files,
+            tensors,
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+
+    /// Reads tensor `name`, which must have exactly `shape`, in the compute dtype.
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let entry = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            dir: self.dir.clone(),
+            name: name.to_string(),
+        })?;
+        let file = &self.files[entry.file];
+        if entry.shape != shape {
+            return Err(Error::TensorShape {
+                path: file.path.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual: entry.shape.clone(),
+            });
+        }
+        let bytes = &file.mmap[entry.start..entry.end];
+        let cpu = Device::Cpu;
+        let tensor = match entry.dtype {
+            Dtype::F32 => Tensor::from_vec(decode(bytes, f32::from_le_bytes), shape, &cpu)?,
+            Dtype::BF16 => Tensor::from_vec(
+                decode(bytes, |b| bf16::from_bits(u16::from_le_bytes(b))),
+                shape,
+                &cpu,
+            )?,
+            Dtype::F16 => Tensor::from_vec(
+                decode(bytes, |b| f16::from_bits(u16::from_le_bytes(b))),
+                shape,
+                &cpu,
+            )?,
+            other => {
+                return Err(Error::TensorDtype {
+                    path: file.path.clone(),
+                    name: name.to_string(),
+                    dtype: format!("{other:?}"),
+                })
+            }
+        };
+        Ok(tensor.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// The routed experts of one sparse block, stacked as `gate_up: [E, 2I, H]` (the I gate
+    /// rows first, then the I up rows) and `down: [E, H, I]`, whatever the checkpoint layout.
+    pub fn experts(
+        &self,
+        names: &TensorNames,
+        prefix: &str,
+        (e, i, h): (usize, usize, usize),
+    ) -> Result<(Tensor, Tensor)> {
+        match &names.experts {
+            ExpertNames::Stacked { gate_up, down } => Ok((
+                self.get(&format!("{prefix}.{gate_up}"), &[e, 2 * i, h])?,
+                self.get(&format!("{prefix}.{down}"), &[e, h, i])?,
+            )),
+            ExpertNames::PerExpert { gate, up, down } => {
+                let mut gate_ups = Vec::with_capacity(e);
+                let mut downs = Vec::with_capacity(e);
+                for x in 0..e {
+                    let name = |proj: &str| format!("{prefix}.experts.{x}.{proj}.weight");
+                    let g = self.get(&name(gate), &[i, h])?;
+                    let u = self.get(&name(up), &[i, h])?;
+                    gate_ups.push(Tensor::cat(&[g, u], 0)?);
+                    downs.push(self.get(&name(down), &[h, i])?);
+                }
+                Ok((Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?))
+            }
+        }
+    }
+}
+
+/// The safetensors files of a checkpoint: the shards named in the index, or the single file.
+fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        return Err(Error::Io {
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model folder"),
+        });
+    }
+    let index = dir.join(INDEX_FILE);
+    if !index.exists() {
+        return Ok(vec![dir.join(SINGLE_FILE)]);
+    }
+    let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
+        path: index.clone(),
+        source,
+    })?;
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        path: index.clone(),
+        source,
+    })?;
+    let map = value
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::config(&index, "weight_map", "expected an object of name -> file"))?;
+    let mut shards = BTreeSet::new();
+    for (name, file) in map {
+        let file = file
+            .as_str()
+            .filter(|f| is_plain_file_name(f))
+            .ok_or_else(|| {
+                Error::config(
+                    &index,
+                    &format!("weight_map.{name}"),
+                    format!("expected a file name in the same folder, got {file}"),
+                )
+            })?;
+        shards.insert(file.to_string());
+    }
+    Ok(shards.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Shard names must stay inside the checkpoint folder.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['/', '\\']) && name != ".." && name != "."
+}
+
+fn map(path: &Path) -> Result<Mmap> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
+    // SAFETY: the map is read-only, and checkpoints are not modified while a model is being
+    // loaded from them; every read below is bounds-checked against the validated header.
+    unsafe { Mmap::map(&file) }.map_err(io)
+}
+
+/// Little-endian bytes to values; `bytes.len()` is a multiple of N (the header was validated).
+fn decode<T, const N: usize>(bytes: &[u8], from: impl Fn([u8; N]) -> T) -> Vec<T> {
+    bytes
+        .chunks_exact(N)
+        .map(|c| {
+            let mut b = [0u8; N];
+            b.copy_from_slice(c);
+            from(b)
+        })
+        .collect()
+}

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests: fixture paths and HF reference outputs.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use moe_runtime::{LoadOptions, Model, MoeImpl};
+
+/// Every committed fixture (tools/make_fixtures.py): two shapes per family.
+pub const FIXTURES: &[&str] = &[
+    "mixtral-a",
+    "mixtral-b",
+    "qwen2_moe-a",
+    "qwen2_moe-b",
+    "qwen3_moe-a",
+    "qwen3_moe-b",
+    "olmoe-a",
+    "olmoe-b",
+    "granitemoe-a",
+    "granitemoe-b",
+];
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// HF's outputs for a fixture: the prompt, f32 logits at every position, greedy continuation.
+pub struct Reference {
+    pub tokens: Vec<u32>,
+    /// (T, vocab)
+    pub logits: Tensor,
+    pub greedy: Vec<u32>,
+}
+
+pub fn reference(name: &str) -> Reference {
+    let path = fixture(name).join("reference.safetensors");
+    let t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let ids =
+        |k: &str| -> Vec<u32> { t[k].to_dtype(DType::U32).unwrap().to_vec1::<u32>().unwrap() };
+    Reference {
+        tokens: ids("tokens"),
+        logits: t["logits"].clone(),
+        greedy: ids("greedy"),
+    }
+}
+
+pub fn load(name: &str, dtype: DType, moe_impl: MoeImpl) -> Model {
+    let opts = LoadOptions {
+        dtype,
+        moe_impl,
+        ..LoadOptions::default()
+    };
+    Model::load(&fixture(name), &opts).unwrap()
+}
+
+/// max |a - b| / max |b|: the error relative to the largest reference value.
+pub fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
+    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = b.abs().unwrap().max_all().unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap()
+}
+
+/// Per row of (T, vocab) logits: max |a - b| over the row, divided by the largest |b| anywhere.
+pub fn position_errors(a: &Tensor, b: &Tensor) -> Vec<f32> {
+    let scale = b
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let diff = (a - b).unwrap().abs().unwrap().max(1).unwrap();
+    diff.to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|d| d / scale)
+        .collect()
+}

@@ -8,18 +8,18 @@ use std::path::PathBuf;
 /// command line can print it as is.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
+    // The causes are part of the message rather than a `source`, so that printing the error
+    // with its source chain does not repeat them.
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
-    #[error("{path}: not valid JSON: {source}")]
+    #[error("{path}: not valid JSON: {cause}")]
     Json {
         path: PathBuf,
-        #[source]
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 
     /// A config.json field that is missing, mistyped, out of range or not supported.
@@ -63,6 +63,17 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Fails unless `dir` is a folder: the first check when loading a model from it.
+    pub(crate) fn check_model_dir(dir: &std::path::Path) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        Err(Error::Io {
+            path: dir.to_path_buf(),
+            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model folder"),
+        })
+    }
+
     pub(crate) fn config(path: &std::path::Path, field: &str, message: impl Into<String>) -> Self {
         Error::Config {
             path: path.to_path_buf(),

@@ -97,13 +97,13 @@ pub fn eos_token_ids(dir: &Path) -> Result<Vec<u32>> {
         if !path.exists() {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+        let text = std::fs::read_to_string(&path).map_err(|cause| Error::Io {
             path: path.clone(),
-            source,
+            cause,
         })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        let value: Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
             path: path.clone(),
-            source,
+            cause,
         })?;
         let bad = || Error::config(&path, "eos_token_id", "expected an id or a list of ids");
         let id = |v: &Value| {

@@ -164,23 +164,18 @@ impl Weights {
 
 /// The safetensors files of a checkpoint: the shards named in the index, or the single file.
 fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
-    if !dir.is_dir() {
-        return Err(Error::Io {
-            path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model folder"),
-        });
-    }
+    Error::check_model_dir(dir)?;
     let index = dir.join(INDEX_FILE);
     if !index.exists() {
         return Ok(vec![dir.join(SINGLE_FILE)]);
     }
-    let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
+    let text = std::fs::read_to_string(&index).map_err(|cause| Error::Io {
         path: index.clone(),
-        source,
+        cause,
     })?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
         path: index.clone(),
-        source,
+        cause,
     })?;
     let map = value
         .get("weight_map")
@@ -209,9 +204,9 @@ fn is_plain_file_name(name: &str) -> bool {
 }
 
 fn map(path: &Path) -> Result<Mmap> {
-    let io = |source| Error::Io {
+    let io = |cause| Error::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let file = File::open(path).map_err(io)?;
     // SAFETY: the map is read-only, and checkpoints are not modified while a model is being

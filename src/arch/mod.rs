@@ -110,14 +110,15 @@ pub const LLAMA_NAMES: TensorNames = TensorNames {
 
 /// Reads `dir/config.json` and translates it for the family its `model_type` names.
 pub fn load(dir: &Path) -> Result<Architecture> {
+    Error::check_model_dir(dir)?;
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+    let text = std::fs::read_to_string(&path).map_err(|cause| Error::Io {
         path: path.clone(),
-        source,
+        cause,
     })?;
-    let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+    let value: Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
         path: path.clone(),
-        source,
+        cause,
     })?;
     parse(&path, value)
 }

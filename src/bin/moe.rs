@@ -229,9 +229,9 @@ fn inspect(common: &Common) -> Result<()> {
         active as f64 / 1e6
     );
     println!(
-        "memory ({:?})  {:.1} MiB of weights",
-        opts.dtype,
-        total as f64 * bytes / (1 << 20) as f64
+        "memory         {:.1} MiB of weights in {:?}",
+        total as f64 * bytes / (1 << 20) as f64,
+        opts.dtype
     );
     if !arch.unrecognized_fields.is_empty() {
         println!("unused fields  {}", arch.unrecognized_fields.join(", "));

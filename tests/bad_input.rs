@@ -1,0 +1,265 @@
+//! Bad input (DESIGN.md section 7): each case gets one clear error naming the file, field or
+//! tensor, from the library and from `moe` (non-zero exit, one line, no panic).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{DType, Device, Tensor};
+use moe_runtime::{LoadOptions, Model};
+use tempfile::TempDir;
+
+const FIXTURE: &str = "qwen3_moe-b";
+
+/// A private copy of a fixture to break.
+fn copy_fixture(name: &str) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(common::fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn load_error(dir: &Path) -> String {
+    Model::load(dir, &LoadOptions::default())
+        .unwrap_err()
+        .to_string()
+}
+
+/// Rewrites the single weights file of `dir` after `edit` has changed its tensors.
+fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+}
+
+const SOME_TENSOR: &str = "model.layers.1.mlp.experts.3.up_proj.weight";
+
+#[test]
+fn truncated_safetensors_names_the_file() {
+    let dir = copy_fixture(FIXTURE);
+    let path = dir.path().join("model.safetensors");
+    let len = std::fs::metadata(&path).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let e = load_error(dir.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_safetensors_names_the_file() {
+    let dir = copy_fixture(FIXTURE);
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        "this is not a checkpoint",
+    )
+    .unwrap();
+    let e = load_error(dir.path());
+    assert!(
+        e.contains("model.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_tensor_is_named() {
+    let dir = copy_fixture(FIXTURE);
+    edit_tensors(dir.path(), |t| {
+        t.remove(SOME_TENSOR);
+    });
+    let e = load_error(dir.path());
+    assert!(e.contains(SOME_TENSOR) && e.contains("missing"), "{e}");
+}
+
+#[test]
+fn a_misshapen_tensor_is_named_with_both_shapes() {
+    let dir = copy_fixture(FIXTURE);
+    edit_tensors(dir.path(), |t| {
+        t.insert(
+            SOME_TENSOR.into(),
+            Tensor::zeros((26, 35), DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let e = load_error(dir.path());
+    assert!(
+        e.contains(SOME_TENSOR) && e.contains("[26, 35]") && e.contains("[26, 36]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_tensor_of_the_wrong_dtype_is_named() {
+    let dir = copy_fixture(FIXTURE);
+    edit_tensors(dir.path(), |t| {
+        t.insert(
+            SOME_TENSOR.into(),
+            Tensor::zeros((26, 36), DType::I64, &Device::Cpu).unwrap(),
+        );
+    });
+    let e = load_error(dir.path());
+    assert!(e.contains(SOME_TENSOR) && e.contains("I64"), "{e}");
+}
+
+#[test]
+fn a_missing_shard_is_named() {
+    let dir = copy_fixture("mixtral-b");
+    let shard = "model-00002-of-00003.safetensors";
+    std::fs::remove_file(dir.path().join(shard)).unwrap();
+    let e = load_error(dir.path());
+    assert!(e.contains(shard), "{e}");
+}
+
+#[test]
+fn an_unknown_model_type_is_named() {
+    let dir = copy_fixture(FIXTURE);
+    edit_config(dir.path(), |c| c["model_type"] = "jamba".into());
+    let e = load_error(dir.path());
+    assert!(
+        e.contains("config.json") && e.contains("model_type") && e.contains("jamba"),
+        "{e}"
+    );
+}
+
+#[test]
+fn malformed_config_json_names_the_file() {
+    let dir = copy_fixture(FIXTURE);
+    std::fs::write(
+        dir.path().join("config.json"),
+        "{\"model_type\": \"qwen3_moe\",",
+    )
+    .unwrap();
+    let e = load_error(dir.path());
+    assert!(
+        e.contains("config.json") && e.contains("not valid JSON"),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_absurd_vocab_is_refused_before_allocation() {
+    let dir = copy_fixture(FIXTURE);
+    edit_config(dir.path(), |c| {
+        c["vocab_size"] = 1_000_000_000_000u64.into()
+    });
+    let e = load_error(dir.path());
+    assert!(
+        e.contains("vocab_size") && e.contains("out of range"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_missing_folder_is_named() {
+    let e = load_error(Path::new("/nonexistent/model-dir"));
+    assert!(e.contains("/nonexistent/model-dir"), "{e}");
+}
+
+#[test]
+fn bad_tokens_are_refused_without_touching_the_cache() {
+    let model = Model::load(&common::fixture(FIXTURE), &LoadOptions::default()).unwrap();
+    let vocab = model.config().vocab_size as u32;
+    let mut cache = model.new_cache();
+    let e = model
+        .forward(&[1, vocab], &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&format!("token id {vocab}")) && e.contains("vocab_size"),
+        "{e}"
+    );
+    let e = model.forward(&[], &mut cache).unwrap_err().to_string();
+    assert!(e.contains("empty"), "{e}");
+    let too_long = vec![1u32; model.config().max_position_embeddings + 1];
+    let e = model
+        .forward(&too_long, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("max_position_embeddings"), "{e}");
+    assert_eq!(cache.position(), 0);
+}
+
+/// Runs `moe`; returns (exit success, stderr).
+fn moe(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_moe"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_command_line_answers_bad_input_with_one_line_and_a_failure_code() {
+    let good = common::fixture(FIXTURE);
+    let good = good.to_str().unwrap();
+    let broken = copy_fixture(FIXTURE);
+    std::fs::write(broken.path().join("model.safetensors"), "garbage").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["generate", "--model", good, "--tokens", "1,99999"],
+            "token id 99999",
+        ),
+        (
+            &[
+                "logits",
+                "--model",
+                broken.path().to_str().unwrap(),
+                "--tokens",
+                "1",
+                "--out",
+                "/tmp/x",
+            ],
+            "model.safetensors",
+        ),
+        (&["inspect", "--model", "/nonexistent/m"], "/nonexistent/m"),
+        (
+            &[
+                "generate", "--model", good, "--tokens", "1", "--dtype", "f8",
+            ],
+            "--dtype f8",
+        ),
+        (
+            &[
+                "generate",
+                "--model",
+                good,
+                "--tokens",
+                "1",
+                "--experts-per-token",
+                "9",
+            ],
+            "experts-per-token",
+        ),
+    ];
+    for (args, expected) in cases {
+        let (ok, stderr) = moe(args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with("error: ") && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
+}

@@ -36,7 +36,11 @@ const SHAPES: &[Shape] = &[
     },
 ];
 
-fn setup(s: &Shape, tokens: usize, dtype: DType) -> (Tensor, Experts, Routing) {
+/// Routings cycled through by successive iterations, so that over a few iterations every
+/// expert is read and the timings are of memory, not of a cache holding the same k experts.
+const ROUTINGS: usize = 16;
+
+fn setup(s: &Shape, tokens: usize, dtype: DType) -> (Tensor, Experts, Vec<Routing>) {
     let dev = Device::Cpu;
     let rand = |shape: (usize, usize, usize)| {
         Tensor::randn(0f32, 0.02, shape, &dev)
@@ -50,13 +54,18 @@ fn setup(s: &Shape, tokens: usize, dtype: DType) -> (Tensor, Experts, Routing) {
     let xs = Tensor::randn(0f32, 1.0, (tokens, s.hidden), &dev)
         .and_then(|t| t.to_dtype(dtype))
         .expect("random tokens");
-    let logits = Tensor::randn(0f32, 1.0, (tokens, s.experts), &dev).expect("random logits");
     let cfg = RouterConfig {
         top_k: s.top_k,
         norm_topk_prob: true,
     };
-    let routing = Routing::from_logits(&logits, cfg).expect("routing");
-    (xs, experts, routing)
+    let routings = (0..ROUTINGS)
+        .map(|_| {
+            let logits =
+                Tensor::randn(0f32, 1.0, (tokens, s.experts), &dev).expect("random logits");
+            Routing::from_logits(&logits, cfg).expect("routing")
+        })
+        .collect();
+    (xs, experts, routings)
 }
 
 fn bench(c: &mut Criterion) {
@@ -66,11 +75,15 @@ fn bench(c: &mut Criterion) {
             group.sample_size(10);
             group.throughput(Throughput::Elements(tokens as u64));
             for dtype in [DType::F32, DType::BF16] {
-                let (xs, experts, routing) = setup(s, tokens, dtype);
+                let (xs, experts, routings) = setup(s, tokens, dtype);
                 for imp in [MoeImpl::Fast, MoeImpl::Reference] {
                     let id = BenchmarkId::new(format!("{imp:?}"), format!("{dtype:?}"));
+                    let mut next = routings.iter().cycle();
                     group.bench_function(id, |b| {
-                        b.iter(|| experts.forward(&xs, &routing, imp).expect("forward"))
+                        b.iter(|| {
+                            let routing = next.next().expect("a cycle never ends");
+                            experts.forward(&xs, routing, imp).expect("forward")
+                        })
                     });
                 }
             }

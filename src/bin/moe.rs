@@ -29,8 +29,8 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// Comma-separated token ids.
-        #[arg(long, value_delimiter = ',', required = true)]
-        tokens: Vec<u32>,
+        #[arg(long, value_parser = parse_tokens)]
+        tokens: TokenIds,
         #[arg(long)]
         out: PathBuf,
     },
@@ -39,8 +39,8 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// Comma-separated token ids.
-        #[arg(long, value_delimiter = ',', required = true)]
-        tokens: Vec<u32>,
+        #[arg(long, value_parser = parse_tokens)]
+        tokens: TokenIds,
         #[arg(long, default_value_t = 32)]
         max_new_tokens: usize,
         /// Only 0 (greedy) for now; sampling comes with the tokenizer.
@@ -50,6 +50,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Token ids as given on the command line; an empty list is left for the library to refuse.
+#[derive(Clone)]
+struct TokenIds(Vec<u32>);
+
+fn parse_tokens(s: &str) -> Result<TokenIds, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(|t| t.parse().map_err(|_| format!("`{t}` is not a token id")))
+        .collect::<Result<_, _>>()
+        .map(TokenIds)
 }
 
 #[derive(Args)]
@@ -144,7 +157,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
         } => {
             let model = common.load()?;
-            let logits = model.forward(&tokens, &mut model.new_cache())?;
+            let logits = model.forward(&tokens.0, &mut model.new_cache())?;
             let tensors = HashMap::from([("logits".to_string(), logits)]);
             candle_core::safetensors::save(&tensors, &out)
                 .with_context(|| format!("writing {}", out.display()))?;
@@ -164,7 +177,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             let model = common.load()?;
             let eos = generate::eos_token_ids(&common.model)?;
-            let gen = generate::greedy(&model, &tokens, max_new_tokens, &eos)?;
+            let gen = generate::greedy(&model, &tokens.0, max_new_tokens, &eos)?;
             let s = &gen.stats;
             if json {
                 let report = serde_json::json!({

@@ -97,14 +97,7 @@ pub fn eos_token_ids(dir: &Path) -> Result<Vec<u32>> {
         if !path.exists() {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(|cause| Error::Io {
-            path: path.clone(),
-            cause,
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
-            path: path.clone(),
-            cause,
-        })?;
+        let value = crate::json::read(&path)?;
         let bad = || Error::config(&path, "eos_token_id", "expected an id or a list of ids");
         let id = |v: &Value| {
             v.as_u64()

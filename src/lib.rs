@@ -28,6 +28,7 @@ pub mod arch;
 pub mod config;
 pub mod error;
 pub mod generate;
+mod json;
 pub mod model;
 pub mod moe;
 pub mod ops;

@@ -169,14 +169,7 @@ fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
     if !index.exists() {
         return Ok(vec![dir.join(SINGLE_FILE)]);
     }
-    let text = std::fs::read_to_string(&index).map_err(|cause| Error::Io {
-        path: index.clone(),
-        cause,
-    })?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
-        path: index.clone(),
-        cause,
-    })?;
+    let value = crate::json::read(&index)?;
     let map = value
         .get("weight_map")
         .and_then(|m| m.as_object())

@@ -112,15 +112,7 @@ pub const LLAMA_NAMES: TensorNames = TensorNames {
 pub fn load(dir: &Path) -> Result<Architecture> {
     Error::check_model_dir(dir)?;
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|cause| Error::Io {
-        path: path.clone(),
-        cause,
-    })?;
-    let value: Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
-        path: path.clone(),
-        cause,
-    })?;
-    parse(&path, value)
+    parse(&path, crate::json::read(&path)?)
 }
 
 /// Translates an already-read config.json; `path` names it in errors.

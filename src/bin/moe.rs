@@ -1,13 +1,14 @@
 //! `moe`: the command line over the library (DESIGN.md section 3). Thin: parse, call, print.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 use moe_runtime::config::LayerKind;
+use moe_runtime::weights::Weights;
 use moe_runtime::{arch, generate, LoadOptions, Model, MoeImpl};
 
 #[derive(Parser)]
@@ -120,22 +121,18 @@ impl Common {
                 .build_global()
                 .context("setting up the thread pool")?;
         }
-        warn_unrecognized(&self.model)?;
-        Ok(Model::load(&self.model, &opts)?)
+        let arch = arch::load(&self.model)?;
+        // Fields of config.json that nothing reads are reported, never dropped silently.
+        if !arch.unrecognized_fields.is_empty() {
+            eprintln!(
+                "warning: {}: fields not used by moe-runtime: {}",
+                self.model.join("config.json").display(),
+                arch.unrecognized_fields.join(", ")
+            );
+        }
+        let weights = Weights::open(&self.model, opts.dtype, &opts.device)?;
+        Ok(Model::from_weights(arch, &weights, &opts)?)
     }
-}
-
-/// Fields of config.json that nothing reads are reported, never dropped silently.
-fn warn_unrecognized(dir: &Path) -> Result<()> {
-    let arch = arch::load(dir)?;
-    if !arch.unrecognized_fields.is_empty() {
-        eprintln!(
-            "warning: {}: fields not used by moe-runtime: {}",
-            dir.join("config.json").display(),
-            arch.unrecognized_fields.join(", ")
-        );
-    }
-    Ok(())
 }
 
 fn main() -> ExitCode {

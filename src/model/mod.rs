@@ -218,3 +218,13 @@ impl Model {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn models_are_shared_between_threads_and_caches_move() {
+        fn shared<T: Send + Sync>() {}
+        shared::<super::Model>();
+        shared::<super::Cache>();
+    }
+}

@@ -180,6 +180,16 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
     let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
     let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads);
     let num_layers = f.usize("num_hidden_layers")?;
+    if let Some(q) = f.value("quantization_config") {
+        let method = q
+            .get("quant_method")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        return Err(f.error(
+            "quantization_config",
+            format!("pre-quantized checkpoints ({method}) are not supported; use f32, bf16 or f16 weights"),
+        ));
+    }
     let act = f
         .opt_str("hidden_act")?
         .unwrap_or_else(|| "silu".to_string());

@@ -118,6 +118,18 @@ fn missing_and_mistyped_fields_are_named() {
 }
 
 #[test]
+fn pre_quantized_checkpoints_are_refused_by_name() {
+    let e = error(with(
+        mixtral(),
+        json!({"quantization_config": {"quant_method": "fp8", "weight_block_size": [128, 128]}}),
+    ));
+    assert!(
+        e.contains("quantization_config") && e.contains("fp8"),
+        "{e}"
+    );
+}
+
+#[test]
 fn absurd_vocab_is_refused_before_anything_is_allocated() {
     let e = error(with(mixtral(), json!({"vocab_size": 1_000_000_000_000u64})));
     assert!(

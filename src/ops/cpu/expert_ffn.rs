@@ -5,13 +5,21 @@
 
 use rayon::prelude::*;
 
+use super::matmul::matmul_abt;
 use super::storage::WeightSlice;
 use super::vector::{dot, silu, WeightElem};
 use crate::error::{Error, Result};
 
 /// Output rows per parallel task: small enough that a decode step (one token, k experts) still
-/// makes many tasks for the pool, large enough that task overhead stays small.
+/// makes many tasks for the pool, large enough that task overhead stays small. Matrix-kernel
+/// blocks are taller, so that packing their operands pays off.
 const ROWS_PER_TASK: usize = 32;
+const ROWS_PER_MATMUL_TASK: usize = 256;
+
+/// From this many tokens on an expert, its blocks go through a matrix kernel (register-blocked,
+/// SIMD) rather than one dot product per (row, token): below it the work is a pass over the
+/// weights, bound by memory, and the dot products read each weight exactly once.
+const MATMUL_MIN_TOKENS: usize = 4;
 
 /// Routing assignments sorted by expert (a counting sort, so tokens stay in order within an
 /// expert). A slot is one (token, choice) pair.
@@ -88,23 +96,29 @@ pub fn grouped_ffn<W: WeightElem>(
     let (h, i) = (w.hidden, w.intermediate);
     let slots = groups.slot_token.len();
 
-    // Phase 1, per expert: act^T (I, count) = silu(x Wg^T) ⊙ (x Wu^T), transposed so that a
+    // Each slot's token row, gathered once: (slots, H), an expert's tokens contiguous.
+    let mut x_sorted = vec![0f32; slots * h];
+    x_sorted
+        .par_chunks_mut(h.max(1))
+        .zip(&groups.slot_token)
+        .for_each(|(row, &t)| {
+            row.copy_from_slice(&xs[t as usize * h..][..h]);
+        });
+
+    // Phase 1, per expert: act^T (I, count) = silu(Wg x^T) ⊙ (Wu x^T), transposed so that a
     // task owning a block of rows owns a contiguous piece of the buffer.
     let mut act_t = vec![0f32; slots * i];
     for_row_blocks(groups, &mut act_t, i, |e, n0, block, count| {
-        let first = groups.offsets[e];
-        let mut scratch = vec![0f32; 2 * h];
-        let (gs, us) = scratch.split_at_mut(h);
-        for (dn, row_out) in block.chunks_mut(count).enumerate() {
-            let n = n0 + dn;
-            let base = e * 2 * i * h;
-            let wg = W::row_f32(&w.gate_up[base + n * h..][..h], gs);
-            let wu = W::row_f32(&w.gate_up[base + (i + n) * h..][..h], us);
-            for (j, o) in row_out.iter_mut().enumerate() {
-                let t = groups.slot_token[first + j] as usize;
-                let x = &xs[t * h..][..h];
-                *o = silu(dot(wg, x)) * dot(wu, x);
-            }
+        let rows = block.len() / count;
+        let x = &x_sorted[groups.offsets[e] * h..][..count * h];
+        let gate = &w.gate_up[(e * 2 * i + n0) * h..][..rows * h];
+        let up = &w.gate_up[(e * 2 * i + i + n0) * h..][..rows * h];
+        let mut g = vec![0f32; rows * count];
+        let mut u = vec![0f32; rows * count];
+        project(gate, x, (rows, count, h), &mut g);
+        project(up, x, (rows, count, h), &mut u);
+        for ((o, g), u) in block.iter_mut().zip(&g).zip(&u) {
+            *o = silu(*g) * u;
         }
     });
 
@@ -125,15 +139,10 @@ pub fn grouped_ffn<W: WeightElem>(
     // Phase 2, per expert: y^T (H, count) = Wd act^T.
     let mut y_t = vec![0f32; slots * h];
     for_row_blocks(groups, &mut y_t, h, |e, m0, block, count| {
-        let first = groups.offsets[e];
-        let mut scratch = vec![0f32; i];
-        for (dm, row_out) in block.chunks_mut(count).enumerate() {
-            let m = m0 + dm;
-            let wd = W::row_f32(&w.down[(e * h + m) * i..][..i], &mut scratch);
-            for (j, o) in row_out.iter_mut().enumerate() {
-                *o = dot(wd, &act[(first + j) * i..][..i]);
-            }
-        }
+        let rows = block.len() / count;
+        let down = &w.down[(e * h + m0) * i..][..rows * i];
+        let act_e = &act[groups.offsets[e] * i..][..count * i];
+        project(down, act_e, (rows, count, i), block);
     });
 
     // Combine in token order, each token's choices best first.
@@ -153,6 +162,27 @@ pub fn grouped_ffn<W: WeightElem>(
                 }
             }
         });
+}
+
+/// out (rows, count) = w (rows, k) · x (count, k)ᵀ, accumulated in f32 whatever W is.
+fn project<W: WeightElem>(
+    w: &[W],
+    x: &[f32],
+    (rows, count, k): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    if count >= MATMUL_MIN_TOKENS {
+        let mut scratch = vec![0f32; if W::IS_F32 { 0 } else { rows * k }];
+        matmul_abt(W::as_f32(w, &mut scratch), x, (rows, count, k), out);
+        return;
+    }
+    let mut scratch = vec![0f32; if W::IS_F32 { 0 } else { k }];
+    for (r, out_row) in out.chunks_mut(count).enumerate() {
+        let w_row = W::as_f32(&w[r * k..][..k], &mut scratch);
+        for (j, o) in out_row.iter_mut().enumerate() {
+            *o = dot(w_row, &x[j * k..][..k]);
+        }
+    }
 }
 
 /// `grouped_ffn` over weights of a dtype known only at run time; both tensors must share it.
@@ -194,7 +224,7 @@ pub fn grouped_ffn_weights(
 }
 
 /// Splits `buf` (per expert e, a (rows, count_e) block starting at slot offset · rows) into
-/// tasks of at most ROWS_PER_TASK rows and runs them in parallel as
+/// tasks of a few rows each and runs them in parallel as
 /// `task(expert, first_row, block, count)`. Experts without tokens make no tasks.
 fn for_row_blocks(
     groups: &ExpertGroups,
@@ -211,8 +241,13 @@ fn for_row_blocks(
         }
         let (mine, tail) = rest.split_at_mut(rows * count);
         rest = tail;
-        for (b, block) in mine.chunks_mut(ROWS_PER_TASK * count).enumerate() {
-            tasks.push((e, b * ROWS_PER_TASK, block, count));
+        let per_task = if count >= MATMUL_MIN_TOKENS {
+            ROWS_PER_MATMUL_TASK
+        } else {
+            ROWS_PER_TASK
+        };
+        for (b, block) in mine.chunks_mut(per_task * count).enumerate() {
+            tasks.push((e, b * per_task, block, count));
         }
     }
     tasks

@@ -33,27 +33,32 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// A weight element type the kernels read: rows are widened to f32 before use.
+/// A weight element type the kernels read: weights are widened to f32 before use.
 pub trait WeightElem: Copy + Send + Sync + 'static {
-    /// `src` as f32: itself for f32, otherwise converted into `scratch` (same length).
-    fn row_f32<'a>(src: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32];
+    /// f32 needs no scratch space to be read as f32.
+    const IS_F32: bool;
+    /// `src` as f32: itself for f32, otherwise converted into `scratch` (at least as long).
+    fn as_f32<'a>(src: &'a [Self], scratch: &'a mut [f32]) -> &'a [f32];
 }
 
 impl WeightElem for f32 {
-    fn row_f32<'a>(src: &'a [f32], _scratch: &'a mut [f32]) -> &'a [f32] {
+    const IS_F32: bool = true;
+    fn as_f32<'a>(src: &'a [f32], _scratch: &'a mut [f32]) -> &'a [f32] {
         src
     }
 }
 
 impl WeightElem for bf16 {
-    fn row_f32<'a>(src: &'a [bf16], scratch: &'a mut [f32]) -> &'a [f32] {
+    const IS_F32: bool = false;
+    fn as_f32<'a>(src: &'a [bf16], scratch: &'a mut [f32]) -> &'a [f32] {
         src.convert_to_f32_slice(&mut scratch[..src.len()]);
         &scratch[..src.len()]
     }
 }
 
 impl WeightElem for f16 {
-    fn row_f32<'a>(src: &'a [f16], scratch: &'a mut [f32]) -> &'a [f32] {
+    const IS_F32: bool = false;
+    fn as_f32<'a>(src: &'a [f16], scratch: &'a mut [f32]) -> &'a [f32] {
         src.convert_to_f32_slice(&mut scratch[..src.len()]);
         &scratch[..src.len()]
     }
@@ -89,7 +94,7 @@ mod tests {
             .map(|&x| bf16::from_f32(x))
             .collect();
         let mut scratch = vec![0f32; 3];
-        let row = bf16::row_f32(&src, &mut scratch);
+        let row = bf16::as_f32(&src, &mut scratch);
         assert_eq!(row, &[src[0].to_f32(), src[1].to_f32(), src[2].to_f32()]);
     }
 }

@@ -160,3 +160,20 @@ fn zero_routing_weights_contribute_nothing() {
         1e-5,
     );
 }
+
+#[test]
+fn experts_with_few_and_many_tokens_in_one_call() {
+    // Expert 0 takes every token (the matrix kernel), experts 1-5 one or two each (the dot
+    // products), so both kernels run side by side in one call.
+    for dtype in DTYPES {
+        let choices: Vec<_> = (0..7)
+            .map(|t| vec![(0, 0.6), (1 + (t % 5) as u32, 0.4)])
+            .collect();
+        assert_paths_agree(
+            &tokens(7, dtype),
+            &experts(dtype),
+            &routing(&choices),
+            tolerance(dtype),
+        );
+    }
+}

@@ -31,7 +31,7 @@ pub mod generate;
 mod json;
 pub mod model;
 pub mod moe;
-pub mod ops;
+mod ops;
 pub mod weights;
 
 pub use config::ModelConfig;

@@ -60,6 +60,7 @@ impl Experts {
     /// Runs every token through its routed experts and sums the weighted outputs.
     /// xs: (tokens, hidden) -> (tokens, hidden)
     pub fn forward(&self, xs: &Tensor, routing: &Routing, imp: MoeImpl) -> Result<Tensor> {
+        routing.check(xs.dims2()?.0, self.num_experts())?;
         match imp {
             MoeImpl::Fast => fast::forward(xs, self, routing),
             MoeImpl::Reference => reference::forward(xs, self, routing),

@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// How scores become routing weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,10 +26,6 @@ pub struct Routing {
 }
 
 impl Routing {
-    pub fn num_tokens(&self) -> usize {
-        self.experts.len() / self.top_k.max(1)
-    }
-
     /// Routes every row of `logits: (tokens, experts)`.
     pub fn from_logits(logits: &Tensor, cfg: RouterConfig) -> Result<Routing> {
         let (_, e) = logits.dims2()?;
@@ -37,12 +33,18 @@ impl Routing {
             .to_dtype(DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        Ok(Self::from_slice(&flat, e, cfg))
+        Self::from_slice(&flat, e, cfg)
     }
 
     /// Routes host logits laid out (tokens, num_experts).
-    pub fn from_slice(logits: &[f32], num_experts: usize, cfg: RouterConfig) -> Routing {
+    pub fn from_slice(logits: &[f32], num_experts: usize, cfg: RouterConfig) -> Result<Routing> {
         let k = cfg.top_k;
+        if k == 0 || k > num_experts || logits.len() % num_experts != 0 {
+            return Err(Error::Input(format!(
+                "cannot route {} logits over {num_experts} experts, top-{k}",
+                logits.len()
+            )));
+        }
         let tokens = logits.len() / num_experts.max(1);
         let mut experts = Vec::with_capacity(tokens * k);
         let mut weights = Vec::with_capacity(tokens * k);
@@ -61,12 +63,31 @@ impl Routing {
                 weights[start..].iter_mut().for_each(|w| *w /= sum);
             }
         }
-        Routing {
+        Ok(Routing {
             num_experts,
             top_k: k,
             experts,
             weights,
+        })
+    }
+
+    /// Checks a routing (perhaps made by hand) against the tokens and experts it is applied to.
+    pub fn check(&self, tokens: usize, num_experts: usize) -> Result<()> {
+        let n = tokens * self.top_k;
+        if self.top_k == 0 || self.experts.len() != n || self.weights.len() != n {
+            return Err(Error::Input(format!(
+                "a routing of {} experts and {} weights does not fit {tokens} tokens at top-{}",
+                self.experts.len(),
+                self.weights.len(),
+                self.top_k
+            )));
         }
+        if let Some(e) = self.experts.iter().find(|&&e| e as usize >= num_experts) {
+            return Err(Error::Input(format!(
+                "routing names expert {e}, but there are {num_experts}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -81,7 +102,7 @@ fn best_unchosen(probs: &[f32], chosen: &[u32]) -> usize {
             best = Some(i);
         }
     }
-    // top_k <= num_experts is validated with the config, so an unchosen expert always exists.
+    // from_slice checked top_k <= num_experts, so an unchosen expert always exists.
     best.unwrap_or(0)
 }
 
@@ -106,7 +127,7 @@ mod tests {
 
     #[test]
     fn picks_the_top_scores_best_first() {
-        let r = Routing::from_slice(&[0.0, 3.0, 1.0, 2.0], 4, TOP2);
+        let r = Routing::from_slice(&[0.0, 3.0, 1.0, 2.0], 4, TOP2).unwrap();
         assert_eq!(r.experts, vec![1, 3]);
         let z: f32 = [0.0f32, 3.0, 1.0, 2.0].iter().map(|x| x.exp()).sum();
         assert!((r.weights[0] - 3f32.exp() / z).abs() < 1e-6);
@@ -115,9 +136,9 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_lower_expert_index() {
-        let r = Routing::from_slice(&[1.0, 5.0, 5.0, 5.0, 0.0], 5, TOP2);
+        let r = Routing::from_slice(&[1.0, 5.0, 5.0, 5.0, 0.0], 5, TOP2).unwrap();
         assert_eq!(r.experts, vec![1, 2]);
-        let all_equal = Routing::from_slice(&[0.5; 6], 6, TOP2);
+        let all_equal = Routing::from_slice(&[0.5; 6], 6, TOP2).unwrap();
         assert_eq!(all_equal.experts, vec![0, 1]);
     }
 
@@ -127,14 +148,25 @@ mod tests {
             top_k: 3,
             norm_topk_prob: true,
         };
-        let r = Routing::from_slice(&[0.1, -2.0, 0.7, 0.3, 1.5, -0.4], 6, cfg);
+        let r = Routing::from_slice(&[0.1, -2.0, 0.7, 0.3, 1.5, -0.4], 6, cfg).unwrap();
         assert_eq!(r.experts, vec![4, 2, 3]);
         assert!((r.weights.iter().sum::<f32>() - 1.0).abs() < 1e-6);
     }
 
     #[test]
+    fn impossible_requests_are_errors_not_panics() {
+        assert!(Routing::from_slice(&[1.0, 2.0], 0, TOP2).is_err());
+        assert!(Routing::from_slice(&[1.0, 2.0, 3.0], 2, TOP2).is_err());
+        assert!(Routing::from_slice(&[1.0], 1, TOP2).is_err());
+        let r = Routing::from_slice(&[1.0, 2.0, 3.0], 3, TOP2).unwrap();
+        assert!(r.check(1, 3).is_ok());
+        assert!(r.check(2, 3).is_err());
+        assert!(r.check(1, 2).is_err());
+    }
+
+    #[test]
     fn nan_logits_do_not_panic_and_still_pick_distinct_experts() {
-        let r = Routing::from_slice(&[f32::NAN, 1.0, f32::NAN], 3, TOP2);
+        let r = Routing::from_slice(&[f32::NAN, 1.0, f32::NAN], 3, TOP2).unwrap();
         assert_eq!(r.experts.len(), 2);
         assert_ne!(r.experts[0], r.experts[1]);
     }

@@ -3,7 +3,7 @@
 //! `output_linear`). Its router softmaxes the top-k logits, which equals softmax then
 //! renormalised top-k.
 
-use super::{common, Defaults, ExpertNames, Fields, TensorNames, LLAMA_NAMES};
+use super::{attention_bias, common, Defaults, ExpertNames, Fields, TensorNames, LLAMA_NAMES};
 use crate::config::{ModelConfig, MoeConfig, Scales};
 use crate::error::Result;
 
@@ -15,9 +15,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
             rms_norm_eps: 1e-6,
         },
     )?;
-    let bias = f.bool_or("attention_bias", false)?;
-    cfg.attention.qkv_bias = bias;
-    cfg.attention.o_bias = bias;
+    attention_bias(f, &mut cfg)?;
     cfg.attention.scale = f.f64_or("attention_multiplier", 1.0)?;
     cfg.scales = Scales {
         embedding: f.f64_or("embedding_multiplier", 1.0)?,

@@ -270,6 +270,14 @@ fn rope(f: &mut Fields, default_theta: f64) -> Result<RopeConfig> {
     Ok(RopeConfig { theta })
 }
 
+/// `attention_bias`: one switch for the biases of all four attention projections.
+fn attention_bias(f: &mut Fields, cfg: &mut ModelConfig) -> Result<()> {
+    let bias = f.bool_or("attention_bias", false)?;
+    cfg.attention.qkv_bias = bias;
+    cfg.attention.o_bias = bias;
+    Ok(())
+}
+
 /// Layers are sparse unless listed in `mlp_only_layers` or off the `decoder_sparse_step`
 /// grid (the Qwen rule).
 fn qwen_layer_plan(f: &mut Fields, num_layers: usize) -> Result<Vec<LayerKind>> {

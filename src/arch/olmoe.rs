@@ -1,6 +1,6 @@
 //! OLMoE: q/k RMSNorm over the whole projection, `clip_qkv`, optional top-k renormalisation.
 
-use super::{common, Defaults, Fields, TensorNames, LLAMA_NAMES};
+use super::{attention_bias, common, Defaults, Fields, TensorNames, LLAMA_NAMES};
 use crate::config::{ModelConfig, MoeConfig, QkNorm};
 use crate::error::Result;
 
@@ -12,9 +12,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
             rms_norm_eps: 1e-5,
         },
     )?;
-    let bias = f.bool_or("attention_bias", false)?;
-    cfg.attention.qkv_bias = bias;
-    cfg.attention.o_bias = bias;
+    attention_bias(f, &mut cfg)?;
     cfg.attention.qk_norm = QkNorm::Projection;
     cfg.attention.clip_qkv = f.opt_f64("clip_qkv")?;
     cfg.moe = MoeConfig {

@@ -2,7 +2,8 @@
 //! and dense layers chosen by `mlp_only_layers` and `decoder_sparse_step`.
 
 use super::{
-    common, qwen_layer_plan, refuse_qwen_sliding_window, Defaults, Fields, TensorNames, LLAMA_NAMES,
+    attention_bias, common, qwen_layer_plan, refuse_qwen_sliding_window, Defaults, Fields,
+    TensorNames, LLAMA_NAMES,
 };
 use crate::config::{ModelConfig, MoeConfig, QkNorm};
 use crate::error::Result;
@@ -16,9 +17,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         },
     )?;
     refuse_qwen_sliding_window(f)?;
-    let bias = f.bool_or("attention_bias", false)?;
-    cfg.attention.qkv_bias = bias;
-    cfg.attention.o_bias = bias;
+    attention_bias(f, &mut cfg)?;
     cfg.attention.qk_norm = QkNorm::PerHead;
     cfg.layers = qwen_layer_plan(f, cfg.layers.len())?;
     // Only dense layers use it, but published configs always carry it.

@@ -1,5 +1,5 @@
-//! Greedy generation: prefill the prompt, then decode one token at a time until the token
-//! budget is spent or an end-of-sequence id comes out; with timings.
+//! Generation: prefill the prompt, then decode one token at a time until the token budget is
+//! spent, a stop id comes out, the context is full or the caller says stop; with timings.
 
 use std::path::Path;
 use std::time::Instant;
@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::sampling::{Sampler, SamplingConfig};
 
 /// Timings of one generation.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -42,9 +43,90 @@ fn rate(n: usize, secs: f64) -> f64 {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
-    /// The new ids, without the prompt; ends with the eos id when one stopped it.
+    /// The new ids, without the prompt; ends with the stop id when one stopped it.
     pub tokens: Vec<u32>,
     pub stats: Stats,
+    pub stop: StopReason,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop id (end of sequence) came out.
+    StopToken,
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The model's context is full.
+    ContextFull,
+    /// The streaming callback asked to stop.
+    Callback,
+}
+
+/// What the streaming callback tells the generator after each token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// Ids that end generation (they are kept in the output).
+    pub stop_tokens: Vec<u32>,
+    pub sampling: SamplingConfig,
+}
+
+/// Prefills `prompt`, then decodes one token at a time, calling `on_token` with each new id.
+pub fn generate(
+    model: &Model,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_token: impl FnMut(u32) -> Flow,
+) -> Result<Generation> {
+    let mut sampler = Sampler::new(opts.sampling.clone())?;
+    let mut cache = model.new_cache();
+    let mut stats = Stats {
+        prompt_tokens: prompt.len(),
+        ..Stats::default()
+    };
+    let mut history = prompt.to_vec();
+    let context = model.config().max_position_embeddings;
+    let mut tokens = Vec::with_capacity(opts.max_new_tokens);
+    let mut stop = StopReason::MaxTokens;
+    let mut input = prompt.to_vec();
+    let mut decode_start = None;
+    while tokens.len() < opts.max_new_tokens {
+        if cache.position() + input.len() > context {
+            stop = StopReason::ContextFull;
+            break;
+        }
+        let start = Instant::now();
+        let logits = model.forward_last(&input, &mut cache)?.to_vec1::<f32>()?;
+        let next = sampler.sample(&logits, &history);
+        if tokens.is_empty() {
+            stats.prefill_secs = start.elapsed().as_secs_f64();
+            decode_start = Some(Instant::now());
+        }
+        tokens.push(next);
+        history.push(next);
+        input = vec![next];
+        if on_token(next) == Flow::Stop {
+            stop = StopReason::Callback;
+            break;
+        }
+        if opts.stop_tokens.contains(&next) {
+            stop = StopReason::StopToken;
+            break;
+        }
+    }
+    stats.decode_secs = decode_start.map_or(0.0, |s| s.elapsed().as_secs_f64());
+    stats.generated_tokens = tokens.len();
+    Ok(Generation {
+        tokens,
+        stats,
+        stop,
+    })
 }
 
 /// Greedy decoding of up to `max_new_tokens` after `prompt`, stopping after any of `eos`.
@@ -54,39 +136,17 @@ pub fn greedy(
     max_new_tokens: usize,
     eos: &[u32],
 ) -> Result<Generation> {
-    let mut cache = model.new_cache();
-    let mut stats = Stats {
-        prompt_tokens: prompt.len(),
-        ..Stats::default()
+    let opts = GenerateOptions {
+        max_new_tokens,
+        stop_tokens: eos.to_vec(),
+        sampling: SamplingConfig::default(),
     };
-    let mut tokens = Vec::with_capacity(max_new_tokens);
-    if max_new_tokens == 0 {
-        return Ok(Generation { tokens, stats });
-    }
-    let start = Instant::now();
-    let mut next = argmax(&model.forward_last(prompt, &mut cache)?)?;
-    stats.prefill_secs = start.elapsed().as_secs_f64();
-    tokens.push(next);
-    let start = Instant::now();
-    while tokens.len() < max_new_tokens && !eos.contains(&next) {
-        next = argmax(&model.forward_last(&[next], &mut cache)?)?;
-        tokens.push(next);
-    }
-    stats.decode_secs = start.elapsed().as_secs_f64();
-    stats.generated_tokens = tokens.len();
-    Ok(Generation { tokens, stats })
+    generate(model, prompt, &opts, |_| Flow::Continue)
 }
 
-/// The index of the largest logit; the first one on ties, as torch.argmax.
+/// The index of the largest logit of `logits: (vocab,)`; the first one on ties, as torch.argmax.
 pub fn argmax(logits: &Tensor) -> Result<u32> {
-    let v = logits.to_vec1::<f32>()?;
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    Ok(best as u32)
+    Ok(crate::sampling::argmax(&logits.to_vec1::<f32>()?))
 }
 
 /// End-of-sequence ids, from generation_config.json when present, else config.json; each

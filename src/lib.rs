@@ -32,6 +32,7 @@ mod json;
 pub mod model;
 pub mod moe;
 mod ops;
+pub mod sampling;
 pub mod weights;
 
 pub use config::ModelConfig;

@@ -8,6 +8,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use clap::{Args, Parser, Subcommand};
 use moe_runtime::config::LayerKind;
+use moe_runtime::generate::{Flow, GenerateOptions};
+use moe_runtime::sampling::SamplingConfig;
 use moe_runtime::weights::Weights;
 use moe_runtime::{arch, generate, LoadOptions, Model, MoeImpl};
 
@@ -35,7 +37,7 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Continue a token sequence, greedily; stops at an end-of-sequence id.
+    /// Continue a token sequence; stops at an end-of-sequence id, the token budget or a full context.
     Generate {
         #[command(flatten)]
         common: Common,
@@ -44,13 +46,44 @@ enum Command {
         tokens: TokenIds,
         #[arg(long, default_value_t = 32)]
         max_new_tokens: usize,
-        /// Only 0 (greedy) for now; sampling comes with the tokenizer.
-        #[arg(long, default_value_t = 0.0)]
-        temperature: f64,
+        #[command(flatten)]
+        sampling: SamplingArgs,
         /// Print one JSON object as the last line of stdout.
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Args)]
+struct SamplingArgs {
+    /// 0 is greedy; otherwise logits are divided by it and a token is drawn.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f64>,
+    #[arg(long)]
+    min_p: Option<f64>,
+    /// Penalty on tokens among the last 64 (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn config(&self) -> SamplingConfig {
+        SamplingConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..SamplingConfig::default()
+        }
+    }
 }
 
 /// Token ids as given on the command line; an empty list is left for the library to refuse.
@@ -164,17 +197,16 @@ fn run(cli: Cli) -> Result<()> {
             common,
             tokens,
             max_new_tokens,
-            temperature,
+            sampling,
             json,
         } => {
-            if temperature != 0.0 {
-                bail!(
-                    "--temperature {temperature}: only greedy decoding (0) is implemented so far"
-                );
-            }
             let model = common.load()?;
-            let eos = generate::eos_token_ids(&common.model)?;
-            let gen = generate::greedy(&model, &tokens.0, max_new_tokens, &eos)?;
+            let opts = GenerateOptions {
+                max_new_tokens,
+                stop_tokens: generate::eos_token_ids(&common.model)?,
+                sampling: sampling.config(),
+            };
+            let gen = generate::generate(&model, &tokens.0, &opts, |_| Flow::Continue)?;
             let s = &gen.stats;
             if json {
                 let report = serde_json::json!({

@@ -1,0 +1,326 @@
+//! Choosing the next token from logits: greedy, or temperature with top-k, top-p and min-p
+//! filters and a repetition penalty, drawn from a seeded generator so that runs repeat exactly.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Error, Result};
+
+/// How to pick tokens. The default is greedy decoding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingConfig {
+    /// 0 picks the most likely token; otherwise logits are divided by it before sampling.
+    pub temperature: f64,
+    /// Keep only the k most likely tokens.
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of most likely tokens whose probabilities sum to at least p.
+    pub top_p: Option<f64>,
+    /// Drop tokens less likely than min_p times the most likely one.
+    pub min_p: Option<f64>,
+    /// Divides positive (multiplies negative) logits of tokens seen in the last
+    /// `repeat_last_n` tokens, as HF's `repetition_penalty`; 1 switches it off.
+    pub repeat_penalty: f32,
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        SamplingConfig {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            min_p: None,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplingConfig {
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::Input(what));
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(format!(
+                "temperature {} must be finite and >= 0",
+                self.temperature
+            ));
+        }
+        if self.top_k == Some(0) {
+            return bad("top-k must be at least 1".into());
+        }
+        if let Some(p) = self.top_p.filter(|p| !(*p > 0.0 && *p <= 1.0)) {
+            return bad(format!("top-p {p} must be in (0, 1]"));
+        }
+        if let Some(p) = self.min_p.filter(|p| !(*p >= 0.0 && *p < 1.0)) {
+            return bad(format!("min-p {p} must be in [0, 1)"));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return bad(format!(
+                "repeat penalty {} must be finite and > 0",
+                self.repeat_penalty
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Draws tokens according to a `SamplingConfig`; one per sequence, as it carries the generator.
+#[derive(Debug, Clone)]
+pub struct Sampler {
+    cfg: SamplingConfig,
+    rng: ChaCha8Rng,
+    /// Scratch: (token, logit or probability) candidates of the current draw.
+    candidates: Vec<(u32, f32)>,
+}
+
+impl Sampler {
+    pub fn new(cfg: SamplingConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Sampler {
+            rng: ChaCha8Rng::seed_from_u64(cfg.seed),
+            cfg,
+            candidates: Vec::new(),
+        })
+    }
+
+    /// The next token after `history` (prompt and generated tokens so far), given its logits.
+    pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        let c = &self.cfg;
+        let mut logits = logits.to_vec();
+        if c.repeat_penalty != 1.0 {
+            let recent = &history[history.len().saturating_sub(c.repeat_last_n)..];
+            let mut seen = recent.to_vec();
+            seen.sort_unstable();
+            seen.dedup();
+            for &t in &seen {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l = if *l > 0.0 {
+                        *l / c.repeat_penalty
+                    } else {
+                        *l * c.repeat_penalty
+                    };
+                }
+            }
+        }
+        if c.temperature == 0.0 || c.top_k == Some(1) {
+            return argmax(&logits);
+        }
+        let inv_t = (1.0 / c.temperature) as f32;
+        let cands = &mut self.candidates;
+        cands.clear();
+        cands.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (i as u32, l * inv_t)),
+        );
+        // Most likely first; ties keep the lower id first so that filters cut deterministically.
+        cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if let Some(k) = c.top_k {
+            cands.truncate(k);
+        }
+        softmax_in_place(cands);
+        if let Some(p) = c.top_p {
+            let mut sum = 0.0f64;
+            let keep = cands
+                .iter()
+                .position(|&(_, q)| {
+                    sum += q as f64;
+                    sum >= p
+                })
+                .map_or(cands.len(), |i| i + 1);
+            cands.truncate(keep);
+        }
+        if let Some(m) = c.min_p {
+            let floor = cands[0].1 * m as f32;
+            cands.retain(|&(_, q)| q >= floor);
+        }
+        let total: f32 = cands.iter().map(|c| c.1).sum();
+        let mut u = self.rng.random::<f32>() * total;
+        for &(t, q) in cands.iter() {
+            if u < q {
+                return t;
+            }
+            u -= q;
+        }
+        // Rounding can leave u a hair above the last cumulative sum.
+        cands.last().map_or(0, |c| c.0)
+    }
+}
+
+/// The first index of the largest value (as torch.argmax).
+pub fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in xs.iter().enumerate() {
+        if x > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Turns (token, logit) pairs, most likely first, into (token, probability).
+fn softmax_in_place(cands: &mut [(u32, f32)]) {
+    let Some(&(_, max)) = cands.first() else {
+        return;
+    };
+    let mut sum = 0.0f32;
+    for c in cands.iter_mut() {
+        c.1 = (c.1 - max).exp();
+        sum += c.1;
+    }
+    cands.iter_mut().for_each(|c| c.1 /= sum);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(cfg: SamplingConfig) -> Sampler {
+        Sampler::new(cfg).unwrap()
+    }
+
+    fn probs(logits: &[f32]) -> Vec<f64> {
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        logits.iter().map(|&l| (l as f64).exp() / z).collect()
+    }
+
+    const LOGITS: [f32; 6] = [1.0, 2.5, 0.3, 2.0, -1.0, 1.5];
+
+    #[test]
+    fn temperature_zero_is_greedy() {
+        let mut s = sampler(SamplingConfig::default());
+        for shift in 0..6 {
+            let mut l = LOGITS.to_vec();
+            l.rotate_left(shift);
+            assert_eq!(s.sample(&l, &[]), argmax(&l));
+        }
+    }
+
+    #[test]
+    fn frequencies_match_the_softmax() {
+        let t = 0.7;
+        let mut s = sampler(SamplingConfig {
+            temperature: t,
+            seed: 7,
+            ..SamplingConfig::default()
+        });
+        let n = 40_000;
+        let mut counts = [0usize; 6];
+        for _ in 0..n {
+            counts[s.sample(&LOGITS, &[]) as usize] += 1;
+        }
+        let scaled: Vec<f32> = LOGITS.iter().map(|l| l / t as f32).collect();
+        for (i, p) in probs(&scaled).iter().enumerate() {
+            let f = counts[i] as f64 / n as f64;
+            // Four standard deviations of a binomial frequency, plus a hair.
+            let tol = 4.0 * (p * (1.0 - p) / n as f64).sqrt() + 1e-3;
+            assert!(
+                (f - p).abs() < tol,
+                "token {i}: frequency {f:.4}, probability {p:.4}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_p_never_samples_outside_the_nucleus() {
+        // Probabilities, most likely first: 1 (.43), 3 (.26), 5 (.16), 0 (.10), 2 (.05), 4 (.01);
+        // the first three sum to .84, the first two to .69.
+        let mut s = sampler(SamplingConfig {
+            temperature: 1.0,
+            top_p: Some(0.75),
+            seed: 3,
+            ..SamplingConfig::default()
+        });
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..5_000 {
+            seen.insert(s.sample(&LOGITS, &[]));
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![1, 3, 5]);
+    }
+
+    #[test]
+    fn top_k_and_min_p_cut_the_tail() {
+        let mut s = sampler(SamplingConfig {
+            temperature: 1.5,
+            top_k: Some(2),
+            seed: 1,
+            ..SamplingConfig::default()
+        });
+        assert!((0..2_000).all(|_| [1, 3].contains(&s.sample(&LOGITS, &[]))));
+        // min-p 0.5 keeps tokens at least half as likely as token 1: tokens 1 and 3.
+        let mut s = sampler(SamplingConfig {
+            temperature: 1.0,
+            min_p: Some(0.5),
+            seed: 2,
+            ..SamplingConfig::default()
+        });
+        assert!((0..2_000).all(|_| [1, 3].contains(&s.sample(&LOGITS, &[]))));
+    }
+
+    #[test]
+    fn seeded_runs_repeat_exactly() {
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_p: Some(0.95),
+            seed: 42,
+            ..SamplingConfig::default()
+        };
+        let draw = |cfg: SamplingConfig| {
+            let mut s = sampler(cfg);
+            (0..200).map(|_| s.sample(&LOGITS, &[])).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(cfg.clone()), draw(cfg.clone()));
+        assert_ne!(draw(cfg.clone()), draw(SamplingConfig { seed: 43, ..cfg }));
+    }
+
+    #[test]
+    fn repetition_penalty_demotes_recent_tokens() {
+        let mut s = sampler(SamplingConfig {
+            repeat_penalty: 1.5,
+            ..SamplingConfig::default()
+        });
+        assert_eq!(s.sample(&LOGITS, &[]), 1);
+        // 2.5 / 1.5 < 2.0: token 3 wins once token 1 was seen.
+        assert_eq!(s.sample(&LOGITS, &[1]), 3);
+        // Seen long ago, outside repeat_last_n, it is not penalised.
+        let old: Vec<u32> = std::iter::once(1)
+            .chain(std::iter::repeat_n(4, 64))
+            .collect();
+        assert_eq!(s.sample(&LOGITS, &old), 1);
+    }
+
+    #[test]
+    fn impossible_settings_are_refused() {
+        for cfg in [
+            SamplingConfig {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingConfig {
+                top_k: Some(0),
+                ..Default::default()
+            },
+            SamplingConfig {
+                top_p: Some(0.0),
+                ..Default::default()
+            },
+            SamplingConfig {
+                top_p: Some(1.5),
+                ..Default::default()
+            },
+            SamplingConfig {
+                min_p: Some(1.0),
+                ..Default::default()
+            },
+            SamplingConfig {
+                repeat_penalty: 0.0,
+                ..Default::default()
+            },
+        ] {
+            assert!(Sampler::new(cfg.clone()).is_err(), "{cfg:?}");
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! The generator: stop conditions (stop id, token budget, full context, the callback) and
+//! seeded sampling that repeats exactly.
+
+mod common;
+
+use candle_core::DType;
+use moe_runtime::generate::{generate, Flow, GenerateOptions, StopReason};
+use moe_runtime::sampling::SamplingConfig;
+use moe_runtime::MoeImpl;
+
+const FIXTURE: &str = "mixtral-a";
+
+fn options(max_new_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens,
+        ..GenerateOptions::default()
+    }
+}
+
+#[test]
+fn stops_after_the_stop_id_and_keeps_it() {
+    let r = common::reference(FIXTURE);
+    let model = common::load(FIXTURE, DType::F32, MoeImpl::Fast);
+    let stop = r.greedy[4];
+    let first = r.greedy.iter().position(|&t| t == stop).unwrap();
+    let opts = GenerateOptions {
+        stop_tokens: vec![stop],
+        ..options(12)
+    };
+    let gen = generate(&model, &r.tokens, &opts, |_| Flow::Continue).unwrap();
+    assert_eq!(gen.tokens, r.greedy[..=first]);
+    assert_eq!(gen.stop, StopReason::StopToken);
+}
+
+#[test]
+fn the_callback_sees_every_token_and_can_stop() {
+    let r = common::reference(FIXTURE);
+    let model = common::load(FIXTURE, DType::F32, MoeImpl::Fast);
+    let mut seen = Vec::new();
+    let gen = generate(&model, &r.tokens, &options(12), |t| {
+        seen.push(t);
+        if seen.len() == 3 {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
+    })
+    .unwrap();
+    assert_eq!(gen.tokens, seen);
+    assert_eq!(gen.tokens, r.greedy[..3]);
+    assert_eq!(gen.stop, StopReason::Callback);
+}
+
+#[test]
+fn a_full_context_ends_generation_without_an_error() {
+    let model = common::load(FIXTURE, DType::F32, MoeImpl::Fast);
+    let context = model.config().max_position_embeddings;
+    let prompt = vec![3u32; context - 2];
+    let gen = generate(&model, &prompt, &options(10), |_| Flow::Continue).unwrap();
+    // Positions context-2 and context-1 are fed after the prompt: three new tokens in all.
+    assert_eq!(gen.tokens.len(), 3);
+    assert_eq!(gen.stop, StopReason::ContextFull);
+    assert_eq!(gen.stats.generated_tokens, 3);
+}
+
+#[test]
+fn seeded_sampling_repeats_and_the_seed_matters() {
+    let r = common::reference(FIXTURE);
+    let model = common::load(FIXTURE, DType::F32, MoeImpl::Fast);
+    let run = |seed| {
+        let opts = GenerateOptions {
+            sampling: SamplingConfig {
+                temperature: 1.0,
+                seed,
+                ..SamplingConfig::default()
+            },
+            ..options(16)
+        };
+        generate(&model, &r.tokens, &opts, |_| Flow::Continue)
+            .unwrap()
+            .tokens
+    };
+    assert_eq!(run(5), run(5));
+    assert_ne!(run(5), run(6));
+    assert_eq!(run(5).len(), 16);
+}

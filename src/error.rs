@@ -52,6 +52,9 @@ pub enum Error {
         dtype: String,
     },
 
+    #[error("{path}: {message}")]
+    Tokenizer { path: PathBuf, message: String },
+
     /// Bad input from the caller: a token out of range, an empty prompt, a full context.
     #[error("{0}")]
     Input(String),

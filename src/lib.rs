@@ -33,7 +33,12 @@ pub mod model;
 pub mod moe;
 mod ops;
 pub mod sampling;
+pub mod tokenizer;
 pub mod weights;
+
+/// The bundled default model (models/tiny-shakespeare-moe in the source tree), used when no
+/// model is named.
+pub const BUNDLED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tiny-shakespeare-moe");
 
 pub use config::ModelConfig;
 pub use error::{Error, Result};

@@ -1,6 +1,7 @@
 //! `moe`: the command line over the library (DESIGN.md section 3). Thin: parse, call, print.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use moe_runtime::config::LayerKind;
 use moe_runtime::generate::{Flow, GenerateOptions};
 use moe_runtime::sampling::SamplingConfig;
+use moe_runtime::tokenizer::Tokenizer;
 use moe_runtime::weights::Weights;
 use moe_runtime::{arch, generate, LoadOptions, Model, MoeImpl};
 
@@ -37,13 +39,17 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Continue a token sequence; stops at an end-of-sequence id, the token budget or a full context.
+    /// Continue a prompt (text or token ids); stops at an end-of-sequence id, the token budget
+    /// or a full context. Text is streamed to stdout as it comes.
     Generate {
         #[command(flatten)]
         common: Common,
-        /// Comma-separated token ids.
+        /// The prompt as text (needs tokenizer.json in the model folder).
+        #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+        prompt: Option<String>,
+        /// The prompt as comma-separated token ids.
         #[arg(long, value_parser = parse_tokens)]
-        tokens: TokenIds,
+        tokens: Option<TokenIds>,
         #[arg(long, default_value_t = 32)]
         max_new_tokens: usize,
         #[command(flatten)]
@@ -101,8 +107,8 @@ fn parse_tokens(s: &str) -> Result<TokenIds, String> {
 
 #[derive(Args)]
 struct Common {
-    /// A hub-layout checkpoint folder (config.json and *.safetensors).
-    #[arg(long)]
+    /// A hub-layout checkpoint folder (config.json and *.safetensors); the bundled model by default.
+    #[arg(long, default_value = moe_runtime::BUNDLED_MODEL)]
     model: PathBuf,
     /// cpu (this build has no CUDA backend yet).
     #[arg(long, default_value = "cpu")]
@@ -195,31 +201,76 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Generate {
             common,
+            prompt,
             tokens,
             max_new_tokens,
             sampling,
             json,
         } => {
             let model = common.load()?;
+            let tokenizer = match &prompt {
+                Some(_) => Some(Tokenizer::load(&common.model)?),
+                None => None,
+            };
+            let ids = match (&prompt, &tokenizer, tokens) {
+                (Some(text), Some(tok), _) => tok.encode(text)?,
+                (_, _, Some(ids)) => ids.0,
+                _ => bail!("give --prompt or --tokens"),
+            };
+            let mut stop_tokens = generate::eos_token_ids(&common.model)?;
+            stop_tokens.extend(tokenizer.iter().flat_map(|t| t.eos_ids()));
             let opts = GenerateOptions {
                 max_new_tokens,
-                stop_tokens: generate::eos_token_ids(&common.model)?,
+                stop_tokens,
                 sampling: sampling.config(),
             };
-            let gen = generate::generate(&model, &tokens.0, &opts, |_| Flow::Continue)?;
+            let mut stream = tokenizer.as_ref().map(|t| t.stream());
+            let mut stream_error = None;
+            let gen = generate::generate(&model, &ids, &opts, |id| {
+                let Some(stream) = stream.as_mut() else {
+                    return Flow::Continue;
+                };
+                match stream.push(id) {
+                    Ok(Some(piece)) if !json => {
+                        print!("{piece}");
+                        // A closed stdout only loses the echo; generation goes on.
+                        let _ = std::io::stdout().flush();
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        stream_error = Some(e);
+                        return Flow::Stop;
+                    }
+                }
+                Flow::Continue
+            })?;
+            if let Some(e) = stream_error {
+                return Err(e.into());
+            }
+            let text = match &tokenizer {
+                Some(tok) => Some(tok.decode(&gen.tokens)?),
+                None => None,
+            };
             let s = &gen.stats;
             if json {
-                let report = serde_json::json!({
+                let mut report = serde_json::json!({
                     "tokens": gen.tokens,
                     "prompt_tokens": s.prompt_tokens,
                     "generated_tokens": s.generated_tokens,
                     "prefill_tokens_per_s": s.prefill_tokens_per_s(),
                     "decode_tokens_per_s": s.decode_tokens_per_s(),
                 });
+                if let Some(text) = text {
+                    report["text"] = text.into();
+                }
                 println!("{report}");
             } else {
-                let ids: Vec<String> = gen.tokens.iter().map(|t| t.to_string()).collect();
-                println!("{}", ids.join(","));
+                if text.is_some() {
+                    println!();
+                } else {
+                    let ids: Vec<String> = gen.tokens.iter().map(|t| t.to_string()).collect();
+                    println!("{}", ids.join(","));
+                }
                 eprintln!(
                     "prefill {:.1} tokens/s, decode {:.1} tokens/s",
                     s.prefill_tokens_per_s(),

@@ -84,3 +84,33 @@ fn seeded_sampling_repeats_and_the_seed_matters() {
     assert_ne!(run(5), run(6));
     assert_eq!(run(5).len(), 16);
 }
+
+#[test]
+fn the_command_line_generates_text_from_the_bundled_model_by_default() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moe"))
+        .args([
+            "generate",
+            "--prompt",
+            "JULIET:",
+            "--max-new-tokens",
+            "8",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let ids: Vec<u32> = serde_json::from_value(report["tokens"].clone()).unwrap();
+    let tok = moe_runtime::tokenizer::Tokenizer::load(moe_runtime::BUNDLED_MODEL.as_ref()).unwrap();
+    assert_eq!(report["text"], tok.decode(&ids).unwrap());
+    assert_eq!(
+        report["prompt_tokens"],
+        tok.encode("JULIET:").unwrap().len()
+    );
+    assert!(!ids.is_empty() && ids.len() <= 8);
+}

@@ -169,7 +169,7 @@ impl ModelConfig {
                 MAX_INTERMEDIATE,
             )?;
         }
-        if a.num_heads % a.num_kv_heads != 0 {
+        if !a.num_heads.is_multiple_of(a.num_kv_heads) {
             return Err(Error::config(
                 path,
                 "num_key_value_heads",
@@ -179,7 +179,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if a.head_dim % 2 != 0 {
+        if !a.head_dim.is_multiple_of(2) {
             return Err(Error::config(
                 path,
                 "head_dim",

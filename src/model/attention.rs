@@ -2,9 +2,10 @@
 //! caller's KV cache.
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Linear, RmsNorm};
+use candle_nn::RmsNorm;
 
 use super::cache::Cache;
+use super::linear::Linear;
 use super::rope;
 use crate::config::{AttentionConfig, QkNorm};
 use crate::error::Result;
@@ -106,7 +107,7 @@ impl Attention {
             .reshape((nh, t, hd))?
             .transpose(0, 1)?
             .reshape((t, nh * hd))?;
-        Ok(self.o.forward(&out)?)
+        self.o.forward(&out)
     }
 }
 

@@ -1,10 +1,11 @@
 //! Building a `Model` from a checkpoint: every tensor fetched by its hub name with the shape the
 //! config implies, so a misshapen or missing tensor is reported by name before any forward.
 
-use candle_nn::{Linear, RmsNorm};
+use candle_nn::RmsNorm;
 
 use super::attention::{Attention, AttentionWeights};
 use super::block::{Block, FeedForward};
+use super::linear::Linear;
 use super::mlp::Mlp;
 use crate::arch::TensorNames;
 use crate::config::{LayerKind, ModelConfig, QkNorm};

@@ -1,7 +1,8 @@
 //! The SiLU-gated feed-forward network of dense layers and shared experts.
 
-use candle_core::{Module, Tensor};
-use candle_nn::Linear;
+use candle_core::Tensor;
+
+use super::linear::Linear;
 
 use crate::error::Result;
 
@@ -25,6 +26,6 @@ impl Mlp {
     /// xs: (tokens, hidden) -> (tokens, hidden)
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let gated = (self.gate.forward(xs)?.silu()? * self.up.forward(xs)?)?;
-        Ok(self.down.forward(&gated)?)
+        self.down.forward(&gated)
     }
 }

@@ -3,6 +3,7 @@
 mod attention;
 mod block;
 mod cache;
+mod linear;
 mod load;
 mod mlp;
 mod rope;
@@ -14,6 +15,7 @@ use candle_nn::RmsNorm;
 
 pub use block::{Block, FeedForward};
 pub use cache::Cache;
+pub use linear::Linear;
 pub use mlp::Mlp;
 
 use crate::arch::{self, Architecture};
@@ -57,7 +59,7 @@ pub struct Model {
     blocks: Vec<Block>,
     norm: RmsNorm,
     /// (vocab, hidden); the embedding table itself when tied.
-    lm_head: Tensor,
+    lm_head: Linear,
     rope: Rope,
     device: Device,
     dtype: DType,
@@ -110,6 +112,7 @@ impl Model {
             // Tied, or a checkpoint that simply has no head: HF ties in both cases.
             embed.clone()
         };
+        let lm_head = Linear::new(lm_head, None);
         let blocks = cfg
             .layers
             .iter()
@@ -197,7 +200,7 @@ impl Model {
 
     /// hidden: (tokens, hidden) -> f32 logits (tokens, vocab)
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let mut logits = hidden.matmul(&self.lm_head.t()?)?;
+        let mut logits = self.lm_head.forward(hidden)?;
         let divisor = self.cfg.scales.logits_divisor;
         if divisor != 1.0 {
             logits = (logits / divisor)?;

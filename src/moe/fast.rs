@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 
 use super::{Experts, Routing};
 use crate::error::Result;
-use crate::ops::cpu::{grouped_ffn_weights, with_weight_slice, ExpertGroups};
+use crate::ops::cpu::{grouped_ffn_weights, with_weight_slice, ExpertGroups, ExpertWeights};
 
 /// xs: (tokens, hidden) -> (tokens, hidden)
 pub fn forward(xs: &Tensor, experts: &Experts, routing: &Routing) -> Result<Tensor> {
@@ -21,7 +21,13 @@ pub fn forward(xs: &Tensor, experts: &Experts, routing: &Routing) -> Result<Tens
     let mut out = vec![0f32; t * h];
     with_weight_slice(&experts.gate_up, |gate_up| {
         with_weight_slice(&experts.down, |down| {
-            grouped_ffn_weights(&x, &groups, gate_up, down, (h, i), &mut out)
+            let w = ExpertWeights {
+                gate_up,
+                down,
+                hidden: h,
+                intermediate: i,
+            };
+            grouped_ffn_weights(&x, &groups, &w, &mut out)
         })
     })?;
     Ok(Tensor::from_vec(out, (t, h), xs.device())?.to_dtype(xs.dtype())?)

@@ -7,13 +7,12 @@ mod router;
 
 use std::str::FromStr;
 
-use candle_core::{Module, Tensor};
-use candle_nn::Linear;
+use candle_core::Tensor;
 
 pub use router::{RouterConfig, Routing};
 
 use crate::error::{Error, Result};
-use crate::model::Mlp;
+use crate::model::{Linear, Mlp};
 
 /// Which implementation runs the routed experts. Both give the same result up to float
 /// summation order; `Reference` is the obviously correct slow twin.

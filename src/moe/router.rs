@@ -39,7 +39,7 @@ impl Routing {
     /// Routes host logits laid out (tokens, num_experts).
     pub fn from_slice(logits: &[f32], num_experts: usize, cfg: RouterConfig) -> Result<Routing> {
         let k = cfg.top_k;
-        if k == 0 || k > num_experts || logits.len() % num_experts != 0 {
+        if k == 0 || k > num_experts || !logits.len().is_multiple_of(num_experts) {
             return Err(Error::Input(format!(
                 "cannot route {} logits over {num_experts} experts, top-{k}",
                 logits.len()

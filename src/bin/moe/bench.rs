@@ -36,6 +36,7 @@ pub fn run(
             "model": name,
             "dtype": format!("{:?}", model.dtype()).to_lowercase(),
             "threads": threads,
+            "cpu_kernels": bench::cpu_kernels(),
             "batch": 1,
             "prompt_len": opts.prompt_len,
             "gen_len": opts.gen_len,
@@ -53,7 +54,11 @@ pub fn run(
         });
         println!("{report}");
     } else {
-        println!("model      {name}, {:?}, {threads} threads", model.dtype());
+        println!(
+            "model      {name}, {:?}, {threads} threads, {} kernels",
+            model.dtype(),
+            bench::cpu_kernels()
+        );
         println!(
             "prefill    {:.1} tokens/s ({} tokens, median of {})",
             result.prefill_tokens_per_s, opts.prompt_len, opts.repeats

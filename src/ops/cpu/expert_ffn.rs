@@ -5,20 +5,19 @@
 
 use rayon::prelude::*;
 
-use super::matmul::matmul_abt;
+use super::isa::Isa;
+use super::linear::{bf16_rows, matmul_bt, Lhs, OutView};
 use super::storage::WeightSlice;
-use super::vector::{dot, silu, WeightElem};
+use super::vector::silu;
 use crate::error::{Error, Result};
 
 /// Output rows per parallel task: small enough that a decode step (one token, k experts) still
-/// makes many tasks for the pool, large enough that task overhead stays small. Matrix-kernel
-/// blocks are taller, so that packing their operands pays off.
-const ROWS_PER_TASK: usize = 32;
+/// makes several tasks per thread, large enough that task overhead stays small. Tasks of
+/// experts with many tokens are taller, so that widening or packing their weights pays off.
+const ROWS_PER_TASK: usize = 64;
 const ROWS_PER_MATMUL_TASK: usize = 256;
 
-/// From this many tokens on an expert, its blocks go through a matrix kernel (register-blocked,
-/// SIMD) rather than one dot product per (row, token): below it the work is a pass over the
-/// weights, bound by memory, and the dot products read each weight exactly once.
+/// From this many tokens on an expert, its tasks take ROWS_PER_MATMUL_TASK rows.
 const MATMUL_MIN_TOKENS: usize = 4;
 
 /// Routing assignments sorted by expert (a counting sort, so tokens stay in order within an
@@ -76,21 +75,24 @@ impl ExpertGroups {
     }
 }
 
-/// Stacked expert weights: `gate_up: [E, 2I, H]` (gate rows, then up rows), `down: [E, H, I]`.
-pub struct ExpertSlices<'a, W> {
-    pub gate_up: &'a [W],
-    pub down: &'a [W],
+/// Stacked expert weights: `gate_up: [E, 2I, H]` (gate rows, then up rows), `down: [E, H, I]`,
+/// both of one dtype.
+#[derive(Clone, Copy)]
+pub struct ExpertWeights<'a> {
+    pub gate_up: WeightSlice<'a>,
+    pub down: WeightSlice<'a>,
     pub hidden: usize,
     pub intermediate: usize,
 }
 
 /// out[t] = Σ_j weight(t, j) · down_e(silu(gate_e(x_t)) ⊙ up_e(x_t)) over token t's experts e.
 ///
-/// xs and out: (tokens, hidden), row-major f32. Accumulates in f32 whatever `W` is.
-pub fn grouped_ffn<W: WeightElem>(
+/// xs and out: (tokens, hidden), row-major f32. Accumulates in f32 whatever the weights are.
+pub fn grouped_ffn(
+    isa: Isa,
     xs: &[f32],
     groups: &ExpertGroups,
-    w: &ExpertSlices<W>,
+    w: &ExpertWeights,
     out: &mut [f32],
 ) {
     let (h, i) = (w.hidden, w.intermediate);
@@ -104,19 +106,28 @@ pub fn grouped_ffn<W: WeightElem>(
         .for_each(|(row, &t)| {
             row.copy_from_slice(&xs[t as usize * h..][..h]);
         });
+    let x_sorted_bf16 = bf16_rows(isa, &w.gate_up, &x_sorted);
 
     // Phase 1, per expert: act^T (I, count) = silu(Wg x^T) ⊙ (Wu x^T), transposed so that a
     // task owning a block of rows owns a contiguous piece of the buffer.
     let mut act_t = vec![0f32; slots * i];
     for_row_blocks(groups, &mut act_t, i, |e, n0, block, count| {
         let rows = block.len() / count;
-        let x = &x_sorted[groups.offsets[e] * h..][..count * h];
-        let gate = &w.gate_up[(e * 2 * i + n0) * h..][..rows * h];
-        let up = &w.gate_up[(e * 2 * i + i + n0) * h..][..rows * h];
+        let first = groups.offsets[e];
+        let x = Lhs {
+            f32: &x_sorted[first * h..][..count * h],
+            bf16: x_sorted_bf16
+                .get(first * h..(first + count) * h)
+                .unwrap_or(&[]),
+        };
+        let gate = w.gate_up.rows(e * 2 * i + n0, rows, h);
+        let up = w.gate_up.rows(e * 2 * i + i + n0, rows, h);
+        // g, u: (rows, count)
         let mut g = vec![0f32; rows * count];
         let mut u = vec![0f32; rows * count];
-        project(gate, x, (rows, count, h), &mut g);
-        project(up, x, (rows, count, h), &mut u);
+        let dims = (count, rows, h);
+        matmul_bt(isa, x, &gate, dims, &mut OutView::transposed(&mut g, count));
+        matmul_bt(isa, x, &up, dims, &mut OutView::transposed(&mut u, count));
         for ((o, g), u) in block.iter_mut().zip(&g).zip(&u) {
             *o = silu(*g) * u;
         }
@@ -135,14 +146,20 @@ pub fn grouped_ffn<W: WeightElem>(
                 *r = src[n * count + j];
             }
         });
+    let act_bf16 = bf16_rows(isa, &w.down, &act);
 
     // Phase 2, per expert: y^T (H, count) = Wd act^T.
     let mut y_t = vec![0f32; slots * h];
     for_row_blocks(groups, &mut y_t, h, |e, m0, block, count| {
         let rows = block.len() / count;
-        let down = &w.down[(e * h + m0) * i..][..rows * i];
-        let act_e = &act[groups.offsets[e] * i..][..count * i];
-        project(down, act_e, (rows, count, i), block);
+        let first = groups.offsets[e];
+        let act_e = Lhs {
+            f32: &act[first * i..][..count * i],
+            bf16: act_bf16.get(first * i..(first + count) * i).unwrap_or(&[]),
+        };
+        let down = w.down.rows(e * h + m0, rows, i);
+        let view = &mut OutView::transposed(block, count);
+        matmul_bt(isa, act_e, &down, (count, rows, i), view);
     });
 
     // Combine in token order, each token's choices best first.
@@ -164,62 +181,19 @@ pub fn grouped_ffn<W: WeightElem>(
         });
 }
 
-/// out (rows, count) = w (rows, k) · x (count, k)ᵀ, accumulated in f32 whatever W is.
-fn project<W: WeightElem>(
-    w: &[W],
-    x: &[f32],
-    (rows, count, k): (usize, usize, usize),
-    out: &mut [f32],
-) {
-    if count >= MATMUL_MIN_TOKENS {
-        let mut scratch = vec![0f32; if W::IS_F32 { 0 } else { rows * k }];
-        matmul_abt(W::as_f32(w, &mut scratch), x, (rows, count, k), out);
-        return;
-    }
-    let mut scratch = vec![0f32; if W::IS_F32 { 0 } else { k }];
-    for (r, out_row) in out.chunks_mut(count).enumerate() {
-        let w_row = W::as_f32(&w[r * k..][..k], &mut scratch);
-        for (j, o) in out_row.iter_mut().enumerate() {
-            *o = dot(w_row, &x[j * k..][..k]);
-        }
-    }
-}
-
-/// `grouped_ffn` over weights of a dtype known only at run time; both tensors must share it.
+/// `grouped_ffn` on the selected kernels, after checking that both weights share a dtype.
 pub fn grouped_ffn_weights(
     xs: &[f32],
     groups: &ExpertGroups,
-    gate_up: WeightSlice,
-    down: WeightSlice,
-    (hidden, intermediate): (usize, usize),
+    w: &ExpertWeights,
     out: &mut [f32],
 ) -> Result<()> {
-    fn run<W: WeightElem>(
-        xs: &[f32],
-        groups: &ExpertGroups,
-        (gate_up, down): (&[W], &[W]),
-        (hidden, intermediate): (usize, usize),
-        out: &mut [f32],
-    ) {
-        let w = ExpertSlices {
-            gate_up,
-            down,
-            hidden,
-            intermediate,
-        };
-        grouped_ffn(xs, groups, &w, out);
+    if std::mem::discriminant(&w.gate_up) != std::mem::discriminant(&w.down) {
+        return Err(Error::Candle(candle_core::Error::Msg(
+            "expert gate_up and down weights differ in dtype".into(),
+        )));
     }
-    let dims = (hidden, intermediate);
-    match (gate_up, down) {
-        (WeightSlice::F32(a), WeightSlice::F32(b)) => run(xs, groups, (a, b), dims, out),
-        (WeightSlice::BF16(a), WeightSlice::BF16(b)) => run(xs, groups, (a, b), dims, out),
-        (WeightSlice::F16(a), WeightSlice::F16(b)) => run(xs, groups, (a, b), dims, out),
-        _ => {
-            return Err(Error::Candle(candle_core::Error::Msg(
-                "expert gate_up and down weights differ in dtype".into(),
-            )))
-        }
-    }
+    grouped_ffn(Isa::selected(), xs, groups, w, out);
     Ok(())
 }
 
@@ -262,6 +236,8 @@ fn expert_of_slot(groups: &ExpertGroups, s: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    use half::bf16;
+
     use super::*;
 
     #[test]
@@ -279,5 +255,86 @@ mod tests {
         assert_eq!(expert_of_slot(&g, 0), 0);
         assert_eq!(expert_of_slot(&g, 3), 1);
         assert_eq!(expert_of_slot(&g, 5), 2);
+    }
+
+    /// The slow twin, in f64 over bf16-rounded values: the same math token by token.
+    fn slow(
+        xs: &[f32],
+        experts: &[u32],
+        weights: &[f32],
+        w: (&[f32], &[f32]),
+        (h, i, k): (usize, usize, usize),
+    ) -> Vec<f64> {
+        let (gate_up, down) = w;
+        let t = xs.len() / h;
+        let mut out = vec![0f64; t * h];
+        for tok in 0..t {
+            let x = &xs[tok * h..][..h];
+            for j in 0..k {
+                let e = experts[tok * k + j] as usize;
+                let proj = |row: usize| -> f64 {
+                    let r = &gate_up[(e * 2 * i + row) * h..][..h];
+                    r.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum()
+                };
+                let act: Vec<f64> = (0..i)
+                    .map(|n| {
+                        let g = proj(n);
+                        g / (1.0 + (-g).exp()) * proj(i + n)
+                    })
+                    .collect();
+                for m in 0..h {
+                    let r = &down[(e * h + m) * i..][..i];
+                    let y: f64 = r.iter().zip(&act).map(|(a, b)| *a as f64 * b).sum();
+                    out[tok * h + m] += weights[tok * k + j] as f64 * y;
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_kernel_family_matches_the_slow_twin_with_an_idle_expert_and_a_crowded_one() {
+        let (e, h, i, k) = (4, 40, 24, 2);
+        let val = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|j| {
+                    bf16::from_f32((((j * 7919 + seed) % 211) as f32 - 105.0) / 300.0).to_f32()
+                })
+                .collect()
+        };
+        let gate_up = val(e * 2 * i * h, 1);
+        let down = val(e * h * i, 2);
+        let gate_up_b: Vec<bf16> = gate_up.iter().map(|&v| bf16::from_f32(v)).collect();
+        let down_b: Vec<bf16> = down.iter().map(|&v| bf16::from_f32(v)).collect();
+        // One token; then 9 tokens that all pick expert 1 (a matrix-kernel block) and leave
+        // expert 3 idle.
+        for tokens in [1usize, 9] {
+            let xs = val(tokens * h, 3);
+            let experts: Vec<u32> = (0..tokens)
+                .flat_map(|t| [1, (t % 3 == 0) as u32 * 2])
+                .collect();
+            let weights: Vec<f32> = (0..tokens * k)
+                .map(|a| 0.3 + 0.1 * (a % 3) as f32)
+                .collect();
+            let groups = ExpertGroups::new(&experts, &weights, e, k);
+            let want = slow(&xs, &experts, &weights, (&gate_up, &down), (h, i, k));
+            let w = ExpertWeights {
+                gate_up: WeightSlice::BF16(&gate_up_b),
+                down: WeightSlice::BF16(&down_b),
+                hidden: h,
+                intermediate: i,
+            };
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; tokens * h];
+                grouped_ffn(isa, &xs, &groups, &w, &mut out);
+                for (n, (got, want)) in out.iter().zip(&want).enumerate() {
+                    // A bf16-dot kernel also rounds the activation to bf16 (2^-8 relative).
+                    assert!(
+                        (*got as f64 - want).abs() <= 1e-2 * want.abs() + 1e-3,
+                        "{isa:?}, {tokens} tokens, element {n}: {got} vs {want}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -1,26 +1,37 @@
-//! `out = a · bᵀ` on row-major f32 blocks, through the `gemm` crate (the matrix kernels candle
+//! `out = a · bᵀ` on row-major f32 operands, through the `gemm` crate (the matrix kernels candle
 //! itself uses, with their own run-time SIMD dispatch), single-threaded: callers parallelise
 //! over blocks.
 
-/// out (m, n) = a (m, k) · b (n, k)ᵀ, all row-major and contiguous.
-pub fn matmul_abt(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize), out: &mut [f32]) {
+/// out (m, n) = a (m, k) · b (n, k)ᵀ with a and b row-major and contiguous; out[i, j] is
+/// written at `i · row_stride + j · col_stride`.
+pub fn matmul_abt(
+    a: &[f32],
+    b: &[f32],
+    (m, n, k): (usize, usize, usize),
+    (out, row_stride, col_stride): (&mut [f32], usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
     // These bounds are what makes the call below sound; callers derive the sizes from the same
     // shapes, so a failure is a bug in this crate, never bad input.
     assert!(
-        a.len() >= m * k && b.len() >= n * k && out.len() >= m * n,
+        a.len() >= m * k
+            && b.len() >= n * k
+            && out.len() > (m - 1) * row_stride + (n - 1) * col_stride,
         "matmul_abt: block sizes"
     );
     // SAFETY: with the bounds above, every element gemm reads or writes is inside its slice:
-    // dst[i, j] at i * n + j, lhs[i, l] at i * k + l, and rhs = bᵀ, rhs[l, j] at j * k + l.
-    // `out` is borrowed mutably, so it cannot alias `a` or `b`.
+    // dst[i, j] at i * row_stride + j * col_stride, lhs[i, l] at i * k + l, and rhs = bᵀ,
+    // rhs[l, j] at j * k + l. `out` is borrowed mutably, so it cannot alias `a` or `b`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             out.as_mut_ptr(),
-            1,
-            n as isize,
+            col_stride as isize,
+            row_stride as isize,
             false,
             a.as_ptr(),
             1,
@@ -69,7 +80,7 @@ mod tests {
                 .map(|i| ((i * 5 % 23) as f32 - 11.0) / 5.0)
                 .collect();
             let mut out = vec![0f32; m * n];
-            matmul_abt(&a, &b, (m, n, k), &mut out);
+            matmul_abt(&a, &b, (m, n, k), (&mut out, n, 1));
             let slow = matmul_abt_slow(&a, &b, (m, n, k));
             for (x, y) in out.iter().zip(&slow) {
                 assert!(

@@ -1,9 +1,18 @@
-//! CPU kernels: the grouped expert FFN, and the small pieces it is made of.
+//! CPU kernels: the grouped expert FFN, the linear product under it and every linear layer,
+//! and the SIMD tiles chosen at run time by CPU feature detection.
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod expert_ffn;
+mod isa;
+mod linear;
 mod matmul;
 mod storage;
 mod vector;
 
-pub use expert_ffn::{grouped_ffn_weights, ExpertGroups};
+pub use expert_ffn::{grouped_ffn_weights, ExpertGroups, ExpertWeights};
+pub use isa::Isa;
+pub use linear::{bf16_rows, linear, Lhs};
 pub use storage::with_weight_slice;

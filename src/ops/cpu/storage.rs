@@ -10,10 +10,23 @@ fn msg(m: String) -> Error {
 }
 
 /// The contiguous CPU data of a weight tensor, in whichever dtype the weights are kept.
+#[derive(Clone, Copy)]
 pub enum WeightSlice<'a> {
     F32(&'a [f32]),
     BF16(&'a [bf16]),
     F16(&'a [f16]),
+}
+
+impl<'a> WeightSlice<'a> {
+    /// Rows `first..first + count` of a row-major matrix with rows of `k` elements.
+    pub fn rows(&self, first: usize, count: usize, k: usize) -> WeightSlice<'a> {
+        let r = first * k..(first + count) * k;
+        match *self {
+            WeightSlice::F32(w) => WeightSlice::F32(&w[r]),
+            WeightSlice::BF16(w) => WeightSlice::BF16(&w[r]),
+            WeightSlice::F16(w) => WeightSlice::F16(&w[r]),
+        }
+    }
 }
 
 /// Runs `f` over the data of `t` without copying it. Fails for a tensor that is not on the

@@ -1,0 +1,99 @@
+//! Which SIMD kernels this CPU can run, detected once at run time, so one binary runs at its
+//! best on whatever x86-64 (or other) machine it lands on.
+
+use std::sync::OnceLock;
+
+/// A family of CPU kernels, weakest first. Each one needs every feature of the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Plain Rust that LLVM vectorises for the build target; runs anywhere.
+    Portable,
+    /// AVX2 + FMA + F16C: 8 lanes, weights widened to f32.
+    Avx2,
+    /// AVX-512 F/BW/VL: 16 lanes, weights widened to f32, masked tails.
+    Avx512,
+    /// AVX-512 with `vdpbf16ps`: bf16 weights times bf16 activations, summed in f32, without
+    /// widening, twice the multiply rate of f32.
+    Avx512Bf16,
+}
+
+/// Names for `MOE_CPU_KERNELS`, which caps the kernels used (to compare them in one build).
+const NAMES: [(Isa, &str); 4] = [
+    (Isa::Portable, "portable"),
+    (Isa::Avx2, "avx2"),
+    (Isa::Avx512, "avx512"),
+    (Isa::Avx512Bf16, "avx512-bf16"),
+];
+
+impl Isa {
+    /// The kernels used by default: the best the CPU has, or less when the environment
+    /// variable `MOE_CPU_KERNELS` (portable, avx2, avx512, avx512-bf16) asks for less.
+    pub fn selected() -> Isa {
+        static SELECTED: OnceLock<Isa> = OnceLock::new();
+        *SELECTED.get_or_init(|| {
+            let best = Isa::best();
+            let wanted = std::env::var("MOE_CPU_KERNELS").ok().and_then(|v| {
+                NAMES
+                    .iter()
+                    .find(|(_, name)| *name == v.trim())
+                    .map(|(isa, _)| *isa)
+            });
+            wanted.map_or(best, |w| w.min(best))
+        })
+    }
+
+    /// Every kernel family this CPU can run, weakest first: the set the tests compare.
+    #[cfg(test)]
+    pub fn available() -> Vec<Isa> {
+        let best = Isa::best();
+        NAMES
+            .iter()
+            .map(|(isa, _)| *isa)
+            .filter(|isa| *isa <= best)
+            .collect()
+    }
+
+    pub fn name(self) -> &'static str {
+        NAMES
+            .iter()
+            .find(|(isa, _)| *isa == self)
+            .map_or("portable", |(_, name)| name)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn best() -> Isa {
+        use std::arch::is_x86_feature_detected as has;
+        let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
+        if avx512 && has!("avx512bf16") {
+            Isa::Avx512Bf16
+        } else if avx512 {
+            Isa::Avx512
+        } else if has!("avx2") && has!("fma") && has!("f16c") {
+            Isa::Avx2
+        } else {
+            Isa::Portable
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn best() -> Isa {
+        Isa::Portable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_selected_kernels_run_here_and_portable_always_does() {
+        let available = Isa::available();
+        assert_eq!(available[0], Isa::Portable);
+        assert!(available.contains(&Isa::selected()));
+        for isa in available {
+            assert!(NAMES
+                .iter()
+                .any(|(i, name)| *i == isa && *name == isa.name()));
+        }
+    }
+}

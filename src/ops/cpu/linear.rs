@@ -1,0 +1,336 @@
+//! `out = x · wᵀ` for f32 activations against f32, bf16 or f16 weights, on the kernels the CPU
+//! has (`Isa`): the one product behind every linear layer and every expert.
+//!
+//! Which kernel runs:
+//! - bf16 weights on `Avx512Bf16`: activations rounded to bf16 (what a bf16 model computes in
+//!   anyway) and `vdpbf16ps`, for every row count.
+//! - otherwise, few rows (decode): weights widened to f32 in registers, one pass over them.
+//! - otherwise, many rows (prefill): weights widened to an f32 block, then the `gemm` crate's
+//!   packed, register-blocked kernel.
+
+use half::{bf16, slice::HalfFloatSliceExt};
+use rayon::prelude::*;
+
+use super::isa::Isa;
+use super::matmul::matmul_abt;
+use super::storage::WeightSlice;
+use super::vector::{dot, WeightElem};
+
+/// From this many rows of x on, widened weights go through the packed matrix kernel: below it
+/// the product is a pass over the weights, bound by memory, and packing would not pay.
+const GEMM_MIN_ROWS: usize = 4;
+
+/// An output block written through strides: element (i, j) at `i · row_stride + j · col_stride`,
+/// so a caller can take (m, n) row-major or its transpose (n, m) without another copy.
+pub struct OutView<'a> {
+    data: &'a mut [f32],
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> OutView<'a> {
+    /// (m, n) row-major.
+    pub fn rows(data: &'a mut [f32], n: usize) -> Self {
+        OutView {
+            data,
+            row_stride: n,
+            col_stride: 1,
+        }
+    }
+
+    /// (m, n) stored transposed, as (n, m) row-major.
+    pub fn transposed(data: &'a mut [f32], m: usize) -> Self {
+        OutView {
+            data,
+            row_stride: 1,
+            col_stride: m,
+        }
+    }
+
+    fn set(&mut self, i: usize, j: usize, v: f32) {
+        self.data[i * self.row_stride + j * self.col_stride] = v;
+    }
+
+    /// Writes a tile's sums, row-major (mr, nr), at (i0, j0).
+    pub(super) fn put(&mut self, i0: usize, j0: usize, mr: usize, nr: usize, sums: &[f32]) {
+        for i in 0..mr {
+            for j in 0..nr {
+                self.set(i0 + i, j0 + j, sums[i * nr + j]);
+            }
+        }
+    }
+
+    /// Checks that an (m, n) block fits, and returns (data, row stride, column stride).
+    fn raw(&mut self, m: usize, n: usize) -> (&mut [f32], usize, usize) {
+        if m > 0 && n > 0 {
+            let last = (m - 1) * self.row_stride + (n - 1) * self.col_stride;
+            assert!(last < self.data.len(), "OutView: block outside the buffer");
+        }
+        (self.data, self.row_stride, self.col_stride)
+    }
+}
+
+/// Calls `tile(i0, j0, mr, nr)` over (m, n) in tiles of at most (mr_max, nr_max): the rows of w
+/// outside, so a tile of weights stays in L1 while every row of x passes it.
+pub(super) fn for_tiles(
+    m: usize,
+    n: usize,
+    mr_max: usize,
+    nr_max: usize,
+    mut tile: impl FnMut(usize, usize, usize, usize),
+) {
+    for j0 in (0..n).step_by(nr_max) {
+        for i0 in (0..m).step_by(mr_max) {
+            tile(i0, j0, mr_max.min(m - i0), nr_max.min(n - j0));
+        }
+    }
+}
+
+/// The left-hand rows of a product: f32, and the same rounded to bf16 when
+/// [`wants_bf16`] says the kernel for the weights multiplies in bf16 (empty otherwise).
+#[derive(Clone, Copy)]
+pub struct Lhs<'a> {
+    pub f32: &'a [f32],
+    pub bf16: &'a [bf16],
+}
+
+/// Whether the kernel for `w` on `isa` reads the left-hand rows as bf16.
+pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
+    isa == Isa::Avx512Bf16 && matches!(w, WeightSlice::BF16(_))
+}
+
+/// x rounded to bf16 if the kernel for `w` wants it, else nothing.
+pub fn bf16_rows(isa: Isa, w: &WeightSlice, x: &[f32]) -> Vec<bf16> {
+    if !wants_bf16(isa, w) {
+        return Vec::new();
+    }
+    let mut v = vec![bf16::ZERO; x.len()];
+    v.convert_from_f32_slice(x);
+    v
+}
+
+/// out (m, n) = x (m, k) · w (n, k)ᵀ, accumulated in f32, single-threaded (callers split the
+/// work). `x.bf16` must hold the rows when `wants_bf16(isa, w)`.
+pub fn matmul_bt(
+    isa: Isa,
+    x: Lhs,
+    w: &WeightSlice,
+    (m, n, k): (usize, usize, usize),
+    out: &mut OutView,
+) {
+    match *w {
+        WeightSlice::F32(w) if m >= GEMM_MIN_ROWS => gemm(x.f32, w, (m, n, k), out),
+        WeightSlice::F32(w) => widen(isa, x.f32, w, (m, n, k), out),
+        #[cfg(target_arch = "x86_64")]
+        WeightSlice::BF16(w) if isa == Isa::Avx512Bf16 => {
+            // SAFETY: Avx512Bf16 is only selected when the CPU has the features.
+            unsafe { super::avx512::matmul_bt_bf16(x.bf16, w, (m, n, k), out) }
+        }
+        WeightSlice::BF16(w) if m >= GEMM_MIN_ROWS => widen_gemm(x.f32, w, (m, n, k), out),
+        WeightSlice::BF16(w) => widen(isa, x.f32, w, (m, n, k), out),
+        WeightSlice::F16(w) if m >= GEMM_MIN_ROWS => widen_gemm(x.f32, w, (m, n, k), out),
+        WeightSlice::F16(w) => widen(isa, x.f32, w, (m, n, k), out),
+    }
+}
+
+/// `matmul_bt` over all threads, split into blocks of w's rows. out: (m, n) row-major.
+pub fn linear(
+    isa: Isa,
+    x: Lhs,
+    w: &WeightSlice,
+    (m, n, k): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let threads = rayon::current_num_threads();
+    // Enough blocks that a slow core does not hold up the rest, each a multiple of the tile.
+    let per_task = n.div_ceil(threads * 4).next_multiple_of(4).max(16);
+    if m == 1 {
+        // One row: (1, n) and its transpose are the same buffer; blocks are contiguous.
+        out[..n]
+            .par_chunks_mut(per_task)
+            .enumerate()
+            .for_each(|(b, block)| {
+                let rows = block.len();
+                let w = w.rows(b * per_task, rows, k);
+                matmul_bt(isa, x, &w, (1, rows, k), &mut OutView::rows(block, rows));
+            });
+        return;
+    }
+    // Each task owns a contiguous (rows, m) block of the transposed product.
+    let mut out_t = vec![0f32; n * m];
+    out_t
+        .par_chunks_mut(per_task * m)
+        .enumerate()
+        .for_each(|(b, block)| {
+            let rows = block.len() / m;
+            let w = w.rows(b * per_task, rows, k);
+            matmul_bt(isa, x, &w, (m, rows, k), &mut OutView::transposed(block, m));
+        });
+    out[..m * n]
+        .par_chunks_mut(n)
+        .enumerate()
+        .for_each(|(i, row)| {
+            for (j, o) in row.iter_mut().enumerate() {
+                *o = out_t[j * m + i];
+            }
+        });
+}
+
+fn gemm(x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize), out: &mut OutView) {
+    let (data, rs, cs) = out.raw(m, n);
+    matmul_abt(x, w, (m, n, k), (data, rs, cs));
+}
+
+/// Widens all of w to f32 first: for many rows of x, where each weight is used many times.
+fn widen_gemm<W: WeightElem>(
+    x: &[f32],
+    w: &[W],
+    (m, n, k): (usize, usize, usize),
+    out: &mut OutView,
+) {
+    let mut scratch = vec![0f32; n * k];
+    let w = W::as_f32(&w[..n * k], &mut scratch);
+    gemm(x, w, (m, n, k), out);
+}
+
+/// One pass over w, widened in registers, on the widest vectors `isa` has.
+#[cfg(target_arch = "x86_64")]
+fn widen<W>(isa: Isa, x: &[f32], w: &[W], dims: (usize, usize, usize), out: &mut OutView)
+where
+    W: WeightElem + super::avx512::Widen16 + super::avx2::Widen8,
+{
+    match isa {
+        // SAFETY: an Isa is only selected when the CPU has its features (isa.rs).
+        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { super::avx512::matmul_bt_widen(x, w, dims, out) },
+        Isa::Avx2 => unsafe { super::avx2::matmul_bt_widen(x, w, dims, out) },
+        Isa::Portable => portable(x, w, dims, out),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn widen<W: WeightElem>(
+    _: Isa,
+    x: &[f32],
+    w: &[W],
+    dims: (usize, usize, usize),
+    out: &mut OutView,
+) {
+    portable(x, w, dims, out)
+}
+
+/// Each row of w widened once into scratch, then dotted with every row of x.
+fn portable<W: WeightElem>(
+    x: &[f32],
+    w: &[W],
+    (m, n, k): (usize, usize, usize),
+    out: &mut OutView,
+) {
+    let mut scratch = vec![0f32; if W::IS_F32 { 0 } else { k }];
+    for j in 0..n {
+        let w_row = W::as_f32(&w[j * k..][..k], &mut scratch);
+        for i in 0..m {
+            out.set(i, j, dot(&x[i * k..][..k], w_row));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+
+    /// The slow twin: each product term in f64, with the weights (and the activations, for a
+    /// kernel that multiplies in bf16) rounded exactly as the kernel sees them.
+    /// Returns each sum and the sum of the terms' magnitudes, which bounds f32 rounding.
+    fn slow(x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<(f64, f64)> {
+        let mut out = vec![(0f64, 0f64); m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|l| x[i * k + l] as f64 * w[j * k + l] as f64);
+                out[i * n + j] = (terms.clone().sum(), terms.map(f64::abs).sum());
+            }
+        }
+        out
+    }
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104729) % 1999) as f32 - 999.0) / 577.0)
+            .collect()
+    }
+
+    /// Shapes that hit every tile remainder (m, n mod 4), every tail (k mod 8, 16 and 32), and
+    /// both sides of GEMM_MIN_ROWS.
+    const SHAPES: [(usize, usize, usize); 8] = [
+        (1, 1, 1),
+        (1, 5, 33),
+        (2, 7, 16),
+        (3, 9, 47),
+        (1, 64, 1024),
+        (4, 13, 70),
+        (5, 6, 129),
+        (37, 11, 96),
+    ];
+
+    fn check(isa: Isa, w_f32: &[f32], w: WeightSlice, (m, n, k): (usize, usize, usize)) {
+        let x = values(m * k, 3);
+        let x_bf16 = bf16_rows(isa, &w, &x);
+        let x_seen: Vec<f32> = if x_bf16.is_empty() {
+            x.clone()
+        } else {
+            x_bf16.iter().map(|v| v.to_f32()).collect()
+        };
+        let want = slow(&x_seen, w_f32, (m, n, k));
+        let lhs = Lhs {
+            f32: &x,
+            bf16: &x_bf16,
+        };
+        // Both layouts, and through the parallel split.
+        let mut rows = vec![f32::NAN; m * n];
+        matmul_bt(isa, lhs, &w, (m, n, k), &mut OutView::rows(&mut rows, n));
+        let mut cols = vec![f32::NAN; m * n];
+        matmul_bt(
+            isa,
+            lhs,
+            &w,
+            (m, n, k),
+            &mut OutView::transposed(&mut cols, m),
+        );
+        let mut par = vec![f32::NAN; m * n];
+        linear(isa, lhs, &w, (m, n, k), &mut par);
+        for i in 0..m {
+            for j in 0..n {
+                let (want, magnitude) = want[i * n + j];
+                // f32 sums of k terms in any order: a few ulps of the magnitude per term.
+                let bound = 1e-6 * (k as f64).sqrt() * magnitude + 1e-7;
+                for (what, got) in [
+                    ("rows", rows[i * n + j]),
+                    ("cols", cols[j * m + i]),
+                    ("par", par[i * n + j]),
+                ] {
+                    assert!(
+                        (got as f64 - want).abs() <= bound,
+                        "{isa:?} {m}x{n}x{k} {what} ({i}, {j}): {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_the_slow_twin_for_every_weight_dtype() {
+        for isa in Isa::available() {
+            for dims @ (_, n, k) in SHAPES {
+                let w = values(n * k, 5);
+                check(isa, &w, WeightSlice::F32(&w), dims);
+                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                let wb_f32: Vec<f32> = wb.iter().map(|v| v.to_f32()).collect();
+                check(isa, &wb_f32, WeightSlice::BF16(&wb), dims);
+                let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+                let wh_f32: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+                check(isa, &wh_f32, WeightSlice::F16(&wh), dims);
+            }
+        }
+    }
+}

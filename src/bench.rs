@@ -107,42 +107,28 @@ pub fn cpu_kernels() -> &'static str {
 }
 
 /// The machine's read bandwidth in bytes/s: the best of several passes summing a 512 MiB
-/// buffer on every thread of rayon's pool (the pool the engine's kernels run on).
+/// buffer on every thread of rayon's pool (the pool the engine's kernels run on), in the widest
+/// vectors the CPU has.
 pub fn read_bandwidth() -> f64 {
     const BYTES: usize = 512 << 20;
     const PASSES: usize = 5;
     let data: Vec<u64> = (0..BYTES / 8).into_par_iter().map(|i| i as u64).collect();
     let chunk = data.len() / (rayon::current_num_threads() * 16).max(1);
+    // The best reader the CPU has, whatever MOE_CPU_KERNELS caps the kernels to: the limit is
+    // the machine's, not the kernels'.
+    let isa = crate::ops::cpu::Isa::best();
     let mut best = 0f64;
     for _ in 0..PASSES {
         let start = Instant::now();
         let sum: u64 = data
             .par_chunks(chunk.max(1))
-            .map(sum_streams::<8>)
+            .map(|c| crate::ops::cpu::sum_u64(isa, c))
             .reduce(|| 0, u64::wrapping_add);
         let secs = start.elapsed().as_secs_f64();
         std::hint::black_box(sum);
         best = best.max(BYTES as f64 / secs);
     }
     best
-}
-
-/// The wrapping sum of `c`, read as S streams in lockstep. A core reading one stream is held
-/// back by its outstanding-miss limit and understates the bandwidth by a quarter or more on
-/// the dev VMs; the kernels read several weight rows at once, and so does this.
-fn sum_streams<const S: usize>(c: &[u64]) -> u64 {
-    const STEP: usize = 8;
-    let len = c.len() / S / STEP * STEP;
-    let mut acc = [0u64; S];
-    for i in (0..len).step_by(STEP) {
-        for (s, a) in acc.iter_mut().enumerate() {
-            *a = c[s * len + i..][..STEP]
-                .iter()
-                .fold(*a, |a, &x| a.wrapping_add(x));
-        }
-    }
-    let rest = c[S * len..].iter().fold(0u64, |a, &x| a.wrapping_add(x));
-    acc.iter().fold(rest, |a, &x| a.wrapping_add(x))
 }
 
 #[cfg(test)]
@@ -154,14 +140,5 @@ mod tests {
         assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
         assert!(median(&[]).is_nan());
-    }
-
-    #[test]
-    fn streamed_sums_cover_every_element_once() {
-        for n in [0usize, 1, 63, 64, 65, 1000] {
-            let c: Vec<u64> = (0..n as u64).map(|i| i * 3 + 1).collect();
-            let want = c.iter().fold(0u64, |a, &x| a.wrapping_add(x));
-            assert_eq!(sum_streams::<8>(&c), want, "n={n}");
-        }
     }
 }

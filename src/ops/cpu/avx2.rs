@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::linear::{for_tiles, OutView};
+use super::linear::{for_tiles, OutView, Tile};
 
 /// A weight element type that loads as 8 f32 lanes.
 pub trait Widen8: Copy {
@@ -65,36 +65,37 @@ pub unsafe fn matmul_bt_widen<W: Widen8>(
         x.len() >= m * k && w.len() >= n * k,
         "avx2 widen: operand sizes"
     );
-    for_tiles(m, n, 2, 4, |i0, j0, mr, nr| {
-        let (xs, ws) = (&x[i0 * k..], &w[j0 * k..]);
-        // SAFETY: rows i0..i0 + mr of x and j0..j0 + nr of w are inside the slices (asserted
-        // above, and for_tiles keeps tiles inside m and n); the features are the caller's
-        // promise.
+    for_tiles(m, n, 2, 4, |t: Tile| {
+        let (xs, ws) = (&x[t.i0 * k..], &w[t.j0 * k..]);
+        let (xp, wp, kk) = (xs.as_ptr(), ws.as_ptr(), (k, t.step * k));
+        // SAFETY: the tile's rows of x and w are inside the slices (asserted above, and
+        // for_tiles keeps tiles inside m and n); the features are the caller's promise.
         let mut sums = unsafe {
-            match (mr, nr) {
-                (1, 1) => tile::<W, 1, 1>(xs.as_ptr(), ws.as_ptr(), k),
-                (1, 2) => tile::<W, 1, 2>(xs.as_ptr(), ws.as_ptr(), k),
-                (1, 3) => tile::<W, 1, 3>(xs.as_ptr(), ws.as_ptr(), k),
-                (1, _) => tile::<W, 1, 4>(xs.as_ptr(), ws.as_ptr(), k),
-                (_, 1) => tile::<W, 2, 1>(xs.as_ptr(), ws.as_ptr(), k),
-                (_, 2) => tile::<W, 2, 2>(xs.as_ptr(), ws.as_ptr(), k),
-                (_, 3) => tile::<W, 2, 3>(xs.as_ptr(), ws.as_ptr(), k),
-                (_, _) => tile::<W, 2, 4>(xs.as_ptr(), ws.as_ptr(), k),
+            match (t.mr, t.nr) {
+                (1, 1) => tile::<W, 1, 1>(xp, wp, kk),
+                (1, 2) => tile::<W, 1, 2>(xp, wp, kk),
+                (1, 3) => tile::<W, 1, 3>(xp, wp, kk),
+                (1, _) => tile::<W, 1, 4>(xp, wp, kk),
+                (_, 1) => tile::<W, 2, 1>(xp, wp, kk),
+                (_, 2) => tile::<W, 2, 2>(xp, wp, kk),
+                (_, 3) => tile::<W, 2, 3>(xp, wp, kk),
+                (_, _) => tile::<W, 2, 4>(xp, wp, kk),
             }
         };
         // The tail the vector loop left, element by element.
         let full = k / 8 * 8;
-        for i in 0..mr {
-            for j in 0..nr {
-                let (xr, wr) = (&xs[i * k..][full..k], &ws[j * k..][full..k]);
-                sums[i * nr + j] += xr.iter().zip(wr).map(|(a, b)| a * b.to_f32()).sum::<f32>();
+        for i in 0..t.mr {
+            for j in 0..t.nr {
+                let (xr, wr) = (&xs[i * k..][full..k], &ws[j * t.step * k..][full..k]);
+                sums[i * t.nr + j] += xr.iter().zip(wr).map(|(a, b)| a * b.to_f32()).sum::<f32>();
             }
         }
-        out.put(i0, j0, mr, nr, &sums);
+        out.put((t.i0, t.mr), (t.j0, t.nr, t.step), &sums);
     });
 }
 
-/// MR rows of x against NR rows of w over the first k / 8 · 8 columns; sums row-major (MR, NR).
+/// MR rows of x against NR rows of w (`ldw` apart) over the first k / 8 · 8 columns; sums
+/// row-major (MR, NR).
 // Indices, not iterators: acc[i][j], xv[i] and the rows of w are one register tile.
 #[allow(clippy::needless_range_loop)]
 #[inline]
@@ -102,7 +103,7 @@ pub unsafe fn matmul_bt_widen<W: Widen8>(
 unsafe fn tile<W: Widen8, const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const W,
-    k: usize,
+    (k, ldw): (usize, usize),
 ) -> [f32; 8] {
     let mut acc = [[_mm256_setzero_ps(); NR]; MR];
     let mut l = 0;
@@ -112,7 +113,7 @@ unsafe fn tile<W: Widen8, const MR: usize, const NR: usize>(
             *v = _mm256_loadu_ps(x.add(i * k + l));
         }
         for j in 0..NR {
-            let wv = W::load(w.add(j * k + l));
+            let wv = W::load(w.add(j * ldw + l));
             for i in 0..MR {
                 acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
             }

@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::linear::{for_tiles, OutView};
+use super::linear::{for_tiles, OutView, Tile};
 
 /// A weight element type that loads as 16 f32 lanes.
 pub trait Widen16: Copy {
@@ -55,13 +55,12 @@ pub unsafe fn matmul_bt_widen<W: Widen16>(
         x.len() >= m * k && w.len() >= n * k,
         "avx512 widen: operand sizes"
     );
-    for_tiles(m, n, 4, 4, |i0, j0, mr, nr| {
-        let (x, w) = (x[i0 * k..].as_ptr(), w[j0 * k..].as_ptr());
-        // SAFETY: rows i0..i0 + mr of x and j0..j0 + nr of w are inside the slices (asserted
-        // above, and for_tiles keeps tiles inside m and n); the CPU features are the caller's
-        // promise.
-        let sums = unsafe { widen_tile_any(x, w, k, mr, nr) };
-        out.put(i0, j0, mr, nr, &sums);
+    for_tiles(m, n, 4, 4, |t: Tile| {
+        let (x, w) = (x[t.i0 * k..].as_ptr(), w[t.j0 * k..].as_ptr());
+        // SAFETY: the tile's rows of x and w are inside the slices (asserted above, and
+        // for_tiles keeps tiles inside m and n); the CPU features are the caller's promise.
+        let sums = unsafe { widen_tile_any(x, w, (k, t.step * k), t.mr, t.nr) };
+        out.put((t.i0, t.mr), (t.j0, t.nr, t.step), &sums);
     });
 }
 
@@ -79,11 +78,11 @@ pub unsafe fn matmul_bt_bf16(
         x.len() >= m * k && w.len() >= n * k,
         "avx512 bf16: operand sizes"
     );
-    for_tiles(m, n, 4, 4, |i0, j0, mr, nr| {
-        let (x, w) = (x[i0 * k..].as_ptr(), w[j0 * k..].as_ptr());
+    for_tiles(m, n, 4, 4, |t: Tile| {
+        let (x, w) = (x[t.i0 * k..].as_ptr(), w[t.j0 * k..].as_ptr());
         // SAFETY: as in matmul_bt_widen.
-        let sums = unsafe { bf16_tile_any(x, w, k, mr, nr) };
-        out.put(i0, j0, mr, nr, &sums);
+        let sums = unsafe { bf16_tile_any(x, w, (k, t.step * k), t.mr, t.nr) };
+        out.put((t.i0, t.mr), (t.j0, t.nr, t.step), &sums);
     });
 }
 
@@ -118,7 +117,7 @@ type TileSums = [f32; 16];
 unsafe fn widen_tile_any<W: Widen16>(
     x: *const f32,
     w: *const W,
-    k: usize,
+    k: (usize, usize),
     mr: usize,
     nr: usize,
 ) -> TileSums {
@@ -129,15 +128,15 @@ unsafe fn widen_tile_any<W: Widen16>(
 unsafe fn bf16_tile_any(
     x: *const bf16,
     w: *const bf16,
-    k: usize,
+    k: (usize, usize),
     mr: usize,
     nr: usize,
 ) -> TileSums {
     tile_dispatch!(bf16_tile, [], (x, w, k), mr, nr)
 }
 
-/// MR rows of x against NR rows of w, each over the whole k: MR · NR accumulators in
-/// registers, every x and w vector loaded once per 16 lanes.
+/// MR rows of x against NR rows of w (`ldw` apart), each over the whole k: MR · NR
+/// accumulators in registers, every x and w vector loaded once per 16 lanes.
 // Indices, not iterators: acc[i][j], xv[i] and the rows of w are one register tile.
 #[allow(clippy::needless_range_loop)]
 #[inline]
@@ -145,7 +144,7 @@ unsafe fn bf16_tile_any(
 unsafe fn widen_tile<W: Widen16, const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const W,
-    k: usize,
+    (k, ldw): (usize, usize),
 ) -> TileSums {
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     let mut l = 0;
@@ -160,7 +159,7 @@ unsafe fn widen_tile<W: Widen16, const MR: usize, const NR: usize>(
             *v = _mm512_maskz_loadu_ps(mask, x.add(i * k + l));
         }
         for j in 0..NR {
-            let wv = W::load(w.add(j * k + l), mask);
+            let wv = W::load(w.add(j * ldw + l), mask);
             for i in 0..MR {
                 acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
             }
@@ -177,7 +176,7 @@ unsafe fn widen_tile<W: Widen16, const MR: usize, const NR: usize>(
 unsafe fn bf16_tile<const MR: usize, const NR: usize>(
     x: *const bf16,
     w: *const bf16,
-    k: usize,
+    (k, ldw): (usize, usize),
 ) -> TileSums {
     let mut acc = [[_mm512_setzero_ps(); NR]; MR];
     let mut l = 0;
@@ -194,7 +193,7 @@ unsafe fn bf16_tile<const MR: usize, const NR: usize>(
         for j in 0..NR {
             let wv = as_bh(_mm512_maskz_loadu_epi16(
                 mask,
-                w.add(j * k + l) as *const i16,
+                w.add(j * ldw + l) as *const i16,
             ));
             for i in 0..MR {
                 acc[i][j] = _mm512_dpbf16_ps(acc[i][j], as_bh(xv[i]), wv);

@@ -60,8 +60,9 @@ impl Isa {
             .map_or("portable", |(_, name)| name)
     }
 
+    /// The best kernels this CPU can run.
     #[cfg(target_arch = "x86_64")]
-    fn best() -> Isa {
+    pub fn best() -> Isa {
         use std::arch::is_x86_feature_detected as has;
         let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
         if avx512 && has!("avx512bf16") {
@@ -76,7 +77,7 @@ impl Isa {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    fn best() -> Isa {
+    pub fn best() -> Isa {
         Isa::Portable
     }
 }

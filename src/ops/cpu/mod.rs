@@ -10,9 +10,11 @@ mod isa;
 mod linear;
 mod matmul;
 mod storage;
+mod stream;
 mod vector;
 
 pub use expert_ffn::{grouped_ffn_weights, ExpertGroups, ExpertWeights};
 pub use isa::Isa;
 pub use linear::{bf16_rows, linear, Lhs};
 pub use storage::with_weight_slice;
+pub use stream::sum_u64;

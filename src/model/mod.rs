@@ -156,7 +156,7 @@ impl Model {
 
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self) -> Cache {
-        Cache::new(self.blocks.len())
+        Cache::new(self.blocks.len(), self.cfg.max_position_embeddings)
     }
 
     /// Runs `tokens` after whatever `cache` holds; returns f32 logits for every one of them,

@@ -65,7 +65,7 @@ pub unsafe fn matmul_bt_widen<W: Widen8>(
         x.len() >= m * k && w.len() >= n * k,
         "avx2 widen: operand sizes"
     );
-    for_tiles(m, n, 2, 4, |t: Tile| {
+    for_tiles((m, n), (2, 4), out, |t: Tile| {
         let (xs, ws) = (&x[t.i0 * k..], &w[t.j0 * k..]);
         let (xp, wp, kk) = (xs.as_ptr(), ws.as_ptr(), (k, t.step * k));
         // SAFETY: the tile's rows of x and w are inside the slices (asserted above, and
@@ -90,7 +90,7 @@ pub unsafe fn matmul_bt_widen<W: Widen8>(
                 sums[i * t.nr + j] += xr.iter().zip(wr).map(|(a, b)| a * b.to_f32()).sum::<f32>();
             }
         }
-        out.put((t.i0, t.mr), (t.j0, t.nr, t.step), &sums);
+        sums
     });
 }
 

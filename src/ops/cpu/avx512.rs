@@ -55,12 +55,11 @@ pub unsafe fn matmul_bt_widen<W: Widen16>(
         x.len() >= m * k && w.len() >= n * k,
         "avx512 widen: operand sizes"
     );
-    for_tiles(m, n, 4, 4, |t: Tile| {
+    for_tiles((m, n), (4, 4), out, |t: Tile| {
         let (x, w) = (x[t.i0 * k..].as_ptr(), w[t.j0 * k..].as_ptr());
         // SAFETY: the tile's rows of x and w are inside the slices (asserted above, and
         // for_tiles keeps tiles inside m and n); the CPU features are the caller's promise.
-        let sums = unsafe { widen_tile_any(x, w, (k, t.step * k), t.mr, t.nr) };
-        out.put((t.i0, t.mr), (t.j0, t.nr, t.step), &sums);
+        unsafe { widen_tile_any(x, w, (k, t.step * k), t.mr, t.nr) }
     });
 }
 
@@ -78,11 +77,10 @@ pub unsafe fn matmul_bt_bf16(
         x.len() >= m * k && w.len() >= n * k,
         "avx512 bf16: operand sizes"
     );
-    for_tiles(m, n, 4, 4, |t: Tile| {
+    for_tiles((m, n), (4, 4), out, |t: Tile| {
         let (x, w) = (x[t.i0 * k..].as_ptr(), w[t.j0 * k..].as_ptr());
         // SAFETY: as in matmul_bt_widen.
-        let sums = unsafe { bf16_tile_any(x, w, (k, t.step * k), t.mr, t.nr) };
-        out.put((t.i0, t.mr), (t.j0, t.nr, t.step), &sums);
+        unsafe { bf16_tile_any(x, w, (k, t.step * k), t.mr, t.nr) }
     });
 }
 

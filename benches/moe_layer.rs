@@ -1,93 +1,178 @@
-//! One MoE layer's routed experts, fast path against the reference loop, at decode (1 token)
-//! and prefill (128 tokens), on named shapes with random weights.
+//! One MoE layer at decode (1 token), prefill128 and prefill512, on named shapes with random
+//! weights, f32 and bf16: our `SparseMoe` (fast path and reference loop) against
+//! candle-transformers 0.11's qwen3_moe sparse block on the same weights.
 //!
 //!     cargo bench --bench moe_layer
+//!     cargo bench --bench moe_layer -- qwen3-30b-a3b
 //!     cargo bench --bench moe_layer -- 'q3-mini/decode'
+//!
+//! What one iteration times, by benchmark id:
+//!
+//! - `Fast/<dtype>`, `Reference/<dtype>`: `SparseMoe::forward(xs)`, xs: (tokens, hidden): the
+//!   router (x·Wᵀ), softmax and top-k on the host, the routed experts. Nothing else.
+//! - `candle-transformers/<dtype>`: its `Qwen3SparseMoeBlock` and `DecoderLayer` are private;
+//!   the smallest public type holding the block is `qwen3_moe::ModelForCausalLM`, built here
+//!   with one layer and a 1024-token vocabulary. One iteration is `clear_kv_cache()` and
+//!   `forward(ids, 0)` on `tokens` ids: embedding lookup, RMSNorm, attention over those tokens
+//!   (q/k/v/o projections, per-head q/k norms, RoPE, its CPU flash attention), RMSNorm, the
+//!   sparse block (router, softmax, arg-sort top-k, then a loop over the experts that have
+//!   tokens), final RMSNorm, and the head for the last token.
+//! - `candle-transformers-no-moe/<dtype>`: the same one-layer model with a dense MLP of width 1
+//!   where the sparse block was (`decoder_sparse_step` 2), so all of the above but the block:
+//!   the block alone takes about the difference of the two rows.
+//!
+//! Inputs: both engines route random inputs with the same router weights; neither is handed a
+//! routing. Ours are random normal hidden states; theirs random token ids, whose embeddings
+//! after attention and a norm are random hidden states too. Each side cycles through 16
+//! inputs, so successive iterations pick different experts and the weights come from memory,
+//! not from a cache holding the same k experts.
+//!
+//! Weights: one `Weights::random` source gives our stacked experts and router and, by the same
+//! hub names, each of candle-transformers' per-expert tensors, so both hold the same values.
+//!
+//! Left out (see `reference_runs`): the reference loop in bf16, except at q3-mini decode:
+//! candle 0.11 widens the whole stacked expert tensor to f32 for every per-expert matmul, so
+//! one iteration takes 1.8 s there and from 16 s to minutes elsewhere.
+//!
+//! Everything runs on the CPU, where candle's ops return when their work is done, so the clock
+//! stops after the work without a device sync.
+
+use std::cell::OnceCell;
+use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use moe_runtime::moe::{Experts, MoeImpl, RouterConfig, Routing};
+use candle_transformers::models::qwen3_moe::ModelForCausalLM;
+use criterion::{
+    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
+};
+use moe_runtime::arch::LLAMA_NAMES;
+use moe_runtime::model::Linear;
+use moe_runtime::moe::{Experts, MoeImpl, RouterConfig, SparseMoe};
+use moe_runtime::weights::Weights;
 
-/// A routed-expert shape: hidden size, experts, experts per token, expert FFN width.
-struct Shape {
-    name: &'static str,
-    hidden: usize,
-    experts: usize,
-    top_k: usize,
-    intermediate: usize,
+mod common;
+use common::{config_json, ct_config, ct_ids, ct_model, random_ids, Shape, SEED};
+
+const SHAPES: [&Shape; 2] = [&common::Q3_MINI, &common::QWEN3_30B_A3B];
+
+const PHASES: [(&str, usize); 3] = [("decode", 1), ("prefill128", 128), ("prefill512", 512)];
+
+/// Inputs cycled through by successive iterations.
+const INPUTS: usize = 16;
+
+/// The candle-transformers model's vocabulary: small, so that its embedding and head cost
+/// next to nothing beside the layer.
+const VOCAB: usize = 1024;
+
+/// The candle-transformers models, by benchmark name: the layer, and the layer without its
+/// sparse block.
+const THEIRS: [&str; 2] = ["candle-transformers", "candle-transformers-no-moe"];
+
+/// Both engines' copies of one layer.
+struct Layer {
+    ours: SparseMoe,
+    /// As named by `THEIRS`.
+    theirs: [ModelForCausalLM; 2],
 }
 
-const SHAPES: &[Shape] = &[
-    // DESIGN.md section 5: the q3-mini benchmark model's layer.
-    Shape {
-        name: "q3-mini",
-        hidden: 1024,
-        experts: 64,
-        top_k: 8,
-        intermediate: 512,
-    },
-    // One Qwen3-30B-A3B MoE layer.
-    Shape {
-        name: "qwen3-30b-a3b",
-        hidden: 2048,
-        experts: 128,
-        top_k: 8,
-        intermediate: 768,
-    },
-];
+impl Layer {
+    fn new(s: &Shape, dtype: DType) -> Layer {
+        let weights = Weights::random(SEED, dtype, &Device::Cpu);
+        let prefix = "model.layers.0.mlp";
+        let router = weights
+            .get(&format!("{prefix}.gate.weight"), &[s.experts, s.hidden])
+            .expect("router weights");
+        let (gate_up, down) = weights
+            .experts(&LLAMA_NAMES, prefix, (s.experts, s.expert_ffn, s.hidden))
+            .expect("stacked experts");
+        let ours = SparseMoe {
+            router: Linear::new(router, None),
+            router_cfg: RouterConfig {
+                top_k: s.top_k,
+                norm_topk_prob: true,
+            },
+            experts: Experts { gate_up, down },
+            shared: None,
+            imp: MoeImpl::Fast,
+        };
+        let json = config_json(s, 1, VOCAB);
+        let theirs = ct_model(&ct_config(&json), &weights);
+        let mut no_moe = ct_config(&json);
+        // Layer 0 is dense when (0 + 1) is off the sparse grid; width 1 makes its MLP free.
+        no_moe.decoder_sparse_step = 2;
+        no_moe.intermediate_size = 1;
+        let theirs_no_moe = ct_model(&no_moe, &weights);
+        Layer {
+            ours,
+            theirs: [theirs, theirs_no_moe],
+        }
+    }
+}
 
-/// Routings cycled through by successive iterations, so that over a few iterations every
-/// expert is read and the timings are of memory, not of a cache holding the same k experts.
-const ROUTINGS: usize = 16;
-
-fn setup(s: &Shape, tokens: usize, dtype: DType) -> (Tensor, Experts, Vec<Routing>) {
-    let dev = Device::Cpu;
-    let rand = |shape: (usize, usize, usize)| {
-        Tensor::randn(0f32, 0.02, shape, &dev)
-            .and_then(|t| t.to_dtype(dtype))
-            .expect("random weights")
-    };
-    let experts = Experts {
-        gate_up: rand((s.experts, 2 * s.intermediate, s.hidden)),
-        down: rand((s.experts, s.hidden, s.intermediate)),
-    };
-    let xs = Tensor::randn(0f32, 1.0, (tokens, s.hidden), &dev)
-        .and_then(|t| t.to_dtype(dtype))
-        .expect("random tokens");
-    let cfg = RouterConfig {
-        top_k: s.top_k,
-        norm_topk_prob: true,
-    };
-    let routings = (0..ROUTINGS)
-        .map(|_| {
-            let logits =
-                Tensor::randn(0f32, 1.0, (tokens, s.experts), &dev).expect("random logits");
-            Routing::from_logits(&logits, cfg).expect("routing")
-        })
-        .collect();
-    (xs, experts, routings)
+/// Whether the reference loop is timed: criterion runs at least eleven iterations, so one must
+/// take seconds, not minutes. In f32 it always does. In bf16 candle 0.11 widens the whole
+/// stacked expert tensor to f32 for every per-expert matmul: 1.8 s for a q3-mini decode step,
+/// 16 s for its prefill128 and longer still on the larger shape.
+fn reference_runs(s: &Shape, dtype: DType, tokens: usize) -> bool {
+    dtype == DType::F32 || (tokens == 1 && s.name == common::Q3_MINI.name)
 }
 
 fn bench(c: &mut Criterion) {
     for s in SHAPES {
-        for (phase, tokens) in [("decode", 1), ("prefill128", 128)] {
-            let mut group = c.benchmark_group(format!("{}/{phase}", s.name));
-            group.sample_size(10);
-            group.throughput(Throughput::Elements(tokens as u64));
-            for dtype in [DType::F32, DType::BF16] {
-                let (xs, experts, routings) = setup(s, tokens, dtype);
+        for dtype in [DType::F32, DType::BF16] {
+            // Built by the first benchmark that runs, so that a filter skipping a shape and
+            // dtype also skips making its weights.
+            let layer: OnceCell<Layer> = OnceCell::new();
+            let layer = || layer.get_or_init(|| Layer::new(s, dtype));
+            for (phase, tokens) in PHASES {
+                let mut group = c.benchmark_group(format!("{}/{phase}", s.name));
+                group
+                    .sample_size(10)
+                    .sampling_mode(SamplingMode::Flat)
+                    .warm_up_time(Duration::from_secs(1))
+                    .measurement_time(Duration::from_secs(3))
+                    .throughput(Throughput::Elements(tokens as u64));
+                let xs: Vec<Tensor> = (0..INPUTS)
+                    .map(|_| {
+                        Tensor::randn(0f32, 1.0, (tokens, s.hidden), &Device::Cpu)
+                            .and_then(|t| t.to_dtype(dtype))
+                            .expect("random hidden states")
+                    })
+                    .collect();
+                let ids: Vec<Tensor> = (0..INPUTS as u64)
+                    .map(|i| ct_ids(&random_ids(i, tokens, VOCAB)))
+                    .collect();
                 for imp in [MoeImpl::Fast, MoeImpl::Reference] {
+                    if imp == MoeImpl::Reference && !reference_runs(s, dtype, tokens) {
+                        continue;
+                    }
                     let id = BenchmarkId::new(format!("{imp:?}"), format!("{dtype:?}"));
-                    let mut next = routings.iter().cycle();
                     group.bench_function(id, |b| {
+                        let moe = SparseMoe {
+                            imp,
+                            ..layer().ours.clone()
+                        };
+                        let mut next = xs.iter().cycle();
                         b.iter(|| {
-                            let routing = next.next().expect("a cycle never ends");
-                            experts.forward(&xs, routing, imp).expect("forward")
+                            let xs = next.next().expect("a cycle never ends");
+                            moe.forward(xs).expect("our forward")
                         })
                     });
                 }
+                for (i, name) in THEIRS.into_iter().enumerate() {
+                    let id = BenchmarkId::new(name, format!("{dtype:?}"));
+                    group.bench_function(id, |b| {
+                        let mut model = layer().theirs[i].clone();
+                        let mut next = ids.iter().cycle();
+                        b.iter(|| {
+                            let ids = next.next().expect("a cycle never ends");
+                            model.clear_kv_cache();
+                            model.forward(ids, 0).expect("candle-transformers forward")
+                        })
+                    });
+                }
+                group.finish();
             }
-            group.finish();
         }
     }
 }

@@ -60,9 +60,14 @@ impl Isa {
             .map_or("portable", |(_, name)| name)
     }
 
-    /// The best kernels this CPU can run.
-    #[cfg(target_arch = "x86_64")]
+    /// The best kernels this CPU can run (detected once).
     pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(Isa::detect)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn detect() -> Isa {
         use std::arch::is_x86_feature_detected as has;
         let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
         if avx512 && has!("avx512bf16") {
@@ -77,7 +82,7 @@ impl Isa {
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    pub fn best() -> Isa {
+    fn detect() -> Isa {
         Isa::Portable
     }
 }

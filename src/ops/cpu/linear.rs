@@ -153,12 +153,15 @@ pub fn matmul_bt(
     (m, n, k): (usize, usize, usize),
     out: &mut OutView,
 ) {
+    // What makes the unsafe calls below sound: never more than the CPU has, whatever a caller
+    // passes (the features are detected once; this is a compare).
+    let isa = isa.min(Isa::best());
     match *w {
         WeightSlice::F32(w) if m >= GEMM_MIN_ROWS => gemm(x.f32, w, (m, n, k), out),
         WeightSlice::F32(w) => widen(isa, x.f32, w, (m, n, k), out),
         #[cfg(target_arch = "x86_64")]
         WeightSlice::BF16(w) if isa == Isa::Avx512Bf16 => {
-            // SAFETY: Avx512Bf16 is only selected when the CPU has the features.
+            // SAFETY: isa is at most Isa::best(), so the CPU has the features.
             unsafe { super::avx512::matmul_bt_bf16(x.bf16, w, (m, n, k), out) }
         }
         WeightSlice::BF16(w) if m >= GEMM_MIN_ROWS => widen_gemm(x.f32, w, (m, n, k), out),
@@ -235,7 +238,7 @@ where
     W: WeightElem + super::avx512::Widen16 + super::avx2::Widen8,
 {
     match isa {
-        // SAFETY: an Isa is only selected when the CPU has its features (isa.rs).
+        // SAFETY: matmul_bt capped isa at Isa::best(), so the CPU has its features.
         Isa::Avx512 | Isa::Avx512Bf16 => unsafe { super::avx512::matmul_bt_widen(x, w, dims, out) },
         Isa::Avx2 => unsafe { super::avx2::matmul_bt_widen(x, w, dims, out) },
         Isa::Portable => portable(x, w, dims, out),

@@ -12,9 +12,9 @@ const STREAMS: usize = 4;
 
 /// The wrapping sum of `data`, read on `isa`'s widest loads as STREAMS sequential streams.
 pub fn sum_u64(isa: Isa, data: &[u64]) -> u64 {
-    match isa {
+    match isa.min(Isa::best()) {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an Isa is only selected when the CPU has its features (isa.rs).
+        // SAFETY: capped at Isa::best(), so the CPU has the features.
         Isa::Avx512 | Isa::Avx512Bf16 => unsafe { x86::sum_avx512(data) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::sum_avx2(data) },

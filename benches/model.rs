@@ -36,19 +36,15 @@
 
 use std::cell::OnceCell;
 use std::path::Path;
-use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::qwen3_moe::ModelForCausalLM;
-use criterion::{
-    criterion_group, criterion_main, BatchSize, BenchmarkGroup, BenchmarkId, Criterion,
-    SamplingMode, Throughput,
-};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
 use moe_runtime::weights::Weights;
 use moe_runtime::{arch, LoadOptions, Model};
 
 mod common;
-use common::{config_json, ct_config, ct_ids, ct_model, random_ids, Q3_MINI, SEED};
+use common::{config_json, configure, ct_config, ct_ids, ct_model, random_ids, Q3_MINI, SEED};
 
 const LAYERS: usize = 8;
 const VOCAB: usize = 32000;
@@ -117,15 +113,6 @@ impl Pair {
             assert!(diff < 1e-3, "the two models disagree: {diff}");
         }
     }
-}
-
-fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>, tokens: usize) {
-    group
-        .sample_size(10)
-        .sampling_mode(SamplingMode::Flat)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .throughput(Throughput::Elements(tokens as u64));
 }
 
 fn bench(c: &mut Criterion) {

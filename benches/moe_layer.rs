@@ -38,20 +38,17 @@
 //! stops after the work without a device sync.
 
 use std::cell::OnceCell;
-use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::qwen3_moe::ModelForCausalLM;
-use criterion::{
-    criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput,
-};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use moe_runtime::arch::LLAMA_NAMES;
 use moe_runtime::model::Linear;
 use moe_runtime::moe::{Experts, MoeImpl, RouterConfig, SparseMoe};
 use moe_runtime::weights::Weights;
 
 mod common;
-use common::{config_json, ct_config, ct_ids, ct_model, random_ids, Shape, SEED};
+use common::{config_json, configure, ct_config, ct_ids, ct_model, random_ids, Shape, SEED};
 
 const SHAPES: [&Shape; 2] = [&common::Q3_MINI, &common::QWEN3_30B_A3B];
 
@@ -126,12 +123,7 @@ fn bench(c: &mut Criterion) {
             let layer = || layer.get_or_init(|| Layer::new(s, dtype));
             for (phase, tokens) in PHASES {
                 let mut group = c.benchmark_group(format!("{}/{phase}", s.name));
-                group
-                    .sample_size(10)
-                    .sampling_mode(SamplingMode::Flat)
-                    .warm_up_time(Duration::from_secs(1))
-                    .measurement_time(Duration::from_secs(3))
-                    .throughput(Throughput::Elements(tokens as u64));
+                configure(&mut group, tokens);
                 let xs: Vec<Tensor> = (0..INPUTS)
                     .map(|_| {
                         Tensor::randn(0f32, 1.0, (tokens, s.hidden), &Device::Cpu)

@@ -166,3 +166,17 @@ pub fn random_ids(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
         .map(|_| rng.random_range(0..vocab as u32))
         .collect()
 }
+
+/// The sampling every group uses: few samples, short windows (the runs are long and the
+/// machines shared), throughput in tokens.
+pub fn configure(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    tokens: usize,
+) {
+    group
+        .sample_size(10)
+        .sampling_mode(criterion::SamplingMode::Flat)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+        .throughput(criterion::Throughput::Elements(tokens as u64));
+}

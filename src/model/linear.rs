@@ -29,20 +29,18 @@ impl Linear {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let fast = self.weight.device().is_cpu()
             && matches!(self.weight.dtype(), DType::F32 | DType::BF16 | DType::F16);
-        let ys = if fast {
-            self.forward_cpu(xs)?
-        } else {
-            xs.matmul(&self.weight.t()?)?
-        };
-        match &self.bias {
-            None => Ok(ys),
-            Some(b) => Ok(ys.broadcast_add(b)?),
+        if !fast {
+            return self.forward_slow(xs);
         }
+        self.add_bias(self.forward_cpu(xs)?)
     }
 
     /// The slow twin: candle's matmul, as candle_nn::Linear computes it.
     pub fn forward_slow(&self, xs: &Tensor) -> Result<Tensor> {
-        let ys = xs.matmul(&self.weight.t()?)?;
+        self.add_bias(xs.matmul(&self.weight.t()?)?)
+    }
+
+    fn add_bias(&self, ys: Tensor) -> Result<Tensor> {
         match &self.bias {
             None => Ok(ys),
             Some(b) => Ok(ys.broadcast_add(b)?),

@@ -35,7 +35,7 @@ pub struct Step<'a> {
     /// Each (tokens, head_dim / 2).
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
-    /// (tokens, cached + tokens) of 0 and -inf; `None` for a single token.
+    /// (tokens, cached + tokens) of 0 and -inf, f32; `None` for a single token.
     pub mask: Option<&'a Tensor>,
 }
 
@@ -81,11 +81,15 @@ impl Attention {
             k = k.clamp(-clip, clip)?;
             v = v.clamp(-clip, clip)?;
         }
-        // (heads, t, hd), rotated by position.
-        let q = rope::apply(&q.transpose(0, 1)?, step.cos, step.sin)?;
-        let k = rope::apply(&k.transpose(0, 1)?, step.cos, step.sin)?;
-        let v = v.reshape((t, nkv, hd))?.transpose(0, 1)?.contiguous()?;
-        // k, v: (nkv, s, hd) with s = cached + t
+        // (heads, t, hd), rotated by position. Attention itself runs in f32 whatever the
+        // compute dtype: candle's CPU matmul converts half-precision inputs to f32 on every
+        // call (the whole cache buffer, each step), and the cache is small next to the
+        // weights; it also keeps the scores as exact as HF's f32-accumulated ones.
+        let q = rope::apply(&q.transpose(0, 1)?, step.cos, step.sin)?.to_dtype(DType::F32)?;
+        let k = rope::apply(&k.transpose(0, 1)?, step.cos, step.sin)?.to_dtype(DType::F32)?;
+        let v = v.reshape((t, nkv, hd))?.transpose(0, 1)?;
+        let v = v.to_dtype(DType::F32)?.contiguous()?;
+        // k, v: (nkv, s, hd) with s = cached + t, f32
         let (k, v) = cache.append(layer, k, v)?;
         let s = k.dim(1)?;
 
@@ -98,27 +102,19 @@ impl Attention {
         if let Some(mask) = step.mask {
             scores = scores.broadcast_add(mask)?;
         }
-        // Softmax in f32 whatever the compute dtype, as HF does.
-        let dtype = scores.dtype();
-        let probs =
-            candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(dtype)?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.reshape((nkv, n_rep * t, s))?.matmul(&v)?; // (nkv, n_rep * t, hd)
         let out = out
             .reshape((nh, t, hd))?
             .transpose(0, 1)?
             .reshape((t, nh * hd))?;
-        self.o.forward(&out)
+        self.o.forward(&out.to_dtype(xs.dtype())?)
     }
 }
 
-/// The causal mask for `t` new tokens after `cached` ones: (t, cached + t), -inf above the
+/// The causal mask for `t` new tokens after `cached` ones: (t, cached + t) f32, -inf above the
 /// diagonal.
-pub fn causal_mask(
-    t: usize,
-    cached: usize,
-    dtype: DType,
-    device: &candle_core::Device,
-) -> Result<Tensor> {
+pub fn causal_mask(t: usize, cached: usize, device: &candle_core::Device) -> Result<Tensor> {
     let s = cached + t;
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
@@ -131,5 +127,5 @@ pub fn causal_mask(
             })
         })
         .collect();
-    Ok(Tensor::from_vec(mask, (t, s), device)?.to_dtype(dtype)?)
+    Ok(Tensor::from_vec(mask, (t, s), device)?)
 }

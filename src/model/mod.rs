@@ -182,7 +182,7 @@ impl Model {
         let mut xs = block::scaled(self.embed.index_select(&ids, 0)?, self.cfg.scales.embedding)?;
         let (cos, sin) = self.rope.cos_sin(start, t, self.dtype, &self.device)?;
         let mask = if t > 1 {
-            Some(causal_mask(t, start, self.dtype, &self.device)?)
+            Some(causal_mask(t, start, &self.device)?)
         } else {
             None
         };

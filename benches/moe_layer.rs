@@ -45,6 +45,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use moe_runtime::arch::LLAMA_NAMES;
 use moe_runtime::model::Linear;
 use moe_runtime::moe::{Experts, MoeImpl, RouterConfig, SparseMoe};
+use moe_runtime::quant::Weight;
 use moe_runtime::weights::Weights;
 
 mod common;
@@ -88,7 +89,10 @@ impl Layer {
                 top_k: s.top_k,
                 norm_topk_prob: true,
             },
-            experts: Experts { gate_up, down },
+            experts: Experts {
+                gate_up: Weight::Dense(gate_up),
+                down: Weight::Dense(down),
+            },
             shared: None,
             imp: MoeImpl::Fast,
         };

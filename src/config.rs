@@ -225,7 +225,7 @@ impl ModelConfig {
 
     /// (total, active per token) parameter counts, computed from the shapes alone.
     pub fn parameter_counts(&self) -> (u128, u128) {
-        let (layers_total, layers_active) = self.layer_parameter_counts();
+        let (layers_total, layers_active, _) = self.layer_parameter_counts();
         let h = self.hidden_size as u128;
         let embed = self.vocab_size as u128 * h;
         let head = if self.tie_word_embeddings { 0 } else { embed };
@@ -238,13 +238,25 @@ impl ModelConfig {
     /// the whole head (the embedding table again when tied) and the final norm. The KV cache is
     /// not counted: at the short contexts benchmarked it is small next to the weights.
     pub fn decode_read_parameters(&self) -> u128 {
-        let h = self.hidden_size as u128;
-        let (_, layers_active) = self.layer_parameter_counts();
-        layers_active + h + self.vocab_size as u128 * h + h
+        self.decode_reads().total()
     }
 
-    /// (total, active per token) parameters of all decoder layers together.
-    fn layer_parameter_counts(&self) -> (u128, u128) {
+    /// `decode_read_parameters`, split by how `--quant` stores them.
+    pub fn decode_reads(&self) -> DecodeReads {
+        let h = self.hidden_size as u128;
+        let (_, layers_active, matrices) = self.layer_parameter_counts();
+        DecodeReads {
+            matrices,
+            head: self.vocab_size as u128 * h,
+            // One embedding row and the final norm, beside the layers' norms, biases and
+            // routers.
+            other: layers_active - matrices + h + h,
+        }
+    }
+
+    /// (total, active per token, active weights of matrix products) parameters of all decoder
+    /// layers together.
+    fn layer_parameter_counts(&self) -> (u128, u128, u128) {
         let h = self.hidden_size as u128;
         let a = &self.attention;
         let (nh, nkv, hd) = (
@@ -252,7 +264,8 @@ impl ModelConfig {
             a.num_kv_heads as u128,
             a.head_dim as u128,
         );
-        let mut attn = h * hd * (2 * nh + 2 * nkv);
+        let attn_matrices = h * hd * (2 * nh + 2 * nkv);
+        let mut attn = attn_matrices;
         if a.qkv_bias {
             attn += hd * (nh + 2 * nkv);
         }
@@ -267,24 +280,49 @@ impl ModelConfig {
         let norms = 2 * h;
         let m = &self.moe;
         let expert = 3 * h * m.expert_intermediate_size as u128;
-        let shared = m.shared_expert.as_ref().map_or(0, |s| {
-            3 * h * s.intermediate_size as u128 + if s.gated { h } else { 0 }
-        });
+        let shared_matrices = m
+            .shared_expert
+            .as_ref()
+            .map_or(0, |s| 3 * h * s.intermediate_size as u128);
+        let shared = shared_matrices
+            + m.shared_expert
+                .as_ref()
+                .map_or(0, |s| if s.gated { h } else { 0 });
         let router = h * m.num_experts as u128;
         let dense = 3 * h * self.dense_intermediate_size as u128;
-        let (mut total, mut active) = (0u128, 0u128);
+        let (mut total, mut active, mut matrices) = (0u128, 0u128, 0u128);
         for kind in &self.layers {
-            let (t, act) = match kind {
-                LayerKind::Dense => (dense, dense),
+            let (t, act, mat) = match kind {
+                LayerKind::Dense => (dense, dense, dense),
                 LayerKind::Sparse => (
                     router + shared + expert * m.num_experts as u128,
                     router + shared + expert * m.top_k as u128,
+                    shared_matrices + expert * m.top_k as u128,
                 ),
             };
             total += attn + norms + t;
             active += attn + norms + act;
+            matrices += attn_matrices + mat;
         }
-        (total, active)
+        (total, active, matrices)
+    }
+}
+
+/// The parameters a decode step reads, by kind.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeReads {
+    /// Weights of the layers' matrix products: attention projections, the active and shared
+    /// experts, dense MLPs.
+    pub matrices: u128,
+    /// The head (vocab x hidden).
+    pub head: u128,
+    /// Everything else: norms, biases, routers, shared-expert gates, one embedding row.
+    pub other: u128,
+}
+
+impl DecodeReads {
+    pub fn total(&self) -> u128 {
+        self.matrices + self.head + self.other
     }
 }
 

@@ -36,6 +36,8 @@ mod json;
 pub mod model;
 pub mod moe;
 mod ops;
+pub mod quality;
+pub mod quant;
 pub mod sampling;
 pub mod text;
 pub mod tokenizer;

@@ -251,6 +251,20 @@ fn the_command_line_answers_bad_input_with_one_line_and_a_failure_code() {
             ],
             "experts-per-token",
         ),
+        (
+            &[
+                "generate", "--model", good, "--tokens", "1", "--quant", "q5",
+            ],
+            "--quant q5",
+        ),
+        (
+            // The fixture's rows (hidden 36) are not whole blocks of 32: the first tensor
+            // quantized is named.
+            &[
+                "generate", "--model", good, "--tokens", "1", "--quant", "q8_0",
+            ],
+            "lm_head.weight",
+        ),
     ];
     for (args, expected) in cases {
         let (ok, stderr) = moe(args);

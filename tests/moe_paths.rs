@@ -7,6 +7,7 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use common::relative_error;
 use moe_runtime::moe::{Experts, MoeImpl, RouterConfig, Routing};
+use moe_runtime::quant::Weight;
 
 const HIDDEN: usize = 40;
 const INTER: usize = 24;
@@ -21,8 +22,8 @@ fn experts(dtype: DType) -> Experts {
     let down =
         (Tensor::randn(0f32, 1.0, (EXPERTS, HIDDEN, INTER), &dev).unwrap() * scale(INTER)).unwrap();
     Experts {
-        gate_up: gate_up.to_dtype(dtype).unwrap(),
-        down: down.to_dtype(dtype).unwrap(),
+        gate_up: Weight::Dense(gate_up.to_dtype(dtype).unwrap()),
+        down: Weight::Dense(down.to_dtype(dtype).unwrap()),
     }
 }
 

@@ -1,43 +1,58 @@
 //! `Linear`: y = x · Wᵀ (+ b). On the CPU it runs the SIMD kernels of `ops::cpu` (one pass over
-//! the weights at decode, the weights' own dtype read directly); elsewhere candle's matmul,
-//! which is also the slow twin the kernels are tested against.
+//! the weights at decode, the weights' own format read directly); elsewhere candle's matmul,
+//! which is also the slow twin the kernels are tested against (on dequantized weights).
 
 use candle_core::{DType, Tensor};
 
 use crate::error::Result;
-use crate::ops::cpu::{bf16_rows, linear, with_weight_slice, Isa, Lhs};
+use crate::ops::cpu::{linear, Isa, PreparedLhs};
+use crate::quant::Weight;
 
 #[derive(Debug, Clone)]
 pub struct Linear {
     /// (out, in)
-    weight: Tensor,
+    weight: Weight,
     /// (out,)
     bias: Option<Tensor>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear {
+            weight: Weight::Dense(weight),
+            bias,
+        }
+    }
+
+    /// A linear layer over weights in any format.
+    pub fn from_weight(weight: Weight, bias: Option<Tensor>) -> Self {
         Linear { weight, bias }
     }
 
     /// (out, in)
-    pub fn weight(&self) -> &Tensor {
+    pub fn weight(&self) -> &Weight {
         &self.weight
     }
 
     /// xs: (tokens, in) -> (tokens, out), in the dtype of xs.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let fast = self.weight.device().is_cpu()
-            && matches!(self.weight.dtype(), DType::F32 | DType::BF16 | DType::F16);
+        let fast = match &self.weight {
+            Weight::Dense(w) => {
+                w.device().is_cpu() && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16)
+            }
+            Weight::Quantized(_) => true,
+        };
         if !fast {
             return self.forward_slow(xs);
         }
         self.add_bias(self.forward_cpu(xs)?)
     }
 
-    /// The slow twin: candle's matmul, as candle_nn::Linear computes it.
+    /// The slow twin: candle's matmul, as candle_nn::Linear computes it, over the weights
+    /// dequantized to the dtype of xs.
     pub fn forward_slow(&self, xs: &Tensor) -> Result<Tensor> {
-        self.add_bias(xs.matmul(&self.weight.t()?)?)
+        let w = self.weight.dense(xs.dtype())?.to_device(xs.device())?;
+        self.add_bias(xs.matmul(&w.t()?)?)
     }
 
     fn add_bias(&self, ys: Tensor) -> Result<Tensor> {
@@ -49,17 +64,13 @@ impl Linear {
 
     fn forward_cpu(&self, xs: &Tensor) -> Result<Tensor> {
         let (m, k) = xs.dims2()?;
-        let (n, _) = self.weight.dims2()?;
+        let n = self.weight.dims()[0];
         let x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let isa = Isa::selected();
         let mut out = vec![0f32; m * n];
-        with_weight_slice(&self.weight, |w| {
-            let x_bf16 = bf16_rows(isa, &w, &x);
-            let x = Lhs {
-                f32: &x,
-                bf16: &x_bf16,
-            };
-            linear(isa, x, &w, (m, n, k), &mut out);
+        self.weight.with_slice(|w| {
+            let prepared = PreparedLhs::new(isa, &w, &x, k);
+            linear(isa, prepared.rows(&x, 0, m, k), &w, (m, n, k), &mut out);
             Ok(())
         })?;
         Ok(Tensor::from_vec(out, (m, n), xs.device())?.to_dtype(xs.dtype())?)

@@ -11,6 +11,7 @@ use crate::arch::TensorNames;
 use crate::config::{LayerKind, ModelConfig, QkNorm};
 use crate::error::Result;
 use crate::moe::{Experts, MoeImpl, RouterConfig, SharedExpert, SparseMoe};
+use crate::quant::{QuantFormat, Weight};
 use crate::weights::Weights;
 
 /// Reads tensors of one layer by their names relative to the layer prefix.
@@ -19,6 +20,8 @@ pub struct LayerReader<'a> {
     pub names: &'a TensorNames,
     pub cfg: &'a ModelConfig,
     pub prefix: String,
+    /// The format of the weights of matrix products (`None`: the compute dtype).
+    pub quant: Option<QuantFormat>,
 }
 
 impl LayerReader<'_> {
@@ -33,25 +36,31 @@ impl LayerReader<'_> {
         ))
     }
 
+    /// The weight of a matrix product, in the format asked for.
+    fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
+        let full = format!("{}.{name}", self.prefix);
+        Weight::new(self.weights.get(&full, shape)?, self.quant, &full)
+    }
+
     /// `{proj}.weight` of shape (out, in), and `{proj}.bias` (out) when `bias`.
     fn linear(&self, proj: &str, (out, inp): (usize, usize), bias: bool) -> Result<Linear> {
-        let w = self.get(&format!("{proj}.weight"), &[out, inp])?;
+        let w = self.weight(&format!("{proj}.weight"), &[out, inp])?;
         let b = if bias {
             Some(self.get(&format!("{proj}.bias"), &[out])?)
         } else {
             None
         };
-        Ok(Linear::new(w, b))
+        Ok(Linear::from_weight(w, b))
     }
 
     fn mlp(&self, prefix: &str, intermediate: usize) -> Result<Mlp> {
         let n = self.names;
         let h = self.cfg.hidden_size;
-        let w = |proj: &str, shape: &[usize]| self.get(&format!("{prefix}.{proj}.weight"), shape);
+        let proj = |name: &str, shape| self.linear(&format!("{prefix}.{name}"), shape, false);
         Ok(Mlp::new(
-            w(n.mlp_gate, &[intermediate, h])?,
-            w(n.mlp_up, &[intermediate, h])?,
-            w(n.mlp_down, &[h, intermediate])?,
+            proj(n.mlp_gate, (intermediate, h))?,
+            proj(n.mlp_up, (intermediate, h))?,
+            proj(n.mlp_down, (h, intermediate))?,
         ))
     }
 
@@ -83,12 +92,17 @@ impl LayerReader<'_> {
         let m = &self.cfg.moe;
         let h = self.cfg.hidden_size;
         let moe = |name: &str| format!("{}.{name}", n.moe);
+        // The router stays in the compute dtype whatever `quant` says: it is small, and
+        // rounding its scores would change which experts run.
         let router = Linear::new(self.get(&moe(n.router), &[m.num_experts, h])?, None);
-        let (gate_up, down) = self.weights.experts(
-            n,
-            &format!("{}.{}", self.prefix, n.moe),
-            (m.num_experts, m.expert_intermediate_size, h),
-        )?;
+        let prefix = format!("{}.{}", self.prefix, n.moe);
+        let (gate_up, down) =
+            self.weights
+                .experts(n, &prefix, (m.num_experts, m.expert_intermediate_size, h))?;
+        let experts = Experts {
+            gate_up: Weight::new(gate_up, self.quant, &format!("{prefix} experts gate/up"))?,
+            down: Weight::new(down, self.quant, &format!("{prefix} experts down"))?,
+        };
         let shared = match &m.shared_expert {
             None => None,
             Some(s) => Some(SharedExpert {
@@ -109,7 +123,7 @@ impl LayerReader<'_> {
                 top_k: m.top_k,
                 norm_topk_prob: m.norm_topk_prob,
             },
-            experts: Experts { gate_up, down },
+            experts,
             shared,
             imp,
         })

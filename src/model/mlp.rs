@@ -15,12 +15,8 @@ pub struct Mlp {
 
 impl Mlp {
     /// `gate, up: (intermediate, hidden)`, `down: (hidden, intermediate)`.
-    pub fn new(gate: Tensor, up: Tensor, down: Tensor) -> Self {
-        Mlp {
-            gate: Linear::new(gate, None),
-            up: Linear::new(up, None),
-            down: Linear::new(down, None),
-        }
+    pub fn new(gate: Linear, up: Linear, down: Linear) -> Self {
+        Mlp { gate, up, down }
     }
 
     /// xs: (tokens, hidden) -> (tokens, hidden)

@@ -22,6 +22,7 @@ use crate::arch::{self, Architecture};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::moe::MoeImpl;
+use crate::quant::{QuantFormat, Weight};
 use crate::weights::Weights;
 use attention::{causal_mask, Step};
 use load::LayerReader;
@@ -36,6 +37,9 @@ pub struct LoadOptions {
     pub moe_impl: MoeImpl,
     /// Overrides the checkpoint's experts per token (1..=num_experts).
     pub experts_per_token: Option<usize>,
+    /// Converts the weights of matrix products (attention, experts, MLPs, head) to this format
+    /// at load; CPU only.
+    pub quant: Option<QuantFormat>,
 }
 
 impl Default for LoadOptions {
@@ -45,8 +49,15 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             moe_impl: MoeImpl::default(),
             experts_per_token: None,
+            quant: None,
         }
     }
+}
+
+/// The head's format under `--quant`: q8_0 for every quantized format, as llama.cpp keeps the
+/// output matrix at higher precision than 4-bit (the logits are what everything is judged by).
+fn head_format(quant: Option<QuantFormat>) -> Option<QuantFormat> {
+    quant.map(|_| QuantFormat::Q8_0)
 }
 
 /// The immutable weights of a model. `Send + Sync`: many sequences, each with its own `Cache`,
@@ -63,6 +74,7 @@ pub struct Model {
     rope: Rope,
     device: Device,
     dtype: DType,
+    quant: Option<QuantFormat>,
 }
 
 impl Model {
@@ -104,6 +116,12 @@ impl Model {
             }
             cfg.moe.top_k = k;
         }
+        if opts.quant.is_some() && !opts.device.is_cpu() {
+            return Err(Error::Input(
+                "--quant runs on the CPU only: quantized kernels for other devices are not built"
+                    .into(),
+            ));
+        }
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let embed = weights.get(names.embed, &[v, h])?;
         let lm_head = if weights.contains(names.lm_head) && !cfg.tie_word_embeddings {
@@ -112,7 +130,10 @@ impl Model {
             // Tied, or a checkpoint that simply has no head: HF ties in both cases.
             embed.clone()
         };
-        let lm_head = Linear::new(lm_head, None);
+        let lm_head = Linear::from_weight(
+            Weight::new(lm_head, head_format(opts.quant), names.lm_head)?,
+            None,
+        );
         let blocks = cfg
             .layers
             .iter()
@@ -123,6 +144,7 @@ impl Model {
                     names: &names,
                     cfg: &cfg,
                     prefix: format!("{}.{i}", names.layers),
+                    quant: opts.quant,
                 };
                 let block = reader.block(kind, opts.moe_impl);
                 on_layer(i + 1, cfg.layers.len());
@@ -139,7 +161,24 @@ impl Model {
             lm_head,
             device: opts.device.clone(),
             dtype: opts.dtype,
+            quant: opts.quant,
         })
+    }
+
+    /// The format the weights of matrix products were converted to at load, if any.
+    pub fn quant(&self) -> Option<QuantFormat> {
+        self.quant
+    }
+
+    /// Bytes one decode step of one sequence reads (`ModelConfig::decode_reads`), each kind of
+    /// parameter in the format it is kept in.
+    pub fn decode_read_bytes(&self) -> f64 {
+        let reads = self.cfg.decode_reads();
+        let dense = self.dtype.size_in_bytes() as f64;
+        let bytes = |format: Option<QuantFormat>| format.map_or(dense, |f| f.bytes_per_weight());
+        reads.matrices as f64 * bytes(self.quant)
+            + reads.head as f64 * bytes(head_format(self.quant))
+            + reads.other as f64 * dense
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 
 use super::{Experts, Routing};
 use crate::error::Result;
-use crate::ops::cpu::{grouped_ffn_weights, with_weight_slice, ExpertGroups, ExpertWeights};
+use crate::ops::cpu::{grouped_ffn_weights, ExpertGroups, ExpertWeights};
 
 /// xs: (tokens, hidden) -> (tokens, hidden)
 pub fn forward(xs: &Tensor, experts: &Experts, routing: &Routing) -> Result<Tensor> {
@@ -19,8 +19,8 @@ pub fn forward(xs: &Tensor, experts: &Experts, routing: &Routing) -> Result<Tens
         routing.top_k,
     );
     let mut out = vec![0f32; t * h];
-    with_weight_slice(&experts.gate_up, |gate_up| {
-        with_weight_slice(&experts.down, |down| {
+    experts.gate_up.with_slice(|gate_up| {
+        experts.down.with_slice(|down| {
             let w = ExpertWeights {
                 gate_up,
                 down,

@@ -7,6 +7,7 @@ mod router;
 
 use std::str::FromStr;
 
+use crate::quant::Weight;
 use candle_core::Tensor;
 
 pub use router::{RouterConfig, Routing};
@@ -42,9 +43,9 @@ impl FromStr for MoeImpl {
 #[derive(Debug, Clone)]
 pub struct Experts {
     /// [E, 2I, H]: for each expert the I gate rows, then the I up rows.
-    pub gate_up: Tensor,
+    pub gate_up: Weight,
     /// [E, H, I]
-    pub down: Tensor,
+    pub down: Weight,
 }
 
 impl Experts {

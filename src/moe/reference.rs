@@ -27,11 +27,11 @@ pub fn forward(xs: &Tensor, experts: &Experts, routing: &Routing) -> Result<Tens
         }
         let idx = Tensor::new(tokens.as_slice(), device)?;
         let x = xs.index_select(&idx, 0)?; // (n, hidden)
-        let gate_up = x.matmul(&experts.gate_up.get(e)?.t()?)?; // (n, 2I)
+        let gate_up = x.matmul(&experts.gate_up.entry(e, xs.dtype())?.t()?)?; // (n, 2I)
         let gate = gate_up.narrow(D::Minus1, 0, i)?;
         let up = gate_up.narrow(D::Minus1, i, i)?;
         let act = (gate.silu()? * up)?; // (n, I)
-        let y = act.matmul(&experts.down.get(e)?.t()?)?; // (n, hidden)
+        let y = act.matmul(&experts.down.entry(e, xs.dtype())?.t()?)?; // (n, hidden)
         let w = Tensor::new(weights.as_slice(), device)?
             .to_dtype(xs.dtype())?
             .unsqueeze(1)?;

@@ -27,14 +27,14 @@ pub fn run(
     let result = bench::run(&model, opts)?;
     // Measured after the runs, with the weights paged in and the thread pool warm.
     let bandwidth = bench::read_bandwidth();
-    let bytes_per_token =
-        model.config().decode_read_parameters() as f64 * model.dtype().size_in_bytes() as f64;
+    let bytes_per_token = model.decode_read_bytes();
     let limit = bandwidth / bytes_per_token;
     let threads = rayon::current_num_threads();
     if json {
         let report = json!({
             "model": name,
             "dtype": format!("{:?}", model.dtype()).to_lowercase(),
+            "quant": model.quant().map(|q| q.name()),
             "threads": threads,
             "cpu_kernels": bench::cpu_kernels(),
             "batch": 1,
@@ -55,8 +55,11 @@ pub fn run(
         println!("{report}");
     } else {
         println!(
-            "model      {name}, {:?}, {threads} threads, {} kernels",
+            "model      {name}, {:?}{}, {threads} threads, {} kernels",
             model.dtype(),
+            model
+                .quant()
+                .map_or(String::new(), |q| format!(" with {} weights", q.name())),
             bench::cpu_kernels()
         );
         println!(

@@ -42,6 +42,9 @@ pub struct Common {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Convert the weights of matrix products at load: q8_0 or q4_0 (CPU only).
+    #[arg(long)]
+    quant: Option<String>,
     /// Experts per token, overriding the checkpoint's top-k.
     #[arg(long)]
     experts_per_token: Option<usize>,
@@ -67,6 +70,7 @@ impl Common {
             device,
             moe_impl: self.moe_impl.parse::<MoeImpl>()?,
             experts_per_token: self.experts_per_token,
+            quant: self.quant.as_deref().map(str::parse).transpose()?,
         })
     }
 

@@ -6,6 +6,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
+use super::avx512::prefetch_ahead;
 use super::linear::{for_tiles, OutView, Tile};
 
 /// A weight element type that loads as 8 f32 lanes.
@@ -113,6 +114,7 @@ unsafe fn tile<W: Widen8, const MR: usize, const NR: usize>(
             *v = _mm256_loadu_ps(x.add(i * k + l));
         }
         for j in 0..NR {
+            prefetch_ahead(w.add(j * ldw + l));
             let wv = W::load(w.add(j * ldw + l));
             for i in 0..MR {
                 acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);

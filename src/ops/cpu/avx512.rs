@@ -107,6 +107,23 @@ macro_rules! tile_dispatch {
         }
     };
 }
+pub(super) use tile_dispatch;
+
+/// How far ahead of the weights being read a tile asks for them. The hardware prefetchers
+/// alone leave a single core at ~0.6 of the bandwidth a pure read loop gets from DRAM; asking
+/// ~1 KB ahead on each of a tile's streams gains 25-35% (gemv of 128 Mi weights, one core:
+/// bf16 8.6 -> 10.5-11.1 GB/s, q8_0 8.3 -> 11.1 GB/s; 256 bytes to 2 KB all do about as well).
+const PREFETCH_BYTES: usize = 1024;
+
+/// Asks for the cache line PREFETCH_BYTES past `p`. A hint: past the end of the data it does
+/// nothing, so the address is computed without the in-bounds promise of `add`.
+#[inline(always)]
+pub(super) fn prefetch_ahead<T>(p: *const T) {
+    // SAFETY: prefetching never faults, whatever the address.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(PREFETCH_BYTES));
+    }
+}
 
 /// Sums of one tile, row-major (mr, nr) in the first mr · nr entries.
 type TileSums = [f32; 16];
@@ -157,6 +174,7 @@ unsafe fn widen_tile<W: Widen16, const MR: usize, const NR: usize>(
             *v = _mm512_maskz_loadu_ps(mask, x.add(i * k + l));
         }
         for j in 0..NR {
+            prefetch_ahead(w.add(j * ldw + l));
             let wv = W::load(w.add(j * ldw + l), mask);
             for i in 0..MR {
                 acc[i][j] = _mm512_fmadd_ps(xv[i], wv, acc[i][j]);
@@ -189,6 +207,7 @@ unsafe fn bf16_tile<const MR: usize, const NR: usize>(
             *v = _mm512_maskz_loadu_epi16(mask, x.add(i * k + l) as *const i16);
         }
         for j in 0..NR {
+            prefetch_ahead(w.add(j * ldw + l));
             let wv = as_bh(_mm512_maskz_loadu_epi16(
                 mask,
                 w.add(j * ldw + l) as *const i16,

@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::isa::Isa;
-use super::linear::{bf16_rows, matmul_bt, Lhs, OutView};
+use super::linear::{matmul_bt, OutView, PreparedLhs};
 use super::storage::WeightSlice;
 use super::vector::silu;
 use crate::error::{Error, Result};
@@ -106,7 +106,7 @@ pub fn grouped_ffn(
         .for_each(|(row, &t)| {
             row.copy_from_slice(&xs[t as usize * h..][..h]);
         });
-    let x_sorted_bf16 = bf16_rows(isa, &w.gate_up, &x_sorted);
+    let x_prepared = PreparedLhs::new(isa, &w.gate_up, &x_sorted, h);
 
     // Phase 1, per expert: act^T (I, count) = silu(Wg x^T) ⊙ (Wu x^T), transposed so that a
     // task owning a block of rows owns a contiguous piece of the buffer.
@@ -114,12 +114,7 @@ pub fn grouped_ffn(
     for_row_blocks(groups, &mut act_t, i, |e, n0, block, count| {
         let rows = block.len() / count;
         let first = groups.offsets[e];
-        let x = Lhs {
-            f32: &x_sorted[first * h..][..count * h],
-            bf16: x_sorted_bf16
-                .get(first * h..(first + count) * h)
-                .unwrap_or(&[]),
-        };
+        let x = x_prepared.rows(&x_sorted, first, count, h);
         let gate = w.gate_up.rows(e * 2 * i + n0, rows, h);
         let up = w.gate_up.rows(e * 2 * i + i + n0, rows, h);
         // g, u: (rows, count)
@@ -146,17 +141,14 @@ pub fn grouped_ffn(
                 *r = src[n * count + j];
             }
         });
-    let act_bf16 = bf16_rows(isa, &w.down, &act);
+    let act_prepared = PreparedLhs::new(isa, &w.down, &act, i);
 
     // Phase 2, per expert: y^T (H, count) = Wd act^T.
     let mut y_t = vec![0f32; slots * h];
     for_row_blocks(groups, &mut y_t, h, |e, m0, block, count| {
         let rows = block.len() / count;
         let first = groups.offsets[e];
-        let act_e = Lhs {
-            f32: &act[first * i..][..count * i],
-            bf16: act_bf16.get(first * i..(first + count) * i).unwrap_or(&[]),
-        };
+        let act_e = act_prepared.rows(&act, first, count, i);
         let down = w.down.rows(e * h + m0, rows, i);
         let view = &mut OutView::transposed(block, count);
         matmul_bt(isa, act_e, &down, (count, rows, i), view);

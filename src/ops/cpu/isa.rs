@@ -60,6 +60,25 @@ impl Isa {
             .map_or("portable", |(_, name)| name)
     }
 
+    /// Whether the CPU has AVX-512 VNNI (int8 dot products in one instruction), detected once.
+    /// Not an `Isa` level of its own: CPUs have it with or without BF16. Used only where the
+    /// selected family is `Avx512` or better.
+    pub fn vnni() -> bool {
+        static VNNI: OnceLock<bool> = OnceLock::new();
+        *VNNI.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                std::arch::is_x86_feature_detected!("avx512vnni")
+                    && Isa::best() >= Isa::Avx512
+                    && std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            false
+        })
+    }
+
     /// The best kernels this CPU can run (detected once).
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();

@@ -13,8 +13,10 @@ use rayon::prelude::*;
 
 use super::isa::Isa;
 use super::matmul::matmul_abt;
+use super::quantized::matmul_bt_quantized;
 use super::storage::WeightSlice;
 use super::vector::{dot, WeightElem};
+use crate::quant::{BlockQ8_0, QuantBlock, BLOCK};
 
 /// From this many rows of x on, widened weights go through the packed matrix kernel: below it
 /// the product is a pass over the weights, bound by memory, and packing would not pay.
@@ -47,7 +49,7 @@ impl<'a> OutView<'a> {
         }
     }
 
-    fn set(&mut self, i: usize, j: usize, v: f32) {
+    pub(super) fn set(&mut self, i: usize, j: usize, v: f32) {
         self.data[i * self.row_stride + j * self.col_stride] = v;
     }
 
@@ -66,7 +68,7 @@ impl<'a> OutView<'a> {
     }
 
     /// Checks that an (m, n) block fits, and returns (data, row stride, column stride).
-    fn raw(&mut self, m: usize, n: usize) -> (&mut [f32], usize, usize) {
+    pub(super) fn raw(&mut self, m: usize, n: usize) -> (&mut [f32], usize, usize) {
         if m > 0 && n > 0 {
             let last = (m - 1) * self.row_stride + (n - 1) * self.col_stride;
             assert!(last < self.data.len(), "OutView: block outside the buffer");
@@ -121,12 +123,14 @@ pub(super) fn for_tiles<S: AsRef<[f32]>>(
     }
 }
 
-/// The left-hand rows of a product: f32, and the same rounded to bf16 when
-/// [`wants_bf16`] says the kernel for the weights multiplies in bf16 (empty otherwise).
+/// The left-hand rows of a product: f32, and, where the kernel for the weights reads them so,
+/// the same rounded to bf16 or quantized to q8_0 blocks (empty otherwise). Made by
+/// [`PreparedLhs`].
 #[derive(Clone, Copy)]
 pub struct Lhs<'a> {
     pub f32: &'a [f32],
     pub bf16: &'a [bf16],
+    pub q8: &'a [BlockQ8_0],
 }
 
 /// Whether the kernel for `w` on `isa` reads the left-hand rows as bf16.
@@ -134,18 +138,47 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
     isa == Isa::Avx512Bf16 && matches!(w, WeightSlice::BF16(_))
 }
 
-/// x rounded to bf16 if the kernel for `w` wants it, else nothing.
-pub fn bf16_rows(isa: Isa, w: &WeightSlice, x: &[f32]) -> Vec<bf16> {
-    if !wants_bf16(isa, w) {
-        return Vec::new();
+/// Rows of x in every form the kernel for one weight matrix reads.
+pub struct PreparedLhs {
+    bf16: Vec<bf16>,
+    q8: Vec<BlockQ8_0>,
+}
+
+impl PreparedLhs {
+    /// x (rows of k) rounded to bf16 if the kernel for `w` wants it, quantized to q8_0 if `w`
+    /// is quantized, else nothing beside the f32 rows.
+    pub fn new(isa: Isa, w: &WeightSlice, x: &[f32], k: usize) -> Self {
+        let mut bf16 = Vec::new();
+        if wants_bf16(isa, w) {
+            bf16 = vec![bf16::ZERO; x.len()];
+            bf16.convert_from_f32_slice(x);
+        }
+        let mut q8 = Vec::new();
+        if w.is_quantized() && k.is_multiple_of(BLOCK) {
+            q8 = vec![BlockQ8_0::ZERO; x.len() / BLOCK];
+            q8.par_chunks_mut(64)
+                .zip(x.par_chunks(64 * BLOCK))
+                .for_each(|(q, x)| BlockQ8_0::quantize(x, q));
+        }
+        PreparedLhs { bf16, q8 }
     }
-    let mut v = vec![bf16::ZERO; x.len()];
-    v.convert_from_f32_slice(x);
-    v
+
+    /// Rows `first..first + count` of x (rows of k) with their prepared forms.
+    pub fn rows<'a>(&'a self, x: &'a [f32], first: usize, count: usize, k: usize) -> Lhs<'a> {
+        let r = first * k..(first + count) * k;
+        Lhs {
+            f32: &x[r.clone()],
+            bf16: self.bf16.get(r).unwrap_or(&[]),
+            q8: self
+                .q8
+                .get(first * k / BLOCK..(first + count) * k / BLOCK)
+                .unwrap_or(&[]),
+        }
+    }
 }
 
 /// out (m, n) = x (m, k) · w (n, k)ᵀ, accumulated in f32, single-threaded (callers split the
-/// work). `x.bf16` must hold the rows when `wants_bf16(isa, w)`.
+/// work). `x` must come from a [`PreparedLhs`] for `w` and `isa`.
 pub fn matmul_bt(
     isa: Isa,
     x: Lhs,
@@ -168,6 +201,8 @@ pub fn matmul_bt(
         WeightSlice::BF16(w) => widen(isa, x.f32, w, (m, n, k), out),
         WeightSlice::F16(w) if m >= GEMM_MIN_ROWS => widen_gemm(x.f32, w, (m, n, k), out),
         WeightSlice::F16(w) => widen(isa, x.f32, w, (m, n, k), out),
+        WeightSlice::Q8_0(w) => matmul_bt_quantized(isa, (x.f32, x.q8), w, (m, n, k), out),
+        WeightSlice::Q4_0(w) => matmul_bt_quantized(isa, (x.f32, x.q8), w, (m, n, k), out),
     }
 }
 
@@ -276,6 +311,7 @@ fn portable<W: WeightElem>(
 mod tests {
     use half::f16;
 
+    use super::super::quantized::DEQUANT_MIN_ROWS;
     use super::*;
 
     /// The slow twin: each product term in f64, with the weights (and the activations, for a
@@ -313,17 +349,18 @@ mod tests {
 
     fn check(isa: Isa, w_f32: &[f32], w: WeightSlice, (m, n, k): (usize, usize, usize)) {
         let x = values(m * k, 3);
-        let x_bf16 = bf16_rows(isa, &w, &x);
-        let x_seen: Vec<f32> = if x_bf16.is_empty() {
-            x.clone()
+        let prepared = PreparedLhs::new(isa, &w, &x, k);
+        let lhs = prepared.rows(&x, 0, m, k);
+        // x as the kernel sees it: rounded to bf16, quantized to q8_0 (few rows against
+        // quantized weights), or as it is.
+        let x_seen: Vec<f32> = if !lhs.bf16.is_empty() {
+            lhs.bf16.iter().map(|v| v.to_f32()).collect()
+        } else if w.is_quantized() && m < DEQUANT_MIN_ROWS {
+            lhs.q8.iter().flat_map(|b| b.dequantize()).collect()
         } else {
-            x_bf16.iter().map(|v| v.to_f32()).collect()
+            x.clone()
         };
         let want = slow(&x_seen, w_f32, (m, n, k));
-        let lhs = Lhs {
-            f32: &x,
-            bf16: &x_bf16,
-        };
         // Both layouts, and through the parallel split.
         let mut rows = vec![f32::NAN; m * n];
         matmul_bt(isa, lhs, &w, (m, n, k), &mut OutView::rows(&mut rows, n));
@@ -352,6 +389,38 @@ mod tests {
                         "{isa:?} {m}x{n}x{k} {what} ({i}, {j}): {got} vs {want}"
                     );
                 }
+            }
+        }
+    }
+
+    /// As SHAPES, with k whole blocks of 32 (what quantized weights need).
+    const BLOCK_SHAPES: [(usize, usize, usize); 8] = [
+        (1, 1, 32),
+        (1, 5, 64),
+        (2, 7, 32),
+        (3, 9, 96),
+        (1, 64, 1024),
+        (4, 13, 64),
+        (5, 6, 128),
+        (37, 11, 96),
+    ];
+
+    fn check_blocks<B: QuantBlock>(
+        isa: Isa,
+        dims @ (_, n, k): (usize, usize, usize),
+        slice: for<'a> fn(&'a [B]) -> WeightSlice<'a>,
+    ) {
+        let w: Vec<B> = crate::quant::quantize(&values(n * k, 5));
+        let w_f32: Vec<f32> = w.iter().flat_map(|b| b.dequantize()).collect();
+        check(isa, &w_f32, slice(&w), dims);
+    }
+
+    #[test]
+    fn quantized_kernels_match_the_slow_twin_on_every_family() {
+        for isa in Isa::available() {
+            for dims in BLOCK_SHAPES {
+                check_blocks(isa, dims, |w| WeightSlice::Q8_0(w));
+                check_blocks(isa, dims, |w| WeightSlice::Q4_0(w));
             }
         }
     }

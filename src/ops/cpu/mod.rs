@@ -6,15 +6,18 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod expert_ffn;
+#[cfg(target_arch = "x86_64")]
+mod int8;
 mod isa;
 mod linear;
 mod matmul;
+mod quantized;
 mod storage;
 mod stream;
 mod vector;
 
 pub use expert_ffn::{grouped_ffn_weights, ExpertGroups, ExpertWeights};
 pub use isa::Isa;
-pub use linear::{bf16_rows, linear, Lhs};
-pub use storage::with_weight_slice;
+pub use linear::{linear, PreparedLhs};
+pub use storage::{with_weight_slice, WeightSlice};
 pub use stream::sum_u64;

@@ -1,0 +1,175 @@
+//! x86 tiles of `out = x · wᵀ` for q8_0 activations and quantized weights: per pair of blocks,
+//! 32 int8 products summed exactly in i32 lanes, then scaled by both block scales into f32
+//! accumulators. Two families share one body: AVX2 (`vpmaddubsw` + `vpmaddwd`) and AVX-512
+//! VNNI (`vpdpbusd`, one instruction). Both multiply unsigned by signed bytes, so x goes in as
+//! |x| and its sign moves onto w (`vpsignb`). The slow twin is in `linear.rs`'s tests.
+
+use std::arch::x86_64::*;
+
+use super::avx512::{prefetch_ahead, tile_dispatch};
+use super::linear::{for_tiles, OutView, Tile};
+use super::quantized::WeightBlock;
+use crate::quant::{BlockQ4_0, BlockQ8_0, BLOCK};
+
+/// A weight block whose 32 codes load as 32 signed bytes.
+pub trait Codes256: WeightBlock {
+    /// # Safety
+    /// The CPU has AVX2, and `p` points to a block.
+    unsafe fn load(p: *const Self) -> __m256i;
+}
+
+impl Codes256 for BlockQ8_0 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(p: *const Self) -> __m256i {
+        _mm256_loadu_si256((*p).qs.as_ptr() as *const __m256i)
+    }
+}
+
+impl Codes256 for BlockQ4_0 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(p: *const Self) -> __m256i {
+        // Byte l: weight l in the low nibble, weight l + 16 in the high one.
+        let bytes = _mm_loadu_si128((*p).qs.as_ptr() as *const __m128i);
+        let low = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(bytes, low);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), low);
+        _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+    }
+}
+
+/// out (m, n) = x (m, k) · w (n, k)ᵀ on AVX2.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (`Isa::Avx2` or better was detected).
+pub unsafe fn matmul_bt_avx2<W: Codes256>(
+    x: &[BlockQ8_0],
+    w: &[W],
+    dims: (usize, usize, usize),
+    out: &mut OutView,
+) {
+    // 16 ymm registers: 2 x 4 accumulators and the loaded blocks fit.
+    run(x, w, dims, out, 2, |x, w, kb, t| unsafe {
+        tile_dispatch!(avx2_tile, [W], (x, w, kb), t.mr, t.nr)
+    });
+}
+
+/// out (m, n) = x (m, k) · w (n, k)ᵀ on AVX-512 VNNI (256-bit lanes: one block per register).
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C, AVX-512 VL and VNNI.
+pub unsafe fn matmul_bt_vnni<W: Codes256>(
+    x: &[BlockQ8_0],
+    w: &[W],
+    dims: (usize, usize, usize),
+    out: &mut OutView,
+) {
+    // 32 ymm registers with AVX-512 VL: 4 x 4 accumulators fit.
+    run(x, w, dims, out, 4, |x, w, kb, t| unsafe {
+        tile_dispatch!(vnni_tile, [W], (x, w, kb), t.mr, t.nr)
+    });
+}
+
+/// Sums of one tile, row-major (mr, nr) in the first mr · nr entries.
+type TileSums = [f32; 16];
+
+fn run<W: Codes256>(
+    x: &[BlockQ8_0],
+    w: &[W],
+    (m, n, k): (usize, usize, usize),
+    out: &mut OutView,
+    mr_max: usize,
+    tile: impl Fn(*const BlockQ8_0, *const W, (usize, usize), Tile) -> TileSums,
+) {
+    let kb = k / BLOCK;
+    assert!(
+        k.is_multiple_of(BLOCK) && x.len() >= m * kb && w.len() >= n * kb,
+        "int8 tiles: operand sizes"
+    );
+    for_tiles((m, n), (mr_max, 4), out, |t: Tile| {
+        // The tile's rows of x and w are inside the slices (asserted above; for_tiles keeps
+        // tiles inside m and n).
+        let (xp, wp) = (x[t.i0 * kb..].as_ptr(), w[t.j0 * kb..].as_ptr());
+        tile(xp, wp, (kb, t.step * kb), t)
+    });
+}
+
+/// `vpmaddubsw` then `vpmaddwd` by ones: 8 lanes, each the sum of 4 products. No pair
+/// saturates: |x| <= 127 and |w| <= 127 give at most 32258 per i16.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(x_abs: __m256i, w_signed: __m256i) -> __m256i {
+    _mm256_madd_epi16(_mm256_maddubs_epi16(x_abs, w_signed), _mm256_set1_epi16(1))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,avx512vl,avx512vnni")]
+unsafe fn dot_vnni(x_abs: __m256i, w_signed: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), x_abs, w_signed)
+}
+
+/// The f16 scale `bits` in all 8 lanes.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn splat_scale(bits: u16) -> __m256 {
+    _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
+}
+
+/// One tile body per family: MR rows of x against NR rows of w (`ldw` blocks apart), each
+/// over all kb blocks, MR · NR f32 accumulators in registers.
+macro_rules! int8_tile {
+    ($name:ident, $features:literal, $dot:ident) => {
+        // Indices, not iterators: acc[i][j], xs[i] and the rows of w are one register tile.
+        #[allow(clippy::needless_range_loop)]
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<W: Codes256, const MR: usize, const NR: usize>(
+            x: *const BlockQ8_0,
+            w: *const W,
+            (kb, ldw): (usize, usize),
+        ) -> TileSums {
+            let mut acc = [[_mm256_setzero_ps(); NR]; MR];
+            for b in 0..kb {
+                let mut xq = [_mm256_setzero_si256(); MR];
+                let mut xa = [_mm256_setzero_si256(); MR];
+                let mut xd = [_mm256_setzero_ps(); MR];
+                for i in 0..MR {
+                    let xb = x.add(i * kb + b);
+                    xq[i] = _mm256_loadu_si256((*xb).qs.as_ptr() as *const __m256i);
+                    xa[i] = _mm256_abs_epi8(xq[i]);
+                    xd[i] = splat_scale((*xb).d.to_bits());
+                }
+                for j in 0..NR {
+                    let wb = w.add(j * ldw + b);
+                    prefetch_ahead(wb);
+                    let wq = W::load(wb);
+                    let wd = splat_scale((*wb).scale_bits());
+                    for i in 0..MR {
+                        let p = $dot(xa[i], _mm256_sign_epi8(wq, xq[i]));
+                        let scale = _mm256_mul_ps(xd[i], wd);
+                        acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[i][j]);
+                    }
+                }
+            }
+            let mut sums = [0f32; 16];
+            for i in 0..MR {
+                for j in 0..NR {
+                    sums[i * NR + j] = hsum(acc[i][j]);
+                }
+            }
+            sums
+        }
+    };
+}
+
+int8_tile!(avx2_tile, "avx2,fma,f16c", dot_avx2);
+int8_tile!(vnni_tile, "avx2,fma,f16c,avx512vl,avx512vnni", dot_vnni);
+
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+}

@@ -1,0 +1,140 @@
+//! `out = x · wᵀ` for quantized weights (q8_0, q4_0).
+//!
+//! Few rows (decode): x is quantized to q8_0 blocks too and each pair of blocks is an integer
+//! dot product of 32 codes, scaled once by both block scales, as llama.cpp does: the weights
+//! are read once, in their own 1.06 (q8_0) or 0.56 (q4_0) bytes per weight. On x86 the
+//! integer products are AVX2 `vpmaddubsw` or AVX-512 VNNI `vpdpbusd` (int8.rs).
+//! Many rows (prefill): the block of weights is dequantized to f32 once and goes through the
+//! same packed f32 matrix kernel as dense weights, with x as it is.
+
+use super::isa::Isa;
+use super::linear::OutView;
+use super::matmul::matmul_abt;
+use crate::quant::{dequantize_into, BlockQ4_0, BlockQ8_0, QuantBlock, BLOCK};
+
+/// From this many rows of x on, the weights are dequantized for the f32 matrix kernel.
+pub const DEQUANT_MIN_ROWS: usize = 4;
+
+/// A weight block format the integer kernels read: 32 signed codes and a scale.
+pub trait WeightBlock: QuantBlock {
+    /// The 32 codes as signed integers (q4_0: nibble - 8).
+    fn codes(&self) -> [i8; BLOCK];
+    /// The bits of the f16 scale.
+    fn scale_bits(&self) -> u16;
+}
+
+impl WeightBlock for BlockQ8_0 {
+    fn codes(&self) -> [i8; BLOCK] {
+        self.qs
+    }
+    fn scale_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+}
+
+impl WeightBlock for BlockQ4_0 {
+    fn codes(&self) -> [i8; BLOCK] {
+        let mut c = [0i8; BLOCK];
+        for (l, &byte) in self.qs.iter().enumerate() {
+            c[l] = (byte & 0x0f) as i8 - 8;
+            c[l + BLOCK / 2] = (byte >> 4) as i8 - 8;
+        }
+        c
+    }
+    fn scale_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+}
+
+/// out (m, n) = x (m, k) · w (n, k)ᵀ for blocks of weights; `x` is the f32 rows and `x_q8` the
+/// same as q8_0 blocks (needed below DEQUANT_MIN_ROWS). Single-threaded.
+pub fn matmul_bt_quantized<W>(
+    isa: Isa,
+    (x, x_q8): (&[f32], &[BlockQ8_0]),
+    w: &[W],
+    dims: (usize, usize, usize),
+    out: &mut OutView,
+) where
+    W: WeightBlock + IntCodes,
+{
+    let (m, n, k) = dims;
+    if m >= DEQUANT_MIN_ROWS {
+        let mut scratch = vec![0f32; n * k];
+        dequantize_into(&w[..n * k / BLOCK], &mut scratch);
+        let (data, rs, cs) = out.raw(m, n);
+        matmul_abt(x, &scratch, (m, n, k), (data, rs, cs));
+        return;
+    }
+    int8(isa, x_q8, w, dims, out)
+}
+
+/// Weight blocks the x86 integer tiles can load; everywhere else only the portable loop runs.
+#[cfg(target_arch = "x86_64")]
+pub trait IntCodes: super::int8::Codes256 {}
+#[cfg(target_arch = "x86_64")]
+impl<W: super::int8::Codes256> IntCodes for W {}
+#[cfg(not(target_arch = "x86_64"))]
+pub trait IntCodes {}
+#[cfg(not(target_arch = "x86_64"))]
+impl<W> IntCodes for W {}
+
+#[cfg(target_arch = "x86_64")]
+fn int8<W: WeightBlock + IntCodes>(
+    isa: Isa,
+    x: &[BlockQ8_0],
+    w: &[W],
+    dims: (usize, usize, usize),
+    out: &mut OutView,
+) {
+    // SAFETY: callers cap isa at Isa::best(), so the CPU has the features each family needs;
+    // VNNI is checked on its own (it is not part of any Isa level).
+    match isa {
+        Isa::Avx512 | Isa::Avx512Bf16 if Isa::vnni() => unsafe {
+            super::int8::matmul_bt_vnni(x, w, dims, out)
+        },
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 => unsafe {
+            super::int8::matmul_bt_avx2(x, w, dims, out)
+        },
+        Isa::Portable => portable(x, w, dims, out),
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn int8<W: WeightBlock>(
+    _: Isa,
+    x: &[BlockQ8_0],
+    w: &[W],
+    dims: (usize, usize, usize),
+    out: &mut OutView,
+) {
+    portable(x, w, dims, out)
+}
+
+/// Block by block: the exact integer dot product of the codes, times both scales.
+fn portable<W: WeightBlock>(
+    x: &[BlockQ8_0],
+    w: &[W],
+    (m, n, k): (usize, usize, usize),
+    out: &mut OutView,
+) {
+    let kb = k / BLOCK;
+    for j in 0..n {
+        let w_row = &w[j * kb..][..kb];
+        for i in 0..m {
+            let x_row = &x[i * kb..][..kb];
+            let mut sum = 0f32;
+            for (xb, wb) in x_row.iter().zip(w_row) {
+                let codes = wb.codes();
+                let dot: i32 = xb
+                    .qs
+                    .iter()
+                    .zip(codes)
+                    .map(|(&a, b)| a as i32 * b as i32)
+                    .sum();
+                let scale = xb.d.to_f32() * half::f16::from_bits(wb.scale_bits()).to_f32();
+                sum += dot as f32 * scale;
+            }
+            out.set(i, j, sum);
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Quantized weights: the block formats, conversion at load (`--quant`), and [`Weight`], the
+//! matrix every linear layer and expert reads, dense or quantized.
+//!
+//! Activations stay in the compute dtype; only the weights of matrix products are quantized.
+//! What stays dense, as llama.cpp keeps it: norms, the embedding table (a lookup, not a
+//! product), the router and the shared-expert gate (tiny, and routing is sensitive to them).
+
+mod blocks;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+
+pub use blocks::{dequantize_into, quantize, BlockQ4_0, BlockQ8_0, QuantBlock, BLOCK};
+
+use crate::error::{Error, Result};
+use crate::ops::cpu::{with_weight_slice, WeightSlice};
+
+/// A weight format that `--quant` converts to at load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantFormat {
+    Q8_0,
+    Q4_0,
+}
+
+impl QuantFormat {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantFormat::Q8_0 => BlockQ8_0::NAME,
+            QuantFormat::Q4_0 => BlockQ4_0::NAME,
+        }
+    }
+
+    /// Bytes per weight, scales included.
+    pub fn bytes_per_weight(self) -> f64 {
+        let block = match self {
+            QuantFormat::Q8_0 => size_of::<BlockQ8_0>(),
+            QuantFormat::Q4_0 => size_of::<BlockQ4_0>(),
+        };
+        block as f64 / BLOCK as f64
+    }
+}
+
+impl FromStr for QuantFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "q8_0" => Ok(QuantFormat::Q8_0),
+            "q4_0" => Ok(QuantFormat::Q4_0),
+            other => Err(Error::Input(format!(
+                "--quant {other} is not supported (q8_0 or q4_0)"
+            ))),
+        }
+    }
+}
+
+/// The blocks of a quantized matrix, row after row.
+#[derive(Debug)]
+enum Blocks {
+    Q8_0(Vec<BlockQ8_0>),
+    Q4_0(Vec<BlockQ4_0>),
+}
+
+/// A quantized tensor of two or more dims whose last dim (the one products sum over) is a
+/// multiple of BLOCK; the blocks of each row are contiguous.
+#[derive(Debug)]
+pub struct QMatrix {
+    blocks: Blocks,
+    dims: Vec<usize>,
+}
+
+impl QMatrix {
+    /// Quantizes a CPU tensor; `name` is used in errors.
+    pub fn quantize(t: &Tensor, format: QuantFormat, name: &str) -> Result<QMatrix> {
+        let dims = t.dims().to_vec();
+        let k = *dims.last().unwrap_or(&0);
+        if dims.len() < 2 || !k.is_multiple_of(BLOCK) {
+            return Err(Error::Input(format!(
+                "{name}: {} needs rows of a multiple of {BLOCK} values, the shape is {dims:?}",
+                format.name()
+            )));
+        }
+        let x = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let blocks = match format {
+            QuantFormat::Q8_0 => Blocks::Q8_0(quantize_par(&x, k)),
+            QuantFormat::Q4_0 => Blocks::Q4_0(quantize_par(&x, k)),
+        };
+        Ok(QMatrix { blocks, dims })
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        &self.dims
+    }
+
+    pub fn format(&self) -> QuantFormat {
+        match self.blocks {
+            Blocks::Q8_0(_) => QuantFormat::Q8_0,
+            Blocks::Q4_0(_) => QuantFormat::Q4_0,
+        }
+    }
+
+    /// The blocks, for the kernels.
+    pub(crate) fn slice(&self) -> WeightSlice<'_> {
+        match &self.blocks {
+            Blocks::Q8_0(b) => WeightSlice::Q8_0(b),
+            Blocks::Q4_0(b) => WeightSlice::Q4_0(b),
+        }
+    }
+
+    /// Entry `index` of the first dim, dequantized: dims[1..], in `dtype`.
+    pub fn dequantize_entry(&self, index: usize, dtype: DType) -> Result<Tensor> {
+        let rows: usize = self.dims[1..self.dims.len() - 1].iter().product();
+        self.dequantize_rows(index * rows, rows, &self.dims[1..], dtype)
+    }
+
+    /// The whole tensor dequantized, in `dtype`.
+    pub fn dequantize(&self, dtype: DType) -> Result<Tensor> {
+        let rows: usize = self.dims[..self.dims.len() - 1].iter().product();
+        self.dequantize_rows(0, rows, &self.dims, dtype)
+    }
+
+    fn dequantize_rows(
+        &self,
+        first: usize,
+        count: usize,
+        shape: &[usize],
+        dtype: DType,
+    ) -> Result<Tensor> {
+        let k = self.dims[self.dims.len() - 1];
+        let mut out = vec![0f32; count * k];
+        let range = first * k / BLOCK..(first + count) * k / BLOCK;
+        match &self.blocks {
+            Blocks::Q8_0(b) => dequantize_into(&b[range], &mut out),
+            Blocks::Q4_0(b) => dequantize_into(&b[range], &mut out),
+        }
+        Ok(Tensor::from_vec(out, shape, &Device::Cpu)?.to_dtype(dtype)?)
+    }
+}
+
+/// Rows of k values quantized in parallel.
+fn quantize_par<B: QuantBlock>(x: &[f32], k: usize) -> Vec<B> {
+    let per_row = k / BLOCK;
+    let mut out = vec![B::ZERO; x.len() / BLOCK];
+    out.par_chunks_mut(per_row)
+        .zip(x.par_chunks(k))
+        .for_each(|(o, row)| B::quantize(row, o));
+    out
+}
+
+/// The weight matrix of a linear layer or a stack of experts, as the products read it.
+#[derive(Debug, Clone)]
+pub enum Weight {
+    /// In the compute dtype, on the model's device.
+    Dense(Tensor),
+    /// Quantized blocks on the CPU, shared by clones of the model.
+    Quantized(Arc<QMatrix>),
+}
+
+impl Weight {
+    /// `t` as it is, or quantized to `format`; `name` is used in errors.
+    pub fn new(t: Tensor, format: Option<QuantFormat>, name: &str) -> Result<Weight> {
+        match format {
+            None => Ok(Weight::Dense(t)),
+            Some(f) => Ok(Weight::Quantized(Arc::new(QMatrix::quantize(&t, f, name)?))),
+        }
+    }
+
+    pub fn dims(&self) -> &[usize] {
+        match self {
+            Weight::Dense(t) => t.dims(),
+            Weight::Quantized(q) => q.dims(),
+        }
+    }
+
+    /// Whether the CPU kernels can read it in place.
+    pub fn on_cpu(&self) -> bool {
+        match self {
+            Weight::Dense(t) => t.device().is_cpu(),
+            Weight::Quantized(_) => true,
+        }
+    }
+
+    /// The whole matrix as a tensor in `dtype` (dequantized): for slow twins.
+    pub fn dense(&self, dtype: DType) -> Result<Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t.to_dtype(dtype)?),
+            Weight::Quantized(q) => q.dequantize(dtype),
+        }
+    }
+
+    /// Entry `index` of the first dim (one expert of a stack) as a tensor in `dtype`.
+    pub fn entry(&self, index: usize, dtype: DType) -> Result<Tensor> {
+        match self {
+            Weight::Dense(t) => Ok(t.get(index)?.to_dtype(dtype)?),
+            Weight::Quantized(q) => q.dequantize_entry(index, dtype),
+        }
+    }
+
+    /// Runs `f` over the data as the CPU kernels read it, without copying.
+    pub(crate) fn with_slice<R>(&self, f: impl FnOnce(WeightSlice<'_>) -> Result<R>) -> Result<R> {
+        match self {
+            Weight::Dense(t) => with_weight_slice(t, f),
+            Weight::Quantized(q) => f(q.slice()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_matrix_dequantizes_whole_and_by_entry_to_what_its_blocks_hold() {
+        let x = Tensor::arange(0f32, 3.0 * 4.0 * 64.0, &Device::Cpu)
+            .unwrap()
+            .affine(0.01, -3.0)
+            .unwrap()
+            .reshape((3, 4, 64))
+            .unwrap();
+        for format in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
+            let w = Weight::new(x.clone(), Some(format), "w").unwrap();
+            assert_eq!(w.dims(), &[3, 4, 64]);
+            let whole = w.dense(DType::F32).unwrap();
+            let second = w.entry(1, DType::F32).unwrap();
+            let diff = (whole.get(1).unwrap() - second).unwrap().abs().unwrap();
+            assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+            let err = (whole - &x).unwrap().abs().unwrap().max_all().unwrap();
+            // Blocks span 0.32; half a q4_0 step on the largest block (|x| <= 4.7) is < 0.3.
+            assert!(err.to_scalar::<f32>().unwrap() < 0.3, "{format:?}");
+        }
+    }
+
+    #[test]
+    fn rows_that_are_not_whole_blocks_are_refused_by_name() {
+        let x = Tensor::zeros((2, 40), DType::F32, &Device::Cpu).unwrap();
+        let err = Weight::new(x, Some(QuantFormat::Q8_0), "layers.0.o_proj.weight").unwrap_err();
+        assert!(err.to_string().contains("layers.0.o_proj.weight"), "{err}");
+    }
+}

@@ -19,6 +19,8 @@ pub struct BenchOptions {
     pub gen_len: usize,
     /// Timed runs; the medians are reported. One untimed warm-up run comes first.
     pub repeats: usize,
+    /// Sequences decoded together, each step one token of each (`Model::forward_batch`).
+    pub batch: usize,
 }
 
 impl Default for BenchOptions {
@@ -27,11 +29,12 @@ impl Default for BenchOptions {
             prompt_len: 128,
             gen_len: 32,
             repeats: 3,
+            batch: 1,
         }
     }
 }
 
-/// Tokens/s of every timed run, and their medians.
+/// Tokens/s of every timed run, and their medians; with a batch, tokens of all sequences.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchResult {
     pub prefill_tokens_per_s: f64,
@@ -40,13 +43,15 @@ pub struct BenchResult {
     pub decode_runs: Vec<f64>,
 }
 
-/// Runs `opts.repeats` timed prefill + decode runs (each on a fresh cache) after one warm-up.
-/// The prompt is fixed pseudo-random ids; decode feeds back the argmax, as greedy decoding does.
+/// Runs `opts.repeats` timed prefill + decode runs (each on fresh caches) after one warm-up.
+/// Each of the `batch` sequences gets its own fixed pseudo-random prompt (so that their tokens
+/// route to different experts, as real ones do), prefilled one after another; then decode steps
+/// all of them together, feeding back each one's argmax, as greedy decoding does.
 pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchResult> {
     let context = model.config().max_position_embeddings;
-    if opts.prompt_len == 0 || opts.gen_len == 0 || opts.repeats == 0 {
+    if opts.prompt_len == 0 || opts.gen_len == 0 || opts.repeats == 0 || opts.batch == 0 {
         return Err(Error::Input(
-            "prompt length, generation length and repeats must be at least 1".into(),
+            "prompt length, generation length, repeats and batch must be at least 1".into(),
         ));
     }
     if opts.prompt_len + opts.gen_len > context {
@@ -57,22 +62,34 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchResult> {
     }
     let vocab = model.config().vocab_size as u64;
     // Spread over the vocabulary, never a special pattern the model could treat differently.
-    let prompt: Vec<u32> = (0..opts.prompt_len as u64)
-        .map(|i| ((i * 7919 + 13) % vocab) as u32)
+    let prompts: Vec<Vec<u32>> = (0..opts.batch as u64)
+        .map(|b| {
+            (0..opts.prompt_len as u64)
+                .map(|i| ((i * 7919 + b * 104729 + 13) % vocab) as u32)
+                .collect()
+        })
         .collect();
+    let batch = opts.batch as f64;
     let once = |gen_len: usize| -> Result<(f64, f64)> {
-        let mut cache = model.new_cache();
+        let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
         let start = Instant::now();
-        let mut next = argmax(&model.forward_last(&prompt, &mut cache)?)?;
+        let mut next = prompts
+            .iter()
+            .zip(&mut caches)
+            .map(|(prompt, cache)| argmax(&model.forward_last(prompt, cache)?))
+            .collect::<Result<Vec<u32>>>()?;
         let prefill = start.elapsed().as_secs_f64();
         let start = Instant::now();
         for _ in 0..gen_len {
-            next = argmax(&model.forward_last(&[next], &mut cache)?)?;
+            let logits = model.forward_batch(&next, &mut caches)?; // (batch, vocab)
+            for (b, id) in next.iter_mut().enumerate() {
+                *id = argmax(&logits.get(b)?)?;
+            }
         }
         let decode = start.elapsed().as_secs_f64();
         Ok((
-            opts.prompt_len as f64 / prefill,
-            gen_len as f64 / decode.max(f64::MIN_POSITIVE),
+            batch * opts.prompt_len as f64 / prefill,
+            batch * gen_len as f64 / decode.max(f64::MIN_POSITIVE),
         ))
     };
     once(opts.gen_len.min(4))?; // warm-up: page in the weights, grow the allocator's pools

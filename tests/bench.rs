@@ -63,3 +63,24 @@ fn reports_medians_and_a_roofline() {
         expected_bytes / 2.0
     );
 }
+
+#[test]
+fn a_batch_reports_the_whole_batch_and_quantized_weights_their_own_bytes() {
+    let batched = bench(&["--batch", "4"]);
+    assert_eq!(batched["batch"], 4);
+    assert!(batched["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    // The bandwidth bound is that of one sequence; no fraction is claimed for a batch.
+    assert!(batched["roofline"]["fraction"].is_null(), "{batched}");
+
+    // The bundled model's rows are whole blocks of 32.
+    let q8 = bench(&["--quant", "q8_0"]);
+    assert_eq!(q8["quant"], "q8_0");
+    let dir = Path::new(moe_runtime::BUNDLED_MODEL);
+    let reads = moe_runtime::arch::load(dir).unwrap().config.decode_reads();
+    let expected = (reads.matrices + reads.head) as f64 * 34.0 / 32.0 + reads.other as f64 * 4.0;
+    let got = q8["roofline"]["bytes_per_token"].as_f64().unwrap();
+    assert!(
+        (got - expected).abs() < 1e-6 * expected,
+        "{got} vs {expected}"
+    );
+}

@@ -75,3 +75,32 @@ fn prefill_equals_one_token_decode_steps() {
         assert_eq!(cache.position(), r.tokens.len());
     }
 }
+
+#[test]
+fn a_batch_step_equals_each_sequence_stepped_alone() {
+    for name in FIXTURES {
+        let r = reference(name);
+        let model = load(name, DType::F32, MoeImpl::Fast);
+        // Three sequences at different positions: prompts of 1, 4 and all the reference tokens.
+        let lens = [1, 4, r.tokens.len()];
+        let mut batch: Vec<_> = lens.iter().map(|_| model.new_cache()).collect();
+        let mut alone: Vec<_> = lens.iter().map(|_| model.new_cache()).collect();
+        for ((&len, b), a) in lens.iter().zip(&mut batch).zip(&mut alone) {
+            model.forward(&r.tokens[..len], b).unwrap();
+            model.forward(&r.tokens[..len], a).unwrap();
+        }
+        let mut next = vec![r.greedy[0], r.tokens[0], r.greedy[1]];
+        for step in 0..3 {
+            let logits = model.forward_batch(&next, &mut batch).unwrap();
+            assert_eq!(logits.dims(), &[3, model.config().vocab_size]);
+            for (s, cache) in alone.iter_mut().enumerate() {
+                let want = model.forward(&[next[s]], cache).unwrap();
+                let err = relative_error(&logits.get(s).unwrap(), &want.get(0).unwrap());
+                assert!(err <= 1e-5, "{name} step {step} sequence {s}: {err:e}");
+                assert_eq!(batch[s].position(), cache.position());
+            }
+            next = next.iter().map(|&t| (t * 7 + 3) % 100).collect();
+        }
+        assert!(model.forward_batch(&next[..2], &mut batch).is_err());
+    }
+}

@@ -30,13 +30,21 @@ pub struct AttentionWeights {
     pub qk_norm: Option<(RmsNorm, RmsNorm)>,
 }
 
-/// What every layer's attention needs for one forward call.
+/// What every layer's attention needs for one sequence's tokens in one forward call.
 pub struct Step<'a> {
     /// Each (tokens, head_dim / 2).
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
     /// (tokens, cached + tokens) of 0 and -inf, f32; `None` for a single token.
     pub mask: Option<&'a Tensor>,
+}
+
+/// One sequence's share of a forward call over several: its `tokens` consecutive rows of the
+/// hidden states, their positions, and its cache.
+pub struct Sequence<'a> {
+    pub tokens: usize,
+    pub step: Step<'a>,
+    pub cache: &'a mut Cache,
 }
 
 impl Attention {
@@ -51,21 +59,48 @@ impl Attention {
         }
     }
 
-    /// xs: (tokens, hidden) -> (tokens, hidden); appends this layer's keys and values to `cache`.
-    pub fn forward(
+    /// xs: (tokens, hidden) -> (tokens, hidden), the rows of every sequence in `seqs` one
+    /// after another; appends this layer's keys and values to each sequence's cache. The
+    /// projections run once over all rows (one pass over their weights for the whole batch);
+    /// attention itself runs per sequence.
+    pub fn forward(&self, xs: &Tensor, seqs: &mut [Sequence], layer: usize) -> Result<Tensor> {
+        // q: (tokens, nh * hd), k and v: (tokens, nkv * hd)
+        let q = self.q.forward(xs)?;
+        let k = self.k.forward(xs)?;
+        let v = self.v.forward(xs)?;
+        let mut outs = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for seq in seqs.iter_mut() {
+            let rows = |t: &Tensor| t.narrow(0, row, seq.tokens);
+            outs.push(self.attend(
+                (rows(&q)?, rows(&k)?, rows(&v)?),
+                &seq.step,
+                seq.cache,
+                layer,
+            )?);
+            row += seq.tokens;
+        }
+        let out = if outs.len() == 1 {
+            outs.pop().expect("one sequence")
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        // (tokens, nh * hd) in f32 -> the compute dtype
+        self.o.forward(&out.to_dtype(xs.dtype())?)
+    }
+
+    /// One sequence's projections (t rows each) -> its attention output (t, nh * hd), f32.
+    fn attend(
         &self,
-        xs: &Tensor,
+        (q, k, v): (Tensor, Tensor, Tensor),
         step: &Step,
         cache: &mut Cache,
         layer: usize,
     ) -> Result<Tensor> {
         let c = &self.cfg;
-        let (t, _) = xs.dims2()?;
+        let (t, _) = q.dims2()?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        // q: (t, nh * hd), k and v: (t, nkv * hd)
-        let mut q = self.q.forward(xs)?;
-        let mut k = self.k.forward(xs)?;
-        let mut v = self.v.forward(xs)?;
+        let (mut q, mut k, mut v) = (q, k, v);
         if let (QkNorm::Projection, Some((qn, kn))) = (c.qk_norm, &self.qk_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -104,11 +139,10 @@ impl Attention {
         }
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = probs.reshape((nkv, n_rep * t, s))?.matmul(&v)?; // (nkv, n_rep * t, hd)
-        let out = out
+        Ok(out
             .reshape((nh, t, hd))?
             .transpose(0, 1)?
-            .reshape((t, nh * hd))?;
-        self.o.forward(&out.to_dtype(xs.dtype())?)
+            .reshape((t, nh * hd))?)
     }
 }
 

@@ -4,8 +4,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::RmsNorm;
 
-use super::attention::{Attention, Step};
-use super::cache::Cache;
+use super::attention::{Attention, Sequence};
 use super::mlp::Mlp;
 use crate::error::Result;
 use crate::moe::SparseMoe;
@@ -25,19 +24,19 @@ pub struct Block {
 }
 
 impl Block {
-    /// xs: (tokens, hidden) -> (tokens, hidden). `residual_scale` multiplies each branch's
-    /// output before it joins the residual (1 except for Granite).
+    /// xs: (tokens, hidden) -> (tokens, hidden), the rows of the sequences in `seqs` one after
+    /// another. `residual_scale` multiplies each branch's output before it joins the residual
+    /// (1 except for Granite).
     pub fn forward(
         &self,
         xs: &Tensor,
-        step: &Step,
-        cache: &mut Cache,
+        seqs: &mut [Sequence],
         layer: usize,
         residual_scale: f64,
     ) -> Result<Tensor> {
         let h = self
             .attn
-            .forward(&self.attn_norm.forward(xs)?, step, cache, layer)?;
+            .forward(&self.attn_norm.forward(xs)?, seqs, layer)?;
         let xs = (xs + scaled(h, residual_scale)?)?;
         let normed = self.ffn_norm.forward(&xs)?;
         let h = match &self.ffn {

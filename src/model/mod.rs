@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::moe::MoeImpl;
 use crate::quant::{QuantFormat, Weight};
 use crate::weights::Weights;
-use attention::{causal_mask, Step};
+use attention::{causal_mask, Sequence, Step};
 use load::LayerReader;
 use rope::Rope;
 
@@ -212,28 +212,67 @@ impl Model {
         Ok(self.logits(&last)?.squeeze(0)?)
     }
 
+    /// One decode step for several sequences at once: `tokens[b]` continues `caches[b]`. Every
+    /// layer reads its weights once for the whole batch (the experts any of the tokens chose),
+    /// and attention runs per sequence over its own cache. Returns f32 logits (batch, vocab),
+    /// the same as `forward` of each token alone up to summation order.
+    pub fn forward_batch(&self, tokens: &[u32], caches: &mut [Cache]) -> Result<Tensor> {
+        if tokens.len() != caches.len() {
+            return Err(Error::Input(format!(
+                "a batch step needs one token per sequence: {} tokens for {} caches",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        let mut seqs: Vec<(&[u32], &mut Cache)> = tokens.chunks(1).zip(caches.iter_mut()).collect();
+        let hidden = self.hidden_many(&mut seqs)?;
+        self.logits(&hidden)
+    }
+
     /// The final-normed hidden states, (tokens, hidden).
     fn hidden(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        self.check_tokens(tokens, cache)?;
-        let t = tokens.len();
-        let start = cache.position();
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut xs = block::scaled(self.embed.index_select(&ids, 0)?, self.cfg.scales.embedding)?;
-        let (cos, sin) = self.rope.cos_sin(start, t, self.dtype, &self.device)?;
-        let mask = if t > 1 {
-            Some(causal_mask(t, start, &self.device)?)
-        } else {
-            None
-        };
-        let step = Step {
-            cos: &cos,
-            sin: &sin,
-            mask: mask.as_ref(),
-        };
-        for (i, block) in self.blocks.iter().enumerate() {
-            xs = block.forward(&xs, &step, cache, i, self.cfg.scales.residual)?;
+        self.hidden_many(&mut [(tokens, cache)])
+    }
+
+    /// The final-normed hidden states of several sequences' new tokens, one sequence's rows
+    /// after another: (Σ tokens, hidden).
+    fn hidden_many(&self, seqs: &mut [(&[u32], &mut Cache)]) -> Result<Tensor> {
+        if seqs.is_empty() {
+            return Err(Error::Input("the batch is empty".into()));
         }
-        cache.advance(t);
+        // Each sequence's rotary tables and mask, at its own positions.
+        let mut tables = Vec::with_capacity(seqs.len());
+        for (tokens, cache) in seqs.iter() {
+            self.check_tokens(tokens, cache)?;
+            let (t, start) = (tokens.len(), cache.position());
+            let (cos, sin) = self.rope.cos_sin(start, t, self.dtype, &self.device)?;
+            let mask = (t > 1)
+                .then(|| causal_mask(t, start, &self.device))
+                .transpose()?;
+            tables.push((cos, sin, mask));
+        }
+        let ids: Vec<u32> = seqs.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        let ids = Tensor::new(ids.as_slice(), &self.device)?;
+        let mut xs = block::scaled(self.embed.index_select(&ids, 0)?, self.cfg.scales.embedding)?;
+        let mut parts: Vec<Sequence> = seqs
+            .iter_mut()
+            .zip(&tables)
+            .map(|((tokens, cache), (cos, sin, mask))| Sequence {
+                tokens: tokens.len(),
+                step: Step {
+                    cos,
+                    sin,
+                    mask: mask.as_ref(),
+                },
+                cache,
+            })
+            .collect();
+        for (i, block) in self.blocks.iter().enumerate() {
+            xs = block.forward(&xs, &mut parts, i, self.cfg.scales.residual)?;
+        }
+        for seq in parts {
+            seq.cache.advance(seq.tokens);
+        }
         Ok(self.norm.forward(&xs)?)
     }
 

@@ -92,6 +92,9 @@ enum Command {
         gen_len: usize,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Sequences decoded together; tokens/s are those of the whole batch.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         /// With --random-weights: the config.json whose shape to build (no checkpoint needed).
         #[arg(long, requires = "random_weights")]
         config: Option<PathBuf>,
@@ -194,6 +197,7 @@ fn run(cli: Cli) -> Result<()> {
             prompt_len,
             gen_len,
             repeats,
+            batch,
             config,
             random_weights: _,
             json,
@@ -202,6 +206,7 @@ fn run(cli: Cli) -> Result<()> {
                 prompt_len,
                 gen_len,
                 repeats,
+                batch,
             };
             bench::run(&common, config.as_deref(), &opts, json)
         }

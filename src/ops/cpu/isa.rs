@@ -15,19 +15,22 @@ pub enum Isa {
     /// AVX-512 with `vdpbf16ps`: bf16 weights times bf16 activations, summed in f32, without
     /// widening, twice the multiply rate of f32.
     Avx512Bf16,
+    /// `Avx512Bf16` plus AMX tiles (`tdpbf16ps`) for bf16 products of many rows.
+    Amx,
 }
 
 /// Names for `MOE_CPU_KERNELS`, which caps the kernels used (to compare them in one build).
-const NAMES: [(Isa, &str); 4] = [
+const NAMES: [(Isa, &str); 5] = [
     (Isa::Portable, "portable"),
     (Isa::Avx2, "avx2"),
     (Isa::Avx512, "avx512"),
     (Isa::Avx512Bf16, "avx512-bf16"),
+    (Isa::Amx, "amx"),
 ];
 
 impl Isa {
     /// The kernels used by default: the best the CPU has, or less when the environment
-    /// variable `MOE_CPU_KERNELS` (portable, avx2, avx512, avx512-bf16) asks for less.
+    /// variable `MOE_CPU_KERNELS` (portable, avx2, avx512, avx512-bf16, amx) asks for less.
     pub fn selected() -> Isa {
         static SELECTED: OnceLock<Isa> = OnceLock::new();
         *SELECTED.get_or_init(|| {
@@ -89,7 +92,9 @@ impl Isa {
     fn detect() -> Isa {
         use std::arch::is_x86_feature_detected as has;
         let avx512 = has!("avx512f") && has!("avx512bw") && has!("avx512vl");
-        if avx512 && has!("avx512bf16") {
+        if avx512 && has!("avx512bf16") && super::amx::available() {
+            Isa::Amx
+        } else if avx512 && has!("avx512bf16") {
             Isa::Avx512Bf16
         } else if avx512 {
             Isa::Avx512

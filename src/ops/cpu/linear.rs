@@ -22,6 +22,10 @@ use crate::quant::{BlockQ8_0, QuantBlock, BLOCK};
 /// the product is a pass over the weights, bound by memory, and packing would not pay.
 const GEMM_MIN_ROWS: usize = 4;
 
+/// From this many rows of x on, bf16 products go to AMX tiles where the CPU has them. A tile
+/// takes 16 rows, so fewer waste most of it, but even a quarter-used tile outruns `vdpbf16ps`.
+const AMX_MIN_ROWS: usize = 4;
+
 /// An output block written through strides: element (i, j) at `i · row_stride + j · col_stride`,
 /// so a caller can take (m, n) row-major or its transpose (n, m) without another copy.
 pub struct OutView<'a> {
@@ -135,7 +139,7 @@ pub struct Lhs<'a> {
 
 /// Whether the kernel for `w` on `isa` reads the left-hand rows as bf16.
 pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
-    isa == Isa::Avx512Bf16 && matches!(w, WeightSlice::BF16(_))
+    isa >= Isa::Avx512Bf16 && matches!(w, WeightSlice::BF16(_))
 }
 
 /// Rows of x in every form the kernel for one weight matrix reads.
@@ -193,7 +197,12 @@ pub fn matmul_bt(
         WeightSlice::F32(w) if m >= GEMM_MIN_ROWS => gemm(x.f32, w, (m, n, k), out),
         WeightSlice::F32(w) => widen(isa, x.f32, w, (m, n, k), out),
         #[cfg(target_arch = "x86_64")]
-        WeightSlice::BF16(w) if isa == Isa::Avx512Bf16 => {
+        WeightSlice::BF16(w) if isa == Isa::Amx && m >= AMX_MIN_ROWS && super::amx::fits(k) => {
+            // SAFETY: isa is at most Isa::best(), which is Amx only where amx::available().
+            unsafe { super::amx::matmul_bt_amx(x.bf16, w, (m, n, k), out) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        WeightSlice::BF16(w) if isa >= Isa::Avx512Bf16 => {
             // SAFETY: isa is at most Isa::best(), so the CPU has the features.
             unsafe { super::avx512::matmul_bt_bf16(x.bf16, w, (m, n, k), out) }
         }
@@ -274,7 +283,9 @@ where
 {
     match isa {
         // SAFETY: matmul_bt capped isa at Isa::best(), so the CPU has its features.
-        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { super::avx512::matmul_bt_widen(x, w, dims, out) },
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe {
+            super::avx512::matmul_bt_widen(x, w, dims, out)
+        },
         Isa::Avx2 => unsafe { super::avx2::matmul_bt_widen(x, w, dims, out) },
         Isa::Portable => portable(x, w, dims, out),
     }
@@ -334,9 +345,9 @@ mod tests {
             .collect()
     }
 
-    /// Shapes that hit every tile remainder (m, n mod 4), every tail (k mod 8, 16 and 32), and
-    /// both sides of GEMM_MIN_ROWS.
-    const SHAPES: [(usize, usize, usize); 8] = [
+    /// Shapes that hit every tile remainder (m, n mod 4), every tail (k mod 8, 16 and 32), both
+    /// sides of GEMM_MIN_ROWS, and AMX's blocks of 16 rows in pairs, whole and partial.
+    const SHAPES: [(usize, usize, usize); 10] = [
         (1, 1, 1),
         (1, 5, 33),
         (2, 7, 16),
@@ -345,6 +356,8 @@ mod tests {
         (4, 13, 70),
         (5, 6, 129),
         (37, 11, 96),
+        (20, 45, 64),
+        (32, 64, 256),
     ];
 
     fn check(isa: Isa, w_f32: &[f32], w: WeightSlice, (m, n, k): (usize, usize, usize)) {

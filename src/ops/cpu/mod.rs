@@ -2,6 +2,8 @@
 //! and the SIMD tiles chosen at run time by CPU feature detection.
 
 #[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;

@@ -89,10 +89,10 @@ fn int8<W: WeightBlock + IntCodes>(
     // SAFETY: callers cap isa at Isa::best(), so the CPU has the features each family needs;
     // VNNI is checked on its own (it is not part of any Isa level).
     match isa {
-        Isa::Avx512 | Isa::Avx512Bf16 if Isa::vnni() => unsafe {
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx if Isa::vnni() => unsafe {
             super::int8::matmul_bt_vnni(x, w, dims, out)
         },
-        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 => unsafe {
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe {
             super::int8::matmul_bt_avx2(x, w, dims, out)
         },
         Isa::Portable => portable(x, w, dims, out),

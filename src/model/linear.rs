@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ops::cpu::{linear, Isa, PreparedLhs};
 use crate::quant::Weight;
 
@@ -64,7 +64,12 @@ impl Linear {
 
     fn forward_cpu(&self, xs: &Tensor) -> Result<Tensor> {
         let (m, k) = xs.dims2()?;
-        let n = self.weight.dims()[0];
+        let (n, k_w) = (self.weight.dims()[0], self.weight.dims()[1]);
+        if k != k_w {
+            return Err(Error::Input(format!(
+                "linear layer of {k_w} inputs given rows of {k}"
+            )));
+        }
         let x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let isa = Isa::selected();
         let mut out = vec![0f32; m * n];

@@ -1,9 +1,12 @@
-//! `out = x · wᵀ` for f32 activations against f32, bf16 or f16 weights, on the kernels the CPU
-//! has (`Isa`): the one product behind every linear layer and every expert.
+//! `out = x · wᵀ` for f32 activations against f32, bf16, f16, q8_0 or q4_0 weights, on the
+//! kernels the CPU has (`Isa`): the one product behind every linear layer and every expert.
 //!
 //! Which kernel runs:
-//! - bf16 weights on `Avx512Bf16`: activations rounded to bf16 (what a bf16 model computes in
-//!   anyway) and `vdpbf16ps`, for every row count.
+//! - bf16 weights on `Amx`, AMX_MIN_ROWS rows or more: activations rounded to bf16 (what a bf16
+//!   model computes in anyway) and AMX tiles (amx.rs).
+//! - bf16 weights on `Avx512Bf16` (and fewer rows on `Amx`): the same rounding and `vdpbf16ps`.
+//! - quantized weights: quantized.rs (integer dot products at decode, dequantized for many
+//!   rows).
 //! - otherwise, few rows (decode): weights widened to f32 in registers, one pass over them.
 //! - otherwise, many rows (prefill): weights widened to an f32 block, then the `gemm` crate's
 //!   packed, register-blocked kernel.

@@ -26,7 +26,8 @@ use crate::quant::{BlockQ8_0, QuantBlock, BLOCK};
 const GEMM_MIN_ROWS: usize = 4;
 
 /// From this many rows of x on, bf16 products go to AMX tiles where the CPU has them. A tile
-/// takes 16 rows, so fewer waste most of it, but even a quarter-used tile outruns `vdpbf16ps`.
+/// takes 16 rows, so fewer waste most of it, yet it still outruns `vdpbf16ps`: q3-mini decode
+/// at batch 32 (about 4 tokens per expert) ran 124.6 / 138.9 against 114.1 / 110.3 tokens/s.
 const AMX_MIN_ROWS: usize = 4;
 
 /// An output block written through strides: element (i, j) at `i · row_stride + j · col_stride`,

@@ -141,9 +141,14 @@ pub struct Lhs<'a> {
     pub q8: &'a [BlockQ8_0],
 }
 
-/// Whether the kernel for `w` on `isa` reads the left-hand rows as bf16.
+/// Whether the kernel for `w` on `isa` reads the left-hand rows as bf16 (for quantized
+/// weights: those dequantized to bf16 for AMX, when there are enough rows).
 pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
-    isa >= Isa::Avx512Bf16 && matches!(w, WeightSlice::BF16(_))
+    match w {
+        WeightSlice::BF16(_) => isa >= Isa::Avx512Bf16,
+        WeightSlice::Q8_0(_) | WeightSlice::Q4_0(_) => isa == Isa::Amx,
+        WeightSlice::F32(_) | WeightSlice::F16(_) => false,
+    }
 }
 
 /// Rows of x in every form the kernel for one weight matrix reads.
@@ -214,8 +219,8 @@ pub fn matmul_bt(
         WeightSlice::BF16(w) => widen(isa, x.f32, w, (m, n, k), out),
         WeightSlice::F16(w) if m >= GEMM_MIN_ROWS => widen_gemm(x.f32, w, (m, n, k), out),
         WeightSlice::F16(w) => widen(isa, x.f32, w, (m, n, k), out),
-        WeightSlice::Q8_0(w) => matmul_bt_quantized(isa, (x.f32, x.q8), w, (m, n, k), out),
-        WeightSlice::Q4_0(w) => matmul_bt_quantized(isa, (x.f32, x.q8), w, (m, n, k), out),
+        WeightSlice::Q8_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
+        WeightSlice::Q4_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
     }
 }
 
@@ -326,7 +331,7 @@ fn portable<W: WeightElem>(
 mod tests {
     use half::f16;
 
-    use super::super::quantized::DEQUANT_MIN_ROWS;
+    use super::super::quantized::{dequantizes_to_bf16, DEQUANT_MIN_ROWS};
     use super::*;
 
     /// The slow twin: each product term in f64, with the weights (and the activations, for a
@@ -368,16 +373,22 @@ mod tests {
         let x = values(m * k, 3);
         let prepared = PreparedLhs::new(isa, &w, &x, k);
         let lhs = prepared.rows(&x, 0, m, k);
-        // x as the kernel sees it: rounded to bf16, quantized to q8_0 (few rows against
-        // quantized weights), or as it is.
-        let x_seen: Vec<f32> = if !lhs.bf16.is_empty() {
-            lhs.bf16.iter().map(|v| v.to_f32()).collect()
-        } else if w.is_quantized() && m < DEQUANT_MIN_ROWS {
-            lhs.q8.iter().flat_map(|b| b.dequantize()).collect()
+        // x and w as the kernel sees them: x quantized to q8_0 (few rows against quantized
+        // weights), both rounded to bf16 (quantized weights dequantized for AMX), x rounded to
+        // bf16 (a bf16 kernel), or as they are.
+        let bf16_of =
+            |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
+        let (x_seen, w_seen): (Vec<f32>, Vec<f32>) = if w.is_quantized() && m < DEQUANT_MIN_ROWS {
+            let x_q8 = lhs.q8.iter().flat_map(|b| b.dequantize()).collect();
+            (x_q8, w_f32.to_vec())
+        } else if w.is_quantized() && dequantizes_to_bf16(isa, m) {
+            (bf16_of(&x), bf16_of(w_f32))
+        } else if !lhs.bf16.is_empty() {
+            (bf16_of(&x), w_f32.to_vec())
         } else {
-            x.clone()
+            (x.clone(), w_f32.to_vec())
         };
-        let want = slow(&x_seen, w_f32, (m, n, k));
+        let want = slow(&x_seen, &w_seen, (m, n, k));
         // Both layouts, and through the parallel split.
         let mut rows = vec![f32::NAN; m * n];
         matmul_bt(isa, lhs, &w, (m, n, k), &mut OutView::rows(&mut rows, n));

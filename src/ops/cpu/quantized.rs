@@ -4,11 +4,12 @@
 //! dot product of 32 codes, scaled once by both block scales, as llama.cpp does: the weights
 //! are read once, in their own 1.06 (q8_0) or 0.56 (q4_0) bytes per weight. On x86 the
 //! integer products are AVX2 `vpmaddubsw` or AVX-512 VNNI `vpdpbusd` (int8.rs).
-//! Many rows (prefill): the block of weights is dequantized to f32 once and goes through the
-//! same packed f32 matrix kernel as dense weights, with x as it is.
+//! Many rows (prefill): the block of weights is dequantized once and goes through the kernel
+//! dense weights would: on AMX, dequantized to bf16 (as a bf16 checkpoint holds them) with x
+//! rounded to bf16; elsewhere dequantized to f32 for the packed f32 matrix kernel, x as it is.
 
 use super::isa::Isa;
-use super::linear::OutView;
+use super::linear::{Lhs, OutView};
 use super::matmul::matmul_abt;
 use crate::quant::{dequantize_into, BlockQ4_0, BlockQ8_0, QuantBlock, BLOCK};
 
@@ -46,11 +47,16 @@ impl WeightBlock for BlockQ4_0 {
     }
 }
 
-/// out (m, n) = x (m, k) · w (n, k)ᵀ for blocks of weights; `x` is the f32 rows and `x_q8` the
-/// same as q8_0 blocks (needed below DEQUANT_MIN_ROWS). Single-threaded.
+/// Whether a product of m rows against quantized weights dequantizes them to bf16 for AMX.
+pub fn dequantizes_to_bf16(isa: Isa, m: usize) -> bool {
+    isa == Isa::Amx && m >= DEQUANT_MIN_ROWS
+}
+
+/// out (m, n) = x (m, k) · w (n, k)ᵀ for blocks of weights; `x` holds the f32 rows, their q8_0
+/// blocks (below DEQUANT_MIN_ROWS) and, on AMX, their bf16 rounding. Single-threaded.
 pub fn matmul_bt_quantized<W>(
     isa: Isa,
-    (x, x_q8): (&[f32], &[BlockQ8_0]),
+    x: Lhs,
     w: &[W],
     dims: (usize, usize, usize),
     out: &mut OutView,
@@ -58,14 +64,25 @@ pub fn matmul_bt_quantized<W>(
     W: WeightBlock + IntCodes,
 {
     let (m, n, k) = dims;
-    if m >= DEQUANT_MIN_ROWS {
-        let mut scratch = vec![0f32; n * k];
-        dequantize_into(&w[..n * k / BLOCK], &mut scratch);
-        let (data, rs, cs) = out.raw(m, n);
-        matmul_abt(x, &scratch, (m, n, k), (data, rs, cs));
+    if m < DEQUANT_MIN_ROWS {
+        return int8(isa, x.q8, w, dims, out);
+    }
+    let w = &w[..n * k / BLOCK];
+    #[cfg(target_arch = "x86_64")]
+    if dequantizes_to_bf16(isa, m) {
+        let mut w_bf16 = vec![half::bf16::ZERO; n * k];
+        // SAFETY: isa is Amx only where the CPU has AVX-512 BF16 and amx::available();
+        // quantized rows are whole blocks of 32, which amx::fits.
+        unsafe {
+            super::int8::dequantize_bf16(w, &mut w_bf16);
+            super::amx::matmul_bt_amx(x.bf16, &w_bf16, dims, out);
+        }
         return;
     }
-    int8(isa, x_q8, w, dims, out)
+    let mut scratch = vec![0f32; n * k];
+    dequantize_into(w, &mut scratch);
+    let (data, rs, cs) = out.raw(m, n);
+    matmul_abt(x.f32, &scratch, (m, n, k), (data, rs, cs));
 }
 
 /// Weight blocks the x86 integer tiles can load; everywhere else only the portable loop runs.

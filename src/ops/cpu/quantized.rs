@@ -13,7 +13,7 @@ use super::linear::{Lhs, OutView};
 use super::matmul::matmul_abt;
 use crate::quant::{dequantize_into, BlockQ4_0, BlockQ8_0, QuantBlock, BLOCK};
 
-/// From this many rows of x on, the weights are dequantized for the f32 matrix kernel.
+/// From this many rows of x on, the weights are dequantized for a matrix kernel (AMX or f32).
 pub const DEQUANT_MIN_ROWS: usize = 4;
 
 /// A weight block format the integer kernels read: 32 signed codes and a scale.

@@ -121,10 +121,13 @@ pub unsafe fn matmul_bt_amx(
     let steps = k / K_STEP;
     let xp = pack_x(x, m, k);
     // Weight rows of the last, partial block of 16, copied into a zero-padded block so that
-    // every tile load stays inside a buffer.
+    // every tile load stays inside a buffer (none when n is whole blocks, as it mostly is).
     let full = n / ROWS * ROWS;
-    let mut tail = vec![bf16::ZERO; ROWS * k];
-    tail[..(n - full) * k].copy_from_slice(&w[full * k..n * k]);
+    let mut tail = Vec::new();
+    if full < n {
+        tail = vec![bf16::ZERO; ROWS * k];
+        tail[..(n - full) * k].copy_from_slice(&w[full * k..n * k]);
+    }
     let w_block = |n0: usize| -> (*const bf16, usize) {
         if n0 < full {
             (w[n0 * k..].as_ptr(), k * 2)

@@ -53,7 +53,7 @@ impl QuantBlock for BlockQ8_0 {
             let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
             b.d = f16::from_f32(d);
             for (q, v) in b.qs.iter_mut().zip(xs) {
-                *q = (v * inv).round() as i8;
+                *q = round_half_away(v * inv) as i8;
             }
         }
     }
@@ -95,6 +95,21 @@ impl QuantBlock for BlockQ4_0 {
             out[l + BLOCK / 2] = d * ((byte >> 4) as i32 - 8) as f32;
         }
         out
+    }
+}
+
+/// `v.round() as i32` (halves away from zero, as C's `roundf` that GGML uses) for |v| < 2^31,
+/// without the libm call `f32::round` compiles to on baseline x86-64 (a third of the time of
+/// quantizing a model at load): the truncating conversion is exact, and so is `v - t`.
+fn round_half_away(v: f32) -> i32 {
+    let t = v as i32;
+    let rest = v - t as f32;
+    if rest >= 0.5 {
+        t + 1
+    } else if rest <= -0.5 {
+        t - 1
+    } else {
+        t
     }
 }
 
@@ -141,6 +156,19 @@ mod tests {
             }
         }
         assert!(back[BLOCK..2 * BLOCK].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn rounding_matches_f32_round_on_halves_and_their_neighbours() {
+        let mut cases = vec![0.0f32, -0.0, 0.49999997, -0.49999997, 127.0, -127.0];
+        for i in -300..=300 {
+            let half = i as f32 + 0.5;
+            cases.extend([half, -half, half.next_up(), half.next_down()]);
+        }
+        cases.extend(values(4096, 9).iter().map(|v| v * 70.0));
+        for v in cases {
+            assert_eq!(round_half_away(v), v.round() as i32, "{v}");
+        }
     }
 
     #[test]

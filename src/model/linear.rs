@@ -36,13 +36,7 @@ impl Linear {
 
     /// xs: (tokens, in) -> (tokens, out), in the dtype of xs.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let fast = match &self.weight {
-            Weight::Dense(w) => {
-                w.device().is_cpu() && matches!(w.dtype(), DType::F32 | DType::BF16 | DType::F16)
-            }
-            Weight::Quantized(_) => true,
-        };
-        if !fast {
+        if !self.weight.cpu_kernels_read() {
             return self.forward_slow(xs);
         }
         self.add_bias(self.forward_cpu(xs)?)

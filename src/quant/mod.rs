@@ -175,10 +175,13 @@ impl Weight {
         }
     }
 
-    /// Whether the CPU kernels can read it in place.
-    pub fn on_cpu(&self) -> bool {
+    /// Whether the CPU kernels can read it in place (`with_slice` succeeds): quantized
+    /// blocks, or a dense CPU tensor of a float dtype they read.
+    pub fn cpu_kernels_read(&self) -> bool {
         match self {
-            Weight::Dense(t) => t.device().is_cpu(),
+            Weight::Dense(t) => {
+                t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16)
+            }
             Weight::Quantized(_) => true,
         }
     }

@@ -280,14 +280,14 @@ impl ModelConfig {
         let norms = 2 * h;
         let m = &self.moe;
         let expert = 3 * h * m.expert_intermediate_size as u128;
-        let shared_matrices = m
-            .shared_expert
-            .as_ref()
-            .map_or(0, |s| 3 * h * s.intermediate_size as u128);
-        let shared = shared_matrices
-            + m.shared_expert
-                .as_ref()
-                .map_or(0, |s| if s.gated { h } else { 0 });
+        // A shared expert's three matrices, and its gate (a vector) when it has one.
+        let (shared_matrices, shared_gate) = m.shared_expert.as_ref().map_or((0, 0), |s| {
+            (
+                3 * h * s.intermediate_size as u128,
+                if s.gated { h } else { 0 },
+            )
+        });
+        let shared = shared_matrices + shared_gate;
         let router = h * m.num_experts as u128;
         let dense = 3 * h * self.dense_intermediate_size as u128;
         let (mut total, mut active, mut matrices) = (0u128, 0u128, 0u128);

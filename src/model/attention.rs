@@ -1,7 +1,7 @@
 //! Grouped-query self-attention with RoPE, optional q/k RMSNorm and q/k/v clipping, over the
 //! caller's KV cache.
 
-use candle_core::{DType, Module, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::RmsNorm;
 
 use super::cache::Cache;
@@ -9,6 +9,7 @@ use super::linear::Linear;
 use super::rope;
 use crate::config::{AttentionConfig, QkNorm};
 use crate::error::Result;
+use crate::ops::cpu::{causal_attention, with_kv_rows, AttentionDims, Isa};
 
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -35,8 +36,6 @@ pub struct Step<'a> {
     /// Each (tokens, head_dim / 2).
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
-    /// (tokens, cached + tokens) of 0 and -inf, f32; `None` for a single token.
-    pub mask: Option<&'a Tensor>,
 }
 
 /// One sequence's share of a forward call over several: its `tokens` consecutive rows of the
@@ -125,29 +124,61 @@ impl Attention {
         let v = v.to_dtype(DType::F32)?.contiguous()?;
         // k, v: (nkv, s, hd) with s = cached + t, f32
         let (k, v) = cache.append(layer, k, v)?;
-        let s = k.dim(1)?;
-
-        // Grouped-query attention without copying keys: the n_rep query heads that share a kv
-        // head are consecutive, so q regroups as (nkv, n_rep * t, hd).
-        let n_rep = nh / nkv;
-        let q = q.reshape((nkv, n_rep * t, hd))?;
-        let scores = (q.matmul(&k.t()?)? * c.scale)?; // (nkv, n_rep * t, s)
-        let mut scores = scores.reshape((nkv, n_rep, t, s))?;
-        if let Some(mask) = step.mask {
-            scores = scores.broadcast_add(mask)?;
+        if q.device().is_cpu() {
+            attend_cpu(&q, &k, &v, c)
+        } else {
+            attend_slow(&q, &k, &v, c)
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.reshape((nkv, n_rep * t, s))?.matmul(&v)?; // (nkv, n_rep * t, hd)
-        Ok(out
-            .reshape((nh, t, hd))?
-            .transpose(0, 1)?
-            .reshape((t, nh * hd))?)
     }
+}
+
+/// q: (nh, t, hd), k and v: (nkv, s, hd), all f32, the last t positions of k and v those of
+/// the queries -> (t, nh * hd): the CPU kernel over the cache's buffers in place.
+fn attend_cpu(q: &Tensor, k: &Tensor, v: &Tensor, c: &AttentionConfig) -> Result<Tensor> {
+    let (nh, t, hd) = q.dims3()?;
+    let s = k.dim(1)?;
+    let dims = AttentionDims {
+        heads: nh,
+        kv_heads: c.num_kv_heads,
+        head_dim: hd,
+        tokens: t,
+        cached: s - t,
+    };
+    let q = q.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; q.len()];
+    with_kv_rows(k, |k| {
+        with_kv_rows(v, |v| {
+            causal_attention(Isa::selected(), &q, k, v, dims, c.scale as f32, &mut out)
+        })
+    })??;
+    Ok(Tensor::from_vec(out, (t, nh * hd), &Device::Cpu)?)
+}
+
+/// The slow twin of `attend_cpu`, and the path on other devices: candle's ops with the mask
+/// written out.
+fn attend_slow(q: &Tensor, k: &Tensor, v: &Tensor, c: &AttentionConfig) -> Result<Tensor> {
+    let (nh, t, hd) = q.dims3()?;
+    let (nkv, s) = (c.num_kv_heads, k.dim(1)?);
+    // Grouped-query attention without copying keys: the n_rep query heads that share a kv
+    // head are consecutive, so q regroups as (nkv, n_rep * t, hd).
+    let n_rep = nh / nkv;
+    let q = q.reshape((nkv, n_rep * t, hd))?;
+    let scores = (q.matmul(&k.t()?)? * c.scale)?; // (nkv, n_rep * t, s)
+    let mut scores = scores.reshape((nkv, n_rep, t, s))?;
+    if t > 1 {
+        scores = scores.broadcast_add(&causal_mask(t, s - t, q.device())?)?;
+    }
+    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let out = probs.reshape((nkv, n_rep * t, s))?.matmul(v)?; // (nkv, n_rep * t, hd)
+    Ok(out
+        .reshape((nh, t, hd))?
+        .transpose(0, 1)?
+        .reshape((t, nh * hd))?)
 }
 
 /// The causal mask for `t` new tokens after `cached` ones: (t, cached + t) f32, -inf above the
 /// diagonal.
-pub fn causal_mask(t: usize, cached: usize, device: &candle_core::Device) -> Result<Tensor> {
+fn causal_mask(t: usize, cached: usize, device: &candle_core::Device) -> Result<Tensor> {
     let s = cached + t;
     let mask: Vec<f32> = (0..t)
         .flat_map(|i| {
@@ -161,4 +192,43 @@ pub fn causal_mask(t: usize, cached: usize, device: &candle_core::Device) -> Res
         })
         .collect();
     Ok(Tensor::from_vec(mask, (t, s), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The CPU kernel against candle's ops, through a real cache (its buffers are wider than
+    /// the valid positions): a prompt, then one decode step, then a chunk.
+    #[test]
+    fn the_cpu_kernel_matches_candles_ops_over_a_cache() {
+        let c = AttentionConfig {
+            num_heads: 8,
+            num_kv_heads: 2,
+            head_dim: 24,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: QkNorm::None,
+            clip_qkv: None,
+            scale: 0.3,
+        };
+        let dev = Device::Cpu;
+        let mut cache = Cache::new(1, 4096);
+        for t in [7usize, 1, 5] {
+            let q = Tensor::randn(0f32, 1.0, (c.num_heads, t, c.head_dim), &dev).unwrap();
+            let kv = || Tensor::randn(0f32, 1.0, (c.num_kv_heads, t, c.head_dim), &dev).unwrap();
+            let (k, v) = cache.append(0, kv(), kv()).unwrap();
+            cache.advance(t);
+            let fast = attend_cpu(&q, &k, &v, &c).unwrap();
+            let slow = attend_slow(&q, &k, &v, &c).unwrap();
+            assert_eq!(fast.dims(), &[t, c.num_heads * c.head_dim]);
+            let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
+            let diff = diff.to_scalar::<f32>().unwrap();
+            assert!(
+                diff < 1e-5,
+                "{t} tokens after {}: {diff}",
+                cache.position() - t
+            );
+        }
+    }
 }

@@ -24,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::moe::MoeImpl;
 use crate::quant::{QuantFormat, Weight};
 use crate::weights::Weights;
-use attention::{causal_mask, Sequence, Step};
+use attention::{Sequence, Step};
 use load::LayerReader;
 use rope::Rope;
 
@@ -240,16 +240,12 @@ impl Model {
         if seqs.is_empty() {
             return Err(Error::Input("the batch is empty".into()));
         }
-        // Each sequence's rotary tables and mask, at its own positions.
+        // Each sequence's rotary tables, at its own positions.
         let mut tables = Vec::with_capacity(seqs.len());
         for (tokens, cache) in seqs.iter() {
             self.check_tokens(tokens, cache)?;
             let (t, start) = (tokens.len(), cache.position());
-            let (cos, sin) = self.rope.cos_sin(start, t, self.dtype, &self.device)?;
-            let mask = (t > 1)
-                .then(|| causal_mask(t, start, &self.device))
-                .transpose()?;
-            tables.push((cos, sin, mask));
+            tables.push(self.rope.cos_sin(start, t, self.dtype, &self.device)?);
         }
         let ids: Vec<u32> = seqs.iter().flat_map(|(t, _)| t.iter().copied()).collect();
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
@@ -257,13 +253,9 @@ impl Model {
         let mut parts: Vec<Sequence> = seqs
             .iter_mut()
             .zip(&tables)
-            .map(|((tokens, cache), (cos, sin, mask))| Sequence {
+            .map(|((tokens, cache), (cos, sin))| Sequence {
                 tokens: tokens.len(),
-                step: Step {
-                    cos,
-                    sin,
-                    mask: mask.as_ref(),
-                },
+                step: Step { cos, sin },
                 cache,
             })
             .collect();

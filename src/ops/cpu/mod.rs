@@ -3,6 +3,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
+mod attention;
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -18,8 +19,9 @@ mod storage;
 mod stream;
 mod vector;
 
+pub use attention::{causal_attention, AttentionDims};
 pub use expert_ffn::{grouped_ffn_weights, ExpertGroups, ExpertWeights};
 pub use isa::Isa;
 pub use linear::{linear, PreparedLhs};
-pub use storage::{with_weight_slice, WeightSlice};
+pub use storage::{with_kv_rows, with_weight_slice, WeightSlice};
 pub use stream::sum_u64;

@@ -1,0 +1,299 @@
+//! Causal grouped-query attention on the CPU, in f32, straight over the KV cache's buffers.
+//!
+//! Why our own: attention through candle's ops is a dozen tensors per layer (scores, scale,
+//! mask, softmax, the weighted sum, reshapes), and candle's CPU matmul asks the OS for the core
+//! count on every call (it reads /proc/cpuinfo): at decode that fixed cost, not the few
+//! kilobytes of cache read, was the price of attention. Here one task per (token, kv head)
+//! scores, normalises and sums in one pass with one scratch row, and the query heads that share
+//! a kv head read each key and value row once between them.
+//!
+//! Slow twin: `model::attention`'s candle path (scores, mask, softmax, matmul), compared in
+//! its tests.
+
+use rayon::prelude::*;
+
+use super::isa::Isa;
+
+/// Below this many multiply-adds (scores and weighted sum, all heads) attention runs on the
+/// calling thread: waking the pool costs tens of microseconds on a shared VM, more than a
+/// decode step's attention over a short context takes.
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
+/// The shape of one call: `tokens` new queries at positions `cached..cached + tokens`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionDims {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub tokens: usize,
+    pub cached: usize,
+}
+
+/// A layer's keys or values: kv head g's rows (position p at `p · head_dim`) start at
+/// `g · head_stride`; at least `cached + tokens` positions are valid.
+#[derive(Debug, Clone, Copy)]
+pub struct KvRows<'a> {
+    pub data: &'a [f32],
+    pub head_stride: usize,
+}
+
+impl KvRows<'_> {
+    /// The first `len` positions of kv head `g`: (len, head_dim) row-major.
+    fn head(&self, g: usize, len: usize, head_dim: usize) -> &[f32] {
+        &self.data[g * self.head_stride..][..len * head_dim]
+    }
+}
+
+/// out[i, h] = Σ_j softmax_j(scale · q[h, i] · k[g, j]) · v[g, j] over positions j ≤ cached + i,
+/// where g = h / (heads / kv_heads) is the kv head query head h shares.
+///
+/// q: (heads, tokens, head_dim), out: (tokens, heads · head_dim), both row-major.
+pub fn causal_attention(
+    isa: Isa,
+    q: &[f32],
+    k: KvRows,
+    v: KvRows,
+    dims: AttentionDims,
+    scale: f32,
+    out: &mut [f32],
+) {
+    let AttentionDims {
+        heads,
+        kv_heads,
+        head_dim: hd,
+        tokens,
+        cached,
+    } = dims;
+    let n_rep = heads / kv_heads;
+    assert!(
+        n_rep * kv_heads == heads && q.len() == heads * tokens * hd && out.len() == q.len(),
+        "attention buffers do not match {dims:?}"
+    );
+    // Task (i, g) writes token i's heads g · n_rep.. (g + 1) · n_rep: one contiguous chunk.
+    let task = |(n, chunk): (usize, &mut [f32]), scores: &mut Vec<f32>| {
+        let (i, g) = (n / kv_heads, n % kv_heads);
+        let len = cached + i + 1;
+        let queries = (0..n_rep).map(|r| &q[((g * n_rep + r) * tokens + i) * hd..][..hd]);
+        let group = Group {
+            k: k.head(g, len, hd),
+            v: v.head(g, len, hd),
+            hd,
+            scale,
+        };
+        scores.resize(n_rep * len, 0.0);
+        match isa {
+            // SAFETY: `Isa::selected` and the tests only name kernels the CPU has.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe {
+                group.run_avx512(queries, scores, chunk)
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { group.run_avx2(queries, scores, chunk) },
+            _ => group.run(queries, scores, chunk),
+        }
+    };
+    let context = cached + tokens.div_ceil(2);
+    let macs = 2 * heads * tokens * context * hd;
+    let chunks = out.chunks_mut(n_rep * hd).enumerate();
+    if macs < PARALLEL_MIN_MACS {
+        let mut scores = Vec::new();
+        chunks.for_each(|c| task(c, &mut scores));
+    } else {
+        out.par_chunks_mut(n_rep * hd)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, c| task(c, scores));
+    }
+}
+
+/// The query heads of one token that share one kv head, and that head's first `len` keys and
+/// values.
+struct Group<'a> {
+    /// (len, hd)
+    k: &'a [f32],
+    /// (len, hd)
+    v: &'a [f32],
+    hd: usize,
+    scale: f32,
+}
+
+impl Group<'_> {
+    /// `queries`: n_rep rows of hd; `scores`: (n_rep, len) scratch; `out`: (n_rep, hd).
+    #[inline(always)]
+    fn run<'q>(
+        &self,
+        queries: impl Iterator<Item = &'q [f32]>,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (hd, len) = (self.hd, self.k.len() / self.hd.max(1));
+        for ((q, scores), out) in queries
+            .zip(scores.chunks_exact_mut(len))
+            .zip(out.chunks_exact_mut(hd))
+        {
+            let mut max = f32::NEG_INFINITY;
+            for (s, key) in scores.iter_mut().zip(self.k.chunks_exact(hd)) {
+                *s = dot(q, key) * self.scale;
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            out.fill(0.0);
+            for (&p, value) in scores.iter().zip(self.v.chunks_exact(hd)) {
+                for (o, x) in out.iter_mut().zip(value) {
+                    *o += p * x;
+                }
+            }
+            let inv = 1.0 / sum;
+            out.iter_mut().for_each(|o| *o *= inv);
+        }
+    }
+
+    /// `run` compiled for AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+    unsafe fn run_avx512<'q>(
+        &self,
+        queries: impl Iterator<Item = &'q [f32]>,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        self.run(queries, scores, out)
+    }
+
+    /// `run` compiled for AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2<'q>(
+        &self,
+        queries: impl Iterator<Item = &'q [f32]>,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        self.run(queries, scores, out)
+    }
+}
+
+/// Σ a[i]·b[i] over 16 independent lanes (one vector register under AVX-512), inlined so it
+/// takes the caller's target features.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0f32; LANES];
+    let (a16, b16) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = a16
+        .remainder()
+        .iter()
+        .zip(b16.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a16.zip(b16) {
+        for l in 0..LANES {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The slow twin, in f64 with the mask written out: every query against every position,
+    /// future ones excluded.
+    fn slow(q: &[f32], k: &[f32], v: &[f32], dims: AttentionDims, scale: f64) -> Vec<f64> {
+        let AttentionDims {
+            heads,
+            kv_heads,
+            head_dim: hd,
+            tokens,
+            cached,
+        } = dims;
+        let s = cached + tokens;
+        let mut out = vec![0f64; tokens * heads * hd];
+        for h in 0..heads {
+            let g = h / (heads / kv_heads);
+            for i in 0..tokens {
+                let qi = &q[(h * tokens + i) * hd..][..hd];
+                let scores: Vec<f64> = (0..s)
+                    .map(|j| {
+                        if j > cached + i {
+                            return f64::NEG_INFINITY;
+                        }
+                        let kj = &k[(g * s + j) * hd..][..hd];
+                        scale
+                            * qi.iter()
+                                .zip(kj)
+                                .map(|(a, b)| *a as f64 * *b as f64)
+                                .sum::<f64>()
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = e.iter().sum();
+                for d in 0..hd {
+                    out[(i * heads + h) * hd + d] = (0..s)
+                        .map(|j| e[j] / sum * v[(g * s + j) * hd + d] as f64)
+                        .sum();
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_kernel_family_matches_the_slow_twin_over_cached_and_new_positions() {
+        let val = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n)
+                .map(|j| (((j * 7919 + seed * 104_729) % 401) as f32 - 200.0) / 90.0)
+                .collect()
+        };
+        // Decode over a cache, a prompt from empty, a chunk after a cache; grouped, multi-head
+        // and head dims off the 16-lane grid; the last one large enough to run in parallel.
+        for (heads, kv_heads, hd, tokens, cached) in [
+            (4, 2, 16, 1, 9),
+            (4, 4, 8, 5, 0),
+            (6, 2, 20, 3, 4),
+            (16, 4, 64, 40, 200),
+        ] {
+            let dims = AttentionDims {
+                heads,
+                kv_heads,
+                head_dim: hd,
+                tokens,
+                cached,
+            };
+            let s = cached + tokens;
+            let q = val(heads * tokens * hd, 1);
+            // The kernel reads the cache through a head stride larger than its positions.
+            let capacity = s + 3;
+            let (k, v) = (val(kv_heads * s * hd, 2), val(kv_heads * s * hd, 3));
+            let padded = |x: &[f32]| -> Vec<f32> {
+                let mut buf = vec![f32::NAN; kv_heads * capacity * hd];
+                for g in 0..kv_heads {
+                    buf[g * capacity * hd..][..s * hd].copy_from_slice(&x[g * s * hd..][..s * hd]);
+                }
+                buf
+            };
+            let (kb, vb) = (padded(&k), padded(&v));
+            let scale = 1.0 / (hd as f32).sqrt();
+            let want = slow(&q, &k, &v, dims, scale as f64);
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; q.len()];
+                let rows = |data| KvRows {
+                    data,
+                    head_stride: capacity * hd,
+                };
+                causal_attention(isa, &q, rows(&kb), rows(&vb), dims, scale, &mut out);
+                for (n, (got, want)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{isa:?} {dims:?} element {n}: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
+}

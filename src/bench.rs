@@ -1,11 +1,13 @@
 //! Throughput measurement against the physical limit: prefill and decode tokens/s (medians over
 //! repeats after a warm-up), the bytes of weights one decode step must read, and the machine's
-//! read bandwidth measured on the spot, which together bound decode from above.
+//! read bandwidth measured on the spot, which together bound decode from above; and what each
+//! phase cost in energy (or, where nothing measures it, in core-seconds).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use crate::energy::{EnergyMeter, EnergyReport, PhaseEnergy};
 use crate::error::{Error, Result};
 use crate::generate::argmax;
 use crate::model::Model;
@@ -21,6 +23,8 @@ pub struct BenchOptions {
     pub repeats: usize,
     /// Sequences decoded together, each step one token of each (`Model::forward_batch`).
     pub batch: usize,
+    /// Seconds of idle baseline before the timed runs, where an energy source exists.
+    pub idle_seconds: f64,
 }
 
 impl Default for BenchOptions {
@@ -30,6 +34,7 @@ impl Default for BenchOptions {
             gen_len: 32,
             repeats: 3,
             batch: 1,
+            idle_seconds: 2.0,
         }
     }
 }
@@ -41,13 +46,16 @@ pub struct BenchResult {
     pub decode_tokens_per_s: f64,
     pub prefill_runs: Vec<f64>,
     pub decode_runs: Vec<f64>,
+    /// Every timed run's prefill and decode windows added up per phase.
+    pub energy: EnergyReport,
 }
 
 /// Runs `opts.repeats` timed prefill + decode runs (each on fresh caches) after one warm-up.
 /// Each of the `batch` sequences gets its own fixed pseudo-random prompt (so that their tokens
 /// route to different experts, as real ones do), prefilled one after another; then decode steps
-/// all of them together, feeding back each one's argmax, as greedy decoding does.
-pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchResult> {
+/// all of them together, feeding back each one's argmax, as greedy decoding does. Each phase
+/// of each run is one window of `meter`, after an idle baseline.
+pub fn run(model: &Model, opts: &BenchOptions, meter: &mut EnergyMeter) -> Result<BenchResult> {
     let context = model.config().max_position_embeddings;
     if opts.prompt_len == 0 || opts.gen_len == 0 || opts.repeats == 0 || opts.batch == 0 {
         return Err(Error::Input(
@@ -60,6 +68,12 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchResult> {
             opts.prompt_len, opts.gen_len
         )));
     }
+    if !(opts.idle_seconds >= 0.0 && opts.idle_seconds <= 3600.0) {
+        return Err(Error::Input(format!(
+            "idle baseline of {} s: expected 0 to 3600",
+            opts.idle_seconds
+        )));
+    }
     let vocab = model.config().vocab_size as u64;
     // Spread over the vocabulary, never a special pattern the model could treat differently.
     let prompts: Vec<Vec<u32>> = (0..opts.batch as u64)
@@ -69,16 +83,22 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchResult> {
                 .collect()
         })
         .collect();
-    let batch = opts.batch as f64;
-    let once = |gen_len: usize| -> Result<(f64, f64)> {
+    let (prefill_tokens, batch) = (opts.batch * opts.prompt_len, opts.batch);
+    let device = model.device();
+    type Phases = (PhaseEnergy, PhaseEnergy);
+    let once = |gen_len: usize, meter: &mut EnergyMeter, energy: &mut Phases| -> Result<_> {
         let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
+        let window = meter.start()?;
         let start = Instant::now();
         let mut next = prompts
             .iter()
             .zip(&mut caches)
             .map(|(prompt, cache)| argmax(&model.forward_last(prompt, cache)?))
             .collect::<Result<Vec<u32>>>()?;
+        device.synchronize()?;
         let prefill = start.elapsed().as_secs_f64();
+        energy.0.add(&meter.stop(&window)?, prefill_tokens);
+        let window = meter.start()?;
         let start = Instant::now();
         for _ in 0..gen_len {
             let logits = model.forward_batch(&next, &mut caches)?; // (batch, vocab)
@@ -86,23 +106,35 @@ pub fn run(model: &Model, opts: &BenchOptions) -> Result<BenchResult> {
                 *id = argmax(&logits.get(b)?)?;
             }
         }
+        device.synchronize()?;
         let decode = start.elapsed().as_secs_f64();
-        Ok((
-            batch * opts.prompt_len as f64 / prefill,
-            batch * gen_len as f64 / decode.max(f64::MIN_POSITIVE),
+        energy.1.add(&meter.stop(&window)?, batch * gen_len);
+        Ok::<_, Error>((
+            prefill_tokens as f64 / prefill,
+            (batch * gen_len) as f64 / decode.max(f64::MIN_POSITIVE),
         ))
     };
-    once(opts.gen_len.min(4))?; // warm-up: page in the weights, grow the allocator's pools
+    // Warm-up: page in the weights, grow the allocator's pools. Not metered.
+    let mut unmetered = EnergyMeter::new(Vec::new(), Vec::new());
+    once(opts.gen_len.min(4), &mut unmetered, &mut Phases::default())?;
+    let idle = if meter.sources().next().is_some() && opts.idle_seconds > 0.0 {
+        Some(meter.idle(Duration::from_secs_f64(opts.idle_seconds))?)
+    } else {
+        None
+    };
+    let mut energy = Phases::default();
     let (prefill_runs, decode_runs): (Vec<f64>, Vec<f64>) = (0..opts.repeats)
-        .map(|_| once(opts.gen_len))
+        .map(|_| once(opts.gen_len, meter, &mut energy))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .unzip();
+    let energy = EnergyReport::new(meter, &energy.0, &energy.1, idle.as_ref());
     Ok(BenchResult {
         prefill_tokens_per_s: median(&prefill_runs),
         decode_tokens_per_s: median(&decode_runs),
         prefill_runs,
         decode_runs,
+        energy,
     })
 }
 

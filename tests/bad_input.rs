@@ -265,6 +265,22 @@ fn the_command_line_answers_bad_input_with_one_line_and_a_failure_code() {
             ],
             "lm_head.weight",
         ),
+        (
+            &["bench", "--model", good, "--estimate-watts-per-core", "0"],
+            "--estimate-watts-per-core 0",
+        ),
+        (
+            &[
+                "bench",
+                "--model",
+                good,
+                "--prompt-len",
+                "4",
+                "--idle-seconds",
+                "1e9",
+            ],
+            "idle baseline",
+        ),
     ];
     for (args, expected) in cases {
         let (ok, stderr) = moe(args);

@@ -84,3 +84,46 @@ fn a_batch_reports_the_whole_batch_and_quantized_weights_their_own_bytes() {
         "{got} vs {expected}"
     );
 }
+
+/// Every figure says what it is: core-seconds always; joules from a measured source where
+/// the machine has one, else from the estimate asked for, labelled as such; and the skipped
+/// sources with their reasons.
+#[test]
+fn energy_says_what_each_figure_is() {
+    let with_estimate = bench(&["--estimate-watts-per-core", "3", "--idle-seconds", "0.1"]);
+    let e = &with_estimate["energy"];
+    let core = e["decode"]["core_seconds_per_token"].as_f64().unwrap();
+    assert!(core > 0.0, "{e}");
+    assert_eq!(e["decode"]["tokens"], 9); // 3 repeats of 3 steps
+    let sources = e["sources"].as_array().unwrap();
+    let estimate = sources.iter().find(|s| s["name"] == "estimate").unwrap();
+    assert_eq!(estimate["measured"], false, "{e}");
+    if e["measured"] == true {
+        // A machine with a sensor: the estimate stays out of the headline.
+        assert!(!e["source"].as_str().unwrap().contains("estimate"), "{e}");
+    } else {
+        assert_eq!(e["source"], "estimate", "{e}");
+        assert!(e["note"].as_str().unwrap().contains("ESTIMATE"));
+        // 3 W per busy core: the joules are the core-seconds, scaled.
+        let joules = e["decode"]["joules_per_token"].as_f64().unwrap();
+        assert!((joules - 3.0 * core).abs() <= 0.02 * joules, "{e}");
+        let tpj = e["tokens_per_joule"].as_f64().unwrap();
+        assert!((tpj * joules - 1.0).abs() < 1e-9, "{e}");
+    }
+
+    let plain = bench(&[]);
+    let e = &plain["energy"];
+    if e["measured"] == false {
+        assert_eq!(e["source"], "none", "{e}");
+        assert!(e["tokens_per_joule"].is_null() && e["decode"]["joules_per_token"].is_null());
+        let skipped = e["skipped"].as_array().unwrap();
+        for name in ["nvml", "rapl.powercap", "estimate"] {
+            let s = skipped.iter().find(|s| s["source"] == name).unwrap();
+            assert!(!s["reason"].as_str().unwrap().is_empty(), "{e}");
+        }
+    }
+    assert!(
+        e["prefill"]["core_seconds_per_token"].as_f64().unwrap() > 0.0,
+        "{e}"
+    );
+}

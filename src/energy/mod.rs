@@ -63,7 +63,7 @@ pub struct Skipped {
 pub struct EnergyOptions {
     /// The powercap tree (`/sys/class/powercap`; a fake one in tests).
     pub powercap_root: PathBuf,
-    /// Try NVML (off for runs that must not touch a GPU driver).
+    /// Try NVML: for GPU runs (a GPU board idling beside a CPU run is not that run's cost).
     pub nvml: bool,
     /// Adds the estimate source at this many watts per busy core (`measured: false`).
     pub estimate_watts_per_core: Option<f64>,
@@ -134,7 +134,10 @@ impl EnergyMeter {
         if opts.nvml {
             meter.take("nvml", NvmlEnergy::probe());
         } else {
-            meter.skip("nvml", "not asked for");
+            meter.skip(
+                "nvml",
+                "not probed: a CPU run (an idle GPU board's energy is not its cost)",
+            );
         }
         match Powercap::probe(&opts.powercap_root) {
             Ok(sources) => meter.sources.extend(sources.into_iter().map(boxed)),

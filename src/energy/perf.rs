@@ -33,7 +33,7 @@ impl PerfEnergy {
         let mut builder = Dynamic::builder("power").map_err(|e| format!("{PMU}: {e}"))?;
         builder
             .event("energy-pkg")
-            .map_err(|e| format!("{PMU}/events/energy-pkg: {e}"))?;
+            .map_err(|e| format!("the `power` PMU has no energy-pkg event ({e})"))?;
         let scale = builder
             .scale()
             .map_err(|e| format!("{PMU}/events/energy-pkg.scale: {e}"))?

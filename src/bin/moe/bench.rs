@@ -7,11 +7,13 @@ use moe_runtime::bench::{self, BenchOptions};
 use serde_json::json;
 
 use crate::common::Common;
+use crate::energy::{self, EnergyArgs};
 
 pub fn run(
     common: &Common,
     random_config: Option<&Path>,
     opts: &BenchOptions,
+    energy_args: &EnergyArgs,
     json: bool,
 ) -> Result<()> {
     let (model, name) = match random_config {
@@ -24,7 +26,8 @@ pub fn run(
             (model, dir.display().to_string())
         }
     };
-    let result = bench::run(&model, opts)?;
+    let mut meter = energy_args.meter(!model.device().is_cpu())?;
+    let result = bench::run(&model, opts, &mut meter)?;
     // Measured after the runs, with the weights paged in and the thread pool warm.
     let bandwidth = bench::read_bandwidth();
     let bytes_per_token = model.decode_read_bytes();
@@ -54,6 +57,7 @@ pub fn run(
                 "decode_tokens_per_s_limit": limit,
                 "fraction": fraction,
             },
+            "energy": result.energy,
         });
         println!("{report}");
     } else {
@@ -80,6 +84,7 @@ pub fn run(
             bandwidth / 1e9,
             limit,
         );
+        energy::print(&result.energy);
     }
     Ok(())
 }

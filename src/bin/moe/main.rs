@@ -3,6 +3,7 @@
 mod bench;
 mod chat;
 mod common;
+mod energy;
 mod generate;
 mod inspect;
 
@@ -106,6 +107,8 @@ enum Command {
         /// Build the model from --config with random weights in memory instead of loading one.
         #[arg(long, requires = "config")]
         random_weights: bool,
+        #[command(flatten)]
+        energy: energy::EnergyArgs,
         /// Print one JSON object as the last line of stdout.
         #[arg(long)]
         json: bool,
@@ -205,6 +208,7 @@ fn run(cli: Cli) -> Result<()> {
             batch,
             config,
             random_weights: _,
+            energy,
             json,
         } => {
             let opts = moe_runtime::bench::BenchOptions {
@@ -212,8 +216,9 @@ fn run(cli: Cli) -> Result<()> {
                 gen_len,
                 repeats,
                 batch,
+                idle_seconds: energy.idle_seconds,
             };
-            bench::run(&common, config.as_deref(), &opts, json)
+            bench::run(&common, config.as_deref(), &opts, &energy, json)
         }
         Command::Prompt {
             model,

@@ -1,0 +1,61 @@
+//! The energy options `bench` and `explore` share, and how their reports print as text.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use moe_runtime::energy::{EnergyMeter, EnergyOptions, EnergyReport, PhaseReport};
+
+#[derive(Args)]
+pub struct EnergyArgs {
+    /// Seconds of idle baseline measured before the timed runs, where an energy source exists.
+    #[arg(long, default_value_t = 2.0)]
+    pub idle_seconds: f64,
+    /// Where no sensor exists, add an ESTIMATE: CPU time x this many watts per busy core,
+    /// labelled `measured: false`.
+    #[arg(long)]
+    pub estimate_watts_per_core: Option<f64>,
+}
+
+impl EnergyArgs {
+    /// The meter for a run on `device`: NVML only for GPU runs (a GPU board idling beside a
+    /// CPU run is not that run's cost).
+    pub fn meter(&self, gpu: bool) -> Result<EnergyMeter> {
+        if let Some(w) = self.estimate_watts_per_core {
+            if !(w > 0.0 && w < 1000.0) {
+                bail!("--estimate-watts-per-core {w}: expected a power between 0 and 1000 W");
+            }
+        }
+        Ok(EnergyMeter::probe(&EnergyOptions {
+            nvml: gpu,
+            estimate_watts_per_core: self.estimate_watts_per_core,
+            ..EnergyOptions::default()
+        }))
+    }
+}
+
+/// The report in a few lines: the headline per phase, then what is missing and why.
+pub fn print(report: &EnergyReport) {
+    let phase = |name: &str, p: &PhaseReport| {
+        let joules = match (p.joules_per_token, p.net_joules_per_token) {
+            (Some(gross), Some(net)) => format!(", {gross:.4} J/token ({net:.4} net of idle)"),
+            (Some(gross), None) => format!(", {gross:.4} J/token"),
+            _ => String::new(),
+        };
+        println!(
+            "energy     {name}: {:.4} core-seconds/token{joules}",
+            p.core_seconds_per_token
+        );
+    };
+    println!("energy     source {}: {}", report.source, report.note);
+    phase("prefill", &report.prefill);
+    phase("decode", &report.decode);
+    if let Some(tpj) = report.tokens_per_joule {
+        let label = if report.measured { "" } else { " (ESTIMATED)" };
+        println!("energy     decode {tpj:.2} tokens per joule{label}");
+    }
+    for s in &report.skipped {
+        println!("energy     skipped {}: {}", s.source, s.reason);
+    }
+    for w in &report.warnings {
+        println!("warning    {w}");
+    }
+}

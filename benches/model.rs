@@ -44,6 +44,7 @@ use moe_runtime::weights::Weights;
 use moe_runtime::{arch, LoadOptions, Model};
 
 mod common;
+use common::energy::Cost;
 use common::{config_json, configure, ct_config, ct_ids, ct_model, random_ids, Q3_MINI, SEED};
 
 const LAYERS: usize = 8;
@@ -79,6 +80,19 @@ impl Pair {
         let pair = Pair { ours, theirs };
         pair.compare(dtype);
         pair
+    }
+
+    /// Our model alone, on the same weights as `new` builds.
+    fn ours(dtype: DType) -> Model {
+        let json = config_json(&Q3_MINI, LAYERS, VOCAB);
+        let arch = arch::parse(Path::new("(q3-mini config.json)"), json)
+            .expect("our config parser reads q3-mini");
+        let weights = Weights::random(SEED, dtype, &Device::Cpu);
+        let opts = LoadOptions {
+            dtype,
+            ..LoadOptions::default()
+        };
+        Model::from_weights(arch, &weights, &opts).expect("our model")
     }
 
     /// Prints how far apart the two models' last-token logits are on one short prompt; in f32
@@ -198,5 +212,67 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// What one decode step and one prefill of ours cost in energy: joules where a sensor exists,
+/// else core-seconds (`common::energy::Cost` prints which, and why). bf16 only; throughput is
+/// tokens per joule (or per core-second).
+fn bench_energy(c: &mut Criterion<Cost>, unit: &str) {
+    let dtype = DType::BF16;
+    let model: OnceCell<Model> = OnceCell::new();
+    let model = || model.get_or_init(|| Pair::ours(dtype));
+    let prompts: Vec<Vec<u32>> = (0..INPUTS as u64)
+        .map(|i| random_ids(i, CONTEXT, VOCAB))
+        .collect();
+    let tokens: Vec<u32> = random_ids(INPUTS as u64, INPUTS, VOCAB);
+
+    let mut group = c.benchmark_group(format!("model/q3-mini/{unit}"));
+    group
+        .sample_size(10)
+        .sampling_mode(criterion::SamplingMode::Flat)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(5));
+    group.throughput(criterion::Throughput::Elements(1));
+    group.bench_function(
+        BenchmarkId::new(format!("decode-after-{CONTEXT}"), "BF16"),
+        |b| {
+            let model = model();
+            let mut cache = model.new_cache();
+            model
+                .forward_last(&prompts[0], &mut cache)
+                .expect("our prefill");
+            let mut next = tokens.iter().cycle();
+            b.iter(|| {
+                cache.truncate(CONTEXT).expect("truncate");
+                let token = *next.next().expect("a cycle never ends");
+                model
+                    .forward_last(&[token], &mut cache)
+                    .expect("our decode step")
+            })
+        },
+    );
+    group.throughput(criterion::Throughput::Elements(CONTEXT as u64));
+    group.bench_function(BenchmarkId::new(format!("prefill{CONTEXT}"), "BF16"), |b| {
+        let model = model();
+        let mut cache = model.new_cache();
+        let mut next = prompts.iter().cycle();
+        b.iter(|| {
+            cache.reset();
+            let prompt = next.next().expect("a cycle never ends");
+            model.forward_last(prompt, &mut cache).expect("our prefill")
+        })
+    });
+    group.finish();
+}
+
+/// As `criterion_group!` would make it, with the unit (which the measurement found) in the
+/// group's name, so that joules and core-seconds never land in one saved baseline.
+fn energy() {
+    let cost = Cost::probe(false);
+    let unit = cost.unit();
+    let mut c = Criterion::default()
+        .with_measurement(cost)
+        .configure_from_args();
+    bench_energy(&mut c, unit);
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+criterion_main!(benches, energy);

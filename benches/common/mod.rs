@@ -4,6 +4,8 @@
 // Each bench compiles this module on its own and uses only part of it.
 #![allow(dead_code)]
 
+pub mod energy;
+
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};

@@ -39,7 +39,8 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::qwen3_moe::ModelForCausalLM;
-use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use criterion::measurement::Measurement;
+use criterion::{criterion_group, criterion_main, BatchSize, Bencher, BenchmarkId, Criterion};
 use moe_runtime::weights::Weights;
 use moe_runtime::{arch, LoadOptions, Model};
 
@@ -144,20 +145,7 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("model/q3-mini/decode-after-{CONTEXT}"));
         configure(&mut group, 1);
         group.bench_function(BenchmarkId::new("ours", &dt), |b| {
-            let model = &pair().ours;
-            let mut cache = model.new_cache();
-            model
-                .forward_last(&prompts[0], &mut cache)
-                .expect("our prefill");
-            let mut next = tokens.iter().cycle();
-            b.iter(|| {
-                // Only moves the position back: the buffers keep the 128 positions.
-                cache.truncate(CONTEXT).expect("truncate");
-                let token = *next.next().expect("a cycle never ends");
-                model
-                    .forward_last(&[token], &mut cache)
-                    .expect("our decode step")
-            })
+            our_decode_step(b, &pair().ours, &prompts[0], &tokens)
         });
         group.bench_function(BenchmarkId::new("candle-transformers", &dt), |b| {
             let mut primed = pair().theirs.clone();
@@ -183,15 +171,7 @@ fn bench(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("model/q3-mini/prefill{CONTEXT}"));
         configure(&mut group, CONTEXT);
         group.bench_function(BenchmarkId::new("ours", &dt), |b| {
-            let model = &pair().ours;
-            let mut cache = model.new_cache();
-            let mut next = prompts.iter().cycle();
-            b.iter(|| {
-                // Forgets the positions and keeps the buffers, as a server reusing a cache.
-                cache.reset();
-                let prompt = next.next().expect("a cycle never ends");
-                model.forward_last(prompt, &mut cache).expect("our prefill")
-            })
+            our_prefill(b, &pair().ours, &prompts)
         });
         let ids: Vec<Tensor> = prompts.iter().map(|p| ct_ids(p)).collect();
         group.bench_function(BenchmarkId::new("candle-transformers", &dt), |b| {
@@ -210,6 +190,38 @@ fn bench(c: &mut Criterion) {
         });
         group.finish();
     }
+}
+
+/// One decode step of ours after `prompt`, the next token cycling through `tokens`.
+fn our_decode_step<M: Measurement>(
+    b: &mut Bencher<'_, M>,
+    model: &Model,
+    prompt: &[u32],
+    tokens: &[u32],
+) {
+    let mut cache = model.new_cache();
+    model.forward_last(prompt, &mut cache).expect("our prefill");
+    let mut next = tokens.iter().cycle();
+    b.iter(|| {
+        // Only moves the position back: the buffers keep the 128 positions.
+        cache.truncate(CONTEXT).expect("truncate");
+        let token = *next.next().expect("a cycle never ends");
+        model
+            .forward_last(&[token], &mut cache)
+            .expect("our decode step")
+    })
+}
+
+/// One prefill of ours from an empty cache, cycling through `prompts`.
+fn our_prefill<M: Measurement>(b: &mut Bencher<'_, M>, model: &Model, prompts: &[Vec<u32>]) {
+    let mut cache = model.new_cache();
+    let mut next = prompts.iter().cycle();
+    b.iter(|| {
+        // Forgets the positions and keeps the buffers, as a server reusing a cache.
+        cache.reset();
+        let prompt = next.next().expect("a cycle never ends");
+        model.forward_last(prompt, &mut cache).expect("our prefill")
+    })
 }
 
 /// What one decode step and one prefill of ours cost in energy: joules where a sensor exists,
@@ -233,32 +245,11 @@ fn bench_energy(c: &mut Criterion<Cost>, unit: &str) {
     group.throughput(criterion::Throughput::Elements(1));
     group.bench_function(
         BenchmarkId::new(format!("decode-after-{CONTEXT}"), "BF16"),
-        |b| {
-            let model = model();
-            let mut cache = model.new_cache();
-            model
-                .forward_last(&prompts[0], &mut cache)
-                .expect("our prefill");
-            let mut next = tokens.iter().cycle();
-            b.iter(|| {
-                cache.truncate(CONTEXT).expect("truncate");
-                let token = *next.next().expect("a cycle never ends");
-                model
-                    .forward_last(&[token], &mut cache)
-                    .expect("our decode step")
-            })
-        },
+        |b| our_decode_step(b, model(), &prompts[0], &tokens),
     );
     group.throughput(criterion::Throughput::Elements(CONTEXT as u64));
     group.bench_function(BenchmarkId::new(format!("prefill{CONTEXT}"), "BF16"), |b| {
-        let model = model();
-        let mut cache = model.new_cache();
-        let mut next = prompts.iter().cycle();
-        b.iter(|| {
-            cache.reset();
-            let prompt = next.next().expect("a cycle never ends");
-            model.forward_last(prompt, &mut cache).expect("our prefill")
-        })
+        our_prefill(b, model(), &prompts)
     });
     group.finish();
 }

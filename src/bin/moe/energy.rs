@@ -1,4 +1,4 @@
-//! The energy options `bench` and `explore` share, and how their reports print as text.
+//! The energy options of `bench`, and how its energy report prints as text.
 
 use anyhow::{bail, Result};
 use clap::Args;
@@ -16,7 +16,7 @@ pub struct EnergyArgs {
 }
 
 impl EnergyArgs {
-    /// The meter for a run on `device`: NVML only for GPU runs (a GPU board idling beside a
+    /// The meter for a run, on a GPU when `gpu`: NVML only then (a GPU board idling beside a
     /// CPU run is not that run's cost).
     pub fn meter(&self, gpu: bool) -> Result<EnergyMeter> {
         if let Some(w) = self.estimate_watts_per_core {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::energy::{EnergyMeter, EnergyReport, PhaseEnergy};
+use crate::energy::{EnergyMeter, EnergyReport, PhaseEnergy, Reading};
 use crate::error::{Error, Result};
 use crate::generate::argmax;
 use crate::model::Model;
@@ -50,12 +50,62 @@ pub struct BenchResult {
     pub energy: EnergyReport,
 }
 
-/// Runs `opts.repeats` timed prefill + decode runs (each on fresh caches) after one warm-up.
-/// Each of the `batch` sequences gets its own fixed pseudo-random prompt (so that their tokens
-/// route to different experts, as real ones do), prefilled one after another; then decode steps
-/// all of them together, feeding back each one's argmax, as greedy decoding does. Each phase
-/// of each run is one window of `meter`, after an idle baseline.
+impl BenchResult {
+    /// The medians and the energy report of `measured`, against the idle baseline `idle`.
+    pub fn new(measured: &Measured, meter: &EnergyMeter, idle: Option<&Reading>) -> BenchResult {
+        BenchResult {
+            prefill_tokens_per_s: median(&measured.prefill_runs),
+            decode_tokens_per_s: median(&measured.decode_runs),
+            prefill_runs: measured.prefill_runs.clone(),
+            decode_runs: measured.decode_runs.clone(),
+            energy: EnergyReport::new(meter, &measured.prefill, &measured.decode, idle),
+        }
+    }
+}
+
+/// Timed runs before they are summarised: tokens/s of each, and the meter's windows per phase.
+/// Runs of one setting made at different times (`moe explore` interleaves settings) add up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Measured {
+    pub prefill_runs: Vec<f64>,
+    pub decode_runs: Vec<f64>,
+    pub prefill: PhaseEnergy,
+    pub decode: PhaseEnergy,
+}
+
+impl Measured {
+    pub fn extend(&mut self, other: &Measured) {
+        self.prefill_runs.extend(&other.prefill_runs);
+        self.decode_runs.extend(&other.decode_runs);
+        self.prefill
+            .add(&other.prefill.reading, other.prefill.tokens);
+        self.decode.add(&other.decode.reading, other.decode.tokens);
+    }
+}
+
+/// The idle baseline before a run: a window of `seconds` with nothing running, where `meter`
+/// has a source to read (core-seconds alone need no baseline).
+pub fn idle_baseline(meter: &mut EnergyMeter, seconds: f64) -> Result<Option<Reading>> {
+    if !(0.0..=3600.0).contains(&seconds) {
+        return Err(Error::Input(format!(
+            "idle baseline of {seconds} s: expected 0 to 3600"
+        )));
+    }
+    if meter.sources().next().is_none() || seconds == 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(meter.idle(Duration::from_secs_f64(seconds))?))
+}
+
+/// Measures the idle baseline (`opts.idle_seconds`), then [`measure`]s.
 pub fn run(model: &Model, opts: &BenchOptions, meter: &mut EnergyMeter) -> Result<BenchResult> {
+    check(model, opts)?;
+    let idle = idle_baseline(meter, opts.idle_seconds)?;
+    let measured = measure(model, opts, meter)?;
+    Ok(BenchResult::new(&measured, meter, idle.as_ref()))
+}
+
+fn check(model: &Model, opts: &BenchOptions) -> Result<()> {
     let context = model.config().max_position_embeddings;
     if opts.prompt_len == 0 || opts.gen_len == 0 || opts.repeats == 0 || opts.batch == 0 {
         return Err(Error::Input(
@@ -68,12 +118,16 @@ pub fn run(model: &Model, opts: &BenchOptions, meter: &mut EnergyMeter) -> Resul
             opts.prompt_len, opts.gen_len
         )));
     }
-    if !(opts.idle_seconds >= 0.0 && opts.idle_seconds <= 3600.0) {
-        return Err(Error::Input(format!(
-            "idle baseline of {} s: expected 0 to 3600",
-            opts.idle_seconds
-        )));
-    }
+    Ok(())
+}
+
+/// Runs `opts.repeats` timed prefill + decode runs (each on fresh caches) after one warm-up.
+/// Each of the `batch` sequences gets its own fixed pseudo-random prompt (so that their tokens
+/// route to different experts, as real ones do), prefilled one after another; then decode steps
+/// all of them together, feeding back each one's argmax, as greedy decoding does. Each phase
+/// of each run is one window of `meter`.
+pub fn measure(model: &Model, opts: &BenchOptions, meter: &mut EnergyMeter) -> Result<Measured> {
+    check(model, opts)?;
     let vocab = model.config().vocab_size as u64;
     // Spread over the vocabulary, never a special pattern the model could treat differently.
     let prompts: Vec<Vec<u32>> = (0..opts.batch as u64)
@@ -85,8 +139,7 @@ pub fn run(model: &Model, opts: &BenchOptions, meter: &mut EnergyMeter) -> Resul
         .collect();
     let (prefill_tokens, batch) = (opts.batch * opts.prompt_len, opts.batch);
     let device = model.device();
-    type Phases = (PhaseEnergy, PhaseEnergy);
-    let once = |gen_len: usize, meter: &mut EnergyMeter, energy: &mut Phases| -> Result<_> {
+    let once = |gen_len: usize, meter: &mut EnergyMeter, measured: &mut Measured| -> Result<()> {
         let mut caches: Vec<_> = prompts.iter().map(|_| model.new_cache()).collect();
         let window = meter.start()?;
         let start = Instant::now();
@@ -97,7 +150,7 @@ pub fn run(model: &Model, opts: &BenchOptions, meter: &mut EnergyMeter) -> Resul
             .collect::<Result<Vec<u32>>>()?;
         device.synchronize()?;
         let prefill = start.elapsed().as_secs_f64();
-        energy.0.add(&meter.stop(&window)?, prefill_tokens);
+        measured.prefill.add(&meter.stop(&window)?, prefill_tokens);
         let window = meter.start()?;
         let start = Instant::now();
         for _ in 0..gen_len {
@@ -108,34 +161,25 @@ pub fn run(model: &Model, opts: &BenchOptions, meter: &mut EnergyMeter) -> Resul
         }
         device.synchronize()?;
         let decode = start.elapsed().as_secs_f64();
-        energy.1.add(&meter.stop(&window)?, batch * gen_len);
-        Ok::<_, Error>((
-            prefill_tokens as f64 / prefill,
-            (batch * gen_len) as f64 / decode.max(f64::MIN_POSITIVE),
-        ))
+        measured.decode.add(&meter.stop(&window)?, batch * gen_len);
+        measured.prefill_runs.push(prefill_tokens as f64 / prefill);
+        measured
+            .decode_runs
+            .push((batch * gen_len) as f64 / decode.max(f64::MIN_POSITIVE));
+        Ok(())
     };
     // Warm-up: page in the weights, grow the allocator's pools. Not metered.
     let mut unmetered = EnergyMeter::new(Vec::new(), Vec::new());
-    once(opts.gen_len.min(4), &mut unmetered, &mut Phases::default())?;
-    let idle = if meter.sources().next().is_some() && opts.idle_seconds > 0.0 {
-        Some(meter.idle(Duration::from_secs_f64(opts.idle_seconds))?)
-    } else {
-        None
-    };
-    let mut energy = Phases::default();
-    let (prefill_runs, decode_runs): (Vec<f64>, Vec<f64>) = (0..opts.repeats)
-        .map(|_| once(opts.gen_len, meter, &mut energy))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .unzip();
-    let energy = EnergyReport::new(meter, &energy.0, &energy.1, idle.as_ref());
-    Ok(BenchResult {
-        prefill_tokens_per_s: median(&prefill_runs),
-        decode_tokens_per_s: median(&decode_runs),
-        prefill_runs,
-        decode_runs,
-        energy,
-    })
+    once(
+        opts.gen_len.min(4),
+        &mut unmetered,
+        &mut Measured::default(),
+    )?;
+    let mut measured = Measured::default();
+    for _ in 0..opts.repeats {
+        once(opts.gen_len, meter, &mut measured)?;
+    }
+    Ok(measured)
 }
 
 /// The middle value (the mean of the two middle ones for an even count).

@@ -31,6 +31,7 @@ pub mod chat_template;
 pub mod config;
 pub mod energy;
 pub mod error;
+pub mod explore;
 pub mod generate;
 pub mod hub;
 mod json;

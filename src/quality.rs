@@ -1,6 +1,7 @@
 //! How far one run's next-token distributions are from a reference run's on the same tokens:
 //! the KL divergence and top-1 agreement that llama.cpp's perplexity tool reports with
-//! `--kl-divergence`. Used to put a number on what a weight format or a smaller top-k costs.
+//! `--kl-divergence`, and the perplexity of a run on the text itself. Used to put a number on
+//! what a weight format or a smaller top-k costs.
 
 use candle_core::{DType, Tensor};
 
@@ -16,6 +17,49 @@ pub struct Agreement {
     pub kl_max: f64,
     /// Share of positions where both runs' most likely tokens are the same.
     pub top1: f64,
+}
+
+impl Agreement {
+    /// The agreement over all positions of `parts` (runs over different stretches of text).
+    pub fn merge(parts: &[Agreement]) -> Agreement {
+        let positions: usize = parts.iter().map(|a| a.positions).sum();
+        let weighted = |f: fn(&Agreement) -> f64| {
+            parts.iter().map(|a| f(a) * a.positions as f64).sum::<f64>() / positions.max(1) as f64
+        };
+        Agreement {
+            positions,
+            kl_mean: weighted(|a| a.kl_mean),
+            kl_max: parts.iter().map(|a| a.kl_max).fold(0.0, f64::max),
+            top1: weighted(|a| a.top1),
+        }
+    }
+}
+
+/// The summed negative log-likelihood, in nats, of each next token of `tokens` under the
+/// logits (positions, vocab) computed for `tokens`: position i predicts token i + 1, so the
+/// last position predicts nothing here. Returns (sum, tokens scored); perplexity is
+/// exp(sum / scored).
+pub fn next_token_nll(logits: &Tensor, tokens: &[u32]) -> Result<(f64, usize)> {
+    if logits.rank() != 2 || logits.dim(0)? != tokens.len() {
+        return Err(Error::Input(format!(
+            "logits {:?} do not cover the {} tokens they are scored on",
+            logits.dims(),
+            tokens.len()
+        )));
+    }
+    let rows = logits.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+    let mut sum = 0f64;
+    for (row, &next) in rows.iter().zip(&tokens[1.min(tokens.len())..]) {
+        let lp = log_softmax(row);
+        let p = lp.get(next as usize).ok_or_else(|| {
+            Error::Input(format!(
+                "token {next} is outside the vocabulary of {}",
+                row.len()
+            ))
+        })?;
+        sum -= p;
+    }
+    Ok((sum, tokens.len().saturating_sub(1)))
 }
 
 /// Compares logits (positions, vocab) of a run against the reference run's.
@@ -94,6 +138,38 @@ mod tests {
         );
         // Both argmaxes are index 0 for P (a tie, lower index) and 1 for Q.
         assert_eq!(got.top1, 0.0);
+    }
+
+    #[test]
+    fn nll_scores_each_next_token_and_merged_agreements_weigh_by_positions() {
+        let dev = Device::Cpu;
+        // Uniform over 4 tokens: every next token costs ln 4, whichever it is.
+        let uniform = Tensor::zeros((3, 4), DType::F32, &dev).unwrap();
+        let (sum, n) = next_token_nll(&uniform, &[0, 3, 1]).unwrap();
+        assert_eq!(n, 2);
+        assert!((sum - 2.0 * 4f64.ln()).abs() < 1e-12);
+        // A row sure of token 2 (logit 40): nearly free when it comes, ~40 nats when not.
+        let sure = Tensor::new(&[[0f32, 0.0, 40.0], [0.0, 0.0, 0.0]], &dev).unwrap();
+        assert!(next_token_nll(&sure, &[0, 2]).unwrap().0 < 1e-12);
+        assert!((next_token_nll(&sure, &[0, 1]).unwrap().0 - 40.0).abs() < 1e-9);
+        assert!(next_token_nll(&sure, &[0, 7]).is_err());
+        assert!(next_token_nll(&sure, &[0, 1, 2]).is_err());
+
+        let a = Agreement {
+            positions: 1,
+            kl_mean: 0.4,
+            kl_max: 0.4,
+            top1: 0.0,
+        };
+        let b = Agreement {
+            positions: 3,
+            kl_mean: 0.0,
+            kl_max: 0.1,
+            top1: 1.0,
+        };
+        let m = Agreement::merge(&[a, b]);
+        assert_eq!((m.positions, m.kl_max, m.top1), (4, 0.4, 0.75));
+        assert!((m.kl_mean - 0.1).abs() < 1e-12);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Options every command shares: which model, where and how to run it, how to sample.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
@@ -33,24 +34,17 @@ impl ModelArg {
 pub struct Common {
     #[command(flatten)]
     pub model: ModelArg,
-    /// cpu (this build has no CUDA backend yet).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    pub runtime: Runtime,
     /// Compute dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
     /// Convert the weights of matrix products at load: q8_0 or q4_0 (CPU only).
     #[arg(long)]
     quant: Option<String>,
     /// Experts per token, overriding the checkpoint's top-k.
     #[arg(long)]
     experts_per_token: Option<usize>,
-    /// Routed-expert implementation: fast, or reference (the slow twin, for checking).
-    #[arg(long, default_value = "fast")]
-    moe_impl: String,
 }
 
 impl Common {
@@ -61,35 +55,64 @@ impl Common {
             "f16" => DType::F16,
             other => bail!("--dtype {other} is not supported (f32, bf16 or f16)"),
         };
+        Ok(LoadOptions {
+            dtype,
+            experts_per_token: self.experts_per_token,
+            quant: self.quant.as_deref().map(str::parse).transpose()?,
+            ..self.runtime.load_options()?
+        })
+    }
+
+    /// The model and its folder.
+    pub fn load(&self) -> Result<(Model, PathBuf)> {
+        let dir = self.model.dir()?;
+        Ok((self.runtime.load(&dir, &self.load_options()?)?, dir))
+    }
+
+    /// A model of the shape in config.json file `config`, with random weights made in memory.
+    pub fn load_random(&self, config: &Path) -> Result<Model> {
+        self.runtime.load_random(config, &self.load_options()?)
+    }
+}
+
+/// Where and how a model runs, whatever its weights: device, threads, MoE implementation.
+#[derive(Args)]
+pub struct Runtime {
+    /// cpu (this build has no CUDA backend yet).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Routed-expert implementation: fast, or reference (the slow twin, for checking).
+    #[arg(long, default_value = "fast")]
+    moe_impl: String,
+}
+
+impl Runtime {
+    /// Load options with this device and MoE implementation, the rest at their defaults.
+    pub fn load_options(&self) -> Result<LoadOptions> {
         let device = match self.device.as_str() {
             "cpu" => Device::Cpu,
             other => bail!("--device {other} is not available: this build supports cpu only"),
         };
         Ok(LoadOptions {
-            dtype,
             device,
             moe_impl: self.moe_impl.parse::<MoeImpl>()?,
-            experts_per_token: self.experts_per_token,
-            quant: self.quant.as_deref().map(str::parse).transpose()?,
+            ..LoadOptions::default()
         })
     }
 
-    /// The model and its folder; a progress bar on stderr while a large one loads (drawn only
-    /// when stderr is a terminal).
-    pub fn load(&self) -> Result<(Model, PathBuf)> {
-        let opts = self.load_options()?;
-        let dir = self.model.dir()?;
-        let arch = arch::load(&dir)?;
-        let weights = Weights::open(&dir, opts.dtype, &opts.device)?;
-        Ok((
-            self.build(&dir.join("config.json"), arch, &weights, &opts)?,
-            dir,
-        ))
+    /// The checkpoint in `dir` loaded with `opts`; a progress bar on stderr while a large one
+    /// loads (drawn only when stderr is a terminal).
+    pub fn load(&self, dir: &Path, opts: &LoadOptions) -> Result<Model> {
+        let arch = arch::load(dir)?;
+        let weights = Weights::open(dir, opts.dtype, &opts.device)?;
+        self.build(&dir.join("config.json"), arch, &weights, opts)
     }
 
     /// A model of the shape in config.json file `config`, with random weights made in memory.
-    pub fn load_random(&self, config: &Path) -> Result<Model> {
-        let opts = self.load_options()?;
+    pub fn load_random(&self, config: &Path, opts: &LoadOptions) -> Result<Model> {
         let json: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(config)
                 .with_context(|| format!("reading {}", config.display()))?,
@@ -97,7 +120,7 @@ impl Common {
         .with_context(|| format!("{}: not valid JSON", config.display()))?;
         let arch = arch::parse(config, json)?;
         let weights = Weights::random(0, opts.dtype, &opts.device);
-        self.build(config, arch, &weights, &opts)
+        self.build(config, arch, &weights, opts)
     }
 
     fn build(
@@ -134,13 +157,18 @@ impl Common {
         Ok(model)
     }
 
-    /// `--threads`: the size of rayon's pool (our kernels) and candle's (its matmul).
+    /// `--threads`: the size of rayon's pool (our kernels) and candle's (its matmul); set at
+    /// the first load (`moe explore` loads many models; the pool can be built only once).
     fn set_threads(&self) -> Result<()> {
+        static SET: AtomicBool = AtomicBool::new(false);
         let Some(n) = self.threads else {
             return Ok(());
         };
         if n == 0 {
             bail!("--threads must be at least 1");
+        }
+        if SET.swap(true, Ordering::SeqCst) {
+            return Ok(());
         }
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         rayon::ThreadPoolBuilder::new()

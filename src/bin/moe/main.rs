@@ -4,6 +4,7 @@ mod bench;
 mod chat;
 mod common;
 mod energy;
+mod explore;
 mod generate;
 mod inspect;
 
@@ -113,6 +114,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sweep experts per token (1 up to every expert), weight format and batch size: decode
+    /// and prefill tokens/s, energy (or core-seconds), bytes read per token, and quality (KL,
+    /// top-1, perplexity) against the model's own setting on a held-out text. Writes
+    /// explore.json, explore.md and SVG charts to --out.
+    Explore(explore::ExploreArgs),
     /// Render a conversation with the model's chat template; needs only tokenizer.json and
     /// tokenizer_config.json (or chat_template.jinja) in the model folder.
     Prompt {
@@ -220,6 +226,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             bench::run(&common, config.as_deref(), &opts, &energy, json)
         }
+        Command::Explore(args) => explore::run(&args),
         Command::Prompt {
             model,
             messages,

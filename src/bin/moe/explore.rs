@@ -1,0 +1,121 @@
+//! `moe explore`: the sweep of experts per token, weight format and batch size, written to a
+//! folder as JSON, a Markdown table with its reading, and SVG charts.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use moe_runtime::bench::BenchOptions;
+use moe_runtime::explore::{self, ExploreOptions, Format};
+use moe_runtime::tokenizer::Tokenizer;
+
+use crate::common::{ModelArg, Runtime};
+use crate::energy::EnergyArgs;
+
+#[derive(Args)]
+pub struct ExploreArgs {
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    runtime: Runtime,
+    /// Folder for explore.json, explore.md and the charts (created if missing).
+    #[arg(long)]
+    out: PathBuf,
+    /// Held-out text scored for quality (needs the model's tokenizer.json); by default
+    /// held_out.txt in the model folder.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Experts per token to sweep, comma-separated; by default 1 up to the model's k, then
+    /// doubling up to every expert.
+    #[arg(long, value_delimiter = ',')]
+    experts: Vec<usize>,
+    /// Weight formats to sweep: f32, bf16, q8_0, q4_0 (quantized ones with bf16 activations).
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16,q8_0,q4_0", value_parser = parse_format)]
+    formats: Vec<Format>,
+    /// Batch sizes to sweep (sequences decoded together).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    batches: Vec<usize>,
+    #[arg(long, default_value_t = 64)]
+    prompt_len: usize,
+    #[arg(long, default_value_t = 32)]
+    gen_len: usize,
+    /// Timed runs per setting and round.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Passes over all settings; each setting's runs are spread over them.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Held-out tokens scored per setting.
+    #[arg(long, default_value_t = 1024)]
+    quality_tokens: usize,
+    #[command(flatten)]
+    energy: EnergyArgs,
+}
+
+fn parse_format(s: &str) -> Result<Format, String> {
+    s.parse().map_err(|e: moe_runtime::Error| e.to_string())
+}
+
+pub fn run(args: &ExploreArgs) -> Result<()> {
+    let dir = args.model.dir()?;
+    let text_path = match &args.text {
+        Some(path) => path.clone(),
+        None => {
+            let path = dir.join("held_out.txt");
+            if !path.exists() {
+                bail!(
+                    "{} has no held_out.txt: give --text FILE, a text the model was not trained on",
+                    dir.display()
+                );
+            }
+            path
+        }
+    };
+    let held_out = tokens(&dir, &text_path)?;
+    let base = args.runtime.load_options()?;
+    let mut meter = args.energy.meter(!base.device.is_cpu())?;
+    let opts = ExploreOptions {
+        experts: args.experts.clone(),
+        formats: args.formats.clone(),
+        batches: args.batches.clone(),
+        bench: BenchOptions {
+            prompt_len: args.prompt_len,
+            gen_len: args.gen_len,
+            repeats: args.repeats,
+            batch: 1,
+            idle_seconds: args.energy.idle_seconds,
+        },
+        rounds: args.rounds,
+        quality_tokens: args.quality_tokens,
+    };
+    let mut load = |opts: &moe_runtime::LoadOptions| {
+        args.runtime
+            .load(&dir, opts)
+            .map_err(|e| moe_runtime::Error::Input(format!("{e:#}")))
+    };
+    let mut exploration = explore::run(
+        &mut load,
+        &base,
+        &held_out,
+        &opts,
+        &mut meter,
+        &mut |line| eprintln!("explore    {line}"),
+    )?;
+    exploration.model = dir.display().to_string();
+    exploration.write(&args.out)?;
+    print!("{}", exploration.markdown());
+    eprintln!(
+        "explore    wrote explore.json, explore.md, efficiency_vs_quality.svg and \
+         throughput_vs_batch.svg to {}",
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// The held-out text as the model's token ids.
+fn tokens(dir: &Path, text: &Path) -> Result<Vec<u32>> {
+    let text = std::fs::read_to_string(text)
+        .with_context(|| format!("reading the held-out text {}", text.display()))?;
+    let tokenizer = Tokenizer::load(dir)?;
+    Ok(tokenizer.encode(&text)?)
+}

@@ -1,0 +1,230 @@
+//! The two charts of `moe explore`, as SVG: efficiency against quality (one panel per batch
+//! size, one colour per format, each point labelled with its experts per token), and decode
+//! tokens/s against batch size (one panel per format, one line per experts per token).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+use super::report::significant;
+use super::{Exploration, Run};
+use crate::error::{Error, Result};
+
+const PANEL: (u32, u32) = (460, 380);
+const FONT: &str = "sans-serif";
+
+/// Decode efficiency (tokens per joule or per core-second) against perplexity on the
+/// held-out text: up and to the left is better.
+pub fn efficiency_vs_quality(ex: &Exploration, path: &Path) -> Result<()> {
+    let batches = distinct(ex.runs.iter().map(|r| r.batch));
+    let formats = distinct(ex.runs.iter().map(|r| r.format));
+    draw(path, batches.len(), |root| {
+        let title = format!(
+            "{}: decode {} against perplexity",
+            short_name(&ex.model),
+            ex.energy.efficiency_unit
+        );
+        let panels = titled(root, &title, path)?;
+        for (panel, &batch) in panels.iter().zip(&batches) {
+            let runs: Vec<&Run> = ex.runs.iter().filter(|r| r.batch == batch).collect();
+            let x = padded(runs.iter().map(|r| r.perplexity));
+            let y = padded_from_zero(runs.iter().map(|r| r.efficiency()));
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("batch {batch}"), (FONT, 15))
+                .margin(12)
+                .x_label_area_size(38)
+                .y_label_area_size(60)
+                .build_cartesian_2d(x, y)
+                .map_err(plot_error(path))?;
+            mesh(&mut chart)
+                .x_desc("perplexity on held-out text (lower is better)")
+                .y_desc(ex.energy.efficiency_unit.as_str())
+                .x_label_formatter(&|x| significant(*x))
+                .draw()
+                .map_err(plot_error(path))?;
+            for (i, &format) in formats.iter().enumerate() {
+                let colour = Palette99::pick(i).to_rgba();
+                let mut points: Vec<&Run> = runs
+                    .iter()
+                    .copied()
+                    .filter(|r| r.format == format)
+                    .collect();
+                points.sort_by_key(|r| r.experts_per_token);
+                // The format's trade-off curve, in order of experts per token.
+                chart
+                    .draw_series(LineSeries::new(
+                        points.iter().map(|r| (r.perplexity, r.efficiency())),
+                        colour.mix(0.5).stroke_width(1),
+                    ))
+                    .map_err(plot_error(path))?;
+                chart
+                    .draw_series(points.iter().map(|r| {
+                        EmptyElement::at((r.perplexity, r.efficiency()))
+                            + Circle::new((0, 0), 4, colour.filled())
+                            + Text::new(
+                                format!("k={}", r.experts_per_token),
+                                (6, -12),
+                                (FONT, 11).into_font(),
+                            )
+                    }))
+                    .map_err(plot_error(path))?
+                    .label(format)
+                    .legend(move |(x, y)| Circle::new((x + 8, y), 4, colour.filled()));
+            }
+            legend(&mut chart).map_err(plot_error(path))?;
+        }
+        Ok(())
+    })
+}
+
+/// Decode tokens/s of the whole batch against batch size, on a log-2 axis.
+pub fn throughput_vs_batch(ex: &Exploration, path: &Path) -> Result<()> {
+    let formats = distinct(ex.runs.iter().map(|r| r.format));
+    let experts = distinct(ex.runs.iter().map(|r| r.experts_per_token));
+    let max_batch = ex.runs.iter().map(|r| r.batch).max().unwrap_or(1);
+    draw(path, formats.len(), |root| {
+        let title = format!(
+            "{}: decode tokens/s against batch size",
+            short_name(&ex.model)
+        );
+        let panels = titled(root, &title, path)?;
+        for (panel, &format) in panels.iter().zip(&formats) {
+            let runs: Vec<&Run> = ex.runs.iter().filter(|r| r.format == format).collect();
+            let y = padded_from_zero(runs.iter().map(|r| r.decode_tokens_per_s));
+            // A log axis needs a range wider than one point.
+            let x = (1f64..(max_batch as f64 * 1.5).max(2.0)).log_scale();
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format, (FONT, 15))
+                .margin(12)
+                .x_label_area_size(38)
+                .y_label_area_size(60)
+                .build_cartesian_2d(x, y)
+                .map_err(plot_error(path))?;
+            mesh(&mut chart)
+                .x_desc("sequences decoded together")
+                .y_desc("decode tokens/s (whole batch)")
+                .x_label_formatter(&|x| format!("{x:.0}"))
+                .draw()
+                .map_err(plot_error(path))?;
+            for (i, &k) in experts.iter().enumerate() {
+                let colour = Palette99::pick(i).to_rgba();
+                let points: Vec<(f64, f64)> = runs
+                    .iter()
+                    .filter(|r| r.experts_per_token == k)
+                    .map(|r| (r.batch as f64, r.decode_tokens_per_s))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+                    .map_err(plot_error(path))?
+                    .label(format!("k = {k}"))
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+                    });
+                chart
+                    .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+                    .map_err(plot_error(path))?;
+            }
+            legend(&mut chart).map_err(plot_error(path))?;
+        }
+        Ok(())
+    })
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, plotters::coord::Shift>;
+
+/// An SVG of `panels` panels side by side, drawn by `body` and written to `path`.
+fn draw(path: &Path, panels: usize, body: impl FnOnce(&Area<'_>) -> Result<()>) -> Result<()> {
+    let size = (PANEL.0 * panels.max(1) as u32, PANEL.1 + 40);
+    let root = SVGBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_error(path))?;
+    body(&root)?;
+    root.present().map_err(plot_error(path))
+}
+
+/// The title across the top, and the panels under it.
+fn titled<'a>(root: &Area<'a>, title: &str, path: &Path) -> Result<Vec<Area<'a>>> {
+    let (top, body) = root.split_vertically(40);
+    top.draw_text(title, &(FONT, 18).into_text_style(&top), (12, 12))
+        .map_err(plot_error(path))?;
+    let count = root.dim_in_pixel().0 / PANEL.0;
+    Ok(body.split_evenly((1, count.max(1) as usize)))
+}
+
+/// Axes with few grid lines and labels of three significant digits.
+fn mesh<'a, 'b, X, Y>(
+    chart: &'b mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> plotters::chart::MeshStyle<'a, 'b, X, Y, SVGBackend<'a>>
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>
+        + plotters::coord::ranged1d::ValueFormatter<f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>
+        + plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    let mut mesh = chart.configure_mesh();
+    mesh.light_line_style(BLACK.mix(0.04))
+        .y_label_formatter(&|y| significant(*y));
+    mesh
+}
+
+fn legend<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+) -> std::result::Result<(), DrawingAreaErrorKind<std::io::Error>>
+where
+    X: plotters::coord::ranged1d::Ranged,
+    Y: plotters::coord::ranged1d::Ranged,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FONT, 12))
+        .draw()
+}
+
+/// Values in first-seen order, each once.
+fn distinct<T: PartialEq>(values: impl Iterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for v in values {
+        if !out.contains(&v) {
+            out.push(v);
+        }
+    }
+    out
+}
+
+/// The data's range with a margin of a tenth on each side (and some width for a single value).
+fn padded(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+            (lo.min(v), hi.max(v))
+        });
+    if lo > hi {
+        return 0.0..1.0;
+    }
+    let pad = ((hi - lo) * 0.1).max(hi.abs() * 0.02).max(1e-9);
+    lo - pad..hi + pad
+}
+
+/// Zero up to the largest value and a fifth more (room for the legend).
+fn padded_from_zero(values: impl Iterator<Item = f64>) -> std::ops::Range<f64> {
+    let hi = values.filter(|v| v.is_finite()).fold(0f64, f64::max);
+    0.0..(hi * 1.2).max(1e-9)
+}
+
+/// The last part of a model's path or hub id.
+fn short_name(model: &str) -> &str {
+    model
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+}
+
+fn plot_error<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> Error + '_ {
+    move |e| Error::Io {
+        path: path.to_path_buf(),
+        cause: std::io::Error::other(format!("drawing the chart: {e:?}")),
+    }
+}

@@ -281,6 +281,29 @@ fn the_command_line_answers_bad_input_with_one_line_and_a_failure_code() {
             ],
             "idle baseline",
         ),
+        (
+            // Fixtures have no held_out.txt (nor a tokenizer).
+            &["explore", "--model", good, "--out", "/tmp/moe-explore-x"],
+            "--text",
+        ),
+        (
+            &[
+                "explore",
+                "--out",
+                "/tmp/moe-explore-x",
+                "--formats",
+                "f32,q5",
+            ],
+            "format q5",
+        ),
+        (
+            &["explore", "--out", "/tmp/moe-explore-x", "--experts", "1,9"],
+            "9 experts per token",
+        ),
+        (
+            &["explore", "--out", "/tmp/moe-explore-x", "--batches", "0"],
+            "batch sizes",
+        ),
     ];
     for (args, expected) in cases {
         let (ok, stderr) = moe(args);

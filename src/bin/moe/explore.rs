@@ -30,8 +30,8 @@ pub struct ExploreArgs {
     #[arg(long, value_delimiter = ',')]
     experts: Vec<usize>,
     /// Weight formats to sweep: f32, bf16, q8_0, q4_0 (quantized ones with bf16 activations).
-    #[arg(long, value_delimiter = ',', default_value = "f32,bf16,q8_0,q4_0", value_parser = parse_format)]
-    formats: Vec<Format>,
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16,q8_0,q4_0")]
+    formats: Vec<String>,
     /// Batch sizes to sweep (sequences decoded together).
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     batches: Vec<usize>,
@@ -50,10 +50,6 @@ pub struct ExploreArgs {
     quality_tokens: usize,
     #[command(flatten)]
     energy: EnergyArgs,
-}
-
-fn parse_format(s: &str) -> Result<Format, String> {
-    s.parse().map_err(|e: moe_runtime::Error| e.to_string())
 }
 
 pub fn run(args: &ExploreArgs) -> Result<()> {
@@ -76,7 +72,11 @@ pub fn run(args: &ExploreArgs) -> Result<()> {
     let mut meter = args.energy.meter(!base.device.is_cpu())?;
     let opts = ExploreOptions {
         experts: args.experts.clone(),
-        formats: args.formats.clone(),
+        formats: args
+            .formats
+            .iter()
+            .map(|f| f.parse::<Format>())
+            .collect::<moe_runtime::Result<_>>()?,
         batches: args.batches.clone(),
         bench: BenchOptions {
             prompt_len: args.prompt_len,

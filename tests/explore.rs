@@ -109,7 +109,7 @@ fn more_experts_read_more_bytes_and_the_reference_agrees_with_itself() {
 #[test]
 fn the_files_say_what_their_figures_are() {
     // With only an estimate, every efficiency figure is labelled as one.
-    let mut meter = EnergyMeter::new(vec![Box::new(Estimate::new(3.0))], Vec::new());
+    let mut meter = EnergyMeter::new(vec![Box::new(Estimate::new(3.0).unwrap())], Vec::new());
     let mut ex = sweep("qwen2_moe-a", &mut meter);
     ex.model = "tests/fixtures/qwen2_moe-a".into();
     assert_eq!(ex.energy.efficiency_unit, "tokens per joule (ESTIMATE)");

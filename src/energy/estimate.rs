@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::{process_core_seconds, EnergySource, SourceInfo};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 pub struct Estimate {
     info: SourceInfo,
@@ -15,8 +15,15 @@ pub struct Estimate {
 }
 
 impl Estimate {
-    pub fn new(watts_per_core: f64) -> Estimate {
-        Estimate {
+    /// An estimate at `watts_per_core` per busy core: a power between 0 and 1000 W.
+    pub fn new(watts_per_core: f64) -> Result<Estimate> {
+        if !(watts_per_core > 0.0 && watts_per_core < 1000.0) {
+            return Err(Error::Input(format!(
+                "--estimate-watts-per-core {watts_per_core}: expected a power between 0 and \
+                 1000 W"
+            )));
+        }
+        Ok(Estimate {
             info: SourceInfo {
                 name: "estimate".into(),
                 covers: format!(
@@ -28,7 +35,7 @@ impl Estimate {
             },
             watts_per_core,
             opened_at: process_core_seconds(),
-        }
+        })
     }
 
     /// Joules for `core_seconds` of CPU time: the whole model.
@@ -53,12 +60,26 @@ mod tests {
 
     #[test]
     fn the_estimate_is_core_seconds_times_watts_and_always_says_so() {
-        let mut e = Estimate::new(4.0);
+        let mut e = Estimate::new(4.0).unwrap();
         assert!(!e.info().measured);
         assert!(e.info().covers.contains("estimate"));
         assert_eq!(e.joules_for(2.5), 10.0);
         let a = e.joules().unwrap();
         let b = e.joules().unwrap();
         assert!(a >= 0.0 && b >= a);
+        for bad in [0.0, -1.0, f64::NAN, 1e6] {
+            assert!(Estimate::new(bad).is_err(), "{bad}");
+        }
+        // The meter skips a bad estimate, with the reason, rather than failing.
+        let meter = super::super::EnergyMeter::probe(&super::super::EnergyOptions {
+            estimate_watts_per_core: Some(0.0),
+            ..Default::default()
+        });
+        let skipped = meter
+            .skipped()
+            .iter()
+            .find(|s| s.source == "estimate")
+            .unwrap();
+        assert!(skipped.reason.contains("between 0 and 1000"), "{skipped:?}");
     }
 }

@@ -148,7 +148,10 @@ impl EnergyMeter {
             }
         }
         match opts.estimate_watts_per_core {
-            Some(w) => meter.sources.push(Box::new(Estimate::new(w))),
+            Some(w) => match Estimate::new(w) {
+                Ok(estimate) => meter.sources.push(Box::new(estimate)),
+                Err(e) => meter.skip("estimate", &e.to_string()),
+            },
             None => meter.skip("estimate", "not asked for (--estimate-watts-per-core)"),
         }
         meter

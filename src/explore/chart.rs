@@ -91,8 +91,9 @@ pub fn throughput_vs_batch(ex: &Exploration, path: &Path) -> Result<()> {
         for (panel, &format) in panels.iter().zip(&formats) {
             let runs: Vec<&Run> = ex.runs.iter().filter(|r| r.format == format).collect();
             let y = padded_from_zero(runs.iter().map(|r| r.decode_tokens_per_s));
-            // A log axis needs a range wider than one point.
-            let x = (1f64..(max_batch as f64 * 1.5).max(2.0)).log_scale();
+            // Batch sizes on a log-2 axis: x is log2(batch), labelled with the batch itself.
+            let top = (max_batch as f64).log2();
+            let x = -0.3..top + 0.3;
             let mut chart = ChartBuilder::on(panel)
                 .caption(format, (FONT, 15))
                 .margin(12)
@@ -103,7 +104,15 @@ pub fn throughput_vs_batch(ex: &Exploration, path: &Path) -> Result<()> {
             mesh(&mut chart)
                 .x_desc("sequences decoded together")
                 .y_desc("decode tokens/s (whole batch)")
-                .x_label_formatter(&|x| format!("{x:.0}"))
+                .x_labels(top.ceil() as usize + 2)
+                .x_label_formatter(&|x| {
+                    let n = x.round();
+                    if (x - n).abs() < 1e-6 && n >= 0.0 {
+                        (1u64 << n as u32).to_string()
+                    } else {
+                        String::new()
+                    }
+                })
                 .draw()
                 .map_err(plot_error(path))?;
             for (i, &k) in experts.iter().enumerate() {
@@ -111,7 +120,7 @@ pub fn throughput_vs_batch(ex: &Exploration, path: &Path) -> Result<()> {
                 let points: Vec<(f64, f64)> = runs
                     .iter()
                     .filter(|r| r.experts_per_token == k)
-                    .map(|r| (r.batch as f64, r.decode_tokens_per_s))
+                    .map(|r| ((r.batch as f64).log2(), r.decode_tokens_per_s))
                     .collect();
                 chart
                     .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
@@ -150,7 +159,7 @@ fn titled<'a>(root: &Area<'a>, title: &str, path: &Path) -> Result<Vec<Area<'a>>
     Ok(body.split_evenly((1, count.max(1) as usize)))
 }
 
-/// Axes with few grid lines and labels of three significant digits.
+/// Axes with grid lines at the labels only, of three significant digits.
 fn mesh<'a, 'b, X, Y>(
     chart: &'b mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
 ) -> plotters::chart::MeshStyle<'a, 'b, X, Y, SVGBackend<'a>>
@@ -161,7 +170,7 @@ where
         + plotters::coord::ranged1d::ValueFormatter<f64>,
 {
     let mut mesh = chart.configure_mesh();
-    mesh.light_line_style(BLACK.mix(0.04))
+    mesh.light_line_style(TRANSPARENT)
         .y_label_formatter(&|y| significant(*y));
     mesh
 }

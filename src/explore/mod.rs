@@ -410,3 +410,32 @@ fn score(reference: &[Tensor], logits: &[Tensor], chunks: &[&[u32]]) -> Result<(
     }
     Ok((Agreement::merge(&parts), (nll / scored.max(1) as f64).exp()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_experts_run_from_one_to_every_expert() {
+        assert_eq!(default_experts(2, 8), [1, 2, 4, 8]);
+        assert_eq!(
+            default_experts(8, 128),
+            [1, 2, 3, 4, 5, 6, 7, 8, 16, 32, 64, 128]
+        );
+        assert_eq!(default_experts(2, 3), [1, 2, 3]);
+        assert_eq!(default_experts(4, 4), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn formats_parse_by_name_and_quantized_ones_compute_in_bf16() {
+        for f in Format::ALL {
+            assert_eq!(f.name().parse::<Format>().unwrap(), f);
+        }
+        assert_eq!(Format::Q4_0.compute_dtype(), DType::BF16);
+        assert!("q5"
+            .parse::<Format>()
+            .unwrap_err()
+            .to_string()
+            .contains("q5"));
+    }
+}

@@ -1,8 +1,8 @@
 //! The energy options of `bench`, and how its energy report prints as text.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
-use moe_runtime::energy::{EnergyMeter, EnergyOptions, EnergyReport, PhaseReport};
+use moe_runtime::energy::{EnergyMeter, EnergyOptions, EnergyReport, Estimate, PhaseReport};
 
 #[derive(Args)]
 pub struct EnergyArgs {
@@ -19,10 +19,9 @@ impl EnergyArgs {
     /// The meter for a run, on a GPU when `gpu`: NVML only then (a GPU board idling beside a
     /// CPU run is not that run's cost).
     pub fn meter(&self, gpu: bool) -> Result<EnergyMeter> {
+        // A bad power is refused here; the library's probe would only skip the estimate.
         if let Some(w) = self.estimate_watts_per_core {
-            if !(w > 0.0 && w < 1000.0) {
-                bail!("--estimate-watts-per-core {w}: expected a power between 0 and 1000 W");
-            }
+            Estimate::new(w)?;
         }
         Ok(EnergyMeter::probe(&EnergyOptions {
             nvml: gpu,

@@ -196,6 +196,8 @@ pub struct EnergySummary {
 pub struct Exploration {
     pub model: String,
     pub num_experts: usize,
+    /// A perplexity near this is a uniform guess: the model does not know the text.
+    pub vocab_size: usize,
     /// The checkpoint's own experts per token.
     pub model_experts_per_token: usize,
     pub reference_format: &'static str,
@@ -333,6 +335,7 @@ pub fn run(
     Ok(Exploration {
         model: String::new(),
         num_experts,
+        vocab_size: cfg.vocab_size,
         model_experts_per_token: top_k,
         reference_format: Format::F32.name(),
         held_out_tokens: scored.len(),

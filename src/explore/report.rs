@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 /// Perplexities within this share of each other read as "about the same".
 const SAME_PERPLEXITY: f64 = 0.01;
 
+/// A reference perplexity above this share of the vocabulary is close to a uniform guess.
+const CHANCE: f64 = 0.5;
+
 impl Exploration {
     /// Writes explore.json, explore.md, efficiency_vs_quality.svg and throughput_vs_batch.svg
     /// into `dir` (created if missing).
@@ -216,7 +219,17 @@ impl Exploration {
             if e != k {
                 let gain = own.efficiency() / all.efficiency();
                 let cost = own.perplexity / all.perplexity - 1.0;
-                let verdict = if gain > 1.0 && cost <= SAME_PERPLEXITY {
+                let verdict = if own.perplexity > CHANCE * self.vocab_size as f64 {
+                    format!(
+                        "cannot be judged on quality here: the reference's perplexity, {:.0}, \
+                         is near or above a uniform guess over the {} tokens of the \
+                         vocabulary, so the model does not know this text (random weights, or \
+                         a text not in its language) and perplexity says nothing; KL still \
+                         says how far each setting moves the distributions. On efficiency, \
+                         k = {k} gives {gain:.2}x the {unit} of all {e} experts",
+                        own.perplexity, self.vocab_size
+                    )
+                } else if gain > 1.0 && cost <= SAME_PERPLEXITY {
                     format!(
                         "holds here: the model's own k = {k} gives {gain:.2}x the {unit} of \
                          running all {e} experts, at a perplexity no worse (within {:.0}%)",
@@ -300,7 +313,113 @@ pub(super) fn significant(x: f64) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{EnergySummary, RunEnergy};
     use super::*;
+    use crate::energy::PhaseReport;
+
+    fn run(k: usize, batch: usize, tokens_per_core_second: f64, perplexity: f64) -> Run {
+        let phase = PhaseReport {
+            tokens: 1,
+            seconds: 1.0,
+            core_seconds_per_token: 1.0 / tokens_per_core_second,
+            joules_per_token: None,
+            net_joules_per_token: None,
+            tokens_per_joule: None,
+        };
+        Run {
+            experts_per_token: k,
+            format: "f32",
+            compute_dtype: "f32".into(),
+            batch,
+            reference: k == 2,
+            decode_tokens_per_s: tokens_per_core_second,
+            prefill_tokens_per_s: 1.0,
+            decode_runs: vec![],
+            prefill_runs: vec![],
+            bytes_per_token: k as f64,
+            energy: RunEnergy {
+                prefill: phase.clone(),
+                decode: phase,
+                tokens_per_joule: None,
+                tokens_per_core_second,
+                warnings: vec![],
+            },
+            kl_divergence: 0.0,
+            kl_max: 0.0,
+            top1_agreement: 1.0,
+            perplexity,
+        }
+    }
+
+    /// k = 2 of 8 experts, vocabulary 1000, at batches 1 and 8.
+    fn exploration(runs: Vec<Run>) -> Exploration {
+        Exploration {
+            model: "m".into(),
+            num_experts: 8,
+            vocab_size: 1000,
+            model_experts_per_token: 2,
+            reference_format: "f32",
+            held_out_tokens: 10,
+            prompt_len: 1,
+            gen_len: 1,
+            repeats: 1,
+            rounds: 1,
+            threads: 1,
+            cpu_kernels: "portable",
+            energy: EnergySummary {
+                source: "none".into(),
+                measured: false,
+                note: "n".into(),
+                efficiency_unit: "tokens per core-second".into(),
+                idle_watts: None,
+                idle_seconds: None,
+                sources: vec![],
+                skipped: vec![],
+            },
+            runs,
+        }
+    }
+
+    #[test]
+    fn the_verdict_follows_the_numbers() {
+        let claim = |own_ppl: f64, all_ppl: f64| {
+            let ex = exploration(vec![
+                run(2, 1, 300.0, own_ppl),
+                run(8, 1, 100.0, all_ppl),
+                run(2, 8, 900.0, own_ppl),
+                run(8, 8, 600.0, all_ppl),
+            ]);
+            let md = ex.markdown();
+            assert!(md.contains("| 2 (model's) | f32 (reference) | 1 |"), "{md}");
+            assert!(md.contains("| 8 (all) | f32 | 8 |"), "{md}");
+            // 3x at batch 1, 1.5x at batch 8: the batch's tokens share the experts.
+            assert!(
+                md.contains("from 3.00x at batch 1 to 1.50x at batch 8"),
+                "{md}"
+            );
+            assert!(md.contains("not in joules"), "{md}");
+            ex.reading()
+                .into_iter()
+                .find(|p| p.starts_with("**The claim**"))
+                .unwrap()
+        };
+        assert!(claim(20.0, 20.1).contains("holds here: the model's own k = 2 gives 3.00x"));
+        let worse = claim(22.0, 20.0);
+        assert!(
+            worse.contains("efficiency only") && worse.contains("10.0% higher"),
+            "{worse}"
+        );
+        assert!(claim(900.0, 900.0).contains("cannot be judged on quality"));
+    }
+
+    #[test]
+    fn sentences_need_their_runs() {
+        // Only the model's own k: nothing to compare but what is measured.
+        let ex = exploration(vec![run(2, 1, 300.0, 20.0)]);
+        let reading = ex.reading();
+        assert_eq!(reading.len(), 1, "{reading:?}");
+        assert!(reading[0].starts_with("**What is measured.**"));
+    }
 
     #[test]
     fn numbers_keep_three_significant_digits_and_perplexities_compare_in_words() {

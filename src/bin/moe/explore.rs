@@ -101,7 +101,9 @@ pub fn run(args: &ExploreArgs) -> Result<()> {
         &mut meter,
         &mut |line| eprintln!("explore    {line}"),
     )?;
-    exploration.model = dir.display().to_string();
+    // As the reader would type it: relative to here when it is under here.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    exploration.model = dir.strip_prefix(&cwd).unwrap_or(&dir).display().to_string();
     exploration.write(&args.out)?;
     print!("{}", exploration.markdown());
     eprintln!(

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use super::report::significant;
@@ -29,13 +30,7 @@ pub fn efficiency_vs_quality(ex: &Exploration, path: &Path) -> Result<()> {
             let runs: Vec<&Run> = ex.runs.iter().filter(|r| r.batch == batch).collect();
             let x = padded(runs.iter().map(|r| r.perplexity));
             let y = padded_from_zero(runs.iter().map(|r| r.efficiency()));
-            let mut chart = ChartBuilder::on(panel)
-                .caption(format!("batch {batch}"), (FONT, 15))
-                .margin(12)
-                .x_label_area_size(38)
-                .y_label_area_size(60)
-                .build_cartesian_2d(x, y)
-                .map_err(plot_error(path))?;
+            let mut chart = axes(panel, &format!("batch {batch}"), x, y, path)?;
             mesh(&mut chart)
                 .x_desc("perplexity on held-out text (lower is better)")
                 .y_desc(ex.energy.efficiency_unit.as_str())
@@ -94,13 +89,7 @@ pub fn throughput_vs_batch(ex: &Exploration, path: &Path) -> Result<()> {
             // Batch sizes on a log-2 axis: x is log2(batch), labelled with the batch itself.
             let top = (max_batch as f64).log2();
             let x = -0.3..top + 0.3;
-            let mut chart = ChartBuilder::on(panel)
-                .caption(format, (FONT, 15))
-                .margin(12)
-                .x_label_area_size(38)
-                .y_label_area_size(60)
-                .build_cartesian_2d(x, y)
-                .map_err(plot_error(path))?;
+            let mut chart = axes(panel, format, x, y, path)?;
             mesh(&mut chart)
                 .x_desc("sequences decoded together")
                 .y_desc("decode tokens/s (whole batch)")
@@ -159,29 +148,36 @@ fn titled<'a>(root: &Area<'a>, title: &str, path: &Path) -> Result<Vec<Area<'a>>
     Ok(body.split_evenly((1, count.max(1) as usize)))
 }
 
+type Chart<'a> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One panel's chart over the ranges `x` and `y`, captioned.
+fn axes<'a>(
+    panel: &Area<'a>,
+    caption: &str,
+    x: std::ops::Range<f64>,
+    y: std::ops::Range<f64>,
+    path: &Path,
+) -> Result<Chart<'a>> {
+    ChartBuilder::on(panel)
+        .caption(caption, (FONT, 15))
+        .margin(12)
+        .x_label_area_size(38)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)
+        .map_err(plot_error(path))
+}
+
 /// Axes with grid lines at the labels only, of three significant digits.
-fn mesh<'a, 'b, X, Y>(
-    chart: &'b mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
-) -> plotters::chart::MeshStyle<'a, 'b, X, Y, SVGBackend<'a>>
-where
-    X: plotters::coord::ranged1d::Ranged<ValueType = f64>
-        + plotters::coord::ranged1d::ValueFormatter<f64>,
-    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>
-        + plotters::coord::ranged1d::ValueFormatter<f64>,
-{
+fn mesh<'a, 'b>(
+    chart: &'b mut Chart<'a>,
+) -> plotters::chart::MeshStyle<'a, 'b, RangedCoordf64, RangedCoordf64, SVGBackend<'a>> {
     let mut mesh = chart.configure_mesh();
     mesh.light_line_style(TRANSPARENT)
         .y_label_formatter(&|y| significant(*y));
     mesh
 }
 
-fn legend<'a, X, Y>(
-    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
-) -> std::result::Result<(), DrawingAreaErrorKind<std::io::Error>>
-where
-    X: plotters::coord::ranged1d::Ranged,
-    Y: plotters::coord::ranged1d::Ranged,
-{
+fn legend(chart: &mut Chart<'_>) -> std::result::Result<(), DrawingAreaErrorKind<std::io::Error>> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)

@@ -194,6 +194,8 @@ pub struct EnergySummary {
 /// Settings of the sweep, beside its runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Exploration {
+    /// The model as the caller names it (a folder or hub id): [`run`] only has a loader, so it
+    /// leaves this empty for the caller to fill in before writing.
     pub model: String,
     pub num_experts: usize,
     /// A perplexity near this is a uniform guess: the model does not know the text.

@@ -1,0 +1,44 @@
+// The weighted combine back to token order: out[t, :] = Σ_j weights[t k + j] · y[p, :] with
+// p = slot_position[t k + j], the row where the expert-sorted GEMM left slot t k + j.
+// Accumulates in f32 whatever T is, as the CPU path does.
+//
+// y:   (rows, hidden) of T, rows in expert-sorted, padded order
+// out: (tokens, hidden) of T
+// Launch: grid (ceil(hidden / blockDim.x), tokens).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half(x); }
+
+template <typename T>
+__device__ void combine(const T* __restrict__ y, const float* __restrict__ weights,
+                        const uint32_t* __restrict__ slot_position, T* __restrict__ out, int tokens,
+                        int k, int hidden) {
+  const int t = blockIdx.y;
+  const int h = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= tokens || h >= hidden) return;
+  float acc = 0.0f;
+  for (int j = 0; j < k; ++j) {
+    const size_t slot = (size_t)t * k + j;
+    acc += weights[slot] * to_f32(y[(size_t)slot_position[slot] * hidden + h]);
+  }
+  out[(size_t)t * hidden + h] = from_f32<T>(acc);
+}
+
+#define COMBINE(NAME, T)                                                                    \
+  extern "C" __global__ void NAME(const T* y, const float* weights, const uint32_t* position, \
+                                  T* out, int tokens, int k, int hidden) {                    \
+    combine<T>(y, weights, position, out, tokens, k, hidden);                                 \
+  }
+
+COMBINE(moe_combine_f32, float)
+COMBINE(moe_combine_bf16, __nv_bfloat16)
+COMBINE(moe_combine_f16, __half)

@@ -9,7 +9,7 @@
 // 2. moe_align_scatter, E blocks of a multiple of 32 threads (up to 1024): block e writes its slots to
 //    sorted_slots[offsets[e] ..] in slot order and fills the rest of its run with the sentinel
 //    `slots` (no slot); slot_position[s] is where slot s landed.
-// The host checks every expert id is below E (the router kernel makes only such ids).
+// Expert ids of E or more (the router kernel makes none) are dropped: such a slot lands nowhere.
 
 #include <stdint.h>
 
@@ -23,7 +23,10 @@ extern "C" __global__ void moe_align_offsets(const uint32_t* __restrict__ expert
   extern __shared__ uint32_t per_expert[];
   for (int e = threadIdx.x; e < E; e += blockDim.x) per_expert[e] = 0;
   __syncthreads();
-  for (int s = threadIdx.x; s < slots; s += blockDim.x) atomicAdd(&per_expert[experts[s]], 1u);
+  for (int s = threadIdx.x; s < slots; s += blockDim.x) {
+    const uint32_t e = experts[s];
+    if (e < (uint32_t)E) atomicAdd(&per_expert[e], 1u);  // an id out of range is dropped
+  }
   __syncthreads();
   // E is at most a few hundred: one thread's running sum costs less than a block scan's barriers.
   if (threadIdx.x == 0) {

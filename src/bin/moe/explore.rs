@@ -35,8 +35,10 @@ pub struct ExploreArgs {
     /// Batch sizes to sweep (sequences decoded together).
     #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
     batches: Vec<usize>,
+    /// Prompt tokens per sequence of each timed prefill.
     #[arg(long, default_value_t = 64)]
     prompt_len: usize,
+    /// Decode steps of each timed run.
     #[arg(long, default_value_t = 32)]
     gen_len: usize,
     /// Timed runs per setting and round.

@@ -1,5 +1,5 @@
-//! The MoE kernels of kernels/*.cu on candle's CUDA device: routing, alignment and the
-//! weighted combine. Each takes and returns candle tensors on one CUDA device; launches go on
+//! The MoE kernels of kernels/*.cu on candle's CUDA device: routing, alignment, the experts'
+//! FFN for few tokens per expert (decode) and the weighted combine. Each takes and returns candle tensors on one CUDA device; launches go on
 //! the device's stream, in order with candle's own work. The slow twins are the CPU's router
 //! (`moe::Routing`) and grouping (`ops::cpu::ExpertGroups`); the tests below compare them.
 
@@ -18,6 +18,7 @@ mod ptx {
     pub const ROUTE: &str = include_str!(concat!(env!("OUT_DIR"), "/moe_route.ptx"));
     pub const ALIGN: &str = include_str!(concat!(env!("OUT_DIR"), "/moe_align.ptx"));
     pub const COMBINE: &str = include_str!(concat!(env!("OUT_DIR"), "/moe_combine.ptx"));
+    pub const EXPERT_FFN: &str = include_str!(concat!(env!("OUT_DIR"), "/moe_expert_ffn.ptx"));
 }
 
 /// Experts one routing warp can hold in registers (MAX_PER_LANE x 32 in moe_route.cu).
@@ -203,6 +204,143 @@ pub fn align(experts: &Tensor, num_experts: usize, tile: usize) -> Result<Alignm
         num_tiles: tensor(num_tiles, &dev, 1),
         tile,
     })
+}
+
+/// The routed experts' FFN for few tokens per expert (decode): each weight row is read once
+/// for up to 4 of an expert's tokens. x: (tokens, H); gate_up: (E, 2I, H), gate rows then up
+/// rows; down: (E, H, I), all of one dtype (f32/bf16/f16) -> (capacity, H) of it, one row per
+/// aligned slot (padding rows left zero), for [`combine`].
+pub fn expert_ffn(
+    x: &Tensor,
+    gate_up: &Tensor,
+    down: &Tensor,
+    alignment: &Alignment,
+    top_k: usize,
+) -> Result<Tensor> {
+    let (_, h) = x.dims2()?;
+    let (e, two_i, h2) = gate_up.dims3()?;
+    let (e2, h3, i) = down.dims3()?;
+    let capacity = alignment.sorted_slots.dim(0)?;
+    let dtype = x.dtype();
+    if h2 != h
+        || h3 != h
+        || two_i != 2 * i
+        || e2 != e
+        || alignment.counts.dim(0)? != e
+        || gate_up.dtype() != dtype
+        || down.dtype() != dtype
+        || top_k == 0
+    {
+        return Err(Error::Input(format!(
+            "expert FFN: x {:?} {dtype:?}, gate_up {:?} {:?}, down {:?} {:?} and {} experts \
+             aligned do not fit",
+            x.dims(),
+            gate_up.dims(),
+            gate_up.dtype(),
+            down.dims(),
+            down.dtype(),
+            alignment.counts.dim(0)?
+        )));
+    }
+    let dev = cuda_device(x)?;
+    let act = zeros::<f32>(&dev, capacity * i)?;
+    let dims = FfnDims {
+        k: top_k as i32,
+        hidden: h as i32,
+        inter: i as i32,
+        experts: e as u32,
+    };
+    let tensors = FfnTensors {
+        x,
+        gate_up,
+        down,
+        alignment,
+    };
+    let y = match dtype {
+        DType::F32 => launch_ffn::<f32>("f32", &tensors, &act, &dims, capacity, &dev)?,
+        DType::BF16 => launch_ffn::<bf16>("bf16", &tensors, &act, &dims, capacity, &dev)?,
+        DType::F16 => launch_ffn::<f16>("f16", &tensors, &act, &dims, capacity, &dev)?,
+        other => return Err(unsupported("expert weights", other)),
+    };
+    Ok(y)
+}
+
+struct FfnDims {
+    k: i32,
+    hidden: i32,
+    inter: i32,
+    experts: u32,
+}
+
+struct FfnTensors<'a> {
+    x: &'a Tensor,
+    gate_up: &'a Tensor,
+    down: &'a Tensor,
+    alignment: &'a Alignment,
+}
+
+/// Warps per block of the FFN kernels: one output row each.
+const FFN_WARPS: u32 = 8;
+
+fn launch_ffn<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
+    suffix: &str,
+    t: &FfnTensors<'_>,
+    act: &CudaSlice<f32>,
+    d: &FfnDims,
+    capacity: usize,
+    dev: &CudaDevice,
+) -> Result<Tensor> {
+    let y = zeros::<T>(dev, capacity * d.hidden as usize)?;
+    let a = t.alignment;
+    let config = |rows: i32| LaunchConfig {
+        grid_dim: ((rows as u32).div_ceil(FFN_WARPS), d.experts, 1),
+        block_dim: (FFN_WARPS * 32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    with_view::<u32, _>(&a.counts, |counts| {
+        with_view::<u32, _>(&a.offsets, |offsets| {
+            with_view::<u32, _>(&a.sorted_slots, |sorted| {
+                with_view::<T, _>(t.x, |x| {
+                    with_view::<T, _>(t.gate_up, |w| {
+                        let name = format!("moe_ffn_gate_up_{suffix}");
+                        let func =
+                            dev.get_or_load_custom_func(&name, "moe_expert_ffn", ptx::EXPERT_FFN)?;
+                        let mut b = func.builder();
+                        b.arg(&x)
+                            .arg(&w)
+                            .arg(&counts)
+                            .arg(&offsets)
+                            .arg(&sorted)
+                            .arg(act)
+                            .arg(&d.k)
+                            .arg(&d.hidden)
+                            .arg(&d.inter);
+                        // SAFETY: the alignment's rows index act (capacity x I) and its slots
+                        // index x (tokens x H) through slot / k; shapes checked by the caller.
+                        unsafe { b.launch(config(d.inter)) }.w()?;
+                        Ok(())
+                    })
+                })?;
+                with_view::<T, _>(t.down, |w| {
+                    let name = format!("moe_ffn_down_{suffix}");
+                    let func =
+                        dev.get_or_load_custom_func(&name, "moe_expert_ffn", ptx::EXPERT_FFN)?;
+                    let mut b = func.builder();
+                    b.arg(act)
+                        .arg(&w)
+                        .arg(&counts)
+                        .arg(&offsets)
+                        .arg(&y)
+                        .arg(&d.hidden)
+                        .arg(&d.inter);
+                    // SAFETY: as above; y is capacity x H.
+                    unsafe { b.launch(config(d.hidden)) }.w()?;
+                    Ok(())
+                })
+            })
+        })
+    })?;
+    Ok(tensor(y, dev, (capacity, d.hidden as usize)))
 }
 
 /// out[t] = Σ_j weights[t, j] · y[slot_position[t k + j]], accumulated in f32.
@@ -594,6 +732,71 @@ mod tests {
                     assert!(
                         (g - w).abs() <= tol * (1.0 + w.abs()),
                         "{dtype:?} {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decode_expert_ffn_matches_the_cpu_grouped_ffn() {
+        let Some(dev) = gpu() else { return };
+        use crate::ops::cpu::{grouped_ffn_weights, ExpertWeights, WeightSlice};
+        // (tokens, E, k, H, I): one token; a few sharing experts (counts past the kernel's 4
+        // tokens at a time); sizes off the warp grid.
+        for (case, &(tokens, e, k, h, i)) in
+            [(1, 8, 2, 64, 96), (6, 4, 2, 33, 40), (12, 16, 4, 128, 72)]
+                .iter()
+                .enumerate()
+        {
+            let mut rng = ChaCha8Rng::seed_from_u64(case as u64);
+            let x = random(tokens * h, 1.0, 10 + case as u64);
+            let gate_up = random(e * 2 * i * h, 0.2, 20 + case as u64);
+            let down = random(e * h * i, 0.2, 30 + case as u64);
+            let mut ids = Vec::new();
+            for _ in 0..tokens {
+                let mut row: Vec<u32> = (0..e as u32).collect();
+                for j in 0..k {
+                    let pick = rng.random_range(j..e);
+                    row.swap(j, pick);
+                }
+                ids.extend_from_slice(&row[..k]);
+            }
+            let weights = random(tokens * k, 1.0, 40 + case as u64);
+            let groups = ExpertGroups::new(&ids, &weights, e, k);
+            let mut want = vec![0f32; tokens * h];
+            let w = ExpertWeights {
+                gate_up: WeightSlice::F32(&gate_up),
+                down: WeightSlice::F32(&down),
+                hidden: h,
+                intermediate: i,
+            };
+            grouped_ffn_weights(&x, &groups, &w, &mut want).unwrap();
+            for dtype in [DType::F32, DType::BF16] {
+                let on_gpu = |v: &[f32], shape: &[usize]| {
+                    Tensor::from_vec(v.to_vec(), shape, &dev)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap()
+                };
+                let ids_t = Tensor::from_vec(ids.clone(), (tokens, k), &dev).unwrap();
+                let a = align(&ids_t, e, 16).unwrap();
+                let y = expert_ffn(
+                    &on_gpu(&x, &[tokens, h]),
+                    &on_gpu(&gate_up, &[e, 2 * i, h]),
+                    &on_gpu(&down, &[e, h, i]),
+                    &a,
+                    k,
+                )
+                .unwrap();
+                let wt = Tensor::from_vec(weights.clone(), (tokens, k), &dev).unwrap();
+                let out = combine(&y, &wt, &a.slot_position).unwrap();
+                let got = to_host::<f32>(&out.to_dtype(DType::F32).unwrap());
+                let tol = if dtype == DType::BF16 { 0.05 } else { 1e-4 };
+                for (n, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= tol * (1.0 + w.abs()),
+                        "{dtype:?} case {case} {n}: {g} vs {w}"
                     );
                 }
             }

@@ -8,16 +8,12 @@
 // Launch: blocks of ROUTE_WARPS * 32 threads, ceil(tokens / ROUTE_WARPS) blocks.
 // The host checks E <= 32 * MAX_PER_LANE and 1 <= k <= min(E, 32).
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <stdint.h>
+
+#include "convert.cuh"
 
 #define MAX_PER_LANE 16  // E up to 512: each lane keeps experts lane, lane + 32, ... in registers
 #define FULL 0xffffffffu
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
 
 // A candidate for the next choice. `key` orders candidates (NaN scores rank as -inf, so that the
 // order is total and the reduction gives one answer in any order); `idx` breaks ties downwards;

@@ -552,6 +552,17 @@ mod tests {
         }
     }
 
+    /// Every value within `tol`, relative to 1 + |want|.
+    fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g - w).abs() <= tol * (1.0 + w.abs()),
+                "{what} {i}: {g} vs {w}"
+            );
+        }
+    }
+
     fn to_host<T: candle_core::WithDType>(t: &Tensor) -> Vec<T> {
         t.flatten_all().unwrap().to_vec1::<T>().unwrap()
     }
@@ -728,12 +739,7 @@ mod tests {
                 let got = to_host::<f32>(&out.to_dtype(DType::F32).unwrap());
                 // bf16 inputs and output: a few of its 8-bit mantissas over k terms.
                 let tol = if dtype == DType::BF16 { 0.05 } else { 1e-5 };
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= tol * (1.0 + w.abs()),
-                        "{dtype:?} {i}: {g} vs {w}"
-                    );
-                }
+                assert_close(&got, &want, tol, &format!("{dtype:?}"));
             }
         }
     }
@@ -793,12 +799,7 @@ mod tests {
                 let out = combine(&y, &wt, &a.slot_position).unwrap();
                 let got = to_host::<f32>(&out.to_dtype(DType::F32).unwrap());
                 let tol = if dtype == DType::BF16 { 0.05 } else { 1e-4 };
-                for (n, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= tol * (1.0 + w.abs()),
-                        "{dtype:?} case {case} {n}: {g} vs {w}"
-                    );
-                }
+                assert_close(&got, &want, tol, &format!("{dtype:?} case {case}"));
             }
         }
     }

@@ -28,6 +28,9 @@ struct Args {
     prompt: Option<String>,
     #[arg(long, default_value_t = 200)]
     max_new_tokens: usize,
+    /// cpu, cuda or cuda:N (CUDA needs `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Seed of the sampler, for answers that repeat; a new one every run by default.
     #[arg(long)]
     seed: Option<u64>,
@@ -36,7 +39,11 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let dir = hub::resolve(&args.model)?;
-    let model = Model::load(&dir, &LoadOptions::default())?;
+    let load = LoadOptions {
+        device: moe_runtime::device::parse(&args.device)?,
+        ..LoadOptions::default()
+    };
+    let model = Model::load(&dir, &load)?;
     let tokenizer = Tokenizer::load(&dir)?;
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,

@@ -5,7 +5,8 @@
 //
 // 1. moe_align_offsets, one block of up to 1024 threads, E * 4 bytes of shared memory:
 //    counts[E], padded offsets[E + 1] (offsets[e + 1] - offsets[e] = counts[e] rounded up to
-//    `tile`), tile_expert[offsets[E] / tile] and num_tiles[1].
+//    `tile`), tile_expert[offsets[E] / tile], num_tiles[1], and the experts with at least one
+//    slot, ascending: active_experts[num_active[0]] (grids of the decode FFN run over these).
 // 2. moe_align_scatter, E blocks of a multiple of 32 threads (up to 1024): block e writes its slots to
 //    sorted_slots[offsets[e] ..] in slot order and fills the rest of its run with the sentinel
 //    `slots` (no slot); slot_position[s] is where slot s landed.
@@ -19,7 +20,9 @@ extern "C" __global__ void moe_align_offsets(const uint32_t* __restrict__ expert
                                              int tile, uint32_t* __restrict__ counts,
                                              uint32_t* __restrict__ offsets,
                                              uint32_t* __restrict__ tile_expert,
-                                             uint32_t* __restrict__ num_tiles) {
+                                             uint32_t* __restrict__ num_tiles,
+                                             uint32_t* __restrict__ active_experts,
+                                             uint32_t* __restrict__ num_active) {
   extern __shared__ uint32_t per_expert[];
   for (int e = threadIdx.x; e < E; e += blockDim.x) per_expert[e] = 0;
   __syncthreads();
@@ -30,16 +33,18 @@ extern "C" __global__ void moe_align_offsets(const uint32_t* __restrict__ expert
   __syncthreads();
   // E is at most a few hundred: one thread's running sum costs less than a block scan's barriers.
   if (threadIdx.x == 0) {
-    uint32_t at = 0;
+    uint32_t at = 0, active = 0;
     for (int e = 0; e < E; ++e) {
       const uint32_t c = per_expert[e];
       counts[e] = c;
+      if (c > 0) active_experts[active++] = e;
       offsets[e] = at;
       per_expert[e] = at;  // now the padded start, for the tile map below
       at += (c + tile - 1) / tile * tile;
     }
     offsets[E] = at;
     num_tiles[0] = at / tile;
+    num_active[0] = active;
   }
   __syncthreads();
   for (int e = threadIdx.x; e < E; e += blockDim.x) {

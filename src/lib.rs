@@ -29,6 +29,7 @@ pub mod bench;
 pub mod chat;
 pub mod chat_template;
 pub mod config;
+pub mod device;
 pub mod energy;
 pub mod error;
 pub mod explore;

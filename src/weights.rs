@@ -89,7 +89,8 @@ impl Weights {
     /// asked for. Matrices are uniform with standard deviation 1/sqrt(fan_in) (the last
     /// dimension), so activations keep their scale through the layers; vectors are ones for
     /// norms and zeros otherwise (biases). The same seed and name give the same values (in one
-    /// build: the name is hashed with the standard library's hasher).
+    /// build: the name is hashed with the standard library's hasher) on one kind of device: on a
+    /// GPU they are drawn there (cuRAND), so that a 60 GB model never passes through the host.
     pub fn random(seed: u64, dtype: DType, device: &Device) -> Self {
         Weights {
             dir: PathBuf::from("(random weights)"),
@@ -116,8 +117,8 @@ impl Weights {
     /// Reads tensor `name`, which must have exactly `shape`, in the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         if let Some(seed) = self.random {
-            let tensor = random_tensor(seed, name, shape)?;
-            return Ok(tensor.to_dtype(self.dtype)?.to_device(&self.device)?);
+            let tensor = random_tensor(seed, name, shape, &self.device)?;
+            return Ok(tensor.to_dtype(self.dtype)?);
         }
         let entry = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
             dir: self.dir.clone(),
@@ -188,7 +189,7 @@ impl Weights {
 
 /// See [`Weights::random`]. Values are drawn in parallel blocks, each from a generator seeded
 /// by (seed, name, block), so a 30B-parameter shape fills in seconds and always the same way.
-fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> Result<Tensor> {
+fn random_tensor(seed: u64, name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
     use rand::{Rng, SeedableRng};
     use rayon::prelude::*;
     use std::hash::{Hash, Hasher};
@@ -197,14 +198,18 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize]) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let cpu = Device::Cpu;
     if shape.len() < 2 {
-        let fill = if name.contains("norm") { 1.0 } else { 0.0 };
-        return Ok(Tensor::full(fill, shape, &cpu)?);
+        let fill = if name.contains("norm") { 1.0f32 } else { 0.0 };
+        return Ok(Tensor::full(fill, shape, device)?);
     }
     let fan_in = shape[shape.len() - 1] as f32;
     let bound = (3.0 / fan_in).sqrt(); // uniform(-b, b) has variance b^2 / 3 = 1 / fan_in
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (seed, name).hash(&mut hasher);
     let base = hasher.finish();
+    if !device.is_cpu() {
+        device.set_seed(base)?;
+        return Ok(Tensor::rand(-bound, bound, shape, device)?);
+    }
     let mut values = vec![0f32; n];
     values
         .par_chunks_mut(BLOCK)

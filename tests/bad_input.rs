@@ -253,6 +253,12 @@ fn the_command_line_answers_bad_input_with_one_line_and_a_failure_code() {
         ),
         (
             &[
+                "generate", "--model", good, "--tokens", "1", "--device", "gpu",
+            ],
+            "unknown device `gpu`",
+        ),
+        (
+            &[
                 "generate", "--model", good, "--tokens", "1", "--quant", "q5",
             ],
             "--quant q5",

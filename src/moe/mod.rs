@@ -2,6 +2,8 @@
 //! gated shared expert.
 
 mod fast;
+#[cfg(feature = "cuda")]
+mod gpu;
 pub mod reference;
 mod router;
 
@@ -19,7 +21,8 @@ use crate::model::{Linear, Mlp};
 /// summation order; `Reference` is the obviously correct slow twin.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum MoeImpl {
-    /// Tokens grouped by expert, each expert's weights read once, parallel over row blocks.
+    /// Tokens grouped by expert, each expert's weights read once: on the CPU parallel over row
+    /// blocks; on CUDA routed, aligned and run by our kernels without a host copy.
     #[default]
     Fast,
     /// A loop over experts with one tensor op chain each.
@@ -90,8 +93,7 @@ impl SparseMoe {
     /// xs: (tokens, hidden) -> (tokens, hidden)
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let logits = self.router.forward(xs)?; // (tokens, E)
-        let routing = Routing::from_logits(&logits, self.router_cfg)?;
-        let ys = self.experts.forward(xs, &routing, self.imp)?;
+        let ys = self.routed(xs, &logits)?;
         match &self.shared {
             None => Ok(ys),
             Some(shared) => {
@@ -103,5 +105,15 @@ impl SparseMoe {
                 Ok((ys + s)?)
             }
         }
+    }
+
+    /// The routed experts' weighted sum. xs: (tokens, hidden), logits: (tokens, E).
+    fn routed(&self, xs: &Tensor, logits: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if xs.device().is_cuda() && self.imp == MoeImpl::Fast {
+            return gpu::forward(xs, logits, self.router_cfg, &self.experts);
+        }
+        let routing = Routing::from_logits(logits, self.router_cfg)?;
+        self.experts.forward(xs, &routing, self.imp)
     }
 }

@@ -3,7 +3,5 @@
 //! are tested against live beside their callers.
 
 pub mod cpu;
-// Only the tests call these kernels so far: the model's CUDA path (issue 6) is not wired yet.
 #[cfg(feature = "cuda")]
-#[allow(dead_code)]
 pub mod cuda;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Device};
+use candle_core::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use moe_runtime::arch::{self, Architecture};
@@ -78,7 +78,7 @@ impl Common {
 /// Where and how a model runs, whatever its weights: device, threads, MoE implementation.
 #[derive(Args)]
 pub struct Runtime {
-    /// cpu (this build has no CUDA backend yet).
+    /// cpu, cuda (GPU 0) or cuda:N; CUDA needs a build with `--features cuda`.
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Worker threads (default: all cores).
@@ -92,12 +92,8 @@ pub struct Runtime {
 impl Runtime {
     /// Load options with this device and MoE implementation, the rest at their defaults.
     pub fn load_options(&self) -> Result<LoadOptions> {
-        let device = match self.device.as_str() {
-            "cpu" => Device::Cpu,
-            other => bail!("--device {other} is not available: this build supports cpu only"),
-        };
         Ok(LoadOptions {
-            device,
+            device: moe_runtime::device::parse(&self.device)?,
             moe_impl: self.moe_impl.parse::<MoeImpl>()?,
             ..LoadOptions::default()
         })

@@ -1,0 +1,110 @@
+//! Fused routing (kernels/moe_route.cu): scores, top-k, renormalisation and scale in one pass
+//! per token.
+
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
+use candle_core::{DType, Tensor};
+use half::{bf16, f16};
+
+use super::{cuda_device, ptx, tensor, unsupported, with_view, zeros};
+use crate::error::{Error, Result};
+
+/// Experts one routing warp can hold in registers (MAX_PER_LANE x 32 in moe_route.cu).
+const MAX_ROUTED_EXPERTS: usize = 512;
+/// Choices one warp can hand out (one per lane).
+const MAX_TOP_K: usize = 32;
+/// Tokens one routing block handles (a warp each).
+const ROUTE_WARPS: u32 = 8;
+
+/// How router logits become scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    Softmax,
+    Sigmoid,
+}
+
+/// logits: (tokens, E) f32/bf16/f16 -> (experts (tokens, k) u32, weights (tokens, k) f32): the
+/// top `top_k` scores of each token, best first, ties to the lower expert index; renormalised
+/// to sum to one when asked, then multiplied by `scale`.
+pub fn route(
+    logits: &Tensor,
+    top_k: usize,
+    scoring: Scoring,
+    renormalise: bool,
+    scale: f32,
+) -> Result<(Tensor, Tensor)> {
+    let (tokens, e) = logits.dims2()?;
+    if e == 0 || e > MAX_ROUTED_EXPERTS || top_k == 0 || top_k > e.min(MAX_TOP_K) {
+        return Err(Error::Input(format!(
+            "the CUDA router takes up to {MAX_ROUTED_EXPERTS} experts and top-k up to \
+             {MAX_TOP_K}, got top-{top_k} of {e}"
+        )));
+    }
+    let dev = cuda_device(logits)?;
+    let experts = zeros::<u32>(&dev, tokens * top_k)?;
+    let weights = zeros::<f32>(&dev, tokens * top_k)?;
+    if tokens > 0 {
+        let outputs = (&experts, &weights);
+        let args = RouteArgs {
+            tokens: tokens as i32,
+            experts: e as i32,
+            top_k: top_k as i32,
+            sigmoid: i32::from(scoring == Scoring::Sigmoid),
+            renormalise: i32::from(renormalise),
+            scale,
+        };
+        match logits.dtype() {
+            DType::F32 => launch_route::<f32>("moe_route_f32", logits, outputs, &args, &dev)?,
+            DType::BF16 => launch_route::<bf16>("moe_route_bf16", logits, outputs, &args, &dev)?,
+            DType::F16 => launch_route::<f16>("moe_route_f16", logits, outputs, &args, &dev)?,
+            other => return Err(unsupported("router logits", other)),
+        }
+    }
+    Ok((
+        tensor(experts, &dev, (tokens, top_k)),
+        tensor(weights, &dev, (tokens, top_k)),
+    ))
+}
+
+/// The scalar arguments of the routing kernel, in its order.
+struct RouteArgs {
+    tokens: i32,
+    experts: i32,
+    top_k: i32,
+    sigmoid: i32,
+    renormalise: i32,
+    scale: f32,
+}
+
+fn launch_route<T: CudaDType + DeviceRepr>(
+    name: &str,
+    logits: &Tensor,
+    (experts, weights): (&CudaSlice<u32>, &CudaSlice<f32>),
+    a: &RouteArgs,
+    dev: &CudaDevice,
+) -> Result<()> {
+    let cfg = LaunchConfig {
+        grid_dim: ((a.tokens as u32).div_ceil(ROUTE_WARPS), 1, 1),
+        block_dim: (ROUTE_WARPS * 32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    with_view::<T, _>(logits, |input| {
+        let func = dev.get_or_load_custom_func(name, "moe_route", ptx::ROUTE)?;
+        let mut b = func.builder();
+        b.arg(&input)
+            .arg(experts)
+            .arg(weights)
+            .arg(&a.tokens)
+            .arg(&a.experts)
+            .arg(&a.top_k)
+            .arg(&a.sigmoid)
+            .arg(&a.renormalise)
+            .arg(&a.scale);
+        // SAFETY: the kernel reads tokens x E logits and writes tokens x k of each output, the
+        // sizes allocated by the caller; E and k are within the kernel's register budget.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok(())
+    })
+}

@@ -1,0 +1,391 @@
+//! Every kernel against its CPU twin on the edge cases. Without a GPU each test says it skipped
+//! and passes: CI compiles them (feature `cuda`), the GPU machine runs them.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::ffn::GEMM_TILE;
+use super::*;
+use crate::moe::{RouterConfig, Routing};
+use crate::ops::cpu::ExpertGroups;
+
+fn gpu() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(dev) => Some(dev),
+        Err(e) => {
+            let why = e.to_string();
+            eprintln!(
+                "skipping: no CUDA device ({})",
+                why.lines().next().unwrap_or("")
+            );
+            None
+        }
+    }
+}
+
+fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+}
+
+fn softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = row.iter().map(|x| (x - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.iter().map(|x| x / sum).collect()
+}
+
+/// Same experts, or (where the float order of the two sides differs) experts whose scores
+/// are a near-tie; weights within `tol`.
+fn assert_same_choice(
+    scores: &[Vec<f32>],
+    (gpu_experts, gpu_weights): (&[u32], &[f32]),
+    (cpu_experts, cpu_weights): (&[u32], &[f32]),
+    k: usize,
+    tol: f32,
+) {
+    for (a, (&g, &c)) in gpu_experts.iter().zip(cpu_experts).enumerate() {
+        let row = &scores[a / k];
+        assert!(
+            g == c || (row[g as usize] - row[c as usize]).abs() < 1e-6,
+            "choice {a}: GPU {g}, CPU {c}"
+        );
+        assert!(
+            (gpu_weights[a] - cpu_weights[a]).abs() <= tol,
+            "weight {a}: {} vs {}",
+            gpu_weights[a],
+            cpu_weights[a]
+        );
+    }
+}
+
+/// Every value within `tol`, relative to 1 + |want|.
+fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "{what} {i}: {g} vs {w}"
+        );
+    }
+}
+
+fn to_host<T: candle_core::WithDType>(t: &Tensor) -> Vec<T> {
+    t.flatten_all().unwrap().to_vec1::<T>().unwrap()
+}
+
+#[test]
+fn softmax_routing_matches_the_cpu_router() {
+    let Some(dev) = gpu() else { return };
+    let cases = [
+        (1, 8, 2),
+        (7, 60, 4),
+        (4096, 128, 8),
+        (33, 512, 32),
+        (5, 8, 8),
+        (3, 1, 1),
+    ];
+    for (i, &(tokens, e, k)) in cases.iter().enumerate() {
+        for renormalise in [false, true] {
+            for dtype in [DType::F32, DType::BF16] {
+                let logits = Tensor::from_vec(random(tokens * e, 4.0, i as u64), (tokens, e), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                // The CPU routes the same (rounded) logits.
+                let host: Vec<f32> = to_host(&logits.to_dtype(DType::F32).unwrap());
+                let cfg = RouterConfig {
+                    top_k: k,
+                    norm_topk_prob: renormalise,
+                };
+                let cpu = Routing::from_slice(&host, e, cfg).unwrap();
+                let (experts, weights) =
+                    route(&logits, k, Scoring::Softmax, renormalise, 1.0).unwrap();
+                let scores: Vec<Vec<f32>> = host.chunks(e).map(softmax).collect();
+                assert_same_choice(
+                    &scores,
+                    (&to_host::<u32>(&experts), &to_host::<f32>(&weights)),
+                    (&cpu.experts, &cpu.weights),
+                    k,
+                    1e-5,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn routing_ties_go_to_the_lower_expert_index() {
+    let Some(dev) = gpu() else { return };
+    let logits = Tensor::new(&[[1f32, 5.0, 5.0, 5.0, 0.0], [0.5; 5]], &dev).unwrap();
+    let (experts, _) = route(&logits, 2, Scoring::Softmax, false, 1.0).unwrap();
+    assert_eq!(to_host::<u32>(&experts), [1, 2, 0, 1]);
+    // Exact ties in bf16, wider than a warp.
+    let flat = Tensor::ones((2, 200), DType::BF16, &dev).unwrap();
+    let (experts, weights) = route(&flat, 3, Scoring::Sigmoid, true, 1.0).unwrap();
+    assert_eq!(to_host::<u32>(&experts), [0, 1, 2, 0, 1, 2]);
+    for w in to_host::<f32>(&weights) {
+        assert!((w - 1.0 / 3.0).abs() < 1e-6);
+    }
+}
+
+#[test]
+fn sigmoid_routing_with_a_scale_matches_its_twin() {
+    let Some(dev) = gpu() else { return };
+    let (tokens, e, k, scale) = (64, 256, 8, 2.5f32);
+    let host = random(tokens * e, 6.0, 9);
+    let logits = Tensor::from_vec(host.clone(), (tokens, e), &dev).unwrap();
+    let (experts, weights) = route(&logits, k, Scoring::Sigmoid, true, scale).unwrap();
+    let scores: Vec<Vec<f32>> = host
+        .chunks(e)
+        .map(|r| r.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect())
+        .collect();
+    let (mut want_e, mut want_w) = (Vec::new(), Vec::new());
+    for row in &scores {
+        let mut order: Vec<usize> = (0..e).collect();
+        // Stable: equal scores keep the lower index first.
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        let sum: f32 = order[..k].iter().map(|&i| row[i]).sum();
+        for &i in &order[..k] {
+            want_e.push(i as u32);
+            want_w.push(row[i] / sum * scale);
+        }
+    }
+    assert_same_choice(
+        &scores,
+        (&to_host::<u32>(&experts), &to_host::<f32>(&weights)),
+        (&want_e, &want_w),
+        k,
+        1e-5,
+    );
+}
+
+#[test]
+fn alignment_matches_the_cpu_grouping_padded_to_tiles() {
+    let Some(dev) = gpu() else { return };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut cases: Vec<(usize, usize, Vec<u32>)> = vec![
+        (64, 2, vec![3, 40, 40, 9, 63, 0]), // most experts empty
+        (8, 2, vec![5; 2 * 300]),           // every token on one expert
+        (128, 8, (0..8).collect()),         // one token
+        (8, 2, Vec::new()),                 // no tokens
+    ];
+    let many: Vec<u32> = (0..4096 * 8).map(|_| rng.random_range(0..128)).collect();
+    cases.push((128, 8, many));
+    for (e, k, ids) in cases {
+        for tile in [1, 16, 64] {
+            let tokens = ids.len() / k;
+            let t = Tensor::from_vec(ids.clone(), (tokens, k), &dev).unwrap();
+            let a = align(&t, e, tile).unwrap();
+            let groups = ExpertGroups::new(&ids, &vec![0.0; ids.len()], e, k);
+            let counts: Vec<u32> = (0..e)
+                .map(|x| (groups.offsets[x + 1] - groups.offsets[x]) as u32)
+                .collect();
+            assert_eq!(to_host::<u32>(&a.counts), counts);
+            let mut padded = vec![0u32; e + 1];
+            for x in 0..e {
+                padded[x + 1] = padded[x] + counts[x].div_ceil(tile as u32) * tile as u32;
+            }
+            assert_eq!(to_host::<u32>(&a.offsets), padded, "E {e} tile {tile}");
+            let total = padded[e] as usize;
+            let num_tiles = total / tile;
+            assert_eq!(to_host::<u32>(&a.num_tiles), [num_tiles as u32]);
+            let active: Vec<u32> = (0..e as u32).filter(|&x| counts[x as usize] > 0).collect();
+            assert_eq!(to_host::<u32>(&a.num_active), [active.len() as u32]);
+            assert_eq!(
+                &to_host::<u32>(&a.active_experts)[..active.len()],
+                &active[..]
+            );
+            let tile_expert = to_host::<u32>(&a.tile_expert);
+            let position = to_host::<u32>(&a.slot_position);
+            let sorted = to_host::<u32>(&a.sorted_slots);
+            let mut want_sorted = vec![ids.len() as u32; total];
+            for (slot, &s) in groups.assignment_slot.iter().enumerate() {
+                let x = ids[slot] as usize;
+                let row = padded[x] as usize + s as usize - groups.offsets[x];
+                assert_eq!(position[slot] as usize, row, "slot {slot}");
+                want_sorted[row] = slot as u32;
+            }
+            assert_eq!(&sorted[..total], &want_sorted[..]);
+            for (tile_index, &x) in tile_expert[..num_tiles].iter().enumerate() {
+                let row = (tile_index * tile) as u32;
+                assert!(padded[x as usize] <= row && row < padded[x as usize + 1]);
+            }
+        }
+    }
+}
+
+#[test]
+fn combine_matches_a_loop() {
+    let Some(dev) = gpu() else { return };
+    for (tokens, k, hidden) in [(1, 1, 1), (5, 2, 7), (300, 8, 2048)] {
+        let slots = tokens * k;
+        let rows = slots + 3; // padding rows nobody points at
+        let y = random(rows * hidden, 1.0, 5);
+        let w = random(slots, 1.0, 6);
+        // A permutation of rows as positions: every slot its own row.
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut pos: Vec<u32> = (0..rows as u32).collect();
+        for i in (1..rows).rev() {
+            pos.swap(i, rng.random_range(0..=i));
+        }
+        pos.truncate(slots);
+        let mut want = vec![0f32; tokens * hidden];
+        for t in 0..tokens {
+            for j in 0..k {
+                let (p, wt) = (pos[t * k + j] as usize, w[t * k + j]);
+                for h in 0..hidden {
+                    want[t * hidden + h] += wt * y[p * hidden + h];
+                }
+            }
+        }
+        for dtype in [DType::F32, DType::BF16] {
+            let yt = Tensor::from_vec(y.clone(), (rows, hidden), &dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let wt = Tensor::from_vec(w.clone(), (tokens, k), &dev).unwrap();
+            let pt = Tensor::from_vec(pos.clone(), slots, &dev).unwrap();
+            let out = combine(&yt, &wt, &pt).unwrap();
+            assert_eq!(out.dtype(), dtype);
+            let got = to_host::<f32>(&out.to_dtype(DType::F32).unwrap());
+            // bf16 inputs and output: a few of its 8-bit mantissas over k terms.
+            let tol = if dtype == DType::BF16 { 0.05 } else { 1e-5 };
+            assert_close(&got, &want, tol, &format!("{dtype:?}"));
+        }
+    }
+}
+
+/// Random top-k choices (distinct experts per token) for `tokens` tokens.
+fn random_choices(tokens: usize, e: usize, k: usize, seed: u64) -> Vec<u32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut ids = Vec::with_capacity(tokens * k);
+    for _ in 0..tokens {
+        let mut row: Vec<u32> = (0..e as u32).collect();
+        for j in 0..k {
+            let pick = rng.random_range(j..e);
+            row.swap(j, pick);
+        }
+        ids.extend_from_slice(&row[..k]);
+    }
+    ids
+}
+
+/// Runs the experts' FFN by `path` through align and combine on the GPU, and by the CPU's
+/// grouped FFN, for every (tokens, E, k, H, I) case and dtype, within `tol` of each other.
+/// `ids` picks each case's choices (random when `None`).
+fn check_expert_ffn(
+    path: FfnPath,
+    cases: &[(usize, usize, usize, usize, usize)],
+    dtypes: &[DType],
+    ids: impl Fn(usize, usize, usize, u64) -> Vec<u32>,
+) {
+    use crate::ops::cpu::{grouped_ffn_weights, ExpertWeights, WeightSlice};
+    let Some(dev) = gpu() else { return };
+    for (case, &(tokens, e, k, h, i)) in cases.iter().enumerate() {
+        let seed = case as u64;
+        let x = random(tokens * h, 1.0, 10 + seed);
+        let gate_up = random(e * 2 * i * h, 0.2, 20 + seed);
+        let down = random(e * h * i, 0.2, 30 + seed);
+        let ids = ids(tokens, e, k, seed);
+        let weights = random(tokens * k, 1.0, 40 + seed);
+        let groups = ExpertGroups::new(&ids, &weights, e, k);
+        let mut want = vec![0f32; tokens * h];
+        let w = ExpertWeights {
+            gate_up: WeightSlice::F32(&gate_up),
+            down: WeightSlice::F32(&down),
+            hidden: h,
+            intermediate: i,
+        };
+        grouped_ffn_weights(&x, &groups, &w, &mut want).unwrap();
+        for &dtype in dtypes {
+            let on_gpu = |v: &[f32], shape: &[usize]| {
+                Tensor::from_vec(v.to_vec(), shape, &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap()
+            };
+            let ids_t = Tensor::from_vec(ids.clone(), (tokens, k), &dev).unwrap();
+            let a = align(&ids_t, e, path.tile().max(16)).unwrap();
+            let y = expert_ffn(
+                &on_gpu(&x, &[tokens, h]),
+                &on_gpu(&gate_up, &[e, 2 * i, h]),
+                &on_gpu(&down, &[e, h, i]),
+                &a,
+                k,
+                path,
+            )
+            .unwrap();
+            let wt = Tensor::from_vec(weights.clone(), (tokens, k), &dev).unwrap();
+            let out = combine(&y, &wt, &a.slot_position).unwrap();
+            let got = to_host::<f32>(&out.to_dtype(DType::F32).unwrap());
+            // Half precision rounds inputs, weights and outputs (and, on the GEMM path, the
+            // activation) to 8 or 11 bits.
+            let tol = if dtype == DType::F32 { 1e-4 } else { 0.05 };
+            assert_close(&got, &want, tol, &format!("{path:?} {dtype:?} case {case}"));
+        }
+    }
+}
+
+#[test]
+fn decode_expert_ffn_matches_the_cpu_grouped_ffn() {
+    // (tokens, E, k, H, I): one token; a few sharing experts (counts past the kernel's 4
+    // tokens at a time); sizes off the warp grid and off the 8-element vectors; vector loads.
+    check_expert_ffn(
+        FfnPath::Decode,
+        &[
+            (1, 8, 2, 64, 96),
+            (6, 4, 2, 33, 40),
+            (12, 16, 4, 128, 72),
+            (3, 128, 8, 2048, 768),
+        ],
+        &[DType::F32, DType::BF16, DType::F16],
+        random_choices,
+    );
+}
+
+#[test]
+fn grouped_gemm_expert_ffn_matches_the_cpu_grouped_ffn() {
+    // Tiles partly padding, several tiles per expert, columns off the 64-column block
+    // (I = 200, H = 72), 4096 tokens, every token on one expert.
+    let cases = [
+        (5, 8, 2, 64, 96),
+        (300, 8, 2, 256, 200),
+        (40, 4, 1, 72, 64),
+        (4096, 16, 4, 128, 64),
+    ];
+    check_expert_ffn(
+        FfnPath::Gemm,
+        &cases,
+        &[DType::BF16, DType::F16],
+        random_choices,
+    );
+    check_expert_ffn(
+        FfnPath::Gemm,
+        &[(200, 8, 2, 64, 64)],
+        &[DType::BF16],
+        |tokens, _, k, _| (0..tokens * k).map(|s| (s % k) as u32 * 3).collect(),
+    );
+}
+
+#[test]
+fn the_gemm_refuses_what_it_cannot_take() {
+    let Some(dev) = gpu() else { return };
+    let ids = Tensor::from_vec(vec![0u32, 1], (1, 2), &dev).unwrap();
+    let x = Tensor::zeros((1, 33), DType::BF16, &dev).unwrap();
+    let gate_up = Tensor::zeros((2, 16, 33), DType::BF16, &dev).unwrap();
+    let down = Tensor::zeros((2, 33, 8), DType::BF16, &dev).unwrap();
+    let a = align(&ids, 2, GEMM_TILE).unwrap();
+    let err = expert_ffn(&x, &gate_up, &down, &a, 2, FfnPath::Gemm).unwrap_err();
+    assert!(err.to_string().contains("multiples of 8"), "{err}");
+    let a = align(&ids, 2, 16).unwrap();
+    let x = Tensor::zeros((1, 32), DType::BF16, &dev).unwrap();
+    let gate_up = Tensor::zeros((2, 16, 32), DType::BF16, &dev).unwrap();
+    let down = Tensor::zeros((2, 32, 8), DType::BF16, &dev).unwrap();
+    let err = expert_ffn(&x, &gate_up, &down, &a, 2, FfnPath::Gemm).unwrap_err();
+    assert!(err.to_string().contains("tiles of 64"), "{err}");
+    // f32 takes the decode path, chosen without error.
+    let x32 = x.to_dtype(DType::F32).unwrap();
+    let path = FfnPath::choose(1 << 20, &x32, &gate_up, &down).unwrap();
+    assert_eq!(path, FfnPath::Decode);
+}

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 use crate::energy::{EnergyMeter, EnergyReport, PhaseEnergy, Reading};
@@ -222,6 +223,29 @@ pub fn read_bandwidth() -> f64 {
         best = best.max(BYTES as f64 / secs);
     }
     best
+}
+
+/// The read bandwidth of `device`'s memory in bytes/s: [`read_bandwidth`] on the CPU; on a GPU
+/// the best of several of candle's sums over a 1 GiB tensor (a read-only pass), each timed from
+/// one device synchronize to the next.
+pub fn read_bandwidth_on(device: &Device) -> Result<f64> {
+    if device.is_cpu() {
+        return Ok(read_bandwidth());
+    }
+    const BYTES: usize = 1 << 30;
+    const PASSES: usize = 5;
+    let data = Tensor::ones(BYTES / 4, DType::F32, device)?;
+    let mut best = 0f64;
+    for _ in 0..PASSES {
+        device.synchronize()?;
+        let start = Instant::now();
+        let sum = data.sum_all()?;
+        device.synchronize()?;
+        let secs = start.elapsed().as_secs_f64();
+        std::hint::black_box(sum);
+        best = best.max(BYTES as f64 / secs);
+    }
+    Ok(best)
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ pub fn run(
     let mut meter = energy_args.meter(!model.device().is_cpu())?;
     let result = bench::run(&model, opts, &mut meter)?;
     // Measured after the runs, with the weights paged in and the thread pool warm.
-    let bandwidth = bench::read_bandwidth();
+    let bandwidth = bench::read_bandwidth_on(model.device())?;
     let bytes_per_token = model.decode_read_bytes();
     let limit = bandwidth / bytes_per_token;
     // The bound is that of one sequence: a batch step reads each chosen expert once for all

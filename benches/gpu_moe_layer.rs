@@ -23,14 +23,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Activation, VarBuilder};
 use candle_transformers::fused_moe::{FusedMoe, MoeCfg};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use moe_runtime::arch::LLAMA_NAMES;
-use moe_runtime::model::Linear;
-use moe_runtime::moe::{Experts, MoeImpl, RouterConfig, SparseMoe};
-use moe_runtime::quant::Weight;
+use moe_runtime::moe::SparseMoe;
 use moe_runtime::weights::Weights;
 
 mod common;
-use common::{configure, Shape, SEED};
+use common::{configure, sparse_moe, Shape, LAYER_PREFIX, SEED};
 
 const SHAPES: [&Shape; 2] = [&common::Q3_MINI, &common::QWEN3_30B_A3B];
 const PHASES: [(&str, usize); 6] = [
@@ -42,7 +39,6 @@ const PHASES: [(&str, usize); 6] = [
     ("prefill4096", 4096),
 ];
 const INPUTS: usize = 16;
-const PREFIX: &str = "model.layers.0.mlp";
 
 struct Layer {
     ours: SparseMoe,
@@ -54,23 +50,11 @@ impl Layer {
         let dtype = DType::BF16;
         let weights = Weights::random(SEED, dtype, dev);
         let get = |name: &str, shape: &[usize]| weights.get(name, shape).expect("random tensor");
-        let router = get(&format!("{PREFIX}.gate.weight"), &[s.experts, s.hidden]);
-        let (gate_up, down) = weights
-            .experts(&LLAMA_NAMES, PREFIX, (s.experts, s.expert_ffn, s.hidden))
-            .expect("stacked experts");
-        let ours = SparseMoe {
-            router: Linear::new(router.clone(), None),
-            router_cfg: RouterConfig {
-                top_k: s.top_k,
-                norm_topk_prob: true,
-            },
-            experts: Experts {
-                gate_up: Weight::Dense(gate_up),
-                down: Weight::Dense(down),
-            },
-            shared: None,
-            imp: MoeImpl::Fast,
-        };
+        let ours = sparse_moe(s, &weights);
+        let router = get(
+            &format!("{LAYER_PREFIX}.gate.weight"),
+            &[s.experts, s.hidden],
+        );
         // The same values by hub name, one tensor per expert and projection, as FusedMoe reads
         // them (it stacks them itself).
         let mut tensors = HashMap::from([("gate.weight".to_string(), router)]);
@@ -82,7 +66,7 @@ impl Layer {
                 ("down_proj", [h, i]),
             ] {
                 let name = format!("experts.{e}.{proj}.weight");
-                tensors.insert(name.clone(), get(&format!("{PREFIX}.{name}"), &shape));
+                tensors.insert(name.clone(), get(&format!("{LAYER_PREFIX}.{name}"), &shape));
             }
         }
         let cfg = MoeCfg {

@@ -42,14 +42,13 @@ use std::cell::OnceCell;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::qwen3_moe::ModelForCausalLM;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use moe_runtime::arch::LLAMA_NAMES;
-use moe_runtime::model::Linear;
-use moe_runtime::moe::{Experts, MoeImpl, RouterConfig, SparseMoe};
-use moe_runtime::quant::Weight;
+use moe_runtime::moe::{MoeImpl, SparseMoe};
 use moe_runtime::weights::Weights;
 
 mod common;
-use common::{config_json, configure, ct_config, ct_ids, ct_model, random_ids, Shape, SEED};
+use common::{
+    config_json, configure, ct_config, ct_ids, ct_model, random_ids, sparse_moe, Shape, SEED,
+};
 
 const SHAPES: [&Shape; 2] = [&common::Q3_MINI, &common::QWEN3_30B_A3B];
 
@@ -76,26 +75,7 @@ struct Layer {
 impl Layer {
     fn new(s: &Shape, dtype: DType) -> Layer {
         let weights = Weights::random(SEED, dtype, &Device::Cpu);
-        let prefix = "model.layers.0.mlp";
-        let router = weights
-            .get(&format!("{prefix}.gate.weight"), &[s.experts, s.hidden])
-            .expect("router weights");
-        let (gate_up, down) = weights
-            .experts(&LLAMA_NAMES, prefix, (s.experts, s.expert_ffn, s.hidden))
-            .expect("stacked experts");
-        let ours = SparseMoe {
-            router: Linear::new(router, None),
-            router_cfg: RouterConfig {
-                top_k: s.top_k,
-                norm_topk_prob: true,
-            },
-            experts: Experts {
-                gate_up: Weight::Dense(gate_up),
-                down: Weight::Dense(down),
-            },
-            shared: None,
-            imp: MoeImpl::Fast,
-        };
+        let ours = sparse_moe(s, &weights);
         let json = config_json(s, 1, VOCAB);
         let theirs = ct_model(&ct_config(&json), &weights);
         let mut no_moe = ct_config(&json);

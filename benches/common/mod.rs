@@ -11,6 +11,10 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::qwen3_moe::{Config, ModelForCausalLM};
+use moe_runtime::arch::LLAMA_NAMES;
+use moe_runtime::model::Linear;
+use moe_runtime::moe::{Experts, MoeImpl, RouterConfig, SparseMoe};
+use moe_runtime::quant::Weight;
 use moe_runtime::weights::Weights;
 use serde_json::{json, Value};
 
@@ -84,6 +88,40 @@ pub fn config_json(s: &Shape, layers: usize, vocab: usize) -> Value {
         "decoder_sparse_step": 1,
         "mlp_only_layers": [],
     })
+}
+
+/// Hub prefix of the one layer the layer benches build.
+pub const LAYER_PREFIX: &str = "model.layers.0.mlp";
+
+/// Our sparse block of shape `s` on `weights`' tensors for layer 0 (router and stacked experts,
+/// top-k renormalised as Qwen3-MoE does), on the fast path.
+pub fn sparse_moe(s: &Shape, weights: &Weights) -> SparseMoe {
+    let router = weights
+        .get(
+            &format!("{LAYER_PREFIX}.gate.weight"),
+            &[s.experts, s.hidden],
+        )
+        .expect("router weights");
+    let (gate_up, down) = weights
+        .experts(
+            &LLAMA_NAMES,
+            LAYER_PREFIX,
+            (s.experts, s.expert_ffn, s.hidden),
+        )
+        .expect("stacked experts");
+    SparseMoe {
+        router: Linear::new(router, None),
+        router_cfg: RouterConfig {
+            top_k: s.top_k,
+            norm_topk_prob: true,
+        },
+        experts: Experts {
+            gate_up: Weight::Dense(gate_up),
+            down: Weight::Dense(down),
+        },
+        shared: None,
+        imp: MoeImpl::Fast,
+    }
 }
 
 /// candle-transformers' reading of a config.json.

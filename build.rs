@@ -2,7 +2,9 @@
 //! them; the driver compiles PTX for the GPU it finds). Without the feature it does nothing.
 //!
 //! nvcc: $NVCC, else `nvcc` on PATH, else $CUDA_HOME/bin/nvcc. Target: $CUDA_COMPUTE_CAP (90
-//! for H100/H200), else what `nvidia-smi` reports, as candle's own kernels build does.
+//! for H100/H200), else what `nvidia-smi` reports, as candle's own kernels build does. An nvcc
+//! newer than CUDA 13.0 gets a warning: its PTX carries a newer ISA version, which the 580
+//! drivers of the GPU machines refuse to load.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,11 +13,13 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-env-changed=NVCC");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return;
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let nvcc = nvcc();
+    warn_if_newer_than_13_0(&nvcc);
     let arch = format!("compute_{}", compute_cap());
     let mut sources: Vec<PathBuf> = std::fs::read_dir("kernels")
         .expect("the kernels folder")
@@ -49,6 +53,32 @@ fn compile(nvcc: &Path, arch: &str, source: &Path, ptx: &Path) {
         nvcc.display(),
         source.display()
     );
+}
+
+/// The PTX ISA an nvcc writes follows its release; a driver loads PTX of its own CUDA version
+/// or older only (CUDA_ERROR_UNSUPPORTED_PTX_VERSION at the first launch otherwise).
+fn warn_if_newer_than_13_0(nvcc: &Path) {
+    let Ok(out) = Command::new(nvcc).arg("--version").output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "Cuda compilation tools, release 13.0, V13.0.88"
+    let release = text
+        .split("release ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|r| r.split_once('.'))
+        .and_then(|(major, minor)| Some((major.parse::<u32>().ok()?, minor.parse::<u32>().ok()?)));
+    if let Some((major, minor)) = release {
+        if (major, minor) > (13, 0) {
+            println!(
+                "cargo:warning={} is CUDA {major}.{minor}: its PTX loads only on a driver of \
+                 that CUDA version or newer (the 580 drivers take up to 13.0; \
+                 .ci/cuda-toolchain.sh installs 13.0)",
+                nvcc.display()
+            );
+        }
+    }
 }
 
 fn nvcc() -> PathBuf {

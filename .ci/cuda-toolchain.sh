@@ -8,6 +8,7 @@
 #   cargo build --release --features cuda
 set -euo pipefail
 venv=${1:-$HOME/.cache/moe-runtime/cuda}
+root=$(cd "$(dirname "$0")/.." && pwd)
 
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv" >&2
@@ -28,10 +29,15 @@ done
 # libcuda belongs to the driver, which no wheel ships: every entry point cudarc can name,
 # each returning CUDA_ERROR_STUB_LIBRARY (34).
 if [ ! -e "$tk/lib/stubs/libcuda.so" ]; then
-  cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.10 2>/dev/null | head -1)
-  if [ -z "$cudarc" ]; then
-    cargo fetch >&2
-    cudarc=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.10 | head -1)
+  # cudarc's sources name every driver entry point. `cargo metadata` fetches them when the
+  # registry has never held cudarc (a fresh machine: nothing but the cuda feature needs it).
+  cudarc=$(cargo metadata --format-version 1 --features cuda --manifest-path "$root/Cargo.toml" \
+    | python3 -c 'import json, os, sys
+for p in json.load(sys.stdin)["packages"]:
+    if p["name"] == "cudarc": print(os.path.dirname(p["manifest_path"]))')
+  if [ ! -f "$cudarc/src/driver/sys/mod.rs" ]; then
+    echo "cuda-toolchain.sh: cudarc's sources not found through cargo metadata" >&2
+    exit 1
   fi
   grep -oE '^pub unsafe fn cu[A-Za-z0-9_]+' "$cudarc/src/driver/sys/mod.rs" | sort -u \
     | awk '{print "int "$4"(void){return 34;}"}' > "$tk/lib/stubs/libcuda_stub.c"

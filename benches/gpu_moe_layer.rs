@@ -11,10 +11,14 @@
 //! GPU's work. candle-transformers is told `is_prefill` for 512 and 4096 tokens, as its model
 //! does for prompts, and not for decode batches.
 //!
-//! Before timing, both outputs on one input are compared and the difference printed, with
-//! what the setting must move: the bytes of the experts it touches (expected distinct experts
-//! for that many tokens, times 3·H·I bf16 values) and its FLOPs (tokens·k·6·H·I), from which
-//! the fraction of HBM bandwidth (decode) and of the bf16 tensor rate (prefill) follow.
+//! Before timing, both outputs on one input are compared, and the bench stops unless at least
+//! 90% of the tokens' rows agree within 2% of the largest output (a row whose experts differ
+//! on a bf16 near-tie of the router's logits, which the two top-k sorts break differently, is
+//! the allowed exception). It prints what the setting must move: the bytes of the experts it
+//! touches (expected distinct experts for that many tokens, times 3·H·I bf16 values) and its
+//! FLOPs (tokens·k·6·H·I), from which the fraction of HBM bandwidth (decode) and of the bf16
+//! tensor rate (prefill) follow. Where FusedMoe fails (its sort of 4096·k ids asks for more
+//! shared memory than a launch may have), its row reads "n/a" and the rest go on.
 
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -90,34 +94,46 @@ fn experts_touched(s: &Shape, tokens: usize) -> f64 {
     e * (1.0 - (1.0 - s.top_k as f64 / e).powi(tokens as i32))
 }
 
-fn print_costs(s: &Shape, phase: &str, tokens: usize, diff: f32) {
+fn print_costs(s: &Shape, phase: &str, tokens: usize, agreement: &str) {
     let (h, i) = (s.hidden as f64, s.expert_ffn as f64);
     let bytes = experts_touched(s, tokens) * 3.0 * h * i * 2.0 + s.experts as f64 * h * 2.0;
     let flops = tokens as f64 * s.top_k as f64 * 6.0 * h * i;
     eprintln!(
-        "{}/{phase}: outputs differ by at most {diff:.3e}; moves {:.1} MB of weights, {:.2} \
-         GFLOP",
+        "{}/{phase}: {agreement}; moves {:.1} MB of weights, {:.2} GFLOP",
         s.name,
         bytes / 1e6,
         flops / 1e9
     );
 }
 
-fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a.to_dtype(DType::F32).unwrap() - b.to_dtype(DType::F32).unwrap())
+/// Rows of two (tokens, hidden) outputs within this much of the largest |want| agree.
+const ROW_BOUND: f32 = 0.02;
+/// The share of rows that must agree.
+const ROWS_AGREEING: f64 = 0.9;
+
+/// The share of rows of `got` within [`ROW_BOUND`] of `want`'s, relative to its largest value.
+fn rows_agreeing(got: &Tensor, want: &Tensor) -> f64 {
+    let f32_of = |t: &Tensor| t.to_dtype(DType::F32).expect("f32");
+    let (got, want) = (f32_of(got), f32_of(want));
+    let scale = want
+        .abs()
+        .and_then(|a| a.max_all())
+        .and_then(|m| m.to_scalar::<f32>())
+        .expect("a scale");
+    let rows = (got - want)
         .and_then(|d| d.abs())
-        .and_then(|d| d.max_all())
-        .and_then(|d| d.to_scalar::<f32>())
-        .expect("a difference")
+        .and_then(|d| d.max(1))
+        .and_then(|d| d.to_vec1::<f32>())
+        .expect("row differences");
+    let close = rows.iter().filter(|&&d| d <= ROW_BOUND * scale).count();
+    close as f64 / rows.len() as f64
 }
 
 fn bench(c: &mut Criterion) {
-    let dev = match Device::new_cuda(0) {
-        Ok(dev) => dev,
-        Err(e) => {
-            eprintln!("gpu_moe_layer: no CUDA device ({e}); nothing to measure");
-            return;
-        }
+    // MOE_REQUIRE_CUDA=1 makes a missing GPU an error rather than an empty run.
+    let Some(dev) = moe_runtime::device::gpu_for_tests() else {
+        eprintln!("gpu_moe_layer: nothing to measure");
+        return;
     };
     let sync = || dev.synchronize().expect("device synchronize");
     for s in SHAPES {
@@ -137,14 +153,26 @@ fn bench(c: &mut Criterion) {
             let ours = layer().ours.forward(&xs[0]).expect("our forward");
             let theirs = layer()
                 .theirs
-                .forward(&xs[0].unsqueeze(0).unwrap(), prefill)
-                .expect("FusedMoe forward");
-            print_costs(
-                s,
-                phase,
-                tokens,
-                max_diff(&ours, &theirs.squeeze(0).unwrap()),
-            );
+                .forward(&xs[0].unsqueeze(0).expect("a batch of one"), prefill)
+                .and_then(|t| t.squeeze(0));
+            // A failed launch is an error the context recovers from; the next one runs.
+            let agreement = match &theirs {
+                Ok(theirs) => {
+                    let share = rows_agreeing(&ours, theirs);
+                    assert!(
+                        share >= ROWS_AGREEING,
+                        "{}/{phase}: only {:.1}% of rows agree with FusedMoe",
+                        s.name,
+                        100.0 * share
+                    );
+                    format!("{:.1}% of rows agree with FusedMoe", 100.0 * share)
+                }
+                Err(e) => format!(
+                    "FusedMoe n/a ({})",
+                    e.to_string().lines().next().unwrap_or("")
+                ),
+            };
+            print_costs(s, phase, tokens, &agreement);
 
             group.bench_function(BenchmarkId::new("ours", "BF16"), |b| {
                 let mut next = xs.iter().cycle();
@@ -156,16 +184,18 @@ fn bench(c: &mut Criterion) {
                     y.expect("our forward")
                 })
             });
-            let xs3: Vec<Tensor> = xs.iter().map(|x| x.unsqueeze(0).unwrap()).collect();
-            group.bench_function(BenchmarkId::new("candle-transformers-fused", "BF16"), |b| {
-                let mut next = xs3.iter().cycle();
-                b.iter(|| {
-                    let x = next.next().expect("a cycle never ends");
-                    let y = layer().theirs.forward(x, prefill);
-                    sync();
-                    y.expect("FusedMoe forward")
-                })
-            });
+            if theirs.is_ok() {
+                let xs3: Vec<Tensor> = xs.iter().map(|x| x.unsqueeze(0).unwrap()).collect();
+                group.bench_function(BenchmarkId::new("candle-transformers-fused", "BF16"), |b| {
+                    let mut next = xs3.iter().cycle();
+                    b.iter(|| {
+                        let x = next.next().expect("a cycle never ends");
+                        let y = layer().theirs.forward(x, prefill);
+                        sync();
+                        y.expect("FusedMoe forward")
+                    })
+                });
+            }
             group.finish();
         }
     }

@@ -10,7 +10,10 @@
 // 2. moe_align_scatter, E blocks of a multiple of 32 threads (up to 1024): block e writes its slots to
 //    sorted_slots[offsets[e] ..] in slot order and fills the rest of its run with the sentinel
 //    `slots` (no slot); slot_position[s] is where slot s landed.
-// Expert ids of E or more (the router kernel makes none) are dropped: such a slot lands nowhere.
+// Expert ids of E or more (the router kernel makes none) are dropped: such a slot lands nowhere,
+// and moe_align_offsets marks its slot_position with 0xffffffff (combine skips it).
+// Every output is written in full up to its used length (offsets[E] rows of sorted_slots,
+// num_tiles of tile_expert, num_active of active_experts), so the host allocates them unfilled.
 
 #include <stdint.h>
 
@@ -22,13 +25,17 @@ extern "C" __global__ void moe_align_offsets(const uint32_t* __restrict__ expert
                                              uint32_t* __restrict__ tile_expert,
                                              uint32_t* __restrict__ num_tiles,
                                              uint32_t* __restrict__ active_experts,
-                                             uint32_t* __restrict__ num_active) {
+                                             uint32_t* __restrict__ num_active,
+                                             uint32_t* __restrict__ slot_position) {
   extern __shared__ uint32_t per_expert[];
   for (int e = threadIdx.x; e < E; e += blockDim.x) per_expert[e] = 0;
   __syncthreads();
   for (int s = threadIdx.x; s < slots; s += blockDim.x) {
     const uint32_t e = experts[s];
-    if (e < (uint32_t)E) atomicAdd(&per_expert[e], 1u);  // an id out of range is dropped
+    if (e < (uint32_t)E)
+      atomicAdd(&per_expert[e], 1u);
+    else
+      slot_position[s] = 0xffffffffu;  // dropped: no scatter block writes it
   }
   __syncthreads();
   // E is at most a few hundred: one thread's running sum costs less than a block scan's barriers.

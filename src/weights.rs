@@ -5,6 +5,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
@@ -26,6 +27,8 @@ pub struct Weights {
     tensors: HashMap<String, Entry>,
     /// `Some(seed)`: every name exists and reads as random values (see [`Weights::random`]).
     random: Option<u64>,
+    /// Whether the device's random generator has been seeded (random weights on a GPU).
+    gpu_seeded: AtomicBool,
     dtype: DType,
     device: Device,
 }
@@ -80,6 +83,7 @@ impl Weights {
             files,
             tensors,
             random: None,
+            gpu_seeded: AtomicBool::new(false),
             dtype,
             device: device.clone(),
         })
@@ -88,15 +92,17 @@ impl Weights {
     /// Weights with no checkpoint behind them: every tensor asked for exists, with the shape
     /// asked for. Matrices are uniform with standard deviation 1/sqrt(fan_in) (the last
     /// dimension), so activations keep their scale through the layers; vectors are ones for
-    /// norms and zeros otherwise (biases). The same seed and name give the same values (in one
-    /// build: the name is hashed with the standard library's hasher) on one kind of device: on a
-    /// GPU they are drawn there (cuRAND), so that a 60 GB model never passes through the host.
+    /// norms and zeros otherwise (biases). On the CPU the same seed and name give the same
+    /// values (in one build: the name is hashed with the standard library's hasher). On a GPU
+    /// they are drawn there, so that a 60 GB model never passes through the host, from one
+    /// cuRAND generator seeded once: the same seed and order of reads give the same values.
     pub fn random(seed: u64, dtype: DType, device: &Device) -> Self {
         Weights {
             dir: PathBuf::from("(random weights)"),
             files: Vec::new(),
             tensors: HashMap::new(),
             random: Some(seed),
+            gpu_seeded: AtomicBool::new(false),
             dtype,
             device: device.clone(),
         }
@@ -117,6 +123,11 @@ impl Weights {
     /// Reads tensor `name`, which must have exactly `shape`, in the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         if let Some(seed) = self.random {
+            if !self.device.is_cpu() && !self.gpu_seeded.swap(true, Ordering::Relaxed) {
+                // One generator for every tensor: a generator per tensor is a driver
+                // allocation and a setup each time, thousands for per-expert checkpoints.
+                self.device.set_seed(seed)?;
+            }
             let tensor = random_tensor(seed, name, shape, &self.device)?;
             return Ok(tensor.to_dtype(self.dtype)?);
         }
@@ -207,7 +218,7 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize], device: &Device) -> Res
     (seed, name).hash(&mut hasher);
     let base = hasher.finish();
     if !device.is_cpu() {
-        device.set_seed(base)?;
+        // Seeded once by Weights::get.
         return Ok(Tensor::rand(-bound, bound, shape, device)?);
     }
     let mut values = vec![0f32; n];

@@ -1,7 +1,8 @@
 //! End to end on CUDA: every fixture family on the GPU against HF's logits (f32, the parity
 //! bound of tests/parity.rs) and against the CPU (bf16, prefill long enough for the grouped
 //! GEMM, then decode steps), by our kernels and by the slow twin. Without a GPU each test says
-//! it skipped and passes; CI compiles them with the feature, the GPU machine runs them.
+//! it skipped and passes, unless MOE_REQUIRE_CUDA=1; CI compiles them with the feature, the GPU
+//! machine runs them with that set.
 //!
 //! Same experts: the CUDA router's choices are checked against the CPU router's on the same
 //! logits in src/ops/cuda/tests.rs; here a different expert anywhere would move that position's
@@ -27,19 +28,7 @@ const BF16_BOUND: f32 = 0.06;
 /// 128 positions.
 const LONG_PROMPT: usize = 120;
 
-fn gpu() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(dev) => Some(dev),
-        Err(e) => {
-            let why = e.to_string();
-            eprintln!(
-                "skipping: no CUDA device ({})",
-                why.lines().next().unwrap_or("")
-            );
-            None
-        }
-    }
-}
+use moe_runtime::device::gpu_for_tests as gpu;
 
 fn load(name: &str, dtype: DType, moe_impl: MoeImpl, device: &Device) -> Model {
     let opts = LoadOptions {
@@ -118,5 +107,42 @@ fn bf16_on_cuda_agrees_with_bf16_on_cpu_in_prefill_and_decode() {
         let decode = step_errors[step_errors.len() - 2];
         assert!(decode <= BF16_BOUND, "{name} decode: {step_errors:?}");
         eprintln!("{name}: bf16 CUDA vs CPU, prefill {prefill:.2e}, decode {step_errors:?}");
+    }
+}
+
+/// Work launched on one thread and read back on another must not race (candle's own
+/// `Device::new_cuda` puts each thread on its own stream, unordered with the others): greedy
+/// generations from many prompts, from the test thread while rayon's pool is up, and from
+/// several threads at once on one shared model, equal token for token the same generations run
+/// one after another inside a one-thread pool, on bf16 (prefill on the grouped GEMM) and f32.
+#[test]
+fn generations_from_many_threads_match_a_single_threaded_run() {
+    let Some(dev) = gpu() else { return };
+    const NEW_TOKENS: usize = 24;
+    for (name, dtype) in [("qwen3_moe-a", DType::F32), ("mixtral-a", DType::BF16)] {
+        let r = reference(name);
+        let model = load(name, dtype, MoeImpl::Fast, &dev);
+        // Prompts of 8 to 64 tokens, each a different slice of the fixture's prompt.
+        let prompts: Vec<Vec<u32>> = (0..8)
+            .map(|i| {
+                let cycled = r.tokens.iter().copied().cycle().skip(3 * i);
+                cycled.take(8 + 8 * i).collect()
+            })
+            .collect();
+        let run = |p: &Vec<u32>| generate::greedy(&model, p, NEW_TOKENS, &[]).unwrap().tokens;
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let want: Vec<Vec<u32>> = one.install(|| prompts.iter().map(run).collect());
+        for round in 0..4 {
+            let got: Vec<Vec<u32>> = prompts.iter().map(run).collect();
+            assert_eq!(got, want, "{name}: round {round} from the test thread");
+        }
+        let got: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let threads: Vec<_> = prompts.iter().map(|p| s.spawn(move || run(p))).collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        assert_eq!(got, want, "{name}: one thread per prompt");
     }
 }

@@ -201,7 +201,7 @@ impl Model {
     /// Runs `tokens` after whatever `cache` holds; returns f32 logits for every one of them,
     /// (tokens, vocab).
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        in_pool(|| {
+        in_pool(&self.device, || {
             let hidden = self.hidden(tokens, cache)?;
             self.logits(&hidden)
         })
@@ -209,7 +209,7 @@ impl Model {
 
     /// Like `forward`, but computes the head for the last token only: (vocab,).
     pub fn forward_last(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        in_pool(|| {
+        in_pool(&self.device, || {
             let hidden = self.hidden(tokens, cache)?;
             let last = hidden.narrow(0, tokens.len() - 1, 1)?;
             Ok(self.logits(&last)?.squeeze(0)?)
@@ -229,7 +229,7 @@ impl Model {
             )));
         }
         let mut seqs: Vec<(&[u32], &mut Cache)> = tokens.chunks(1).zip(caches.iter_mut()).collect();
-        in_pool(|| {
+        in_pool(&self.device, || {
             let hidden = self.hidden_many(&mut seqs)?;
             self.logits(&hidden)
         })
@@ -311,13 +311,18 @@ impl Model {
     }
 }
 
-/// Runs `f` on a thread of rayon's pool. Called from outside it, each of the kernels' parallel
-/// loops (about ten per layer) would be handed to the pool while the caller sleeps, two thread
-/// wake-ups each (~10 µs on the dev VM; a decode step of q3-mini's structure with tiny
-/// weights took 1.6 ms instead of 0.8); from inside, the caller works in the loop itself, and
-/// a loop too small to split runs in place.
-fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::scope(|_| f())
+/// Runs `f` on a thread of rayon's pool when the model runs on the CPU. Called from outside
+/// it, each of the kernels' parallel loops (about ten per layer) would be handed to the pool
+/// while the caller sleeps, two thread wake-ups each (~10 µs on the dev VM; a decode step of
+/// q3-mini's structure with tiny weights took 1.6 ms instead of 0.8); from inside, the caller
+/// works in the loop itself, and a loop too small to split runs in place. On a GPU the pool
+/// has nothing to do, and the caller's thread launches: a hop to a worker buys nothing.
+fn in_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
+    if device.is_cpu() {
+        rayon::scope(|_| f())
+    } else {
+        f()
+    }
 }
 
 #[cfg(test)]

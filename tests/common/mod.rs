@@ -22,9 +22,19 @@ pub const FIXTURES: &[&str] = &[
 ];
 
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    fixtures_dir().join(name)
+}
+
+/// The committed fixtures, found when the test runs, not where it was built (test binaries
+/// built here run from the repository root of the GPU machine): `$MOE_FIXTURES`, else
+/// tests/fixtures under `$CARGO_MANIFEST_DIR` (cargo sets it when it runs a test), else under
+/// the working directory.
+pub fn fixtures_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MOE_FIXTURES") {
+        return dir.into();
+    }
+    let root = std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(PathBuf::new, PathBuf::from);
+    root.join("tests/fixtures")
 }
 
 /// HF's outputs for a fixture: the prompt, f32 logits at every position, greedy continuation.

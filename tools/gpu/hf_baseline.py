@@ -1,5 +1,5 @@
 """HF transformers + PyTorch on the shapes tools/gpu/run.sh measures ours on: random bf16
-weights made on the GPU, decode at batch 1, 8, 32 and 128 after a 512-token prompt, prefill of
+weights made on the GPU, decode at batch 1, 8 and 32 after a 512-token prompt, prefill of
 512 and 4096 tokens; tokens/s (median of 3) and joules from NVML's energy counter. One JSON
 object per line to --out and stdout.
 
@@ -56,7 +56,7 @@ def measure(shape, handle, emit):
         ids = torch.randint(0, vocab, (1, tokens), device="cuda")
         secs, joules = median_run(handle, lambda: model(input_ids=ids, use_cache=False, logits_to_keep=1))
         emit(shape, "prefill", 1, tokens, secs, joules)
-    for batch in (1, 8, 32, 128):
+    for batch in (1, 8, 32):
         prompt = torch.randint(0, vocab, (batch, PROMPT), device="cuda")
 
         def decode():

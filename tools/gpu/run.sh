@@ -1,63 +1,83 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine (the device tool), from the repository root, with .gpu/ carried from
-# tools/gpu/build.sh. Everything issue 6 measures, in one call, logs under $OUT:
-#   1. the kernels against their CPU twins and every fixture end to end (the test binaries);
-#   2. one MoE layer, ours against candle-transformers' FusedMoe (criterion, bf16);
-#   3. whole models with random weights made on the GPU, q3-mini and the Qwen3-30B-A3B shape:
-#      decode at batch 1, 8, 32, 128 and prefill of 512 and 4096 tokens, with NVML energy
-#      (`moe bench --json`);
-#   4. HF transformers + PyTorch on the same shapes (tools/gpu/hf_baseline.py), same energy
-#      counter;
-# and a short table last. STEPS=tests,layer,models,hf picks steps (all by default).
+# tools/gpu/build.sh. Three steps, each under its own time limit so that one command fits the
+# device tool's (at most 600 s a command, 15 minutes of device time in all, 8 files back):
+#
+#   tests  the kernels against their CPU twins and every fixture end to end (the test
+#          binaries, MOE_REQUIRE_CUDA=1: no GPU is a failure, not a skip)          ~1 min
+#   bench  one MoE layer, ours against candle-transformers' FusedMoe (criterion, bf16), then
+#          whole models with random weights made on the GPU, q3-mini and the Qwen3-30B-A3B
+#          shape: decode at batch 1, 8, 32 after a 512-token prompt (one process, one model)
+#          and prefill of 4096, with NVML energy (`moe bench --json`)              ~4 min
+#   hf     HF transformers + PyTorch on the same shapes (tools/gpu/hf_baseline.py), same
+#          energy counter                                                          ~2 min
+#
+#   STEPS=tests,bench,hf bash tools/gpu/run.sh      # all three by default
+#
+# $OUT gets summary.txt (also printed last), the JSON lines of both engines, and every log in
+# logs.tar.gz.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/moe-gpu-out}
-mkdir -p "$OUT" /tmp/moe-gpu
-STEPS=${STEPS:-tests,layer,models,hf}
+STEPS=${STEPS:-tests,bench,hf}
+LOGS=/tmp/moe-gpu-logs
+BIN=/tmp/moe-gpu
+mkdir -p "$OUT" "$LOGS" "$BIN"
 step() { [[ ",$STEPS," == *",$1,"* ]]; }
+# Runs "$@" for at most $1 seconds (then SIGINT, SIGKILL 10 s later); logs to $LOGS/$2.log.
+limited() {
+  local secs=$1 log=$2
+  shift 2
+  echo "== $log: $* (limit ${secs} s)" | tee -a "$LOGS/steps.log"
+  local start=$SECONDS
+  timeout -s INT -k 10 "$secs" "$@" >"$LOGS/$log.log" 2>&1
+  local rc=$?
+  echo "== $log: exit $rc after $((SECONDS - start)) s" | tee -a "$LOGS/steps.log"
+  return $rc
+}
 
-for f in .gpu/*.xz; do xz -dc "$f" >"/tmp/moe-gpu/$(basename "$f" .xz)"; done
-chmod +x /tmp/moe-gpu/*
+# The summary and the logs' archive, remade after each step: a command stopped at its limit
+# still leaves what ran.
+wrap_up() {
+  python3 tools/gpu/summary.py "$LOGS" "$OUT" >"$OUT/summary.txt" 2>&1
+  tar czf "$OUT/logs.tar.gz" -C "$(dirname "$LOGS")" "$(basename "$LOGS")"
+}
+
+for f in .gpu/*.xz; do xz -dc "$f" >"$BIN/$(basename "$f" .xz)"; done
+chmod +x "$BIN"/*
 # The CUDA 13 libraries of PyTorch's wheels (cublas, curand, cudart); libcuda.so.1 is the
 # driver's. Never the build machine's stub.
 CU13=$(python3 -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13", "lib"))')
 export LD_LIBRARY_PATH="$CU13${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export MOE_REQUIRE_CUDA=1 MOE_FIXTURES="$PWD/tests/fixtures"
 nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit,clocks.max.sm,clocks.max.mem \
-  --format=csv | tee "$OUT/gpu.csv"
+  --format=csv >"$LOGS/gpu.csv" 2>&1
+cat "$LOGS/gpu.csv"
 
 if step tests; then
-  /tmp/moe-gpu/lib-tests cuda --test-threads 1 2>&1 | tee "$OUT/lib-tests.log"
-  /tmp/moe-gpu/cuda-tests --test-threads 1 --nocapture 2>&1 | tee "$OUT/cuda-tests.log"
+  limited 90 lib-tests "$BIN/lib-tests" cuda --test-threads 1 --nocapture
+  limited 150 cuda-tests "$BIN/cuda-tests" --test-threads 1 --nocapture
+  wrap_up
 fi
 
-if step layer; then
-  /tmp/moe-gpu/gpu_moe_layer --bench 2>&1 | tee "$OUT/layer.log"
-fi
-
-if step models; then
+if step bench; then
+  limited 110 layer "$BIN/gpu_moe_layer" --bench
+  wrap_up
   for shape in q3-mini qwen3-30b-a3b; do
-    for batch in 1 8 32 128; do
-      /tmp/moe-gpu/moe bench --device cuda --dtype bf16 --random-weights \
-        --config "tools/gpu/configs/$shape.json" --batch "$batch" --prompt-len 512 --gen-len 32 \
-        --repeats 3 --json 2>"$OUT/models-$shape-b$batch.err" | tail -1 >"$OUT/models-$shape-b$batch.json"
-    done
-    /tmp/moe-gpu/moe bench --device cuda --dtype bf16 --random-weights \
-      --config "tools/gpu/configs/$shape.json" --prompt-len 4096 --gen-len 4 --repeats 3 --json \
-      2>"$OUT/models-$shape-p4096.err" | tail -1 >"$OUT/models-$shape-p4096.json"
+    limited 90 "models-$shape" "$BIN/moe" bench --device cuda --dtype bf16 --random-weights \
+      --config "tools/gpu/configs/$shape.json" --batch 1,8,32 --prompt-len 512 --gen-len 32 \
+      --repeats 3 --idle-seconds 1 --json
+    limited 60 "models-$shape-p4096" "$BIN/moe" bench --device cuda --dtype bf16 \
+      --random-weights --config "tools/gpu/configs/$shape.json" --prompt-len 4096 --gen-len 4 \
+      --repeats 3 --idle-seconds 1 --json
+    cat "$LOGS"/models-*.log | grep '^{' >"$OUT/models.jsonl"
+    wrap_up
   done
 fi
 
 if step hf; then
-  PYTHONUNBUFFERED=1 python3 tools/gpu/hf_baseline.py --out "$OUT/hf.jsonl" 2>&1 | tee "$OUT/hf.log"
+  PYTHONUNBUFFERED=1 limited 150 hf python3 tools/gpu/hf_baseline.py --out "$OUT/hf.jsonl"
 fi
 
-echo "== summary =="
-grep -h "test result" "$OUT"/*tests.log 2>/dev/null
-grep -hE "^gpu/.*(ours|fused)|time:|thrpt:" "$OUT/layer.log" 2>/dev/null | paste - - - | cut -c1-160
-for f in "$OUT"/models-*.json; do
-  [ -s "$f" ] && python3 -c '
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(sys.argv[1].rsplit("/", 1)[-1], {k: r[k] for k in r if "tokens_per_s" in k or k == "energy"})' "$f" | cut -c1-300
-done
-cat "$OUT/hf.jsonl" 2>/dev/null
+wrap_up
+cat "$OUT/summary.txt"

@@ -3,16 +3,18 @@
 use std::path::Path;
 
 use anyhow::Result;
-use moe_runtime::bench::{self, BenchOptions};
+use moe_runtime::bench::{self, BenchOptions, BenchResult};
+use moe_runtime::Model;
 use serde_json::json;
 
 use crate::common::Common;
 use crate::energy::{self, EnergyArgs};
 
+/// Loads the model once, then measures each of `settings` in turn.
 pub fn run(
     common: &Common,
     random_config: Option<&Path>,
-    opts: &BenchOptions,
+    settings: &[BenchOptions],
     energy_args: &EnergyArgs,
     json: bool,
 ) -> Result<()> {
@@ -27,9 +29,27 @@ pub fn run(
         }
     };
     let mut meter = energy_args.meter(!model.device().is_cpu())?;
-    let result = bench::run(&model, opts, &mut meter)?;
-    // Measured after the runs, with the weights paged in and the thread pool warm.
-    let bandwidth = bench::read_bandwidth_on(model.device())?;
+    let mut bandwidth = None;
+    for opts in settings {
+        let result = bench::run(&model, opts, &mut meter)?;
+        // Measured after the first runs, with the weights paged in and the thread pool warm.
+        let bandwidth = match bandwidth {
+            Some(b) => b,
+            None => *bandwidth.insert(bench::read_bandwidth_on(model.device())?),
+        };
+        report(&model, &name, opts, &result, bandwidth, json);
+    }
+    Ok(())
+}
+
+fn report(
+    model: &Model,
+    name: &str,
+    opts: &BenchOptions,
+    result: &BenchResult,
+    bandwidth: f64,
+    json: bool,
+) {
     let bytes_per_token = model.decode_read_bytes();
     let limit = bandwidth / bytes_per_token;
     // The bound is that of one sequence: a batch step reads each chosen expert once for all
@@ -86,5 +106,4 @@ pub fn run(
         );
         energy::print(&result.energy);
     }
-    Ok(())
 }

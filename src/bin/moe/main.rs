@@ -99,9 +99,11 @@ enum Command {
         gen_len: usize,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
-        /// Sequences decoded together; tokens/s are those of the whole batch.
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
+        /// Sequences decoded together; tokens/s are those of the whole batch. Several sizes,
+        /// comma-separated (1,8,32), are measured one after another on one loaded model, each
+        /// reported on its own (with --json, one line each).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        batch: Vec<usize>,
         /// With --random-weights: the config.json whose shape to build (no checkpoint needed).
         #[arg(long, requires = "random_weights")]
         config: Option<PathBuf>,
@@ -217,13 +219,16 @@ fn run(cli: Cli) -> Result<()> {
             energy,
             json,
         } => {
-            let opts = moe_runtime::bench::BenchOptions {
-                prompt_len,
-                gen_len,
-                repeats,
-                batch,
-                idle_seconds: energy.idle_seconds,
-            };
+            let opts: Vec<_> = batch
+                .into_iter()
+                .map(|batch| moe_runtime::bench::BenchOptions {
+                    prompt_len,
+                    gen_len,
+                    repeats,
+                    batch,
+                    idle_seconds: energy.idle_seconds,
+                })
+                .collect();
             bench::run(&common, config.as_deref(), &opts, &energy, json)
         }
         Command::Explore(args) => explore::run(&args),

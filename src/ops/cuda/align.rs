@@ -4,7 +4,7 @@ use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{DType, Tensor};
 
-use super::{cuda_device, ptx, tensor, with_view, zeros, THREADS};
+use super::{cuda_device, output, ptx, tensor, with_view, THREADS};
 use crate::error::{Error, Result};
 
 /// The routing's slots (slot = token x k + choice) in expert order, each expert's run padded to
@@ -45,14 +45,14 @@ pub fn align(experts: &Tensor, num_experts: usize, tile: usize) -> Result<Alignm
     let slots = tokens * k;
     // Every expert's run rounds up by at most tile - 1 rows.
     let capacity = (slots + num_experts * (tile - 1)).div_ceil(tile) * tile;
-    let counts = zeros::<u32>(&dev, num_experts)?;
-    let offsets = zeros::<u32>(&dev, num_experts + 1)?;
-    let sorted_slots = zeros::<u32>(&dev, capacity)?;
-    let slot_position = zeros::<u32>(&dev, slots)?;
-    let tile_expert = zeros::<u32>(&dev, capacity / tile)?;
-    let num_tiles = zeros::<u32>(&dev, 1)?;
-    let active_experts = zeros::<u32>(&dev, num_experts)?;
-    let num_active = zeros::<u32>(&dev, 1)?;
+    let counts = output::<u32>(&dev, num_experts)?;
+    let offsets = output::<u32>(&dev, num_experts + 1)?;
+    let sorted_slots = output::<u32>(&dev, capacity)?;
+    let slot_position = output::<u32>(&dev, slots)?;
+    let tile_expert = output::<u32>(&dev, capacity / tile)?;
+    let num_tiles = output::<u32>(&dev, 1)?;
+    let active_experts = output::<u32>(&dev, num_experts)?;
+    let num_active = output::<u32>(&dev, 1)?;
     let (n_slots, n_experts, n_tile) = (slots as i32, num_experts as i32, tile as i32);
     with_view::<u32, _>(experts, |ids| {
         let func = dev.get_or_load_custom_func("moe_align_offsets", "moe_align", ptx::ALIGN)?;
@@ -66,13 +66,15 @@ pub fn align(experts: &Tensor, num_experts: usize, tile: usize) -> Result<Alignm
             .arg(&tile_expert)
             .arg(&num_tiles)
             .arg(&active_experts)
-            .arg(&num_active);
+            .arg(&num_active)
+            .arg(&slot_position);
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (1024, 1, 1),
             shared_mem_bytes: 4 * num_experts as u32,
         };
-        // SAFETY: sizes as allocated above; the kernel drops ids of num_experts or more.
+        // SAFETY: sizes as allocated above; the kernel drops ids of num_experts or more (and
+        // marks their positions).
         unsafe { b.launch(cfg) }.w()?;
 
         let func = dev.get_or_load_custom_func("moe_align_scatter", "moe_align", ptx::ALIGN)?;
@@ -87,7 +89,7 @@ pub fn align(experts: &Tensor, num_experts: usize, tile: usize) -> Result<Alignm
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: as above; rows beyond an expert's padded run are never written.
+        // SAFETY: as above; block e writes only the rows of its own padded run, all of them.
         unsafe { b.launch(cfg) }.w()?;
         Ok(())
     })?;

@@ -2,14 +2,12 @@
 //! once for few tokens per expert (decode); kernels/moe_grouped_gemm.cu runs tiles of many
 //! tokens per expert on tensor cores (prefill). Both write one output row per aligned slot.
 
-use candle_core::cuda_backend::cudarc::driver::{
-    DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits,
-};
+use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{DType, Tensor};
 use half::{bf16, f16};
 
-use super::{cuda_device, operand, ptx, tensor, unsupported, zeros, Alignment, Operand};
+use super::{cuda_device, operand, output, ptx, tensor, unsupported, Alignment, Operand};
 use crate::error::{Error, Result};
 
 /// Rows per tile of the grouped GEMM (BM in moe_grouped_gemm.cu): the alignment's tile for
@@ -80,7 +78,8 @@ fn gemm_unsupported(x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Optio
 
 /// The routed experts' FFN over `alignment`'s rows by `path`. x: (tokens, H); gate_up:
 /// (E, 2I, H), gate rows then up rows; down: (E, H, I), all of one dtype (f32/bf16/f16) ->
-/// (capacity, H) of it, one row per aligned slot (padding rows zero), for `combine`.
+/// (capacity, H) of it, one row per aligned slot, for `combine` (padding rows: zero on the
+/// GEMM path, unwritten on the decode path; combine reads neither).
 pub fn expert_ffn(
     x: &Tensor,
     gate_up: &Tensor,
@@ -186,14 +185,15 @@ struct Operands<'a> {
     num_active: Operand<'a>,
 }
 
-fn decode<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
+fn decode<T: CudaDType + DeviceRepr>(
     suffix: &str,
     o: &Operands<'_>,
     d: &Dims,
     dev: &CudaDevice,
 ) -> Result<Tensor> {
-    let act = zeros::<f32>(dev, d.capacity * d.inter as usize)?;
-    let y = zeros::<T>(dev, d.capacity * d.hidden as usize)?;
+    // Rows of experts with slots are written; the rest (padding) nobody reads.
+    let act = output::<f32>(dev, d.capacity * d.inter as usize)?;
+    let y = output::<T>(dev, d.capacity * d.hidden as usize)?;
     let vec = [&o.x, &o.gate_up, &o.down].iter().all(|t| t.aligned16())
         && d.hidden % 8 == 0
         && d.inter % 8 == 0;
@@ -248,14 +248,15 @@ fn decode<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
     Ok(tensor(y, dev, (d.capacity, d.hidden as usize)))
 }
 
-fn gemm<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
+fn gemm<T: CudaDType + DeviceRepr>(
     suffix: &str,
     o: &Operands<'_>,
     d: &Dims,
     dev: &CudaDevice,
 ) -> Result<Tensor> {
-    let act = zeros::<T>(dev, d.capacity * d.inter as usize)?;
-    let y = zeros::<T>(dev, d.capacity * d.hidden as usize)?;
+    // Every row of a tile in use is written, padding rows too; rows past them nobody reads.
+    let act = output::<T>(dev, d.capacity * d.inter as usize)?;
+    let y = output::<T>(dev, d.capacity * d.hidden as usize)?;
     let tiles = (d.capacity / GEMM_TILE).max(1) as u32;
     let config = |columns: i32| LaunchConfig {
         grid_dim: ((columns as usize).div_ceil(GEMM_COLUMNS) as u32, tiles, 1),

@@ -12,7 +12,7 @@ mod route;
 #[cfg(test)]
 mod tests;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr, ValidAsZeroBits};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
 use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{DType, Device, Storage, StorageRef, Tensor};
@@ -36,13 +36,13 @@ mod ptx {
 /// Threads per block of the one-thread-per-element kernels.
 const THREADS: u32 = 256;
 
-/// Zeroed device memory for `n` values; one at least, since an empty allocation is an error
-/// to the driver (tensors over it keep their own, possibly empty, shape).
-fn zeros<T: CudaDType + DeviceRepr + ValidAsZeroBits>(
-    dev: &CudaDevice,
-    n: usize,
-) -> Result<CudaSlice<T>> {
-    Ok(dev.alloc_zeros::<T>(n.max(1))?)
+/// Device memory for `n` values that a kernel launched next writes before anything reads it
+/// (each kernel's header says what it writes): no fill, which at batch 1 would be a driver call
+/// per output for nothing. One value at least, since an empty allocation is an error to the
+/// driver (tensors over it keep their own, possibly empty, shape).
+fn output<T: CudaDType + DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
+    // SAFETY: plain-old-data values, written by the caller's kernel before any read (above).
+    Ok(unsafe { dev.alloc::<T>(n.max(1)) }?)
 }
 
 fn cuda_device(t: &Tensor) -> Result<CudaDevice> {

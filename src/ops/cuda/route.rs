@@ -8,7 +8,7 @@ use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
 use candle_core::{DType, Tensor};
 use half::{bf16, f16};
 
-use super::{cuda_device, ptx, tensor, unsupported, with_view, zeros};
+use super::{cuda_device, output, ptx, tensor, unsupported, with_view};
 use crate::error::{Error, Result};
 
 /// Experts one routing warp can hold in registers (MAX_PER_LANE x 32 in moe_route.cu).
@@ -43,8 +43,8 @@ pub fn route(
         )));
     }
     let dev = cuda_device(logits)?;
-    let experts = zeros::<u32>(&dev, tokens * top_k)?;
-    let weights = zeros::<f32>(&dev, tokens * top_k)?;
+    let experts = output::<u32>(&dev, tokens * top_k)?;
+    let weights = output::<f32>(&dev, tokens * top_k)?;
     if tokens > 0 {
         let outputs = (&experts, &weights);
         let args = RouteArgs {

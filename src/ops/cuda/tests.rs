@@ -1,5 +1,6 @@
 //! Every kernel against its CPU twin on the edge cases. Without a GPU each test says it skipped
-//! and passes: CI compiles them (feature `cuda`), the GPU machine runs them.
+//! and passes, unless MOE_REQUIRE_CUDA=1: CI compiles them (feature `cuda`), the GPU machine
+//! runs them with that set.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -9,19 +10,7 @@ use super::*;
 use crate::moe::{RouterConfig, Routing};
 use crate::ops::cpu::ExpertGroups;
 
-fn gpu() -> Option<Device> {
-    match Device::new_cuda(0) {
-        Ok(dev) => Some(dev),
-        Err(e) => {
-            let why = e.to_string();
-            eprintln!(
-                "skipping: no CUDA device ({})",
-                why.lines().next().unwrap_or("")
-            );
-            None
-        }
-    }
-}
+use crate::device::gpu_for_tests as gpu;
 
 fn random(n: usize, scale: f32, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -55,17 +44,6 @@ fn assert_same_choice(
             "weight {a}: {} vs {}",
             gpu_weights[a],
             cpu_weights[a]
-        );
-    }
-}
-
-/// Every value within `tol`, relative to 1 + |want|.
-fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            (g - w).abs() <= tol * (1.0 + w.abs()),
-            "{what} {i}: {g} vs {w}"
         );
     }
 }
@@ -168,14 +146,20 @@ fn alignment_matches_the_cpu_grouping_padded_to_tiles() {
         (64, 2, vec![3, 40, 40, 9, 63, 0]), // most experts empty
         (8, 2, vec![5; 2 * 300]),           // every token on one expert
         (128, 8, (0..8).collect()),         // one token
-        (8, 2, Vec::new()),                 // no tokens
+        (8, 2, Vec::new()),                 // no tokens: a view of no rows, since
+                                            // the driver allocates nothing empty
     ];
     let many: Vec<u32> = (0..4096 * 8).map(|_| rng.random_range(0..128)).collect();
     cases.push((128, 8, many));
     for (e, k, ids) in cases {
         for tile in [1, 16, 64] {
             let tokens = ids.len() / k;
-            let t = Tensor::from_vec(ids.clone(), (tokens, k), &dev).unwrap();
+            let mut backing = ids.clone();
+            backing.resize(ids.len().max(k), 0);
+            let t = Tensor::from_vec(backing, (ids.len().max(k) / k, k), &dev)
+                .unwrap()
+                .narrow(0, 0, tokens)
+                .unwrap();
             let a = align(&t, e, tile).unwrap();
             let groups = ExpertGroups::new(&ids, &vec![0.0; ids.len()], e, k);
             let counts: Vec<u32> = (0..e)
@@ -230,16 +214,18 @@ fn combine_matches_a_loop() {
             pos.swap(i, rng.random_range(0..=i));
         }
         pos.truncate(slots);
-        let mut want = vec![0f32; tokens * hidden];
-        for t in 0..tokens {
-            for j in 0..k {
-                let (p, wt) = (pos[t * k + j] as usize, w[t * k + j]);
-                for h in 0..hidden {
-                    want[t * hidden + h] += wt * y[p * hidden + h];
+        for dtype in [DType::F32, DType::BF16] {
+            // The loop over what the GPU holds: y rounded to its dtype.
+            let yr = rounded(&y, dtype);
+            let mut want = vec![0f32; tokens * hidden];
+            for t in 0..tokens {
+                for j in 0..k {
+                    let (p, wt) = (pos[t * k + j] as usize, w[t * k + j]);
+                    for h in 0..hidden {
+                        want[t * hidden + h] += wt * yr[p * hidden + h];
+                    }
                 }
             }
-        }
-        for dtype in [DType::F32, DType::BF16] {
             let yt = Tensor::from_vec(y.clone(), (rows, hidden), &dev)
                 .unwrap()
                 .to_dtype(dtype)
@@ -249,9 +235,10 @@ fn combine_matches_a_loop() {
             let out = combine(&yt, &wt, &pt).unwrap();
             assert_eq!(out.dtype(), dtype);
             let got = to_host::<f32>(&out.to_dtype(DType::F32).unwrap());
-            // bf16 inputs and output: a few of its 8-bit mantissas over k terms.
-            let tol = if dtype == DType::BF16 { 0.05 } else { 1e-5 };
-            assert_close(&got, &want, tol, &format!("{dtype:?}"));
+            // f32 sums in the same order; bf16 rounds each output once (2^-9 of it).
+            let bound = if dtype == DType::BF16 { 4e-3 } else { 1e-6 };
+            let err = relative_error(&got, &want);
+            assert!(err <= bound, "{dtype:?} {tokens}x{k}x{hidden}: {err:e}");
         }
     }
 }
@@ -271,58 +258,175 @@ fn random_choices(tokens: usize, e: usize, k: usize, seed: u64) -> Vec<u32> {
     ids
 }
 
+/// `v` rounded to `dtype` (f32, bf16 or f16) and back: what the GPU holds of it.
+fn rounded(v: &[f32], dtype: DType) -> Vec<f32> {
+    match dtype {
+        DType::BF16 => v
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect(),
+        DType::F16 => v.iter().map(|&x| half::f16::from_f32(x).to_f32()).collect(),
+        _ => v.to_vec(),
+    }
+}
+
+/// max |got - want| / max |want|: the error relative to the largest reference value.
+fn relative_error(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, w| m.max(w.abs()));
+    let diff = got
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (g, w)| m.max((g - w).abs()));
+    // NaN anywhere fails every bound.
+    if got.iter().any(|g| g.is_nan()) {
+        f32::INFINITY
+    } else {
+        diff / scale
+    }
+}
+
+/// The bound of the expert-FFN comparisons, relative to the largest output: f32 sums in
+/// another order; half precision also rounds each output (and, on the GEMM path, the
+/// activation between the two products) once.
+fn ffn_bound(dtype: DType) -> f32 {
+    if dtype == DType::F32 {
+        1e-5
+    } else {
+        1e-2
+    }
+}
+
+/// A planted bug: the last 8 columns of every row of a (rows, len) matrix zeroed, as a kernel
+/// that drops the last vector of K would compute.
+fn drop_last_columns(m: &[f32], len: usize) -> Vec<f32> {
+    let mut m = m.to_vec();
+    for row in m.chunks_mut(len) {
+        let keep = row.len().saturating_sub(8);
+        row[keep..].fill(0.0);
+    }
+    m
+}
+
+/// One (tokens, E, k, H, I) case of the experts' FFN: random inputs, weights and choices.
+struct FfnCase {
+    tokens: usize,
+    e: usize,
+    k: usize,
+    h: usize,
+    i: usize,
+    x: Vec<f32>,
+    gate_up: Vec<f32>,
+    down: Vec<f32>,
+    ids: Vec<u32>,
+    weights: Vec<f32>,
+}
+
+impl FfnCase {
+    /// The CPU's grouped FFN on the case, its tensors as given (already rounded by the caller).
+    fn cpu(&self, x: &[f32], gate_up: &[f32], down: &[f32]) -> Vec<f32> {
+        use crate::ops::cpu::{grouped_ffn_weights, ExpertWeights, WeightSlice};
+        let groups = ExpertGroups::new(&self.ids, &self.weights, self.e, self.k);
+        let mut out = vec![0f32; self.tokens * self.h];
+        let w = ExpertWeights {
+            gate_up: WeightSlice::F32(gate_up),
+            down: WeightSlice::F32(down),
+            hidden: self.h,
+            intermediate: self.i,
+        };
+        grouped_ffn_weights(x, &groups, &w, &mut out).unwrap();
+        out
+    }
+
+    /// The same on the GPU by `path` through align, the FFN and combine, in `dtype`.
+    fn gpu(
+        &self,
+        dev: &Device,
+        path: FfnPath,
+        dtype: DType,
+        (gate_up, down): (&[f32], &[f32]),
+    ) -> Vec<f32> {
+        let (tokens, e, k, h, i) = (self.tokens, self.e, self.k, self.h, self.i);
+        let on_gpu = |v: &[f32], shape: &[usize]| {
+            Tensor::from_vec(v.to_vec(), shape, dev)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap()
+        };
+        let ids = Tensor::from_vec(self.ids.clone(), (tokens, k), dev).unwrap();
+        let a = align(&ids, e, path.tile().max(16)).unwrap();
+        let y = expert_ffn(
+            &on_gpu(&self.x, &[tokens, h]),
+            &on_gpu(gate_up, &[e, 2 * i, h]),
+            &on_gpu(down, &[e, h, i]),
+            &a,
+            k,
+            path,
+        )
+        .unwrap();
+        let wt = Tensor::from_vec(self.weights.clone(), (tokens, k), dev).unwrap();
+        let out = combine(&y, &wt, &a.slot_position).unwrap();
+        to_host::<f32>(&out.to_dtype(DType::F32).unwrap())
+    }
+}
+
 /// Runs the experts' FFN by `path` through align and combine on the GPU, and by the CPU's
-/// grouped FFN, for every (tokens, E, k, H, I) case and dtype, within `tol` of each other.
-/// `ids` picks each case's choices (random when `None`).
+/// grouped FFN on the same values rounded to the GPU's dtype, for every (tokens, E, k, H, I)
+/// case and dtype: within [`ffn_bound`] of the largest output. Each bound is shown to catch a
+/// bug: the same comparison with the last 8 columns of K dropped (in gate_up, then in down)
+/// must fail it, on the CPU (which runs without a GPU too) and on the GPU. `ids` picks each
+/// case's choices.
 fn check_expert_ffn(
     path: FfnPath,
     cases: &[(usize, usize, usize, usize, usize)],
     dtypes: &[DType],
     ids: impl Fn(usize, usize, usize, u64) -> Vec<u32>,
 ) {
-    use crate::ops::cpu::{grouped_ffn_weights, ExpertWeights, WeightSlice};
-    let Some(dev) = gpu() else { return };
-    for (case, &(tokens, e, k, h, i)) in cases.iter().enumerate() {
-        let seed = case as u64;
-        let x = random(tokens * h, 1.0, 10 + seed);
-        let gate_up = random(e * 2 * i * h, 0.2, 20 + seed);
-        let down = random(e * h * i, 0.2, 30 + seed);
-        let ids = ids(tokens, e, k, seed);
-        let weights = random(tokens * k, 1.0, 40 + seed);
-        let groups = ExpertGroups::new(&ids, &weights, e, k);
-        let mut want = vec![0f32; tokens * h];
-        let w = ExpertWeights {
-            gate_up: WeightSlice::F32(&gate_up),
-            down: WeightSlice::F32(&down),
-            hidden: h,
-            intermediate: i,
+    let dev = gpu();
+    for (n, &(tokens, e, k, h, i)) in cases.iter().enumerate() {
+        let seed = n as u64;
+        let case = FfnCase {
+            tokens,
+            e,
+            k,
+            h,
+            i,
+            x: random(tokens * h, 1.0, 10 + seed),
+            gate_up: random(e * 2 * i * h, 0.2, 20 + seed),
+            down: random(e * h * i, 0.2, 30 + seed),
+            ids: ids(tokens, e, k, seed),
+            weights: random(tokens * k, 1.0, 40 + seed),
         };
-        grouped_ffn_weights(&x, &groups, &w, &mut want).unwrap();
+        let planted = [
+            (drop_last_columns(&case.gate_up, h), case.down.clone()),
+            (case.gate_up.clone(), drop_last_columns(&case.down, i)),
+        ];
         for &dtype in dtypes {
-            let on_gpu = |v: &[f32], shape: &[usize]| {
-                Tensor::from_vec(v.to_vec(), shape, &dev)
-                    .unwrap()
-                    .to_dtype(dtype)
-                    .unwrap()
-            };
-            let ids_t = Tensor::from_vec(ids.clone(), (tokens, k), &dev).unwrap();
-            let a = align(&ids_t, e, path.tile().max(16)).unwrap();
-            let y = expert_ffn(
-                &on_gpu(&x, &[tokens, h]),
-                &on_gpu(&gate_up, &[e, 2 * i, h]),
-                &on_gpu(&down, &[e, h, i]),
-                &a,
-                k,
-                path,
-            )
-            .unwrap();
-            let wt = Tensor::from_vec(weights.clone(), (tokens, k), &dev).unwrap();
-            let out = combine(&y, &wt, &a.slot_position).unwrap();
-            let got = to_host::<f32>(&out.to_dtype(DType::F32).unwrap());
-            // Half precision rounds inputs, weights and outputs (and, on the GEMM path, the
-            // activation) to 8 or 11 bits.
-            let tol = if dtype == DType::F32 { 1e-4 } else { 0.05 };
-            assert_close(&got, &want, tol, &format!("{path:?} {dtype:?} case {case}"));
+            let what = format!("{path:?} {dtype:?} case {n}");
+            let (x, gate_up, down) = (
+                rounded(&case.x, dtype),
+                rounded(&case.gate_up, dtype),
+                rounded(&case.down, dtype),
+            );
+            let want = case.cpu(&x, &gate_up, &down);
+            let bound = ffn_bound(dtype);
+            for (bug, (g, d)) in planted.iter().enumerate() {
+                let (g, d) = (rounded(g, dtype), rounded(d, dtype));
+                let cpu_err = relative_error(&case.cpu(&x, &g, &d), &want);
+                // Twice the bound: the GPU's own error cannot hide the bug.
+                assert!(
+                    cpu_err > 2.0 * bound,
+                    "{what}: bug {bug} moves the CPU's output by {cpu_err:e} only"
+                );
+                if let Some(dev) = &dev {
+                    let gpu_err = relative_error(&case.gpu(dev, path, dtype, (&g, &d)), &want);
+                    assert!(gpu_err > bound, "{what}: bug {bug} unseen on the GPU");
+                }
+            }
+            let Some(dev) = &dev else { continue };
+            let err = relative_error(&case.gpu(dev, path, dtype, (&gate_up, &down)), &want);
+            assert!(err <= bound, "{what}: error {err:e} > {bound:e}");
+            eprintln!("{what}: error {err:.1e} (bound {bound:.0e})");
         }
     }
 }
@@ -330,14 +434,15 @@ fn check_expert_ffn(
 #[test]
 fn decode_expert_ffn_matches_the_cpu_grouped_ffn() {
     // (tokens, E, k, H, I): one token; a few sharing experts (counts past the kernel's 4
-    // tokens at a time); sizes off the warp grid and off the 8-element vectors; vector loads.
+    // tokens at a time); sizes off the warp grid and off the 8-element vectors; vector loads
+    // over Qwen3-30B-A3B's expert width (16 of its 128 experts: 200 MB of f32 weights).
     check_expert_ffn(
         FfnPath::Decode,
         &[
             (1, 8, 2, 64, 96),
             (6, 4, 2, 33, 40),
             (12, 16, 4, 128, 72),
-            (3, 128, 8, 2048, 768),
+            (3, 16, 8, 2048, 768),
         ],
         &[DType::F32, DType::BF16, DType::F16],
         random_choices,
@@ -360,6 +465,7 @@ fn grouped_gemm_expert_ffn_matches_the_cpu_grouped_ffn() {
         &[DType::BF16, DType::F16],
         random_choices,
     );
+    // Every token's choices on the same k experts, spread apart.
     check_expert_ffn(
         FfnPath::Gemm,
         &[(200, 8, 2, 64, 64)],

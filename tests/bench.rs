@@ -3,7 +3,13 @@
 
 use std::path::Path;
 
+/// The last JSON report of `moe bench ARGS` (short runs).
 fn bench(args: &[&str]) -> serde_json::Value {
+    bench_reports(args).pop().unwrap()
+}
+
+/// Every JSON report of `moe bench ARGS`, a line each.
+fn bench_reports(args: &[&str]) -> Vec<serde_json::Value> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_moe"))
         .arg("bench")
         .args([
@@ -21,7 +27,11 @@ fn bench(args: &[&str]) -> serde_json::Value {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let stdout = String::from_utf8(out.stdout).unwrap();
-    serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -126,4 +136,19 @@ fn energy_says_what_each_figure_is() {
         e["prefill"]["core_seconds_per_token"].as_f64().unwrap() > 0.0,
         "{e}"
     );
+}
+
+#[test]
+fn several_batch_sizes_are_measured_on_one_model_a_line_each() {
+    let reports = bench_reports(&["--batch", "1,3"]);
+    let batches: Vec<u64> = reports
+        .iter()
+        .map(|r| r["batch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(batches, [1, 3]);
+    // Both share the bandwidth measured once; only batch 1 claims a fraction of it.
+    let roofline = |i: usize| &reports[i]["roofline"];
+    assert_eq!(roofline(0)["bandwidth_gb_s"], roofline(1)["bandwidth_gb_s"]);
+    assert!(roofline(0)["fraction"].as_f64().unwrap() > 0.0);
+    assert!(roofline(1)["fraction"].is_null());
 }

@@ -130,8 +130,8 @@ pub fn ct_config(json: &Value) -> Config {
 }
 
 /// candle-transformers' model on the tensors `weights` gives for each hub name, which are the
-/// ones our loader asks for: with the same `Weights::random` source both engines hold the same
-/// values. Each tensor gets storage of its own, as a checkpoint's would: candle 0.11's CPU bf16
+/// ones our loader asks for: with the same CPU `Weights::random` source both engines hold the
+/// same values (on a GPU a name read twice gives new values; see `Weights::random`). Each tensor gets storage of its own, as a checkpoint's would: candle 0.11's CPU bf16
 /// matmul widens the whole storage of both operands to f32 on every call, so views into one
 /// stacked tensor would time that widening rather than the model.
 pub fn ct_model(cfg: &Config, weights: &Weights) -> ModelForCausalLM {

@@ -24,26 +24,39 @@ def lines(path):
         return []
 
 
+def panics(log):
+    """Each panic's place and message (Rust prints the message on the line after)."""
+    for i, l in enumerate(log):
+        if "panicked at" in l:
+            print(f"  {l[:200]}")
+            if i + 1 < len(log):
+                print(f"    {log[i + 1][:400]}")
+
+
 def tests(logs):
     print("== tests")
     for name in ("lib-tests", "cuda-tests"):
         log = lines(os.path.join(logs, f"{name}.log"))
         results = [l for l in log if l.startswith("test result:")]
-        failed = [l for l in log if re.match(r"^test .* \.\.\. FAILED", l)]
-        skipped = [l for l in log if "skipping" in l]
         print(f"{name}: {results[-1] if results else 'no result (did not run, or timed out)'}")
-        for l in failed + skipped[:3]:
+        # libtest lists the failed tests by name after a line "failures:" (the second one).
+        marks = [i for i, l in enumerate(log) if l.strip() == "failures:"]
+        if marks:
+            for l in log[marks[-1] + 1:]:
+                if l.startswith("    "):
+                    print(f"  FAILED {l.strip()}")
+        for l in [l for l in log if "skipping" in l][:3]:
             print(f"  {l}")
-        for l in log:
-            if "panicked" in l:
-                print(f"  {l[:300]}")
+        panics(log)
 
 
 def layer(logs):
     print("== layer bench (one MoE layer, bf16; criterion median)")
     current = None
-    for l in lines(os.path.join(logs, "layer.log")):
-        if "rows agree" in l or "n/a" in l or "panicked" in l:
+    log = lines(os.path.join(logs, "layer.log"))
+    panics(log)
+    for l in log:
+        if "agree with FusedMoe" in l or "FusedMoe n/a" in l:
             print(f"  {l[:200]}")
         m = re.match(r"^(gpu/\S+)", l)
         if m:

@@ -12,8 +12,9 @@ mod route;
 #[cfg(test)]
 mod tests;
 
-use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DeviceRepr};
-use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
+use candle_core::cuda_backend::cudarc::driver::result::memset_d8_async;
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, DevicePtrMut, DeviceRepr};
+use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{DType, Device, Storage, StorageRef, Tensor};
 
@@ -40,9 +41,28 @@ const THREADS: u32 = 256;
 /// (each kernel's header says what it writes): no fill, which at batch 1 would be a driver call
 /// per output for nothing. One value at least, since an empty allocation is an error to the
 /// driver (tensors over it keep their own, possibly empty, shape).
+///
+/// Under test (and with `MOE_CUDA_POISON=1`, which the GPU run kit sets for the end-to-end
+/// tests) the memory is filled with 0xff bytes first, NaN as floats and 0xffffffff as ids, so
+/// that an element a kernel fails to write shows instead of whatever a freed buffer held.
 fn output<T: CudaDType + DeviceRepr>(dev: &CudaDevice, n: usize) -> Result<CudaSlice<T>> {
     // SAFETY: plain-old-data values, written by the caller's kernel before any read (above).
-    Ok(unsafe { dev.alloc::<T>(n.max(1)) }?)
+    let mut slice = unsafe { dev.alloc::<T>(n.max(1)) }?;
+    if poison_outputs() {
+        let stream = dev.cuda_stream();
+        let bytes = slice.len() * std::mem::size_of::<T>();
+        let (ptr, _record) = slice.device_ptr_mut(&stream);
+        // SAFETY: `bytes` of a live allocation of this stream; any bit pattern is a value of
+        // the plain types the kernels use.
+        unsafe { memset_d8_async(ptr, 0xff, bytes, stream.cu_stream()) }.w()?;
+    }
+    Ok(slice)
+}
+
+fn poison_outputs() -> bool {
+    static POISON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    cfg!(test)
+        || *POISON.get_or_init(|| std::env::var_os("MOE_CUDA_POISON").is_some_and(|v| v == "1"))
 }
 
 fn cuda_device(t: &Tensor) -> Result<CudaDevice> {

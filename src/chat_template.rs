@@ -10,30 +10,39 @@
 use std::path::{Path, PathBuf};
 
 use minijinja::syntax::SyntaxConfig;
-use minijinja::value::{Kwargs, Serde};
+use std::sync::Arc;
+
+use chrono::NaiveDateTime;
+use minijinja::value::{Kwargs, Object, ObjectRepr, Serde, ValueKind};
 use minijinja::{Environment, ErrorKind, Value as JValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-/// One turn of a conversation. Fields beyond `role` and `content` (`reasoning_content`,
-/// `tool_calls`, ...) are kept and handed to the template.
+/// One turn of a conversation: its `role`, and every other field as given (`content`, which
+/// may be text, null or absent, `reasoning_content`, `tool_calls`, `tool_call_id`, ...), handed
+/// to the template as is: templates tell an absent field from a null one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
     pub role: String,
-    pub content: String,
     #[serde(flatten)]
-    pub extra: Map<String, Value>,
+    pub fields: Map<String, Value>,
 }
 
 impl Message {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
+        let mut fields = Map::new();
+        fields.insert("content".into(), Value::String(content.into()));
         Message {
             role: role.into(),
-            content: content.into(),
-            extra: Map::new(),
+            fields,
         }
+    }
+
+    /// The text content, where it is text.
+    pub fn content(&self) -> Option<&str> {
+        self.fields.get("content").and_then(Value::as_str)
     }
 
     pub fn system(content: impl Into<String>) -> Message {
@@ -58,6 +67,9 @@ pub struct RenderOptions {
     pub tools: Option<Vec<Value>>,
     /// Further variables some templates read, such as `enable_thinking`.
     pub variables: Map<String, Value>,
+    /// The local time `strftime_now` formats (templates that write today's date); the clock's
+    /// when `None`. Set it to render reproducibly.
+    pub now: Option<NaiveDateTime>,
 }
 
 /// A checkpoint's chat template(s).
@@ -79,12 +91,7 @@ impl ChatTemplate {
     /// string or a list of `{name, template}`. `None` when the checkpoint has none.
     pub fn load(dir: &Path, config: &Value) -> Result<Option<ChatTemplate>> {
         let config_path = dir.join("tokenizer_config.json");
-        let mut special_tokens = Map::new();
-        for key in SPECIAL_TOKEN_KEYS {
-            if let Some(text) = special_token_text(config, key) {
-                special_tokens.insert(key.to_string(), Value::String(text));
-            }
-        }
+        let special_tokens = special_tokens(config);
         let jinja = dir.join("chat_template.jinja");
         let (path, templates) = if jinja.exists() {
             let source = std::fs::read_to_string(&jinja).map_err(|cause| Error::Io {
@@ -107,6 +114,21 @@ impl ChatTemplate {
             };
             (config_path, templates)
         };
+        Self::new(path, templates, special_tokens).map(Some)
+    }
+
+    /// One template from its source, with the special tokens of tokenizer_config.json
+    /// (`config`, or null); `path` names it in errors.
+    pub fn from_source(path: &Path, source: &str, config: &Value) -> Result<ChatTemplate> {
+        let templates = vec![(String::new(), source.to_string())];
+        Self::new(path.to_path_buf(), templates, special_tokens(config))
+    }
+
+    fn new(
+        path: PathBuf,
+        templates: Vec<(String, String)>,
+        special_tokens: Map<String, Value>,
+    ) -> Result<ChatTemplate> {
         let template = ChatTemplate {
             templates,
             special_tokens,
@@ -115,10 +137,10 @@ impl ChatTemplate {
         // Syntax errors surface at load, naming the file, rather than at the first message.
         for (name, source) in &template.templates {
             environment()
-                .template_from_str(source)
+                .template_from_str(&without_generation_tags(source))
                 .map_err(|e| template.error(name, e))?;
         }
-        Ok(Some(template))
+        Ok(template)
     }
 
     /// The prompt text for `messages`, as HF's
@@ -127,20 +149,25 @@ impl ChatTemplate {
         let (name, source) = self.select(opts.tools.is_some())?;
         let mut context = self.special_tokens.clone();
         context.extend(opts.variables.clone());
-        let messages = serde_json::to_value(messages)
-            .map_err(|e| Error::Input(format!("messages cannot be given to the template: {e}")))?;
-        context.insert("messages".into(), messages);
+        let messages: Vec<Value> = messages.iter().map(with_reasoning_aliases).collect();
+        context.insert("messages".into(), Value::Array(messages));
         context.insert(
             "add_generation_prompt".into(),
             opts.add_generation_prompt.into(),
         );
+        // HF passes both, None when not given: defined, and none.
         context.insert(
             "tools".into(),
             opts.tools.clone().map_or(Value::Null, Value::Array),
         );
-        let env = environment();
-        env.template_from_str(source)
-            .and_then(|t| t.render(JValue::from(Serde(&context))))
+        context.insert("documents".into(), Value::Null);
+        let now = opts
+            .now
+            .unwrap_or_else(|| chrono::Local::now().naive_local());
+        let env = environment_at(now);
+        let source = without_generation_tags(source);
+        env.template_from_str(&source)
+            .and_then(|t| t.render(python_value(&Value::Object(context))))
             .map_err(|e| self.error(name, e))
     }
 
@@ -189,6 +216,212 @@ impl ChatTemplate {
     }
 }
 
+/// The names a message's reasoning goes by; the first is the one templates read.
+const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning"];
+
+/// `message` as HF hands it to a template: its reasoning, under whichever name it came, also
+/// as `reasoning_content` and as `thinking` (gpt-oss's templates read that one), `thinking`
+/// first unless the message has it already.
+fn with_reasoning_aliases(message: &Message) -> Value {
+    let reasoning = REASONING_FIELDS
+        .iter()
+        .find_map(|k| message.fields.get(*k).filter(|v| !v.is_null()))
+        .cloned();
+    // {"thinking": r, **message, "reasoning_content": r}, in Python's key order.
+    let mut fields = Map::new();
+    if let Some(r) = &reasoning {
+        fields.insert("thinking".into(), r.clone());
+    }
+    fields.insert("role".into(), Value::String(message.role.clone()));
+    fields.extend(message.fields.clone());
+    if let Some(r) = reasoning {
+        fields.insert("reasoning_content".into(), r);
+    }
+    Value::Object(fields)
+}
+
+/// Python's `None`, as HF hands it to a template (tools or documents not given, a null field):
+/// false, written `None`, `is none`, but, unlike minijinja's none, not iterable: a `for` over it
+/// fails, as in Python.
+#[derive(Debug)]
+struct PyNone;
+
+impl Object for PyNone {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Plain
+    }
+
+    fn is_true(self: &Arc<Self>) -> bool {
+        false
+    }
+
+    fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("None")
+    }
+}
+
+fn is_python_none(v: &JValue) -> bool {
+    v.is_none() || v.downcast_object_ref::<PyNone>().is_some()
+}
+
+/// JSON as the Python objects HF's template sees: nulls become [`PyNone`].
+fn python_value(v: &Value) -> JValue {
+    match v {
+        Value::Null => JValue::from_object(PyNone),
+        Value::Array(items) => items.iter().map(python_value).collect(),
+        Value::Object(map) => {
+            JValue::from_pairs(map.iter().map(|(k, v)| (k.as_str(), python_value(v))))
+        }
+        other => JValue::from(Serde(other)),
+    }
+}
+
+/// A template value as JSON for `tojson`, refusing what Python's `json.dumps` refuses: an
+/// undefined value, and a lazy sequence (`map`, `select`: Python's generators).
+fn json_of(v: &JValue) -> Result<Value, minijinja::Error> {
+    let refuse = |what: &str| {
+        minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: Object of type {what} is not JSON serializable"),
+        )
+    };
+    Ok(match v.kind() {
+        ValueKind::Undefined => return Err(refuse("Undefined")),
+        ValueKind::Iterable => return Err(refuse("generator")),
+        ValueKind::None => Value::Null,
+        _ if is_python_none(v) => Value::Null,
+        ValueKind::Seq => Value::Array(
+            v.try_iter()?
+                .map(|x| json_of(&x))
+                .collect::<Result<_, _>>()?,
+        ),
+        ValueKind::Map => {
+            let mut map = Map::new();
+            for key in v.try_iter()? {
+                let item = v.get_item(&key)?;
+                let key = key.as_str().map_or_else(|| key.to_string(), String::from);
+                map.insert(key, json_of(&item)?);
+            }
+            Value::Object(map)
+        }
+        _ => serde_json::to_value(v).map_err(|e| {
+            minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: cannot serialize")
+                .with_source(e)
+        })?,
+    })
+}
+
+/// Jinja2's `map`, `select`, `reject`, `selectattr` and `rejectattr` return generators, where
+/// minijinja's return lists: a generator iterates (also through `list`) but `tojson` refuses it
+/// and it has no length. And they yield nothing for a false value such as None, where
+/// minijinja's would iterate it. Wrapped here to behave as Python's.
+fn python_generators(env: &mut Environment<'static>) {
+    use minijinja::filters;
+    use minijinja::value::{Rest, ValueOrKwargs};
+    use minijinja::State;
+    type Args = Rest<ValueOrKwargs>;
+
+    fn generator(
+        value: &JValue,
+        run: impl FnOnce(JValue) -> Result<Vec<JValue>, minijinja::Error>,
+    ) -> Result<JValue, minijinja::Error> {
+        let items = if is_python_none(value) {
+            Vec::new()
+        } else {
+            run(value.clone())?
+        };
+        Ok(JValue::make_iterable(move || items.clone().into_iter()))
+    }
+    env.add_filter("map", |state: &mut State, v: JValue, args: Args| {
+        generator(&v, |v| filters::map(state, v, args))
+    });
+    env.add_filter(
+        "select",
+        |state: &mut State, v: JValue, test: Option<String>, args: Args| {
+            generator(&v, |v| {
+                filters::select(state, v, test.map(Into::into), args)
+            })
+        },
+    );
+    env.add_filter(
+        "reject",
+        |state: &mut State, v: JValue, test: Option<String>, args: Args| {
+            generator(&v, |v| {
+                filters::reject(state, v, test.map(Into::into), args)
+            })
+        },
+    );
+    env.add_filter(
+        "selectattr",
+        |state: &mut State, v: JValue, attr: String, test: Option<String>, args: Args| {
+            generator(&v, |v| {
+                filters::selectattr(state, v, attr.into(), test.map(Into::into), args)
+            })
+        },
+    );
+    env.add_filter(
+        "rejectattr",
+        |state: &mut State, v: JValue, attr: String, test: Option<String>, args: Args| {
+            generator(&v, |v| {
+                filters::rejectattr(state, v, attr.into(), test.map(Into::into), args)
+            })
+        },
+    );
+}
+
+/// The source without HF's `{% generation %}` / `{% endgeneration %}` tags (its extension for
+/// masking assistant tokens, a no-op when rendering), each replaced by a tag that does nothing
+/// (`if true` / `endif`) with the same whitespace control, so that trim_blocks and
+/// lstrip_blocks treat the text around it as HF's renderer does.
+fn without_generation_tags(source: &str) -> std::borrow::Cow<'_, str> {
+    if !source.contains("generation") {
+        return source.into();
+    }
+    let mut out = String::with_capacity(source.len());
+    let mut rest = source;
+    while let Some(at) = rest.find("{%") {
+        out.push_str(&rest[..at]);
+        let tag = &rest[at..];
+        let Some(end) = tag.find("%}") else {
+            break;
+        };
+        let inner = &tag[2..end];
+        let (open, body) = match inner.strip_prefix(['-', '+']) {
+            Some(b) => (&inner[..1], b),
+            None => ("", inner),
+        };
+        let (body, close) = match body.strip_suffix(['-', '+']) {
+            Some(b) => (b, &body[b.len()..]),
+            None => (body, ""),
+        };
+        let replacement = match body.trim() {
+            "generation" => Some("if true"),
+            "endgeneration" => Some("endif"),
+            _ => None,
+        };
+        match replacement {
+            Some(r) => out.push_str(&format!("{{%{open} {r} {close}%}}")),
+            None => out.push_str(&tag[..end + 2]),
+        }
+        rest = &tag[end + 2..];
+    }
+    out.push_str(rest);
+    out.into()
+}
+
+/// The special tokens of tokenizer_config.json HF hands to templates, as text.
+fn special_tokens(config: &Value) -> Map<String, Value> {
+    SPECIAL_TOKEN_KEYS
+        .iter()
+        .filter_map(|&key| {
+            Some((
+                key.to_string(),
+                Value::String(special_token_text(config, key)?),
+            ))
+        })
+        .collect()
+}
+
 /// `bos_token` / `eos_token` / ... of tokenizer_config.json: a string, or an AddedToken object.
 pub(crate) fn special_token_text(config: &Value, key: &str) -> Option<String> {
     match config.get(key)? {
@@ -215,8 +448,30 @@ fn named_templates(list: &[Value], path: &Path) -> Result<Vec<(String, String)>>
         .collect()
 }
 
+/// [`environment`] with `strftime_now` reading `now`.
+fn environment_at(now: NaiveDateTime) -> Environment<'static> {
+    let mut env = environment();
+    env.add_function("strftime_now", move |format: String| strftime(now, &format));
+    env
+}
+
+/// Python's `datetime.strftime(format)`, through chrono's directives (the C ones Python
+/// passes on); a directive chrono does not know is an error, never a panic.
+fn strftime(now: NaiveDateTime, format: &str) -> Result<String, minijinja::Error> {
+    use std::fmt::Write;
+    let mut out = String::new();
+    write!(out, "{}", now.format(format)).map_err(|_| {
+        minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: cannot format the time as {format:?}"),
+        )
+    })?;
+    Ok(out)
+}
+
 /// A Jinja environment configured as HF's (`ImmutableSandboxedEnvironment(trim_blocks=True,
-/// lstrip_blocks=True)` with loop controls and its own globals and filters).
+/// lstrip_blocks=True)` with loop controls and its own globals and filters), but for
+/// `strftime_now` ([`environment_at`]).
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     let syntax = SyntaxConfig::builder()
@@ -230,6 +485,13 @@ fn environment() -> Environment<'static> {
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
     });
     env.add_filter("tojson", tojson);
+    // Jinja2's tests where minijinja's differ: None (ours and Python's) is none and not
+    // iterable; an undefined value is iterable (as Jinja2's Undefined is).
+    python_generators(&mut env);
+    env.add_test("none", |v: JValue| is_python_none(&v));
+    env.add_test("iterable", |v: JValue| {
+        !is_python_none(&v) && (v.is_undefined() || v.try_iter().is_ok())
+    });
     env
 }
 
@@ -245,7 +507,7 @@ fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, minijinja::Error> {
         minijinja::Error::new(ErrorKind::InvalidOperation, "cannot serialize to JSON")
             .with_source(e)
     };
-    let mut json = serde_json::to_value(&value).map_err(bad)?;
+    let mut json = json_of(&value)?;
     if sort_keys == Some(true) {
         json.sort_all_objects();
     }
@@ -420,5 +682,54 @@ mod tests {
             .render_str("{{ raise_exception('roles must alternate') }}", ())
             .unwrap_err();
         assert_eq!(err.detail(), Some("roles must alternate"));
+    }
+
+    #[test]
+    fn strftime_now_formats_the_pinned_time_and_refuses_what_it_cannot_format() {
+        let now =
+            NaiveDateTime::parse_from_str("2026-07-04 09:05:03", "%Y-%m-%d %H:%M:%S").unwrap();
+        let env = environment_at(now);
+        let render = |s: &str| env.render_str(s, ());
+        assert_eq!(
+            render("{{ strftime_now('%Y-%m-%d') }}|{{ strftime_now('%d %b %Y') }}|{{ strftime_now('%B %-d, %A %H:%M') }}").unwrap(),
+            "2026-07-04|04 Jul 2026|July 4, Saturday 09:05"
+        );
+        let err = render("{{ strftime_now('%Q') }}").unwrap_err();
+        assert!(err.to_string().contains("cannot format"), "{err}");
+    }
+
+    #[test]
+    fn generation_tags_render_as_nothing_with_hf_s_whitespace() {
+        let source = "{% for m in messages %}\n  {%- generation -%}\n {{ m }}\n{% endgeneration %}\n{% endfor %}";
+        assert_eq!(
+            without_generation_tags(source),
+            "{% for m in messages %}\n  {%- if true -%}\n {{ m }}\n{% endif %}\n{% endfor %}"
+        );
+        // What HF's renderer gives for the source with its generation tags.
+        let ctx = serde_json::json!({"messages": ["a", "b"]});
+        assert_eq!(render_str(&without_generation_tags(source), ctx), "a\nb\n");
+    }
+
+    #[test]
+    fn none_is_python_s_none() {
+        // What HF hands a template for a null or a missing `tools`: defined, none, false,
+        // written None, not iterable; filters that yield generators yield nothing from it.
+        let ctx = python_value(&serde_json::json!({"t": null, "xs": [1, 2]}));
+        let env = environment();
+        let render = |s: &str| env.render_str(s, ctx.clone());
+        assert_eq!(
+            render("{{ t is defined }} {{ t is none }} {{ t is iterable }} {% if not t %}F{% endif %} {{ t }}").unwrap(),
+            "True True False F None"
+        );
+        assert_eq!(
+            render("{{ t|selectattr('type')|list|length }}").unwrap(),
+            "0"
+        );
+        assert!(render("{% for x in t %}{% endfor %}").is_err());
+        assert!(render("{{ xs|map('string')|tojson }}").is_err());
+        assert_eq!(
+            render("{{ xs|map('string')|list|tojson }}").unwrap(),
+            r#"["1", "2"]"#
+        );
     }
 }

@@ -75,7 +75,10 @@ impl Tokenizer {
         self.encode_with(text, true)
     }
 
-    fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+    /// The ids of `text`, with what tokenizer.json's post-processor adds only when
+    /// `add_special_tokens` (HF's `tokenizer(text, add_special_tokens=...)`); special tokens
+    /// written in the text become their ids either way.
+    pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let encoding = self
             .inner
             .encode(text, add_special_tokens)

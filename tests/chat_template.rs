@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use moe_runtime::chat_template::{Message, RenderOptions};
+use moe_runtime::chat_template::{ChatTemplate, Message, RenderOptions};
 use moe_runtime::tokenizer::Tokenizer;
 use serde::Deserialize;
 
@@ -164,4 +164,114 @@ fn the_bundled_model_speaks_chatml() {
         "<|im_start|>user\nSpeak, ghost!<|im_end|>\n<|im_start|>assistant\n"
     );
     assert_eq!(prompt.tokens[0], tok.token_to_id("<|im_start|>").unwrap());
+}
+
+/// tools/make_chat_fixtures.py --real-templates: the templates published models ship (llama.cpp
+/// keeps copies for its own tests), over plain, multi-turn, tool and reasoning conversations.
+#[derive(Deserialize)]
+struct RealCases {
+    /// The instant `strftime_now` formats, ISO 8601.
+    now: String,
+    cases: Vec<RealCase>,
+}
+
+#[derive(Deserialize)]
+struct RealCase {
+    template: String,
+    conversation: String,
+    messages: Vec<Message>,
+    add_generation_prompt: bool,
+    tools: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    variables: serde_json::Map<String, serde_json::Value>,
+    text: Option<String>,
+    tokens: Option<Vec<u32>>,
+    error: Option<String>,
+}
+
+/// Renderings known to differ from HF's, and why. Each must still differ (a fix shows here).
+const KNOWN_DIFFERENCES: [(&str, &str, &str); 2] = [
+    (
+        "meetkai-functionary-medium-v3.1.jinja",
+        "tools_offered",
+        MARKUP,
+    ),
+    ("meetkai-functionary-medium-v3.1.jinja", "tool_call", MARKUP),
+];
+const MARKUP: &str = "Jinja2's `'text'|safe + value` is a Markup that HTML-escapes `value` \
+                      (quotes become &#34;); minijinja's `+` joins the strings as they are";
+
+#[test]
+fn published_templates_render_as_hf_renders_them() {
+    let dir = chat_dir().join("real");
+    let cases: RealCases =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let now = chrono::NaiveDateTime::parse_from_str(&cases.now, "%Y-%m-%dT%H:%M:%S").unwrap();
+    let tok = Tokenizer::load(&dir).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap())
+            .unwrap();
+    let mut failures = Vec::new();
+    for case in &cases.cases {
+        let path = dir.join(&case.template);
+        let what = format!("{} / {}", case.template, case.conversation);
+        let source = std::fs::read_to_string(&path).unwrap();
+        let template = match ChatTemplate::from_source(&path, &source, &config) {
+            Ok(t) => t,
+            Err(e) => {
+                failures.push(format!("{what}: does not compile: {e}"));
+                continue;
+            }
+        };
+        let opts = RenderOptions {
+            add_generation_prompt: case.add_generation_prompt,
+            tools: case.tools.clone(),
+            variables: case.variables.clone(),
+            now: Some(now),
+        };
+        match (&case.error, template.render(&case.messages, &opts)) {
+            (Some(_), Err(_)) => {}
+            (Some(hf), Ok(text)) => {
+                failures.push(format!("{what}: HF refuses ({hf}), we render {text:?}"))
+            }
+            (None, Err(e)) => failures.push(format!("{what}: {e}")),
+            (None, Ok(text)) if Some(&text) != case.text.as_ref() => {
+                let want = case.text.as_deref().unwrap_or_default();
+                let at = text
+                    .chars()
+                    .zip(want.chars())
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                let from = at.saturating_sub(40);
+                let excerpt = |s: &str| s.chars().skip(from).take(100).collect::<String>();
+                failures.push(format!(
+                    "{what}: text differs at char {at}:\n  ours {:?}\n  HF   {:?}",
+                    excerpt(&text),
+                    excerpt(want)
+                ));
+            }
+            (None, Ok(text)) => {
+                let ids = tok.encode_with(&text, false).unwrap();
+                if Some(&ids) != case.tokens.as_ref() {
+                    failures.push(format!("{what}: same text, other ids"));
+                }
+            }
+        }
+    }
+    let templates: std::collections::BTreeSet<_> =
+        cases.cases.iter().map(|c| &c.template).collect();
+    assert!(templates.len() >= 60, "only {} templates", templates.len());
+    for (template, conversation, why) in KNOWN_DIFFERENCES {
+        let prefix = format!("{template} / {conversation}:");
+        let at = failures.iter().position(|f| f.starts_with(&prefix));
+        let at = at.unwrap_or_else(|| panic!("{prefix} now renders as HF's ({why})"));
+        failures.remove(at);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} renderings differ from HF's:\n{}",
+        failures.len(),
+        cases.cases.len(),
+        failures.join("\n")
+    );
 }

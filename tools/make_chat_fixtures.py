@@ -15,8 +15,20 @@ and the whitespace control that trim_blocks/lstrip_blocks change.
 
     pip install -r tools/requirements.txt
     python tools/make_chat_fixtures.py
+
+With --real-templates DIR (llama.cpp's models/templates/, which ../shared/bench/anchors.sh
+unpacks) it instead copies every published template there into tests/fixtures/chat/real/ and
+writes real/cases.json: each template over the conversations of REAL_CONVERSATIONS (plain,
+system, multi-turn, tools offered, a tool call and its result, reasoning, thinking switched
+off, a final assistant turn to continue), as HF renders them (`text`, and `tokens` by one
+shared tokenizer) or the error HF raises. `strftime_now` is pinned to REAL_NOW, as the tests
+pin it.
+
+    python tools/make_chat_fixtures.py --real-templates ~/moe-anchors/llama/models/templates
 """
 
+import argparse
+import datetime
 import json
 import shutil
 from pathlib import Path
@@ -279,7 +291,96 @@ def render(tok, messages, add_generation_prompt, tools):
     return {"text": text, "tokens": ids}
 
 
+# What `strftime_now` sees in the real-template cases (the tests pin the same instant).
+REAL_NOW = datetime.datetime(2026, 7, 4, 9, 5, 3)
+# The special tokens every real template gets (HF hands tokenizer_config.json's to templates).
+REAL_SPECIALS = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                 "pad_token": "<pad>"}
+
+# Mistral's templates want ids of 9 letters and digits.
+TOOL_CALL = {"type": "function", "id": "call00001",
+             "function": {"name": "tide_table", "arguments": {"port": "Dover", "days": 2}}}
+
+# Each: (messages, add_generation_prompt, tools, extra template variables).
+REAL_CONVERSATIONS = {
+    "plain": ([{"role": "user", "content": "Good morrow, who art thou?"}], True, None, {}),
+    "system": ([{"role": "system", "content": "You speak in blank verse."},
+                {"role": "user", "content": "Describe the sea."}], True, None, {}),
+    "multi_turn": (CONVERSATIONS["multi_turn"], True, None, {}),
+    "unicode": (CONVERSATIONS["unicode"], True, None, {}),
+    "tools_offered": ([{"role": "user", "content": "When is high water at Dover?"}], True,
+                      TOOLS, {}),
+    "tool_call": ([{"role": "system", "content": "Answer from the tables."},
+                   {"role": "user", "content": "When is high water at Dover?"},
+                   {"role": "assistant", "content": "", "tool_calls": [TOOL_CALL]},
+                   {"role": "tool", "tool_call_id": "call00001", "name": "tide_table",
+                    "content": "{\"high\": \"06:12\", \"low\": \"12:30\"}"}],
+                  True, TOOLS, {}),
+    "reasoning": ([{"role": "user", "content": "Two plus two?"},
+                   {"role": "assistant", "content": "Four.", "reasoning_content": "Add them."},
+                   {"role": "user", "content": "And three more?"}], True, None, {}),
+    "thinking_off": ([{"role": "user", "content": "Two plus two?"}], True, None,
+                     {"enable_thinking": False, "reasoning_effort": "low"}),
+    "continue": (CONVERSATIONS["multi_turn"][:3], False, None, {}),
+}
+
+
+class PinnedDatetime(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return REAL_NOW
+
+
+def real_templates(source):
+    """Copies the published templates of `source` and renders each over REAL_CONVERSATIONS."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.utils import chat_template_utils
+
+    chat_template_utils.datetime = PinnedDatetime
+    out = OUT / "real"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    tok = PreTrainedTokenizerFast(tokenizer_file=str(BASE_TOKENIZER), **REAL_SPECIALS)
+    # tokenizer.json with the special tokens added, and tokenizer_config.json naming them.
+    tok.save_pretrained(out)
+    cases = []
+    for path in sorted(Path(source).glob("*.jinja")):
+        template = path.read_text()
+        shutil.copy(path, out / path.name)
+        for conv, (messages, add_generation_prompt, tools, variables) in REAL_CONVERSATIONS.items():
+            case = {"template": path.name, "conversation": conv, "messages": messages,
+                    "add_generation_prompt": add_generation_prompt}
+            if tools:
+                case["tools"] = tools
+            if variables:
+                case["variables"] = variables
+            try:
+                text = tok.apply_chat_template(messages, chat_template=template, tools=tools,
+                                               tokenize=False,
+                                               add_generation_prompt=add_generation_prompt,
+                                               **variables)
+                case["text"] = text
+                case["tokens"] = tok(text, add_special_tokens=False)["input_ids"]
+            except Exception as e:  # noqa: BLE001 - the message is the reference
+                case["error"] = f"{type(e).__name__}: {e}"
+            cases.append(case)
+    meta = {"source": "llama.cpp models/templates (llama-cpp-python 0.3.36 sdist)",
+            "now": REAL_NOW.isoformat(), "specials": REAL_SPECIALS}
+    (out / "cases.json").write_text(json.dumps({**meta, "cases": cases}, ensure_ascii=False,
+                                               separators=(",", ":")) + "\n")
+    errors = sum("error" in c for c in cases)
+    print(f"{len(cases)} cases ({errors} errors) of {len(set(c['template'] for c in cases))} "
+          f"templates in {out}")
+
+
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--real-templates", metavar="DIR",
+                    help="llama.cpp's models/templates: render the published templates instead")
+    args = ap.parse_args()
+    if args.real_templates:
+        real_templates(args.real_templates)
+        return
     cases, plain = [], []
     for name, spec in STYLES.items():
         tok = build_style(name, spec)

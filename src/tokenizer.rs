@@ -108,9 +108,39 @@ impl Tokenizer {
         Ok(ChatPrompt { text, tokens })
     }
 
-    /// The text of `ids`, special tokens included.
+    /// The ids of `text` with special-token text (`<|im_start|>`) read as plain text: each
+    /// character through the model's normal vocabulary, as HF's `split_special_tokens=True`.
+    /// `add_special_tokens` as for [`Tokenizer::encode_with`].
+    pub fn encode_literally(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let mut literal = self.inner.clone();
+        literal.set_encode_special_tokens(true);
+        let encoding = literal
+            .encode(text, add_special_tokens)
+            .map_err(|e| self.error(e))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens included. An id outside the vocabulary is an error
+    /// (the tokenizers crate would skip it silently).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        let size = self.vocab_size();
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= size) {
+            return Err(Error::Input(format!(
+                "token id {bad} is outside the vocabulary of {} ({size} ids)",
+                self.path.display()
+            )));
+        }
         self.inner.decode(ids, false).map_err(|e| self.error(e))
+    }
+
+    /// Ids in the vocabulary, added tokens included.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// The vocabulary's text for `id` (a byte-level piece, `Ġthe`, as the vocabulary holds it).
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
     }
 
     pub fn eos_ids(&self) -> &[u32] {

@@ -146,15 +146,18 @@ pub fn prompt(
         .with_context(|| format!("reading {}", messages.display()))?;
     let value: Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", messages.display()))?;
-    let (list, tools) = match value {
-        Value::Array(_) => (value, None),
+    let (list, tools, variables) = match value {
+        Value::Array(_) => (value, None, serde_json::Map::new()),
         Value::Object(mut o) => {
             let tools = match o.remove("tools") {
                 None | Some(Value::Null) => None,
                 Some(Value::Array(tools)) => Some(tools),
                 Some(_) => bail!("{}: `tools` must be a list", messages.display()),
             };
-            (o.remove("messages").unwrap_or(Value::Null), tools)
+            let list = o.remove("messages").unwrap_or(Value::Null);
+            // The rest (`enable_thinking`, `reasoning_effort`, ...) goes to the template, as
+            // HF's apply_chat_template passes its keyword arguments.
+            (list, tools, o)
         }
         _ => bail!(
             "{}: expected a list of messages or {{\"messages\": [...]}}",
@@ -170,6 +173,7 @@ pub fn prompt(
     let opts = RenderOptions {
         add_generation_prompt,
         tools,
+        variables,
         ..RenderOptions::default()
     };
     let rendered = tokenizer.apply_chat_template(&list, &opts)?;

@@ -7,6 +7,7 @@ mod energy;
 mod explore;
 mod generate;
 mod inspect;
+mod tokenize;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -121,6 +122,10 @@ enum Command {
     /// top-1, perplexity) against the model's own setting on a held-out text. Writes
     /// explore.json, explore.md and SVG charts to --out.
     Explore(explore::ExploreArgs),
+    /// The ids of a text with the model's tokenizer (nothing added and special-token text read
+    /// as plain text unless asked), or with --decode the text of ids. Needs only the
+    /// tokenizer files.
+    Tokenize(tokenize::TokenizeArgs),
     /// Render a conversation with the model's chat template; needs only tokenizer.json and
     /// tokenizer_config.json (or chat_template.jinja) in the model folder.
     Prompt {
@@ -141,9 +146,9 @@ enum Command {
 
 /// Token ids as given on the command line; an empty list is left for the library to refuse.
 #[derive(Clone)]
-struct TokenIds(Vec<u32>);
+pub struct TokenIds(pub Vec<u32>);
 
-fn parse_tokens(s: &str) -> Result<TokenIds, String> {
+pub fn parse_tokens(s: &str) -> Result<TokenIds, String> {
     s.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -232,6 +237,7 @@ fn run(cli: Cli) -> Result<()> {
             bench::run(&common, config.as_deref(), &opts, &energy, json)
         }
         Command::Explore(args) => explore::run(&args),
+        Command::Tokenize(args) => tokenize::run(&args),
         Command::Prompt {
             model,
             messages,

@@ -13,7 +13,7 @@ use minijinja::syntax::SyntaxConfig;
 use std::sync::Arc;
 
 use chrono::NaiveDateTime;
-use minijinja::value::{Kwargs, Object, ObjectRepr, Serde, ValueKind};
+use minijinja::value::{Enumerator, Kwargs, Object, ObjectRepr, Serde, ValueKind};
 use minijinja::{Environment, ErrorKind, Value as JValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -67,10 +67,15 @@ pub struct RenderOptions {
     pub tools: Option<Vec<Value>>,
     /// Further variables some templates read, such as `enable_thinking`.
     pub variables: Map<String, Value>,
+    /// Documents for retrieval-augmented templates (`{"title", "text"}` objects).
+    pub documents: Option<Vec<Value>>,
     /// The local time `strftime_now` formats (templates that write today's date); the clock's
     /// when `None`. Set it to render reproducibly.
     pub now: Option<NaiveDateTime>,
 }
+
+/// What HF's renderer passes by name; a variable of the same name does not replace it.
+const NAMED_ARGUMENTS: [&str; 4] = ["messages", "tools", "documents", "add_generation_prompt"];
 
 /// A checkpoint's chat template(s).
 #[derive(Debug, Clone)]
@@ -147,27 +152,33 @@ impl ChatTemplate {
     /// `apply_chat_template(messages, tools=..., tokenize=False, add_generation_prompt=...)`.
     pub fn render(&self, messages: &[Message], opts: &RenderOptions) -> Result<String> {
         let (name, source) = self.select(opts.tools.is_some())?;
-        let mut context = self.special_tokens.clone();
-        context.extend(opts.variables.clone());
-        let messages: Vec<Value> = messages.iter().map(with_reasoning_aliases).collect();
-        context.insert("messages".into(), Value::Array(messages));
-        context.insert(
-            "add_generation_prompt".into(),
-            opts.add_generation_prompt.into(),
-        );
-        // HF passes both, None when not given: defined, and none.
-        context.insert(
-            "tools".into(),
-            opts.tools.clone().map_or(Value::Null, Value::Array),
-        );
-        context.insert("documents".into(), Value::Null);
+        if messages.is_empty() {
+            return Err(Error::Input(
+                "cannot apply a chat template to an empty conversation".into(),
+            ));
+        }
+        // HF's keyword arguments: the special tokens, then the caller's variables; the named
+        // arguments win over both.
+        let mut context: Vec<(String, JValue)> = self
+            .special_tokens
+            .iter()
+            .chain(&opts.variables)
+            .filter(|(k, _)| !NAMED_ARGUMENTS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), JValue::from(Serde(v))))
+            .collect();
+        let messages: Vec<Value> = messages.iter().map(message_for_template).collect();
+        context.push(("messages".into(), JValue::from(Serde(&messages))));
+        let flag = JValue::from(opts.add_generation_prompt);
+        context.push(("add_generation_prompt".into(), flag));
+        context.push(("tools".into(), python_list(opts.tools.as_deref())));
+        context.push(("documents".into(), python_list(opts.documents.as_deref())));
         let now = opts
             .now
             .unwrap_or_else(|| chrono::Local::now().naive_local());
         let env = environment_at(now);
         let source = without_generation_tags(source);
         env.template_from_str(&source)
-            .and_then(|t| t.render(python_value(&Value::Object(context))))
+            .and_then(|t| t.render(JValue::from_pairs(context)))
             .map_err(|e| self.error(name, e))
     }
 
@@ -219,30 +230,34 @@ impl ChatTemplate {
 /// The names a message's reasoning goes by; the first is the one templates read.
 const REASONING_FIELDS: [&str; 3] = ["reasoning_content", "thinking", "reasoning"];
 
-/// `message` as HF hands it to a template: its reasoning, under whichever name it came, also
-/// as `reasoning_content` and as `thinking` (gpt-oss's templates read that one), `thinking`
-/// first unless the message has it already.
-fn with_reasoning_aliases(message: &Message) -> Value {
+/// `message` as HF hands it to a template: fields that are null left out (HF drops them, so
+/// that templates see an absent field rather than None), and its reasoning, under whichever
+/// name it came, also as `reasoning_content` and as `thinking` (gpt-oss's templates read that
+/// one), `thinking` first unless the message has it already.
+fn message_for_template(message: &Message) -> Value {
+    let present = || message.fields.iter().filter(|(_, v)| !v.is_null());
     let reasoning = REASONING_FIELDS
         .iter()
-        .find_map(|k| message.fields.get(*k).filter(|v| !v.is_null()))
-        .cloned();
+        .find_map(|k| present().find(|(name, _)| name == k))
+        .map(|(_, v)| v.clone());
     // {"thinking": r, **message, "reasoning_content": r}, in Python's key order.
     let mut fields = Map::new();
     if let Some(r) = &reasoning {
         fields.insert("thinking".into(), r.clone());
     }
     fields.insert("role".into(), Value::String(message.role.clone()));
-    fields.extend(message.fields.clone());
+    fields.extend(present().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(r) = reasoning {
         fields.insert("reasoning_content".into(), r);
     }
     Value::Object(fields)
 }
 
-/// Python's `None`, as HF hands it to a template (tools or documents not given, a null field):
-/// false, written `None`, `is none`, but, unlike minijinja's none, not iterable: a `for` over it
-/// fails, as in Python.
+/// Python's `None` where HF hands it for `tools` or `documents` not given: false, written
+/// `None`, `is none`, but, unlike minijinja's none, not iterable, so that a `for` over it fails
+/// as in Python (templates that loop over `tools` unguarded refuse a conversation without
+/// tools, as under HF). Nulls elsewhere are minijinja's own none, which compares equal to the
+/// `none` literal.
 #[derive(Debug)]
 struct PyNone;
 
@@ -264,20 +279,45 @@ fn is_python_none(v: &JValue) -> bool {
     v.is_none() || v.downcast_object_ref::<PyNone>().is_some()
 }
 
-/// JSON as the Python objects HF's template sees: nulls become [`PyNone`].
-fn python_value(v: &Value) -> JValue {
-    match v {
-        Value::Null => JValue::from_object(PyNone),
-        Value::Array(items) => items.iter().map(python_value).collect(),
-        Value::Object(map) => {
-            JValue::from_pairs(map.iter().map(|(k, v)| (k.as_str(), python_value(v))))
-        }
-        other => JValue::from(Serde(other)),
+/// A list argument as HF passes it: the list, or None.
+fn python_list(list: Option<&[Value]>) -> JValue {
+    match list {
+        Some(items) => JValue::from(Serde(items)),
+        None => JValue::from_object(PyNone),
     }
 }
 
+/// What Jinja2's `map`, `select`, `reject`, `selectattr` and `rejectattr` return: a generator,
+/// iterated once, of no known length, always true, which `tojson` refuses.
+#[derive(Debug)]
+struct Generator(std::sync::Mutex<Vec<JValue>>);
+
+impl Object for Generator {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Iterable
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        // A second pass finds it exhausted, as in Python.
+        let items = self.0.lock().map(|mut v| std::mem::take(&mut *v));
+        Enumerator::Iter(Box::new(items.unwrap_or_default().into_iter()))
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        None
+    }
+
+    fn is_true(self: &Arc<Self>) -> bool {
+        true
+    }
+}
+
+fn is_generator(v: &JValue) -> bool {
+    v.downcast_object_ref::<Generator>().is_some()
+}
+
 /// A template value as JSON for `tojson`, refusing what Python's `json.dumps` refuses: an
-/// undefined value, and a lazy sequence (`map`, `select`: Python's generators).
+/// undefined value and a generator. Map keys as Python writes them (`true`, `null`, numbers).
 fn json_of(v: &JValue) -> Result<Value, minijinja::Error> {
     let refuse = |what: &str| {
         minijinja::Error::new(
@@ -285,12 +325,13 @@ fn json_of(v: &JValue) -> Result<Value, minijinja::Error> {
             format!("tojson: Object of type {what} is not JSON serializable"),
         )
     };
+    if is_generator(v) {
+        return Err(refuse("generator"));
+    }
     Ok(match v.kind() {
         ValueKind::Undefined => return Err(refuse("Undefined")),
-        ValueKind::Iterable => return Err(refuse("generator")),
-        ValueKind::None => Value::Null,
         _ if is_python_none(v) => Value::Null,
-        ValueKind::Seq => Value::Array(
+        ValueKind::Seq | ValueKind::Iterable => Value::Array(
             v.try_iter()?
                 .map(|x| json_of(&x))
                 .collect::<Result<_, _>>()?,
@@ -299,7 +340,11 @@ fn json_of(v: &JValue) -> Result<Value, minijinja::Error> {
             let mut map = Map::new();
             for key in v.try_iter()? {
                 let item = v.get_item(&key)?;
-                let key = key.as_str().map_or_else(|| key.to_string(), String::from);
+                let key = match key.kind() {
+                    ValueKind::Bool => key.is_true().to_string(),
+                    ValueKind::None => "null".into(),
+                    _ => key.as_str().map_or_else(|| key.to_string(), String::from),
+                };
                 map.insert(key, json_of(&item)?);
             }
             Value::Object(map)
@@ -312,9 +357,8 @@ fn json_of(v: &JValue) -> Result<Value, minijinja::Error> {
 }
 
 /// Jinja2's `map`, `select`, `reject`, `selectattr` and `rejectattr` return generators, where
-/// minijinja's return lists: a generator iterates (also through `list`) but `tojson` refuses it
-/// and it has no length. And they yield nothing for a false value such as None, where
-/// minijinja's would iterate it. Wrapped here to behave as Python's.
+/// minijinja's return lists ([`Generator`]); and they yield nothing for a false value such as
+/// None, where minijinja's would iterate it. Wrapped here to behave as Python's.
 fn python_generators(env: &mut Environment<'static>) {
     use minijinja::filters;
     use minijinja::value::{Rest, ValueOrKwargs};
@@ -325,12 +369,13 @@ fn python_generators(env: &mut Environment<'static>) {
         value: &JValue,
         run: impl FnOnce(JValue) -> Result<Vec<JValue>, minijinja::Error>,
     ) -> Result<JValue, minijinja::Error> {
-        let items = if is_python_none(value) {
-            Vec::new()
-        } else {
+        // Jinja2's filters start with `if value:`: nothing from None, 0, "" or [].
+        let items = if value.is_true() {
             run(value.clone())?
+        } else {
+            Vec::new()
         };
-        Ok(JValue::make_iterable(move || items.clone().into_iter()))
+        Ok(JValue::from_object(Generator(std::sync::Mutex::new(items))))
     }
     env.add_filter("map", |state: &mut State, v: JValue, args: Args| {
         generator(&v, |v| filters::map(state, v, args))
@@ -370,9 +415,10 @@ fn python_generators(env: &mut Environment<'static>) {
 }
 
 /// The source without HF's `{% generation %}` / `{% endgeneration %}` tags (its extension for
-/// masking assistant tokens, a no-op when rendering), each replaced by a tag that does nothing
-/// (`if true` / `endif`) with the same whitespace control, so that trim_blocks and
-/// lstrip_blocks treat the text around it as HF's renderer does.
+/// masking assistant tokens, which renders its body as is), each replaced by `{% with %}` /
+/// `{% endwith %}` with the same whitespace control: trim_blocks and lstrip_blocks treat the
+/// text around them as HF's renderer does, and assignments inside stay inside, as in the
+/// macro body Jinja2 makes of the block. Only the exact tags are replaced, wherever they are.
 fn without_generation_tags(source: &str) -> std::borrow::Cow<'_, str> {
     if !source.contains("generation") {
         return source.into();
@@ -382,31 +428,41 @@ fn without_generation_tags(source: &str) -> std::borrow::Cow<'_, str> {
     while let Some(at) = rest.find("{%") {
         out.push_str(&rest[..at]);
         let tag = &rest[at..];
-        let Some(end) = tag.find("%}") else {
-            break;
-        };
-        let inner = &tag[2..end];
-        let (open, body) = match inner.strip_prefix(['-', '+']) {
-            Some(b) => (&inner[..1], b),
-            None => ("", inner),
-        };
-        let (body, close) = match body.strip_suffix(['-', '+']) {
-            Some(b) => (b, &body[b.len()..]),
-            None => (body, ""),
-        };
-        let replacement = match body.trim() {
-            "generation" => Some("if true"),
-            "endgeneration" => Some("endif"),
-            _ => None,
-        };
-        match replacement {
-            Some(r) => out.push_str(&format!("{{%{open} {r} {close}%}}")),
-            None => out.push_str(&tag[..end + 2]),
+        match generation_tag(tag) {
+            Some((len, replacement)) => {
+                out.push_str(&replacement);
+                rest = &tag[len..];
+            }
+            None => {
+                out.push_str("{%");
+                rest = &tag[2..];
+            }
         }
-        rest = &tag[end + 2..];
     }
     out.push_str(rest);
     out.into()
+}
+
+/// `{%[-+]? (end)?generation [-+]?%}` at the start of `s`: its length and its replacement.
+fn generation_tag(s: &str) -> Option<(usize, String)> {
+    let body = s.strip_prefix("{%")?;
+    let (open, body) = match body.strip_prefix(['-', '+']) {
+        Some(b) => (&body[..1], b),
+        None => ("", body),
+    };
+    let body = body.trim_start();
+    let (word, body) = if let Some(b) = body.strip_prefix("endgeneration") {
+        ("endwith", b)
+    } else {
+        ("with", body.strip_prefix("generation")?)
+    };
+    let body = body.trim_start();
+    let (close, body) = match body.strip_prefix(['-', '+']) {
+        Some(b) => (&body[..1], b),
+        None => ("", body),
+    };
+    let rest = body.strip_prefix("%}")?;
+    Some((s.len() - rest.len(), format!("{{%{open} {word} {close}%}}")))
 }
 
 /// The special tokens of tokenizer_config.json HF hands to templates, as text.
@@ -455,18 +511,72 @@ fn environment_at(now: NaiveDateTime) -> Environment<'static> {
     env
 }
 
-/// Python's `datetime.strftime(format)`, through chrono's directives (the C ones Python
-/// passes on); a directive chrono does not know is an error, never a panic.
-fn strftime(now: NaiveDateTime, format: &str) -> Result<String, minijinja::Error> {
-    use std::fmt::Write;
-    let mut out = String::new();
-    write!(out, "{}", now.format(format)).map_err(|_| {
-        minijinja::Error::new(
-            ErrorKind::InvalidOperation,
-            format!("strftime_now: cannot format the time as {format:?}"),
-        )
-    })?;
-    Ok(out)
+/// Python's `datetime.strftime(format)` for a naive local time, as glibc formats it: chrono
+/// formats each directive it shares with C; `%Z` and `%z` are empty (no zone), `%f` is
+/// microseconds, the flags `-`, `_`, `0` and `^` and a width apply, and an unknown directive
+/// stays as written. Never fails.
+fn strftime(now: NaiveDateTime, format: &str) -> String {
+    // The conversions chrono formats as C does.
+    const CHRONO: &str = "aAbBcCdDeFgGhHIjklmMnpPrRStTuUVwWxXyY";
+    let mut out = String::with_capacity(format.len() + 16);
+    let mut rest = format;
+    while let Some(at) = rest.find('%') {
+        out.push_str(&rest[..at]);
+        let spec = &rest[at + 1..];
+        let flag = spec.chars().next().filter(|c| "-_0^#".contains(*c));
+        let after_flag = &spec[flag.map_or(0, char::len_utf8)..];
+        let digits = after_flag.len()
+            - after_flag
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .len();
+        // Widths beyond any date's are a template's attempt at a huge string: capped.
+        let width: usize = after_flag[..digits].parse().unwrap_or(0).min(256);
+        // glibc's E and O modifiers ask for a locale's alternative form: in C, the plain one.
+        let conv_text = after_flag[digits..].trim_start_matches(['E', 'O']);
+        let Some(conv) = conv_text.chars().next() else {
+            out.push_str(&rest[at..]);
+            return out;
+        };
+        let consumed = rest.len() - conv_text.len() + conv.len_utf8();
+        let base = match conv {
+            '%' => Some("%".to_string()),
+            'Z' | 'z' => Some(String::new()),
+            'f' => Some(format!("{:06}", now.and_utc().timestamp_subsec_micros())),
+            c if CHRONO.contains(c) => {
+                let pad = match flag {
+                    Some(f @ ('-' | '_' | '0')) => f.to_string(),
+                    _ => String::new(),
+                };
+                let mut text = String::new();
+                use std::fmt::Write;
+                write!(text, "{}", now.format(&format!("%{pad}{c}")))
+                    .ok()
+                    .map(|_| text)
+            }
+            _ => None,
+        };
+        match base {
+            None => out.push_str(&rest[at..consumed]),
+            Some(mut text) => {
+                if flag == Some('^') {
+                    text = text.to_uppercase();
+                }
+                let numeric = !text.is_empty() && text.chars().all(|c| c.is_ascii_digit());
+                let fill = if numeric && flag != Some('_') {
+                    '0'
+                } else {
+                    ' '
+                };
+                for _ in text.chars().count()..width {
+                    out.push(fill);
+                }
+                out.push_str(&text);
+            }
+        }
+        rest = &rest[consumed..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A Jinja environment configured as HF's (`ImmutableSandboxedEnvironment(trim_blocks=True,
@@ -488,20 +598,36 @@ fn environment() -> Environment<'static> {
     // Jinja2's tests where minijinja's differ: None (ours and Python's) is none and not
     // iterable; an undefined value is iterable (as Jinja2's Undefined is).
     python_generators(&mut env);
+    // Jinja2's Undefined has a length, 0; minijinja's has none.
+    for name in ["length", "count"] {
+        env.add_filter(name, |v: JValue| -> Result<JValue, minijinja::Error> {
+            if v.is_undefined() {
+                return Ok(JValue::from(0));
+            }
+            let n = v.len().ok_or_else(|| {
+                minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("cannot calculate length of value of type {}", v.kind()),
+                )
+            })?;
+            Ok(JValue::from(n))
+        });
+    }
     env.add_test("none", |v: JValue| is_python_none(&v));
     env.add_test("iterable", |v: JValue| {
-        !is_python_none(&v) && (v.is_undefined() || v.try_iter().is_ok())
+        is_generator(&v) || !is_python_none(&v) && (v.is_undefined() || v.try_iter().is_ok())
     });
     env
 }
 
-/// HF's `tojson`: `json.dumps(value, ensure_ascii=False, indent=..., separators=...,
-/// sort_keys=...)`. minijinja's own escapes HTML characters and spaces differently.
+/// HF's `tojson`: `json.dumps(value, ensure_ascii=..., indent=..., separators=...,
+/// sort_keys=...)`, `ensure_ascii` false unless asked. minijinja's own escapes HTML characters
+/// and spaces differently.
 fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     let separators: Option<Vec<String>> = kwargs.get("separators")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
-    let _ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
     kwargs.assert_all_used()?;
     let bad = |e: serde_json::Error| {
         minijinja::Error::new(ErrorKind::InvalidOperation, "cannot serialize to JSON")
@@ -533,8 +659,29 @@ fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, minijinja::Error> {
     let mut out = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut out, formatter);
     json.serialize(&mut ser).map_err(bad)?;
-    let text = String::from_utf8(out).expect("serde_json writes UTF-8");
+    let mut text = String::from_utf8(out).expect("serde_json writes UTF-8");
+    if ensure_ascii == Some(true) {
+        text = ascii_escaped(&text);
+    }
     Ok(JValue::from_safe_string(text))
+}
+
+/// JSON text with every non-ASCII character as `\uXXXX` (UTF-16 units, lowercase hex), as
+/// Python's `ensure_ascii=True` writes it. Non-ASCII occurs only inside JSON strings, so this
+/// is exact.
+fn ascii_escaped(json: &str) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut [0u16; 2]) {
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        }
+    }
+    out
 }
 
 /// The layout of Python's `json.dumps`: chosen separators, and with an indent one item per
@@ -685,7 +832,7 @@ mod tests {
     }
 
     #[test]
-    fn strftime_now_formats_the_pinned_time_and_refuses_what_it_cannot_format() {
+    fn strftime_now_formats_the_pinned_time_as_python_does() {
         let now =
             NaiveDateTime::parse_from_str("2026-07-04 09:05:03", "%Y-%m-%d %H:%M:%S").unwrap();
         let env = environment_at(now);
@@ -694,8 +841,32 @@ mod tests {
             render("{{ strftime_now('%Y-%m-%d') }}|{{ strftime_now('%d %b %Y') }}|{{ strftime_now('%B %-d, %A %H:%M') }}").unwrap(),
             "2026-07-04|04 Jul 2026|July 4, Saturday 09:05"
         );
-        let err = render("{{ strftime_now('%Q') }}").unwrap_err();
-        assert!(err.to_string().contains("cannot format"), "{err}");
+        // As Python (glibc) writes them: unknown directives as written, no zone for a naive
+        // time, microseconds, flags and widths.
+        assert_eq!(
+            render("{{ strftime_now('%Q|100%|%Z%z|%f|%^a|%10d|%_d|%Od|%e|%j|%p %I|%y|%%') }}")
+                .unwrap(),
+            "%Q|100%||000000|SAT|0000000004| 4|04| 4|185|AM 09|26|%"
+        );
+    }
+
+    #[test]
+    fn generation_tags_are_found_exactly_and_scope_their_assignments() {
+        // Text that only looks like a tag, an unclosed `{%`, and spacing variants.
+        let source = "{{ '{%' }}{%generation%}{% set x = 1 %}{%- endgeneration +%}[{{ x }}]";
+        assert_eq!(
+            without_generation_tags(source),
+            "{{ '{%' }}{% with %}{% set x = 1 %}{%- endwith +%}[{{ x }}]"
+        );
+        // As in HF, where the block is a macro body: x stays undefined outside it.
+        assert_eq!(
+            render_str(&without_generation_tags(source), serde_json::json!({})),
+            "{%[]"
+        );
+        assert_eq!(
+            without_generation_tags("{% set generation = 1 %}{%"),
+            "{% set generation = 1 %}{%"
+        );
     }
 
     #[test]
@@ -703,7 +874,7 @@ mod tests {
         let source = "{% for m in messages %}\n  {%- generation -%}\n {{ m }}\n{% endgeneration %}\n{% endfor %}";
         assert_eq!(
             without_generation_tags(source),
-            "{% for m in messages %}\n  {%- if true -%}\n {{ m }}\n{% endif %}\n{% endfor %}"
+            "{% for m in messages %}\n  {%- with -%}\n {{ m }}\n{% endwith %}\n{% endfor %}"
         );
         // What HF's renderer gives for the source with its generation tags.
         let ctx = serde_json::json!({"messages": ["a", "b"]});
@@ -711,10 +882,10 @@ mod tests {
     }
 
     #[test]
-    fn none_is_python_s_none() {
-        // What HF hands a template for a null or a missing `tools`: defined, none, false,
-        // written None, not iterable; filters that yield generators yield nothing from it.
-        let ctx = python_value(&serde_json::json!({"t": null, "xs": [1, 2]}));
+    fn tools_not_given_are_python_s_none() {
+        // What HF hands a template for `tools` not given: defined, none, false, written None,
+        // not iterable; filters that make generators yield nothing from it.
+        let ctx = JValue::from_pairs([("t", python_list(None)), ("n", JValue::from(()))]);
         let env = environment();
         let render = |s: &str| env.render_str(s, ctx.clone());
         assert_eq!(
@@ -726,10 +897,63 @@ mod tests {
             "0"
         );
         assert!(render("{% for x in t %}{% endfor %}").is_err());
+        // Other nulls are minijinja's none, equal to the literal.
+        assert_eq!(
+            render("{{ n == none }} {{ n is none }}").unwrap(),
+            "True True"
+        );
+    }
+
+    #[test]
+    fn filters_make_python_generators() {
+        let ctx = serde_json::json!({"xs": [1, 2], "zero": 0});
+        let env = environment();
+        let render = |s: &str| env.render_str(s, JValue::from(Serde(&ctx)));
+        // Iterated once, with loop.last known; true even when empty; no length; no JSON.
+        assert_eq!(
+            render("{% set g = xs|map('string') %}{% for x in g %}{{ x }}{{ loop.last }} {% endfor %}|{{ g|list }}")
+                .unwrap(),
+            "1False 2True |[]"
+        );
+        assert_eq!(
+            render("{% if xs|select('none') %}T{% endif %}").unwrap(),
+            "T"
+        );
+        assert!(render("{{ xs|map('string')|length }}").is_err());
         assert!(render("{{ xs|map('string')|tojson }}").is_err());
         assert_eq!(
             render("{{ xs|map('string')|list|tojson }}").unwrap(),
             r#"["1", "2"]"#
+        );
+        assert_eq!(render("{{ zero|select|list }}").unwrap(), "[]");
+    }
+
+    #[test]
+    fn null_fields_of_a_message_are_left_out_as_hf_leaves_them() {
+        let message: Message = serde_json::from_value(serde_json::json!(
+            {"role": "assistant", "content": null, "reasoning": "r", "tool_calls": [{"a": null}]}
+        ))
+        .unwrap();
+        assert_eq!(
+            message_for_template(&message),
+            serde_json::json!({"thinking": "r", "role": "assistant", "reasoning": "r",
+                               "tool_calls": [{"a": null}], "reasoning_content": "r"})
+        );
+    }
+
+    #[test]
+    fn tojson_escapes_non_ascii_when_asked_and_writes_python_s_keys() {
+        let ctx = serde_json::json!({"s": "é👋"});
+        assert_eq!(
+            render_str("{{ s|tojson(ensure_ascii=true) }}", ctx),
+            r#""\u00e9\ud83d\udc4b""#
+        );
+        assert_eq!(
+            render_str(
+                "{{ {true: 1, none: 2, 3: 4}|tojson }}",
+                serde_json::json!({})
+            ),
+            r#"{"true": 1, "null": 2, "3": 4}"#
         );
     }
 }

@@ -110,7 +110,8 @@ impl Tokenizer {
 
     /// The ids of `text` with special-token text (`<|im_start|>`) read as plain text: each
     /// character through the model's normal vocabulary, as HF's `split_special_tokens=True`.
-    /// `add_special_tokens` as for [`Tokenizer::encode_with`].
+    /// `add_special_tokens` as for [`Tokenizer::encode_with`]. Works on a copy of the
+    /// tokenizer (the switch is the tokenizer's state): for one text at a time.
     pub fn encode_literally(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let mut literal = self.inner.clone();
         literal.set_encode_special_tokens(true);
@@ -120,14 +121,14 @@ impl Tokenizer {
         Ok(encoding.get_ids().to_vec())
     }
 
-    /// The text of `ids`, special tokens included. An id outside the vocabulary is an error
-    /// (the tokenizers crate would skip it silently).
+    /// The text of `ids`, special tokens included. An id the vocabulary does not hold is an
+    /// error (the tokenizers crate would skip it silently).
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        let size = self.vocab_size();
-        if let Some(bad) = ids.iter().find(|&&id| id as usize >= size) {
+        if let Some(bad) = ids.iter().find(|&&id| self.inner.id_to_token(id).is_none()) {
             return Err(Error::Input(format!(
-                "token id {bad} is outside the vocabulary of {} ({size} ids)",
-                self.path.display()
+                "token id {bad} is outside the vocabulary of {} ({} ids)",
+                self.path.display(),
+                self.vocab_size()
             )));
         }
         self.inner.decode(ids, false).map_err(|e| self.error(e))

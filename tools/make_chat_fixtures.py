@@ -20,7 +20,8 @@ With --real-templates DIR (llama.cpp's models/templates/, which ../shared/bench/
 unpacks) it instead copies every published template there into tests/fixtures/chat/real/ and
 writes real/cases.json: each template over the conversations of REAL_CONVERSATIONS (plain,
 system, multi-turn, tools offered, a tool call and its result, reasoning, thinking switched
-off, a final assistant turn to continue), as HF renders them (`text`, and `tokens` by one
+off, a conversation ending with the assistant's turn, null fields as OpenAI-style clients send
+them, documents), as HF renders them (`text`, and `tokens` by one
 shared tokenizer) or the error HF raises. `strftime_now` is pinned to REAL_NOW, as the tests
 pin it.
 
@@ -321,7 +322,15 @@ REAL_CONVERSATIONS = {
                    {"role": "user", "content": "And three more?"}], True, None, {}),
     "thinking_off": ([{"role": "user", "content": "Two plus two?"}], True, None,
                      {"enable_thinking": False, "reasoning_effort": "low"}),
-    "continue": (CONVERSATIONS["multi_turn"][:3], False, None, {}),
+    "ends_with_assistant": (CONVERSATIONS["multi_turn"][:3], False, None, {}),
+    # As OpenAI-style clients send them: null content beside tool calls, null fields.
+    "null_fields": ([{"role": "user", "content": "When is high water at Dover?",
+                      "reasoning_content": None, "tool_calls": None},
+                     {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
+                     {"role": "tool", "tool_call_id": "call00001", "name": "tide_table",
+                      "content": "{\"high\": \"06:12\"}"}], True, TOOLS, {}),
+    "documents": ([{"role": "user", "content": "What does the log say?"}], True, None,
+                  {"documents": [{"title": "Ship's log", "text": "Fair winds; 12 knots."}]}),
 }
 
 
@@ -355,6 +364,7 @@ def real_templates(source):
             if variables:
                 case["variables"] = variables
             try:
+                # `documents` is apply_chat_template's own argument, the rest template variables.
                 text = tok.apply_chat_template(messages, chat_template=template, tools=tools,
                                                tokenize=False,
                                                add_generation_prompt=add_generation_prompt,

@@ -74,8 +74,12 @@ def byte_level_bpe(gguf_path, normalizer, pre_tokenizer):
     types = field(r, "tokenizer.ggml.token_type")
     merges = field(r, "tokenizer.ggml.merges")
     # GGUF token types: 1 normal, 3 control (special), 4 user-defined (added, not special).
+    # llama.cpp pads some vocabularies to a round size with [PAD<id>] tokens the hub's
+    # tokenizer does not have: left out.
+    pad = [i for i, t in enumerate(tokens) if t == f"[PAD{i}]"]
+    tokens = tokens[:pad[0]] if pad else tokens
     added = [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-              "normalized": ty == 4, "special": ty == 3}
+              "normalized": False, "special": ty == 3}
              for i, (t, ty) in enumerate(zip(tokens, types)) if ty in (3, 4)]
     return {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
@@ -145,10 +149,10 @@ def llama_cpp_cases(vocab_dir, name):
     inp, out = vocab_dir / f"ggml-vocab-{name}.gguf.inp", vocab_dir / f"ggml-vocab-{name}.gguf.out"
     if not inp.exists():
         return []
-    texts = inp.read_text().split("\n__ggml_vocab_test__\n")
-    ids = out.read_text().split("\n")
-    # The .inp ends with a marker line and the .out with a newline.
-    texts[-1] = texts[-1].removesuffix("\n__ggml_vocab_test__\n").removesuffix("\n__ggml_vocab_test__")
+    # Each string is followed by a marker line; the .out has one line of ids per string.
+    texts = inp.read_text().split("\n__ggml_vocab_test__\n")[:-1]
+    ids = out.read_text().split("\n")[:len(texts)]
+    assert len(ids) == len(texts), f"{inp}: {len(texts)} strings, {len(ids)} lines of ids"
     return [(t, [int(x) for x in line.split()]) for t, line in zip(texts, ids)]
 
 

@@ -146,34 +146,37 @@ pub fn prompt(
         .with_context(|| format!("reading {}", messages.display()))?;
     let value: Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", messages.display()))?;
-    let (list, tools, variables) = match value {
-        Value::Array(_) => (value, None, serde_json::Map::new()),
-        Value::Object(mut o) => {
-            let tools = match o.remove("tools") {
-                None | Some(Value::Null) => None,
-                Some(Value::Array(tools)) => Some(tools),
-                Some(_) => bail!("{}: `tools` must be a list", messages.display()),
-            };
-            let list = o.remove("messages").unwrap_or(Value::Null);
-            // The rest (`enable_thinking`, `reasoning_effort`, ...) goes to the template, as
-            // HF's apply_chat_template passes its keyword arguments.
-            (list, tools, o)
-        }
+    let mut file = match value {
+        Value::Array(_) => serde_json::Map::from_iter([("messages".to_string(), value)]),
+        Value::Object(o) => o,
         _ => bail!(
             "{}: expected a list of messages or {{\"messages\": [...]}}",
             messages.display()
         ),
     };
+    let mut list_field = |key: &str| match file.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(list)) => Ok(Some(list)),
+        Some(_) => Err(anyhow::anyhow!(
+            "{}: `{key}` must be a list",
+            messages.display()
+        )),
+    };
+    let (tools, documents) = (list_field("tools")?, list_field("documents")?);
+    let list = file.remove("messages").unwrap_or(Value::Null);
     let list: Vec<Message> = serde_json::from_value(list).with_context(|| {
         format!(
             "{}: `messages` must be a list of {{\"role\": ..., \"content\": ...}}",
             messages.display()
         )
     })?;
+    // The rest (`enable_thinking`, `reasoning_effort`, ...) goes to the template, as HF's
+    // apply_chat_template passes its keyword arguments.
     let opts = RenderOptions {
         add_generation_prompt,
         tools,
-        variables,
+        documents,
+        variables: file,
         ..RenderOptions::default()
     };
     let rendered = tokenizer.apply_chat_template(&list, &opts)?;

@@ -25,11 +25,11 @@ pub struct TokenizeArgs {
     #[arg(long, value_parser = crate::parse_tokens)]
     decode: Option<TokenIds>,
     /// Add what the tokenizer adds to a whole input (a bos token for Llama-style ones).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "decode")]
     add_special: bool,
     /// Read special-token text in the input (`<|im_start|>`) as that token; by default it is
     /// plain text, as a user's message should be.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "decode")]
     parse_special: bool,
     /// Print {"tokens": [...]} (or {"text": ...} with --decode) as the last line of stdout.
     #[arg(long)]

@@ -75,6 +75,8 @@ pub struct Model {
     device: Device,
     dtype: DType,
     quant: Option<QuantFormat>,
+    /// config.json fields nothing here reads (see [`Model::unrecognized_config_fields`]).
+    unrecognized_fields: Vec<String>,
 }
 
 impl Model {
@@ -105,6 +107,7 @@ impl Model {
         let Architecture {
             config: mut cfg,
             names,
+            unrecognized_fields,
             ..
         } = arch;
         if let Some(k) = opts.experts_per_token {
@@ -162,7 +165,15 @@ impl Model {
             device: opts.device.clone(),
             dtype: opts.dtype,
             quant: opts.quant,
+            unrecognized_fields,
         })
+    }
+
+    /// The fields of config.json that no part of the engine reads: settings of the checkpoint
+    /// that may change what it computes and that this model ignores (the command line prints
+    /// them as a warning). Empty for a config the family's reader knows whole.
+    pub fn unrecognized_config_fields(&self) -> &[String] {
+        &self.unrecognized_fields
     }
 
     /// The format the weights of matrix products were converted to at load, if any.
@@ -327,6 +338,31 @@ fn in_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_library_reports_config_fields_it_does_not_read() {
+        let fixture =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen3_moe-a");
+        let dir = tempfile::tempdir().unwrap();
+        let mut config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap())
+                .unwrap();
+        config["partial_rotary_factor"] = 0.5.into();
+        std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+        std::fs::copy(
+            fixture.join("model.safetensors"),
+            dir.path().join("model.safetensors"),
+        )
+        .unwrap();
+        let opts = super::LoadOptions::default();
+        let model = super::Model::load(dir.path(), &opts).unwrap();
+        assert_eq!(
+            model.unrecognized_config_fields(),
+            ["partial_rotary_factor"]
+        );
+        let clean = super::Model::load(&fixture, &opts).unwrap();
+        assert!(clean.unrecognized_config_fields().is_empty());
+    }
+
     #[test]
     fn models_are_shared_between_threads_and_caches_move() {
         fn shared<T: Send + Sync>() {}

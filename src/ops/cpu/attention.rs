@@ -47,7 +47,8 @@ impl KvRows<'_> {
 /// out[i, h] = Σ_j softmax_j(scale · q[h, i] · k[g, j]) · v[g, j] over positions j ≤ cached + i,
 /// where g = h / (heads / kv_heads) is the kv head query head h shares.
 ///
-/// q: (heads, tokens, head_dim), out: (tokens, heads · head_dim), both row-major.
+/// q: (heads, tokens, head_dim), out: (tokens, heads · head_dim), both row-major. `isa` is
+/// capped at what this CPU has: a caller cannot ask for an instruction it lacks.
 pub fn causal_attention(
     isa: Isa,
     q: &[f32],
@@ -64,6 +65,7 @@ pub fn causal_attention(
         tokens,
         cached,
     } = dims;
+    let isa = isa.min(Isa::best());
     let n_rep = heads / kv_heads;
     assert!(
         n_rep * kv_heads == heads && q.len() == heads * tokens * hd && out.len() == q.len(),
@@ -82,7 +84,7 @@ pub fn causal_attention(
         };
         scores.resize(n_rep * len, 0.0);
         match isa {
-            // SAFETY: `Isa::selected` and the tests only name kernels the CPU has.
+            // SAFETY: capped above at the kernels this CPU has.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe {
                 group.run_avx512(queries, scores, chunk)

@@ -121,8 +121,14 @@ def main():
     for l in lines(os.path.join(logs, "gpu.csv")):
         print(l)
     for l in lines(os.path.join(logs, "steps.log")):
-        if "exit" in l:
-            print(l)
+        m = re.match(r"== (\S+): exit (\d+)", l)
+        if not m:
+            continue
+        print(l)
+        if m.group(2) != "0":
+            # Why it stopped: the end of its log (a missing library, a panic, a time limit).
+            for tail in lines(os.path.join(logs, f"{m.group(1)}.log"))[-3:]:
+                print(f"    {tail[:300]}")
     for part in (tests, layer):
         part(logs)
     for part in (models, hf):

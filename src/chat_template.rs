@@ -80,7 +80,8 @@ const NAMED_ARGUMENTS: [&str; 4] = ["messages", "tools", "documents", "add_gener
 /// A checkpoint's chat template(s).
 #[derive(Debug, Clone)]
 pub struct ChatTemplate {
-    /// (name, source); one unnamed entry when the checkpoint has a single template.
+    /// (name, source); one unnamed entry when the checkpoint has a single template. Sources
+    /// are kept as minijinja reads them: HF's `{% generation %}` tags already rewritten.
     templates: Vec<(String, String)>,
     /// `bos_token`, `eos_token`, ... as text, for the templates that write them.
     special_tokens: Map<String, Value>,
@@ -134,6 +135,13 @@ impl ChatTemplate {
         templates: Vec<(String, String)>,
         special_tokens: Map<String, Value>,
     ) -> Result<ChatTemplate> {
+        let templates = templates
+            .into_iter()
+            .map(|(name, source)| {
+                let source = without_generation_tags(&source).into_owned();
+                (name, source)
+            })
+            .collect();
         let template = ChatTemplate {
             templates,
             special_tokens,
@@ -142,7 +150,7 @@ impl ChatTemplate {
         // Syntax errors surface at load, naming the file, rather than at the first message.
         for (name, source) in &template.templates {
             environment()
-                .template_from_str(&without_generation_tags(source))
+                .template_from_str(source)
                 .map_err(|e| template.error(name, e))?;
         }
         Ok(template)
@@ -176,8 +184,7 @@ impl ChatTemplate {
             .now
             .unwrap_or_else(|| chrono::Local::now().naive_local());
         let env = environment_at(now);
-        let source = without_generation_tags(source);
-        env.template_from_str(&source)
+        env.template_from_str(source)
             .and_then(|t| t.render(JValue::from_pairs(context)))
             .map_err(|e| self.error(name, e))
     }
@@ -595,8 +602,6 @@ fn environment() -> Environment<'static> {
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
     });
     env.add_filter("tojson", tojson);
-    // Jinja2's tests where minijinja's differ: None (ours and Python's) is none and not
-    // iterable; an undefined value is iterable (as Jinja2's Undefined is).
     python_generators(&mut env);
     // Jinja2's Undefined has a length, 0; minijinja's has none.
     for name in ["length", "count"] {
@@ -613,6 +618,8 @@ fn environment() -> Environment<'static> {
             Ok(JValue::from(n))
         });
     }
+    // Jinja2's tests where minijinja's differ: None (ours and Python's) is none and not
+    // iterable; an undefined value is iterable (as Jinja2's Undefined is).
     env.add_test("none", |v: JValue| is_python_none(&v));
     env.add_test("iterable", |v: JValue| {
         is_generator(&v) || !is_python_none(&v) && (v.is_undefined() || v.try_iter().is_ok())

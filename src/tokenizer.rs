@@ -79,8 +79,17 @@ impl Tokenizer {
     /// `add_special_tokens` (HF's `tokenizer(text, add_special_tokens=...)`); special tokens
     /// written in the text become their ids either way.
     pub fn encode_with(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
+        self.ids(&self.inner, text, add_special_tokens)
+    }
+
+    /// The ids `tokenizer` (this one's, or a copy set otherwise) gives `text`.
+    fn ids(
+        &self,
+        tokenizer: &tokenizers::Tokenizer,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Vec<u32>> {
+        let encoding = tokenizer
             .encode(text, add_special_tokens)
             .map_err(|e| self.error(e))?;
         Ok(encoding.get_ids().to_vec())
@@ -115,10 +124,7 @@ impl Tokenizer {
     pub fn encode_literally(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let mut literal = self.inner.clone();
         literal.set_encode_special_tokens(true);
-        let encoding = literal
-            .encode(text, add_special_tokens)
-            .map_err(|e| self.error(e))?;
-        Ok(encoding.get_ids().to_vec())
+        self.ids(&literal, text, add_special_tokens)
     }
 
     /// The text of `ids`, special tokens included. An id the vocabulary does not hold is an

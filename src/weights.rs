@@ -214,13 +214,13 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize], device: &Device) -> Res
     }
     let fan_in = shape[shape.len() - 1] as f32;
     let bound = (3.0 / fan_in).sqrt(); // uniform(-b, b) has variance b^2 / 3 = 1 / fan_in
+    if !device.is_cpu() {
+        // From the device's one generator, seeded once by Weights::get.
+        return Ok(Tensor::rand(-bound, bound, shape, device)?);
+    }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (seed, name).hash(&mut hasher);
     let base = hasher.finish();
-    if !device.is_cpu() {
-        // Seeded once by Weights::get.
-        return Ok(Tensor::rand(-bound, bound, shape, device)?);
-    }
     let mut values = vec![0f32; n];
     values
         .par_chunks_mut(BLOCK)

@@ -27,9 +27,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{Activation, VarBuilder};
 use candle_transformers::fused_moe::{FusedMoe, MoeCfg};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use moe_runtime::moe::SparseMoe;
+use moe_runtime::layers::SparseMoe;
 use moe_runtime::quant::Weight;
 use moe_runtime::weights::Weights;
+use moe_runtime::{Backend, Kernels};
 
 mod common;
 use common::{configure, sparse_moe, Shape, SEED};
@@ -46,6 +47,8 @@ const INPUTS: usize = 16;
 
 struct Layer {
     ours: SparseMoe,
+    /// The GPU's backend, which runs our router.
+    backend: Backend,
     theirs: FusedMoe,
 }
 
@@ -53,7 +56,8 @@ impl Layer {
     fn new(s: &Shape, dev: &Device) -> Layer {
         let dtype = DType::BF16;
         let weights = Weights::random(SEED, dtype, dev);
-        let ours = sparse_moe(s, &weights);
+        let backend = Backend::new(dev, dtype, Kernels::Fast);
+        let ours = sparse_moe(s, &weights, backend.clone());
         // FusedMoe reads one tensor per expert and projection by hub name and stacks them
         // itself. On a GPU a random name read twice gives new values, so its tensors are cut
         // from ours: the same values, each in storage of its own as a checkpoint's would be.
@@ -63,7 +67,7 @@ impl Layer {
         };
         let (gate_up, down) = (dense(&ours.experts.gate_up), dense(&ours.experts.down));
         let own = |t: Tensor| t.contiguous().and_then(|t| t.copy()).expect("a copy");
-        let router = dense(ours.router.weight());
+        let router = dense(ours.router.linear.weight());
         let mut tensors = HashMap::from([("gate.weight".to_string(), own(router))]);
         let i = s.expert_ffn;
         for e in 0..s.experts {
@@ -92,7 +96,11 @@ impl Layer {
         };
         let vb = VarBuilder::from_tensors(tensors, dtype, dev);
         let theirs = FusedMoe::new(&cfg, vb, dtype).expect("candle-transformers' FusedMoe");
-        Layer { ours, theirs }
+        Layer {
+            ours,
+            backend,
+            theirs,
+        }
     }
 
     /// The rows whose choice of experts does not hang on a near-tie of router logits: the
@@ -103,7 +111,8 @@ impl Layer {
         let logits = self
             .ours
             .router
-            .forward(xs)
+            .linear
+            .forward(xs, &self.backend)
             .and_then(|l| Ok(l.to_dtype(DType::F32)?.to_vec2::<f32>()?))
             .expect("router logits");
         logits
@@ -184,7 +193,10 @@ fn bench(c: &mut Criterion) {
                 })
                 .collect();
             let prefill = tokens >= 512;
-            let ours = layer().ours.forward(&xs[0]).expect("our forward");
+            let ours = layer()
+                .ours
+                .forward(&xs[0], &layer().backend)
+                .expect("our forward");
             let theirs = layer()
                 .theirs
                 .forward(&xs[0].unsqueeze(0).expect("a batch of one"), prefill)
@@ -210,9 +222,10 @@ fn bench(c: &mut Criterion) {
             group.bench_function(BenchmarkId::new("ours", "BF16"), |b| {
                 let mut next = xs.iter().cycle();
                 b.iter(|| {
-                    let y = layer()
+                    let l = layer();
+                    let y = l
                         .ours
-                        .forward(next.next().expect("a cycle never ends"));
+                        .forward(next.next().expect("a cycle never ends"), &l.backend);
                     sync();
                     y.expect("our forward")
                 })

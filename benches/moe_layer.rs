@@ -42,8 +42,9 @@ use std::cell::OnceCell;
 use candle_core::{DType, Device, Tensor};
 use candle_transformers::models::qwen3_moe::ModelForCausalLM;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use moe_runtime::moe::{MoeImpl, SparseMoe};
+use moe_runtime::layers::SparseMoe;
 use moe_runtime::weights::Weights;
+use moe_runtime::Backend;
 
 mod common;
 use common::{
@@ -75,7 +76,7 @@ struct Layer {
 impl Layer {
     fn new(s: &Shape, dtype: DType) -> Layer {
         let weights = Weights::random(SEED, dtype, &Device::Cpu);
-        let ours = sparse_moe(s, &weights);
+        let ours = sparse_moe(s, &weights, Backend::cpu());
         let json = config_json(s, 1, VOCAB);
         let theirs = ct_model(&ct_config(&json), &weights);
         let mut no_moe = ct_config(&json);
@@ -118,20 +119,20 @@ fn bench(c: &mut Criterion) {
                 let ids: Vec<Tensor> = (0..INPUTS as u64)
                     .map(|i| ct_ids(&random_ids(i, tokens, VOCAB)))
                     .collect();
-                for imp in [MoeImpl::Fast, MoeImpl::Reference] {
-                    if imp == MoeImpl::Reference && !reference_runs(s, dtype, tokens) {
+                for (name, be) in [("Fast", Backend::cpu()), ("Reference", Backend::Reference)] {
+                    if name == "Reference" && !reference_runs(s, dtype, tokens) {
                         continue;
                     }
-                    let id = BenchmarkId::new(format!("{imp:?}"), format!("{dtype:?}"));
+                    let id = BenchmarkId::new(name, format!("{dtype:?}"));
                     group.bench_function(id, |b| {
                         let moe = SparseMoe {
-                            imp,
+                            backend: be.clone(),
                             ..layer().ours.clone()
                         };
                         let mut next = xs.iter().cycle();
                         b.iter(|| {
                             let xs = next.next().expect("a cycle never ends");
-                            moe.forward(xs).expect("our forward")
+                            moe.forward(xs, &be).expect("our forward")
                         })
                     });
                 }

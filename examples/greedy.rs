@@ -23,7 +23,7 @@ fn main() -> anyhow::Result<()> {
     let cfg = model.config();
     println!(
         "{dir}: {} with {} experts, top-{}",
-        cfg.model_type, cfg.moe.num_experts, cfg.moe.top_k
+        cfg.model_type, cfg.moe.num_experts, cfg.moe.router.top_k
     );
 
     let mut cache = model.new_cache();

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::energy::{EnergyMeter, EnergyReport, PhaseEnergy, Reading};
 use crate::error::{Error, Result};
 use crate::generate::argmax;
-use crate::model::Model;
+use crate::layers::Model;
 
 /// What to run.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,7 +4,7 @@
 use crate::chat_template::{Message, RenderOptions};
 use crate::error::Result;
 use crate::generate::{Flow, GenerateOptions};
-use crate::model::{Cache, Model};
+use crate::layers::{Cache, Model};
 use crate::text::{generate_text, TextGeneration};
 use crate::tokenizer::Tokenizer;
 

@@ -8,7 +8,7 @@ use candle_core::Tensor;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::{Cache, Model};
+use crate::layers::{Cache, Model};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokenizer::Tokenizer;
 

@@ -28,7 +28,6 @@ pub mod arch;
 pub mod bench;
 pub mod chat;
 pub mod chat_template;
-pub mod config;
 pub mod device;
 pub mod energy;
 pub mod error;
@@ -36,12 +35,12 @@ pub mod explore;
 pub mod generate;
 pub mod hub;
 mod json;
-pub mod model;
-pub mod moe;
-mod ops;
+pub mod layers;
+pub mod ops;
 pub mod quality;
 pub mod quant;
 pub mod sampling;
+pub mod spec;
 pub mod text;
 pub mod tokenizer;
 pub mod weights;
@@ -55,7 +54,7 @@ pub const BUNDLED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/tin
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use config::ModelConfig;
 pub use error::{Error, Result};
-pub use model::{Cache, LoadOptions, Model};
-pub use moe::MoeImpl;
+pub use layers::{Cache, LoadOptions, Model};
+pub use ops::{Backend, Kernels};
+pub use spec::ModelConfig;

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::generate::{generate_cached, Flow, GenerateOptions, Generation, StopReason};
-use crate::model::{Cache, Model};
+use crate::layers::{Cache, Model};
 use crate::tokenizer::Tokenizer;
 
 /// A generation and its text (without stop ids and without the stop string that ended it).

@@ -196,6 +196,37 @@ impl Weights {
             }
         }
     }
+
+    /// The biases of a layer's experts as (gate_up [E, 2I], down [E, H]), stacked like
+    /// [`Weights::experts`] stacks the weights.
+    pub fn expert_biases(
+        &self,
+        names: &TensorNames,
+        prefix: &str,
+        (e, i, h): (usize, usize, usize),
+    ) -> Result<(Tensor, Tensor)> {
+        match &names.experts {
+            ExpertNames::Stacked { .. } => {
+                let b = &names.expert_biases;
+                Ok((
+                    self.get(&format!("{prefix}.{}", b.gate_up), &[e, 2 * i])?,
+                    self.get(&format!("{prefix}.{}", b.down), &[e, h])?,
+                ))
+            }
+            ExpertNames::PerExpert { gate, up, down } => {
+                let mut gate_ups = Vec::with_capacity(e);
+                let mut downs = Vec::with_capacity(e);
+                for x in 0..e {
+                    let name = |proj: &str| format!("{prefix}.experts.{x}.{proj}.bias");
+                    let g = self.get(&name(gate), &[i])?;
+                    let u = self.get(&name(up), &[i])?;
+                    gate_ups.push(Tensor::cat(&[g, u], 0)?);
+                    downs.push(self.get(&name(down), &[h])?);
+                }
+                Ok((Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?))
+            }
+        }
+    }
 }
 
 /// See [`Weights::random`]. Values are drawn in parallel blocks, each from a generator seeded

@@ -15,7 +15,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor};
 use common::{fixture, position_errors, reference, FIXTURES};
-use moe_runtime::{generate, LoadOptions, Model, MoeImpl};
+use moe_runtime::{generate, Kernels, LoadOptions, Model};
 
 /// As tests/parity.rs: f32 within 1e-4 of the largest reference logit.
 const F32_BOUND: f32 = 1e-4;
@@ -30,10 +30,10 @@ const LONG_PROMPT: usize = 120;
 
 use moe_runtime::device::gpu_for_tests as gpu;
 
-fn load(name: &str, dtype: DType, moe_impl: MoeImpl, device: &Device) -> Model {
+fn load(name: &str, dtype: DType, kernels: Kernels, device: &Device) -> Model {
     let opts = LoadOptions {
         dtype,
-        moe_impl,
+        kernels,
         device: device.clone(),
         ..LoadOptions::default()
     };
@@ -59,7 +59,7 @@ fn f32_logits_on_cuda_match_hf_with_both_moe_paths() {
     let Some(dev) = gpu() else { return };
     for name in FIXTURES {
         let r = reference(name);
-        for imp in [MoeImpl::Fast, MoeImpl::Reference] {
+        for imp in [Kernels::Fast, Kernels::Reference] {
             let model = load(name, DType::F32, imp, &dev);
             let logits = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
             let err = worst(&logits, &r.logits, 0);
@@ -74,7 +74,7 @@ fn greedy_continuations_on_cuda_match_hf() {
     let Some(dev) = gpu() else { return };
     for name in FIXTURES {
         let r = reference(name);
-        let model = load(name, DType::F32, MoeImpl::Fast, &dev);
+        let model = load(name, DType::F32, Kernels::Fast, &dev);
         let gen = generate::greedy(&model, &r.tokens, r.greedy.len(), &[]).unwrap();
         assert_eq!(gen.tokens, r.greedy, "{name}");
     }
@@ -86,8 +86,8 @@ fn bf16_on_cuda_agrees_with_bf16_on_cpu_in_prefill_and_decode() {
     for name in FIXTURES {
         let r = reference(name);
         let prompt: Vec<u32> = r.tokens.iter().copied().cycle().take(LONG_PROMPT).collect();
-        let cpu = load(name, DType::BF16, MoeImpl::Fast, &Device::Cpu);
-        let gpu = load(name, DType::BF16, MoeImpl::Fast, &dev);
+        let cpu = load(name, DType::BF16, Kernels::Fast, &Device::Cpu);
+        let gpu = load(name, DType::BF16, Kernels::Fast, &dev);
         let (mut cpu_cache, mut gpu_cache) = (cpu.new_cache(), gpu.new_cache());
         let want = cpu.forward(&prompt, &mut cpu_cache).unwrap();
         let got = gpu.forward(&prompt, &mut gpu_cache).unwrap();
@@ -121,7 +121,7 @@ fn generations_from_many_threads_match_a_single_threaded_run() {
     const NEW_TOKENS: usize = 24;
     for (name, dtype) in [("qwen3_moe-a", DType::F32), ("mixtral-a", DType::BF16)] {
         let r = reference(name);
-        let model = load(name, dtype, MoeImpl::Fast, &dev);
+        let model = load(name, dtype, Kernels::Fast, &dev);
         // Prompts of 8 to 64 tokens, each a different slice of the fixture's prompt.
         let prompts: Vec<Vec<u32>> = (0..8)
             .map(|i| {

@@ -6,7 +6,7 @@ mod common;
 use candle_core::DType;
 use moe_runtime::generate::{generate, Flow, GenerateOptions, StopReason};
 use moe_runtime::sampling::SamplingConfig;
-use moe_runtime::MoeImpl;
+use moe_runtime::Kernels;
 
 const FIXTURE: &str = "mixtral-a";
 
@@ -20,7 +20,7 @@ fn options(max_new_tokens: usize) -> GenerateOptions {
 #[test]
 fn stops_after_the_stop_id_and_keeps_it() {
     let r = common::reference(FIXTURE);
-    let model = common::load(FIXTURE, DType::F32, MoeImpl::Fast);
+    let model = common::load(FIXTURE, DType::F32, Kernels::Fast);
     let stop = r.greedy[4];
     let first = r.greedy.iter().position(|&t| t == stop).unwrap();
     let opts = GenerateOptions {
@@ -35,7 +35,7 @@ fn stops_after_the_stop_id_and_keeps_it() {
 #[test]
 fn the_callback_sees_every_token_and_can_stop() {
     let r = common::reference(FIXTURE);
-    let model = common::load(FIXTURE, DType::F32, MoeImpl::Fast);
+    let model = common::load(FIXTURE, DType::F32, Kernels::Fast);
     let mut seen = Vec::new();
     let gen = generate(&model, &r.tokens, &options(12), |t| {
         seen.push(t);
@@ -53,7 +53,7 @@ fn the_callback_sees_every_token_and_can_stop() {
 
 #[test]
 fn a_full_context_ends_generation_without_an_error() {
-    let model = common::load(FIXTURE, DType::F32, MoeImpl::Fast);
+    let model = common::load(FIXTURE, DType::F32, Kernels::Fast);
     let context = model.config().max_position_embeddings;
     let prompt = vec![3u32; context - 2];
     let gen = generate(&model, &prompt, &options(10), |_| Flow::Continue).unwrap();
@@ -66,7 +66,7 @@ fn a_full_context_ends_generation_without_an_error() {
 #[test]
 fn seeded_sampling_repeats_and_the_seed_matters() {
     let r = common::reference(FIXTURE);
-    let model = common::load(FIXTURE, DType::F32, MoeImpl::Fast);
+    let model = common::load(FIXTURE, DType::F32, Kernels::Fast);
     let run = |seed| {
         let opts = GenerateOptions {
             sampling: SamplingConfig {

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::DType;
 use common::{load, position_errors, reference, relative_error, FIXTURES};
-use moe_runtime::{generate, MoeImpl};
+use moe_runtime::{generate, Kernels};
 
 /// f32 logits must agree with HF to 1e-4 of the largest reference logit.
 const F32_BOUND: f32 = 1e-4;
@@ -17,7 +17,7 @@ const F32_BOUND: f32 = 1e-4;
 const BF16_BOUND: f32 = 0.06;
 const F16_BOUND: f32 = 0.01;
 
-fn check_logits(name: &str, dtype: DType, imp: MoeImpl, bound: f32) -> f32 {
+fn check_logits(name: &str, dtype: DType, imp: Kernels, bound: f32) -> f32 {
     let r = reference(name);
     let model = load(name, dtype, imp);
     let logits = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
@@ -35,8 +35,8 @@ fn check_logits(name: &str, dtype: DType, imp: MoeImpl, bound: f32) -> f32 {
 #[test]
 fn f32_logits_match_hf_with_both_moe_paths() {
     for name in FIXTURES {
-        let fast = check_logits(name, DType::F32, MoeImpl::Fast, F32_BOUND);
-        let slow = check_logits(name, DType::F32, MoeImpl::Reference, F32_BOUND);
+        let fast = check_logits(name, DType::F32, Kernels::Fast, F32_BOUND);
+        let slow = check_logits(name, DType::F32, Kernels::Reference, F32_BOUND);
         eprintln!("{name}: f32 max error / max logit: fast {fast:.2e}, reference {slow:.2e}");
     }
 }
@@ -45,7 +45,7 @@ fn f32_logits_match_hf_with_both_moe_paths() {
 fn greedy_continuations_match_hf() {
     for name in FIXTURES {
         let r = reference(name);
-        let model = load(name, DType::F32, MoeImpl::Fast);
+        let model = load(name, DType::F32, Kernels::Fast);
         let gen = generate::greedy(&model, &r.tokens, r.greedy.len(), &[]).unwrap();
         assert_eq!(gen.tokens, r.greedy, "{name}");
     }
@@ -54,8 +54,8 @@ fn greedy_continuations_match_hf() {
 #[test]
 fn half_precision_logits_stay_within_documented_bounds() {
     for name in FIXTURES {
-        let bf16 = check_logits(name, DType::BF16, MoeImpl::Fast, BF16_BOUND);
-        let f16 = check_logits(name, DType::F16, MoeImpl::Fast, F16_BOUND);
+        let bf16 = check_logits(name, DType::BF16, Kernels::Fast, BF16_BOUND);
+        let f16 = check_logits(name, DType::F16, Kernels::Fast, F16_BOUND);
         eprintln!("{name}: bf16 {bf16:.2e}, f16 {f16:.2e}");
     }
 }
@@ -64,7 +64,7 @@ fn half_precision_logits_stay_within_documented_bounds() {
 fn prefill_equals_one_token_decode_steps() {
     for name in FIXTURES {
         let r = reference(name);
-        let model = load(name, DType::F32, MoeImpl::Fast);
+        let model = load(name, DType::F32, Kernels::Fast);
         let all = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
         let mut cache = model.new_cache();
         for (i, &t) in r.tokens.iter().enumerate() {
@@ -80,7 +80,7 @@ fn prefill_equals_one_token_decode_steps() {
 fn a_batch_step_equals_each_sequence_stepped_alone() {
     for name in FIXTURES {
         let r = reference(name);
-        let model = load(name, DType::F32, MoeImpl::Fast);
+        let model = load(name, DType::F32, Kernels::Fast);
         // Three sequences at different positions: prompts of 1, 4 and all the reference tokens.
         let lens = [1, 4, r.tokens.len()];
         let mut batch: Vec<_> = lens.iter().map(|_| model.new_cache()).collect();

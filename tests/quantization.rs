@@ -9,10 +9,10 @@ use candle_core::{DType, Device, Tensor};
 use moe_runtime::quality::{compare, Agreement};
 use moe_runtime::quant::QuantFormat;
 use moe_runtime::weights::Weights;
-use moe_runtime::{arch, LoadOptions, Model, MoeImpl};
+use moe_runtime::{arch, Kernels, LoadOptions, Model};
 use serde_json::json;
 
-fn model(dtype: DType, quant: Option<QuantFormat>, moe_impl: MoeImpl) -> Model {
+fn model(dtype: DType, quant: Option<QuantFormat>, kernels: Kernels) -> Model {
     let config = json!({
         "model_type": "qwen3_moe",
         "hidden_size": 128,
@@ -37,7 +37,7 @@ fn model(dtype: DType, quant: Option<QuantFormat>, moe_impl: MoeImpl) -> Model {
     let arch = arch::parse(Path::new("quantization-test/config.json"), config).unwrap();
     let opts = LoadOptions {
         dtype,
-        moe_impl,
+        kernels,
         quant,
         ..LoadOptions::default()
     };
@@ -58,8 +58,8 @@ fn logits(model: &Model) -> Tensor {
 }
 
 fn against_f32(dtype: DType, quant: Option<QuantFormat>) -> Agreement {
-    let reference = logits(&model(DType::F32, None, MoeImpl::Fast));
-    let other = logits(&model(dtype, quant, MoeImpl::Fast));
+    let reference = logits(&model(DType::F32, None, Kernels::Fast));
+    let other = logits(&model(dtype, quant, Kernels::Fast));
     let a = compare(&reference, &other).unwrap();
     println!("{dtype:?} {quant:?}: {a:?}");
     a
@@ -92,8 +92,8 @@ fn quantized_weights_stay_within_their_documented_accuracy_cost() {
 #[test]
 fn quantized_fast_experts_agree_with_the_reference_loop() {
     for quant in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
-        let slow = logits(&model(DType::F32, Some(quant), MoeImpl::Reference));
-        let fast = logits(&model(DType::F32, Some(quant), MoeImpl::Fast));
+        let slow = logits(&model(DType::F32, Some(quant), Kernels::Reference));
+        let fast = logits(&model(DType::F32, Some(quant), Kernels::Fast));
         let a = compare(&slow, &fast).unwrap();
         assert!(a.kl_mean < 1e-3 && a.top1 >= 0.9, "{quant:?}: {a:?}");
     }

@@ -12,9 +12,10 @@ use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::qwen3_moe::{Config, ModelForCausalLM};
 use moe_runtime::arch::LLAMA_NAMES;
-use moe_runtime::model::Linear;
-use moe_runtime::moe::{Experts, MoeImpl, RouterConfig, SparseMoe};
+use moe_runtime::layers::{Linear, Router, SparseMoe};
+use moe_runtime::ops::{Backend, Experts};
 use moe_runtime::quant::Weight;
+use moe_runtime::spec::{Activation, RouterSpec};
 use moe_runtime::weights::Weights;
 use serde_json::{json, Value};
 
@@ -94,8 +95,8 @@ pub fn config_json(s: &Shape, layers: usize, vocab: usize) -> Value {
 pub const LAYER_PREFIX: &str = "model.layers.0.mlp";
 
 /// Our sparse block of shape `s` on `weights`' tensors for layer 0 (router and stacked experts,
-/// top-k renormalised as Qwen3-MoE does), on the fast path.
-pub fn sparse_moe(s: &Shape, weights: &Weights) -> SparseMoe {
+/// top-k renormalised as Qwen3-MoE does), its routed part run by `backend`.
+pub fn sparse_moe(s: &Shape, weights: &Weights, backend: Backend) -> SparseMoe {
     let router = weights
         .get(
             &format!("{LAYER_PREFIX}.gate.weight"),
@@ -110,17 +111,15 @@ pub fn sparse_moe(s: &Shape, weights: &Weights) -> SparseMoe {
         )
         .expect("stacked experts");
     SparseMoe {
-        router: Linear::new(router, None),
-        router_cfg: RouterConfig {
-            top_k: s.top_k,
-            norm_topk_prob: true,
+        router: Router {
+            linear: Linear::new(router, None),
+            spec: RouterSpec::softmax_top_k(s.top_k, true),
+            correction: None,
         },
-        experts: Experts {
-            gate_up: Weight::Dense(gate_up),
-            down: Weight::Dense(down),
-        },
+        experts: Experts::new(Weight::Dense(gate_up), Weight::Dense(down)),
+        activation: Activation::SiluGated,
         shared: None,
-        imp: MoeImpl::Fast,
+        backend,
     }
 }
 

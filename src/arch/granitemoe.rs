@@ -1,11 +1,10 @@
 //! Granite-MoE: embedding, residual and logit multipliers, `attention_multiplier` as the
 //! attention scale, a `router.layer`, and experts stored stacked (`input_linear`,
-//! `output_linear`). Its router softmaxes the top-k logits, which equals softmax then
-//! renormalised top-k.
+//! `output_linear`). Its router softmaxes the top-k logits.
 
 use super::{attention_bias, common, Defaults, ExpertNames, Fields, TensorNames, LLAMA_NAMES};
-use crate::config::{ModelConfig, MoeConfig, Scales};
 use crate::error::Result;
+use crate::spec::{ModelConfig, MoeConfig, RouterSpec, Scales, Selection};
 
 pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     let mut cfg = common(
@@ -24,9 +23,13 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     };
     cfg.moe = MoeConfig {
         num_experts: f.usize_any(&["num_local_experts", "num_experts"])?,
-        top_k: f.usize("num_experts_per_tok")?,
         expert_intermediate_size: f.usize("intermediate_size")?,
-        norm_topk_prob: true,
+        // The k largest logits, softmaxed among themselves.
+        router: RouterSpec {
+            selection: Selection::TopKThenScore,
+            ..RouterSpec::softmax_top_k(f.usize("num_experts_per_tok")?, false)
+        },
+        expert_bias: false,
         shared_expert: None,
     };
     let names = TensorNames {

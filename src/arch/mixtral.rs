@@ -1,8 +1,8 @@
 //! Mixtral: softmax router with renormalised top-k, experts `w1` (gate), `w3` (up), `w2` (down).
 
 use super::{common, Defaults, ExpertNames, Fields, TensorNames, LLAMA_NAMES};
-use crate::config::{ModelConfig, MoeConfig};
 use crate::error::Result;
+use crate::spec::{ModelConfig, MoeConfig, RouterSpec};
 
 pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     let mut cfg = common(
@@ -20,9 +20,9 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     }
     cfg.moe = MoeConfig {
         num_experts: f.usize_any(&["num_local_experts", "num_experts"])?,
-        top_k: f.usize("num_experts_per_tok")?,
         expert_intermediate_size: f.usize("intermediate_size")?,
-        norm_topk_prob: true,
+        router: RouterSpec::softmax_top_k(f.usize("num_experts_per_tok")?, true),
+        expert_bias: false,
         shared_expert: None,
     };
     let names = TensorNames {

@@ -14,10 +14,11 @@ use serde_json::Value;
 
 pub use fields::Fields;
 
-use crate::config::{
-    AttentionConfig, LayerKind, ModelConfig, MoeConfig, QkNorm, RopeConfig, Scales,
-};
 use crate::error::{Error, Result};
+use crate::spec::{
+    Activation, AttentionConfig, FfnKind, LayerSpec, ModelConfig, MoeConfig, QkNorm, RopeConfig,
+    RouterSpec, Scales,
+};
 
 /// The `model_type` values we load, with the family that reads each.
 pub const SUPPORTED: &[&str] = &["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"];
@@ -51,7 +52,11 @@ pub struct TensorNames {
     /// The sparse block's prefix inside a layer.
     pub moe: &'static str,
     pub router: &'static str,
+    /// The router's bias and its selection-only bias, read when the router spec has them.
+    pub router_bias: &'static str,
+    pub router_correction_bias: &'static str,
     pub experts: ExpertNames,
+    pub expert_biases: ExpertBiasNames,
     pub shared_expert: &'static str,
     pub shared_expert_gate: &'static str,
     /// The dense MLP's prefix inside a layer, and the projections of any SiLU-gated MLP
@@ -79,6 +84,15 @@ pub enum ExpertNames {
     },
 }
 
+/// Where stacked expert biases live when the config says there are some: `{moe}.{gate_up}`
+/// as [E, 2I] (gate entries first) and `{moe}.{down}` as [E, H]. Per-expert checkpoints keep
+/// them beside their weights (`{gate|up|down}.bias`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpertBiasNames {
+    pub gate_up: &'static str,
+    pub down: &'static str,
+}
+
 /// The names most families share (the Llama lineage); each family overrides what differs.
 pub const LLAMA_NAMES: TensorNames = TensorNames {
     embed: "model.embed_tokens.weight",
@@ -95,10 +109,16 @@ pub const LLAMA_NAMES: TensorNames = TensorNames {
     k_norm: "self_attn.k_norm.weight",
     moe: "mlp",
     router: "gate.weight",
+    router_bias: "gate.bias",
+    router_correction_bias: "gate.e_score_correction_bias",
     experts: ExpertNames::PerExpert {
         gate: "gate_proj",
         up: "up_proj",
         down: "down_proj",
+    },
+    expert_biases: ExpertBiasNames {
+        gate_up: "experts.gate_up_proj_bias",
+        down: "experts.down_proj_bias",
     },
     shared_expert: "shared_expert",
     shared_expert_gate: "shared_expert_gate.weight",
@@ -218,13 +238,14 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
         rope: rope(f, defaults.rope_theta)?,
         moe: MoeConfig {
             num_experts: 0,
-            top_k: 0,
             expert_intermediate_size: 0,
-            norm_topk_prob: false,
+            router: RouterSpec::softmax_top_k(0, false),
+            expert_bias: false,
             shared_expert: None,
         },
         dense_intermediate_size: 0,
-        layers: vec![LayerKind::Sparse; num_layers],
+        activation: Activation::SiluGated,
+        layers: vec![LayerSpec::SPARSE; num_layers],
         scales: Scales::default(),
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
     })
@@ -280,7 +301,7 @@ fn attention_bias(f: &mut Fields, cfg: &mut ModelConfig) -> Result<()> {
 
 /// Layers are sparse unless listed in `mlp_only_layers` or off the `decoder_sparse_step`
 /// grid (the Qwen rule).
-fn qwen_layer_plan(f: &mut Fields, num_layers: usize) -> Result<Vec<LayerKind>> {
+fn qwen_layer_plan(f: &mut Fields, num_layers: usize) -> Result<Vec<LayerSpec>> {
     let dense = f.usize_list("mlp_only_layers")?;
     if let Some(&bad) = dense.iter().find(|&&i| i >= num_layers) {
         return Err(f.error(
@@ -294,10 +315,14 @@ fn qwen_layer_plan(f: &mut Fields, num_layers: usize) -> Result<Vec<LayerKind>> 
     }
     Ok((0..num_layers)
         .map(|i| {
-            if !dense.contains(&i) && (i + 1) % step == 0 {
-                LayerKind::Sparse
+            let ffn = if !dense.contains(&i) && (i + 1) % step == 0 {
+                FfnKind::Sparse
             } else {
-                LayerKind::Dense
+                FfnKind::Dense
+            };
+            LayerSpec {
+                ffn,
+                ..LayerSpec::SPARSE
             }
         })
         .collect())

@@ -1,8 +1,8 @@
 //! OLMoE: q/k RMSNorm over the whole projection, `clip_qkv`, optional top-k renormalisation.
 
 use super::{attention_bias, common, Defaults, Fields, TensorNames, LLAMA_NAMES};
-use crate::config::{ModelConfig, MoeConfig, QkNorm};
 use crate::error::Result;
+use crate::spec::{ModelConfig, MoeConfig, QkNorm, RouterSpec};
 
 pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     let mut cfg = common(
@@ -17,9 +17,12 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     cfg.attention.clip_qkv = f.opt_f64("clip_qkv")?;
     cfg.moe = MoeConfig {
         num_experts: f.usize_any(&["num_experts", "num_local_experts"])?,
-        top_k: f.usize("num_experts_per_tok")?,
         expert_intermediate_size: f.usize("intermediate_size")?,
-        norm_topk_prob: f.bool_or("norm_topk_prob", false)?,
+        router: RouterSpec::softmax_top_k(
+            f.usize("num_experts_per_tok")?,
+            f.bool_or("norm_topk_prob", false)?,
+        ),
+        expert_bias: false,
         shared_expert: None,
     };
     Ok((cfg, LLAMA_NAMES))

@@ -4,8 +4,8 @@
 use super::{
     common, qwen_layer_plan, refuse_qwen_sliding_window, Defaults, Fields, TensorNames, LLAMA_NAMES,
 };
-use crate::config::{ModelConfig, MoeConfig, SharedExpertConfig};
 use crate::error::Result;
+use crate::spec::{ModelConfig, MoeConfig, RouterSpec, SharedExpertConfig};
 
 pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     let mut cfg = common(
@@ -22,9 +22,12 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     cfg.dense_intermediate_size = f.usize("intermediate_size")?;
     cfg.moe = MoeConfig {
         num_experts: f.usize_any(&["num_experts", "num_local_experts"])?,
-        top_k: f.usize("num_experts_per_tok")?,
         expert_intermediate_size: f.usize("moe_intermediate_size")?,
-        norm_topk_prob: f.bool_or("norm_topk_prob", false)?,
+        router: RouterSpec::softmax_top_k(
+            f.usize("num_experts_per_tok")?,
+            f.bool_or("norm_topk_prob", false)?,
+        ),
+        expert_bias: false,
         shared_expert: Some(SharedExpertConfig {
             intermediate_size: f.usize("shared_expert_intermediate_size")?,
             gated: true,

@@ -5,8 +5,8 @@ use super::{
     attention_bias, common, qwen_layer_plan, refuse_qwen_sliding_window, Defaults, Fields,
     TensorNames, LLAMA_NAMES,
 };
-use crate::config::{ModelConfig, MoeConfig, QkNorm};
 use crate::error::Result;
+use crate::spec::{ModelConfig, MoeConfig, QkNorm, RouterSpec};
 
 pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     let mut cfg = common(
@@ -24,9 +24,12 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     cfg.dense_intermediate_size = f.opt_usize("intermediate_size")?.unwrap_or(0);
     cfg.moe = MoeConfig {
         num_experts: f.usize_any(&["num_experts", "num_local_experts"])?,
-        top_k: f.usize("num_experts_per_tok")?,
         expert_intermediate_size: f.usize("moe_intermediate_size")?,
-        norm_topk_prob: f.bool_or("norm_topk_prob", false)?,
+        router: RouterSpec::softmax_top_k(
+            f.usize("num_experts_per_tok")?,
+            f.bool_or("norm_topk_prob", false)?,
+        ),
+        expert_bias: false,
         shared_expert: None,
     };
     Ok((cfg, LLAMA_NAMES))

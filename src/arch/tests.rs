@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::{parse, Architecture, ExpertNames};
-use crate::config::{LayerKind, QkNorm};
+use crate::spec::{FfnKind, LayerSpec, QkNorm};
 
 fn arch(value: Value) -> Architecture {
     parse(Path::new("config.json"), value).unwrap()
@@ -50,9 +50,9 @@ fn published_mixtral_config_translates() {
     let c = &a.config;
     assert_eq!(c.attention.head_dim, 8);
     assert_eq!(c.rope.theta, 1e6);
-    assert_eq!((c.moe.num_experts, c.moe.top_k), (4, 2));
-    assert!(c.moe.norm_topk_prob);
-    assert_eq!(c.layers, vec![LayerKind::Sparse; 2]);
+    assert_eq!((c.moe.num_experts, c.moe.router.top_k), (4, 2));
+    assert!(c.moe.router.renormalise);
+    assert_eq!(c.layers, vec![LayerSpec::SPARSE; 2]);
     assert_eq!(a.names.moe, "block_sparse_moe");
     assert!(
         a.unrecognized_fields.is_empty(),
@@ -170,10 +170,11 @@ fn qwen2_moe_has_biases_a_gated_shared_expert_and_a_layer_plan() {
     assert!(c.attention.qkv_bias && !c.attention.o_bias);
     let shared = c.moe.shared_expert.unwrap();
     assert_eq!((shared.intermediate_size, shared.gated), (40, true));
-    use LayerKind::{Dense, Sparse};
+    use FfnKind::{Dense, Sparse};
     // Step 2 makes layers 1 and 3 sparse; layer 2 is dense either way.
-    assert_eq!(c.layers, vec![Dense, Sparse, Dense, Sparse]);
-    assert!(!c.moe.norm_topk_prob);
+    let ffn: Vec<FfnKind> = c.layers.iter().map(|l| l.ffn).collect();
+    assert_eq!(ffn, vec![Dense, Sparse, Dense, Sparse]);
+    assert!(!c.moe.router.renormalise);
 }
 
 #[test]
@@ -195,7 +196,7 @@ fn qwen3_moe_norms_each_head_and_honours_head_dim() {
     assert_eq!(c.attention.qk_norm, QkNorm::PerHead);
     assert_eq!(c.attention.head_dim, 12);
     assert!((c.attention.scale - 12f64.powf(-0.5)).abs() < 1e-12);
-    assert!(c.moe.norm_topk_prob && c.moe.shared_expert.is_none());
+    assert!(c.moe.router.renormalise && c.moe.shared_expert.is_none());
 }
 
 #[test]
@@ -233,7 +234,9 @@ fn granitemoe_multipliers_and_stacked_experts() {
         ),
         (12.0, 0.22, 6.0)
     );
-    assert!(c.tie_word_embeddings && c.moe.norm_topk_prob);
+    assert!(
+        c.tie_word_embeddings && c.moe.router.selection == crate::spec::Selection::TopKThenScore
+    );
     assert_eq!(a.names.router, "router.layer.weight");
     assert!(matches!(a.names.experts, ExpertNames::Stacked { .. }));
 }

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::bench::{self, BenchOptions, BenchResult, Measured};
 use crate::energy::{EnergyMeter, PhaseReport, Skipped, SourceInfo};
 use crate::error::{Error, Result};
-use crate::model::{LoadOptions, Model};
+use crate::layers::{LoadOptions, Model};
 use crate::quality::{self, Agreement};
 use crate::quant::QuantFormat;
 
@@ -245,7 +245,7 @@ pub fn run(
         ..with(1, Format::F32)
     })?;
     let cfg = reference_model.config().clone();
-    let (top_k, num_experts) = (cfg.moe.top_k, cfg.moe.num_experts);
+    let (top_k, num_experts) = (cfg.moe.router.top_k, cfg.moe.num_experts);
     let experts = if opts.experts.is_empty() {
         default_experts(top_k, num_experts)
     } else {

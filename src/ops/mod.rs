@@ -1,7 +1,164 @@
-//! Fast kernels behind safe functions. `cpu/` holds the CPU ones (plain Rust over slices,
-//! parallel with rayon), `cuda.rs` launches kernels/*.cu (feature `cuda`); the slow twins they
-//! are tested against live beside their callers.
+//! The backend boundary. Layers call ops through a [`Backend`] chosen once at load; each op has
+//! its slow twin in `reference/` (plain tensor ops, any device), its fast form in `cpu/` (SIMD
+//! and AMX kernels over slices, parallel with rayon) and, under feature `cuda`, in `cuda/`
+//! (kernels/*.cu on candle's device). ops/tests.rs runs every op on every backend present
+//! against the reference.
+//!
+//! The MoE layer is one pipeline on every backend, through the types here:
+//! route (logits -> [`Routing`]) -> dispatch (slots grouped per expert: [`Dispatch`]) -> expert
+//! FFN ([`ExpertRows`], one row per slot) -> combine (weighted sum per token). Each type holds
+//! the backend's own form of its data (host vectors, or device tensors); only the backend that
+//! made one reads it.
 
+mod backend;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod reference;
+#[cfg(test)]
+mod tests;
+
+use candle_core::Tensor;
+
+pub use backend::{Backend, Kernels};
+use reference::{HostDispatch, HostRouting};
+
+use crate::error::{Error, Result};
+use crate::quant::Weight;
+
+/// The routed experts of one layer, stacked at load.
+#[derive(Debug, Clone)]
+pub struct Experts {
+    /// [E, 2I, H]: for each expert the I gate rows, then the I up rows.
+    pub gate_up: Weight,
+    /// [E, H, I]
+    pub down: Weight,
+    /// [E, 2I] and [E, H], f32 whatever the compute dtype (small, and read as f32 by the
+    /// kernels); `None` for the families without expert biases.
+    pub gate_up_bias: Option<Tensor>,
+    pub down_bias: Option<Tensor>,
+}
+
+impl Experts {
+    /// Experts without biases.
+    pub fn new(gate_up: Weight, down: Weight) -> Experts {
+        Experts {
+            gate_up,
+            down,
+            gate_up_bias: None,
+            down_bias: None,
+        }
+    }
+
+    pub fn num_experts(&self) -> usize {
+        self.gate_up.dims()[0]
+    }
+
+    pub fn intermediate(&self) -> usize {
+        self.down.dims()[2]
+    }
+
+    pub fn hidden(&self) -> usize {
+        self.down.dims()[1]
+    }
+
+    pub fn has_bias(&self) -> bool {
+        self.gate_up_bias.is_some() || self.down_bias.is_some()
+    }
+}
+
+/// What attention needs besides q, k and v.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionShape {
+    pub kv_heads: usize,
+    /// Multiplies q·k before the softmax.
+    pub scale: f64,
+    /// Keys a query sees, its own included; `None` for all earlier ones.
+    pub window: Option<usize>,
+}
+
+/// Each token's chosen experts, best first, and their weights.
+#[derive(Debug)]
+pub struct Routing(RoutingData);
+
+#[derive(Debug)]
+enum RoutingData {
+    Host(HostRouting),
+    /// (tokens, k) u32 ids and f32 weights on the GPU.
+    #[cfg(feature = "cuda")]
+    Device {
+        experts: Tensor,
+        weights: Tensor,
+    },
+}
+
+impl Routing {
+    /// A routing given on the host (for tests and tools that route by hand), checked against
+    /// `tokens` and `num_experts`.
+    pub fn from_host(r: HostRouting, tokens: usize) -> Result<Routing> {
+        r.check(tokens, r.num_experts)?;
+        Ok(Routing(RoutingData::Host(r)))
+    }
+
+    fn host(&self) -> Result<&HostRouting> {
+        match &self.0 {
+            RoutingData::Host(r) => Ok(r),
+            #[cfg(feature = "cuda")]
+            RoutingData::Device { .. } => Err(mismatch("routing")),
+        }
+    }
+
+    /// The routing on the host, wherever it was made (a copy from the GPU there).
+    pub fn to_host(&self, num_experts: usize) -> Result<HostRouting> {
+        match &self.0 {
+            RoutingData::Host(r) => Ok(HostRouting {
+                num_experts,
+                ..r.clone()
+            }),
+            #[cfg(feature = "cuda")]
+            RoutingData::Device { experts, weights } => {
+                let (_, k) = experts.dims2()?;
+                Ok(HostRouting {
+                    num_experts,
+                    top_k: k,
+                    experts: experts.flatten_all()?.to_vec1()?,
+                    weights: weights.flatten_all()?.to_vec1()?,
+                })
+            }
+        }
+    }
+}
+
+/// The routing's (token, choice) slots grouped by expert.
+pub struct Dispatch(DispatchData);
+
+enum DispatchData {
+    Host(HostDispatch),
+    #[cfg(feature = "cuda")]
+    Cuda(cuda::moe::DeviceDispatch),
+}
+
+impl Dispatch {
+    fn host(&self) -> Result<&HostDispatch> {
+        match &self.0 {
+            DispatchData::Host(d) => Ok(d),
+            #[cfg(feature = "cuda")]
+            DispatchData::Cuda(_) => Err(mismatch("dispatch")),
+        }
+    }
+}
+
+/// One expert output row per slot, in the dispatch's order and the backend's layout.
+pub struct ExpertRows(RowsData);
+
+enum RowsData {
+    /// (slots, hidden), in the order of the dispatch that made them.
+    Tensor(Tensor),
+    /// The CPU kernels' expert-major blocks.
+    Blocks(cpu::ExpertBlocks),
+}
+
+/// A value made by one backend given to another: a bug in the caller, reported, not a panic.
+fn mismatch(what: &str) -> Error {
+    Error::Input(format!("a {what} made by one backend was given to another"))
+}

@@ -6,6 +6,7 @@
 //! product), the router and the shared-expert gate (tiny, and routing is sensitive to them).
 
 mod blocks;
+mod slice;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -14,9 +15,9 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 pub use blocks::{dequantize_into, quantize, BlockQ4_0, BlockQ8_0, QuantBlock, BLOCK};
+pub use slice::{with_weight_slice, WeightSlice};
 
 use crate::error::{Error, Result};
-use crate::ops::cpu::{with_weight_slice, WeightSlice};
 
 /// A weight format that `--quant` converts to at load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
-use moe_runtime::{LoadOptions, Model, MoeImpl};
+use moe_runtime::{Kernels, LoadOptions, Model};
 
 /// Every committed fixture (tools/make_fixtures.py): two shapes per family.
 pub const FIXTURES: &[&str] = &[
@@ -57,10 +57,10 @@ pub fn reference(name: &str) -> Reference {
     }
 }
 
-pub fn load(name: &str, dtype: DType, moe_impl: MoeImpl) -> Model {
+pub fn load(name: &str, dtype: DType, kernels: Kernels) -> Model {
     let opts = LoadOptions {
         dtype,
-        moe_impl,
+        kernels,
         ..LoadOptions::default()
     };
     Model::load(&fixture(name), &opts).unwrap()

@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use moe_runtime::arch::{self, Architecture};
 use moe_runtime::sampling::SamplingConfig;
 use moe_runtime::weights::Weights;
-use moe_runtime::{hub, LoadOptions, Model, MoeImpl};
+use moe_runtime::{hub, Kernels, LoadOptions, Model};
 
 /// Checkpoints smaller than this load too fast for a progress bar to help.
 const PROGRESS_BAR_BYTES: f64 = 256e6;
@@ -84,17 +84,18 @@ pub struct Runtime {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Routed-expert implementation: fast, or reference (the slow twin, for checking).
-    #[arg(long, default_value = "fast")]
-    moe_impl: String,
+    /// Kernels: fast (the device's own), or reference (every op's slow twin, for checking).
+    /// `--moe-impl` is its older name.
+    #[arg(long, alias = "moe-impl", default_value = "fast")]
+    kernels: String,
 }
 
 impl Runtime {
-    /// Load options with this device and MoE implementation, the rest at their defaults.
+    /// Load options with this device and kernels, the rest at their defaults.
     pub fn load_options(&self) -> Result<LoadOptions> {
         Ok(LoadOptions {
             device: moe_runtime::device::parse(&self.device)?,
-            moe_impl: self.moe_impl.parse::<MoeImpl>()?,
+            kernels: self.kernels.parse::<Kernels>()?,
             ..LoadOptions::default()
         })
     }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use moe_runtime::arch;
-use moe_runtime::config::LayerKind;
+use moe_runtime::spec::{AttentionKind, FfnKind};
 
 use crate::common::Common;
 
@@ -13,7 +13,15 @@ pub fn run(common: &Common) -> Result<()> {
     let c = &arch.config;
     let a = &c.attention;
     let m = &c.moe;
-    let sparse = c.layers.iter().filter(|&&k| k == LayerKind::Sparse).count();
+    let sparse = c.layers.iter().filter(|l| l.ffn == FfnKind::Sparse).count();
+    let windows: Vec<usize> = c
+        .layers
+        .iter()
+        .filter_map(|l| match l.attention {
+            AttentionKind::Sliding { window } => Some(window),
+            AttentionKind::Full => None,
+        })
+        .collect();
     let (total, active) = c.parameter_counts();
     let bytes = opts.dtype.size_in_bytes() as f64;
     println!("model          {}", dir.display());
@@ -29,16 +37,45 @@ pub fn run(common: &Common) -> Result<()> {
         "attention      {} heads, {} kv heads, head_dim {}, qk norm {:?}",
         a.num_heads, a.num_kv_heads, a.head_dim, a.qk_norm
     );
+    if let Some(w) = windows.first() {
+        println!(
+            "sliding        {} of {} layers over {w} positions",
+            windows.len(),
+            c.num_layers()
+        );
+    }
     println!(
         "experts        {} routed, top-{}, ffn {}{}",
         m.num_experts,
-        m.top_k,
+        m.router.top_k,
         m.expert_intermediate_size,
         m.shared_expert.as_ref().map_or(String::new(), |s| format!(
             ", shared expert ffn {}",
             s.intermediate_size
         ))
     );
+    let r = &m.router;
+    println!(
+        "router         {:?} {:?}{}{}{}{}",
+        r.scoring,
+        r.selection,
+        if r.renormalise { ", renormalised" } else { "" },
+        r.group_limit.map_or(String::new(), |g| format!(
+            ", best {} of {} groups",
+            g.keep, g.groups
+        )),
+        if r.correction_bias {
+            ", selection bias"
+        } else {
+            ""
+        },
+        if r.scale != 1.0 {
+            format!(", scale {}", r.scale)
+        } else {
+            String::new()
+        }
+    );
+    println!("activation     {:?}", c.activation);
     println!("vocab          {}", c.vocab_size);
     println!("context        {}", c.max_position_embeddings);
     println!(

@@ -27,6 +27,8 @@ pub struct AttentionDims {
     pub head_dim: usize,
     pub tokens: usize,
     pub cached: usize,
+    /// Keys each query sees, its own included (sliding-window attention); `None`: all.
+    pub window: Option<usize>,
 }
 
 /// A layer's keys or values: kv head g's rows (position p at `p · head_dim`) start at
@@ -38,14 +40,15 @@ pub struct KvRows<'a> {
 }
 
 impl KvRows<'_> {
-    /// The first `len` positions of kv head `g`: (len, head_dim) row-major.
-    fn head(&self, g: usize, len: usize, head_dim: usize) -> &[f32] {
-        &self.data[g * self.head_stride..][..len * head_dim]
+    /// Positions `first..end` of kv head `g`: (end - first, head_dim) row-major.
+    fn head(&self, g: usize, first: usize, end: usize, head_dim: usize) -> &[f32] {
+        &self.data[g * self.head_stride..][first * head_dim..end * head_dim]
     }
 }
 
-/// out[i, h] = Σ_j softmax_j(scale · q[h, i] · k[g, j]) · v[g, j] over positions j ≤ cached + i,
-/// where g = h / (heads / kv_heads) is the kv head query head h shares.
+/// out[i, h] = Σ_j softmax_j(scale · q[h, i] · k[g, j]) · v[g, j] over positions j ≤ cached + i
+/// (and j > cached + i - window with a window), where g = h / (heads / kv_heads) is the kv head
+/// query head h shares.
 ///
 /// q: (heads, tokens, head_dim), out: (tokens, heads · head_dim), both row-major. `isa` is
 /// capped at what this CPU has: a caller cannot ask for an instruction it lacks.
@@ -64,6 +67,7 @@ pub fn causal_attention(
         head_dim: hd,
         tokens,
         cached,
+        window,
     } = dims;
     let isa = isa.min(Isa::best());
     let n_rep = heads / kv_heads;
@@ -74,11 +78,13 @@ pub fn causal_attention(
     // Task (i, g) writes token i's heads g · n_rep.. (g + 1) · n_rep: one contiguous chunk.
     let task = |(n, chunk): (usize, &mut [f32]), scores: &mut Vec<f32>| {
         let (i, g) = (n / kv_heads, n % kv_heads);
-        let len = cached + i + 1;
+        let end = cached + i + 1;
+        let first = window.map_or(0, |w| end.saturating_sub(w.max(1)));
+        let len = end - first;
         let queries = (0..n_rep).map(|r| &q[((g * n_rep + r) * tokens + i) * hd..][..hd]);
         let group = Group {
-            k: k.head(g, len, hd),
-            v: v.head(g, len, hd),
+            k: k.head(g, first, end, hd),
+            v: v.head(g, first, end, hd),
             hd,
             scale,
         };
@@ -94,7 +100,7 @@ pub fn causal_attention(
             _ => group.run(queries, scores, chunk),
         }
     };
-    let context = cached + tokens.div_ceil(2);
+    let context = (cached + tokens.div_ceil(2)).min(window.unwrap_or(usize::MAX));
     let macs = 2 * heads * tokens * context * hd;
     let chunks = out.chunks_mut(n_rep * hd).enumerate();
     if macs < PARALLEL_MIN_MACS {
@@ -212,6 +218,7 @@ mod tests {
             head_dim: hd,
             tokens,
             cached,
+            window,
         } = dims;
         let s = cached + tokens;
         let mut out = vec![0f64; tokens * heads * hd];
@@ -221,7 +228,7 @@ mod tests {
                 let qi = &q[(h * tokens + i) * hd..][..hd];
                 let scores: Vec<f64> = (0..s)
                     .map(|j| {
-                        if j > cached + i {
+                        if j > cached + i || window.is_some_and(|w| j + w <= cached + i) {
                             return f64::NEG_INFINITY;
                         }
                         let kj = &k[(g * s + j) * hd..][..hd];
@@ -253,12 +260,18 @@ mod tests {
                 .collect()
         };
         // Decode over a cache, a prompt from empty, a chunk after a cache; grouped, multi-head
-        // and head dims off the 16-lane grid; the last one large enough to run in parallel.
-        for (heads, kv_heads, hd, tokens, cached) in [
-            (4, 2, 16, 1, 9),
-            (4, 4, 8, 5, 0),
-            (6, 2, 20, 3, 4),
-            (16, 4, 64, 40, 200),
+        // and head dims off the 16-lane grid; the last one large enough to run in parallel;
+        // windows shorter than the context (decode and prefill), of one key, and longer.
+        for (heads, kv_heads, hd, tokens, cached, window) in [
+            (4, 2, 16, 1, 9, None),
+            (4, 4, 8, 5, 0, None),
+            (6, 2, 20, 3, 4, None),
+            (16, 4, 64, 40, 200, None),
+            (4, 2, 16, 1, 9, Some(4)),
+            (4, 4, 8, 7, 3, Some(3)),
+            (6, 2, 20, 3, 4, Some(1)),
+            (16, 4, 64, 40, 200, Some(64)),
+            (4, 2, 16, 5, 2, Some(100)),
         ] {
             let dims = AttentionDims {
                 heads,
@@ -266,6 +279,7 @@ mod tests {
                 head_dim: hd,
                 tokens,
                 cached,
+                window,
             };
             let s = cached + tokens;
             let q = val(heads * tokens * hd, 1);

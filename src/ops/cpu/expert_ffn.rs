@@ -1,15 +1,17 @@
-//! The grouped expert FFN on CPU: tokens sorted by expert, each expert's weights read once for
-//! all of its tokens, work split over (expert, block of output rows) with rayon.
+//! The experts' FFN and the combine on the CPU: tokens sorted by expert (a `Dispatch`), each
+//! expert's weights read once for all of its tokens, work split over (expert, block of output
+//! rows) with rayon.
 //!
-//! Slow twin: `moe::reference::forward`, compared in tests/moe_paths.rs.
+//! Slow twin: `ops::reference::moe`, compared in the op table (ops/tests.rs).
 
 use rayon::prelude::*;
 
 use super::isa::Isa;
 use super::linear::{matmul_bt, OutView, PreparedLhs};
-use super::storage::WeightSlice;
-use super::vector::silu;
 use crate::error::{Error, Result};
+use crate::ops::reference::HostDispatch;
+use crate::quant::WeightSlice;
+use crate::spec::Activation;
 
 /// Output rows per parallel task: small enough that a decode step (one token, k experts) still
 /// makes several tasks per thread, large enough that task overhead stays small. Tasks of
@@ -20,81 +22,44 @@ const ROWS_PER_MATMUL_TASK: usize = 256;
 /// From this many tokens on an expert, its tasks take ROWS_PER_MATMUL_TASK rows.
 const MATMUL_MIN_TOKENS: usize = 4;
 
-/// Routing assignments sorted by expert (a counting sort, so tokens stay in order within an
-/// expert). A slot is one (token, choice) pair.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExpertGroups {
-    /// Slots of expert e are `offsets[e]..offsets[e + 1]`; length E + 1.
-    pub offsets: Vec<usize>,
-    /// Token of each slot.
-    pub slot_token: Vec<u32>,
-    /// Routing weight of each slot.
-    pub slot_weight: Vec<f32>,
-    /// Slot of assignment `t * top_k + j`.
-    pub assignment_slot: Vec<u32>,
-    pub top_k: usize,
-}
-
-impl ExpertGroups {
-    /// `experts` and `weights` are row-major (tokens, top_k); every id is below `num_experts`.
-    pub fn new(experts: &[u32], weights: &[f32], num_experts: usize, top_k: usize) -> Self {
-        let mut offsets = vec![0usize; num_experts + 1];
-        for &e in experts {
-            offsets[e as usize + 1] += 1;
-        }
-        for e in 0..num_experts {
-            offsets[e + 1] += offsets[e];
-        }
-        let mut next = offsets.clone();
-        let slots = experts.len();
-        let mut slot_token = vec![0u32; slots];
-        let mut slot_weight = vec![0f32; slots];
-        let mut assignment_slot = vec![0u32; slots];
-        for (a, (&e, &w)) in experts.iter().zip(weights).enumerate() {
-            let s = next[e as usize];
-            next[e as usize] += 1;
-            slot_token[s] = (a / top_k.max(1)) as u32;
-            slot_weight[s] = w;
-            assignment_slot[a] = s as u32;
-        }
-        ExpertGroups {
-            offsets,
-            slot_token,
-            slot_weight,
-            assignment_slot,
-            top_k,
-        }
-    }
-
-    pub fn num_experts(&self) -> usize {
-        self.offsets.len() - 1
-    }
-
-    fn count(&self, e: usize) -> usize {
-        self.offsets[e + 1] - self.offsets[e]
-    }
-}
-
 /// Stacked expert weights: `gate_up: [E, 2I, H]` (gate rows, then up rows), `down: [E, H, I]`,
-/// both of one dtype.
+/// both of one format; optional f32 biases `[E, 2I]` and `[E, H]`.
 #[derive(Clone, Copy)]
 pub struct ExpertWeights<'a> {
     pub gate_up: WeightSlice<'a>,
     pub down: WeightSlice<'a>,
+    pub gate_up_bias: Option<&'a [f32]>,
+    pub down_bias: Option<&'a [f32]>,
     pub hidden: usize,
     pub intermediate: usize,
+    pub activation: Activation,
 }
 
-/// out[t] = Σ_j weight(t, j) · down_e(silu(gate_e(x_t)) ⊙ up_e(x_t)) over token t's experts e.
+/// Every slot's expert output, y_e(x_t) = down_e(act(gate_e(x_t), up_e(x_t))), laid out expert
+/// by expert: expert e's block is (H, count_e), transposed so that each parallel task owns a
+/// contiguous piece of it. `combine` reads it.
+pub struct ExpertBlocks {
+    data: Vec<f32>,
+    hidden: usize,
+}
+
+/// out[t] = Σ_j weight(t, j) · y_e(x_t) over token t's experts e: `expert_ffn` then `combine`.
+#[cfg(test)]
 ///
 /// xs and out: (tokens, hidden), row-major f32. Accumulates in f32 whatever the weights are.
 pub fn grouped_ffn(
     isa: Isa,
     xs: &[f32],
-    groups: &ExpertGroups,
+    groups: &HostDispatch,
     w: &ExpertWeights,
     out: &mut [f32],
 ) {
+    let rows = expert_ffn(isa, xs, groups, w);
+    combine(&rows, groups, out);
+}
+
+/// Each slot's expert output (see `ExpertBlocks`). xs: (tokens, hidden), row-major f32.
+pub fn expert_ffn(isa: Isa, xs: &[f32], groups: &HostDispatch, w: &ExpertWeights) -> ExpertBlocks {
     let (h, i) = (w.hidden, w.intermediate);
     let slots = groups.slot_token.len();
 
@@ -108,8 +73,8 @@ pub fn grouped_ffn(
         });
     let x_prepared = PreparedLhs::new(isa, &w.gate_up, &x_sorted, h);
 
-    // Phase 1, per expert: act^T (I, count) = silu(Wg x^T) ⊙ (Wu x^T), transposed so that a
-    // task owning a block of rows owns a contiguous piece of the buffer.
+    // Phase 1, per expert: act^T (I, count) = act(Wg x^T + bg, Wu x^T + bu), transposed so
+    // that a task owning a block of rows owns a contiguous piece of the buffer.
     let mut act_t = vec![0f32; slots * i];
     for_row_blocks(groups, &mut act_t, i, |e, n0, block, count| {
         let rows = block.len() / count;
@@ -123,8 +88,13 @@ pub fn grouped_ffn(
         let dims = (count, rows, h);
         matmul_bt(isa, x, &gate, dims, &mut OutView::transposed(&mut g, count));
         matmul_bt(isa, x, &up, dims, &mut OutView::transposed(&mut u, count));
+        if let Some(bias) = w.gate_up_bias {
+            let bias = &bias[e * 2 * i..][..2 * i];
+            add_row_bias(&mut g, &bias[n0..][..rows], count);
+            add_row_bias(&mut u, &bias[i + n0..][..rows], count);
+        }
         for ((o, g), u) in block.iter_mut().zip(&g).zip(&u) {
-            *o = silu(*g) * u;
+            *o = w.activation.apply(*g, *u);
         }
     });
 
@@ -152,15 +122,33 @@ pub fn grouped_ffn(
         let down = w.down.rows(e * h + m0, rows, i);
         let view = &mut OutView::transposed(block, count);
         matmul_bt(isa, act_e, &down, (count, rows, i), view);
+        if let Some(bias) = w.down_bias {
+            add_row_bias(block, &bias[e * h + m0..][..rows], count);
+        }
     });
+    ExpertBlocks {
+        data: y_t,
+        hidden: h,
+    }
+}
 
-    // Combine in token order, each token's choices best first.
+/// block: (rows, count) row-major; adds bias[r] to row r.
+fn add_row_bias(block: &mut [f32], bias: &[f32], count: usize) {
+    for (row, b) in block.chunks_exact_mut(count.max(1)).zip(bias) {
+        row.iter_mut().for_each(|y| *y += b);
+    }
+}
+
+/// out[t] = Σ_j weight(t, j) · y of token t's j-th slot, in token order, each token's choices
+/// best first (so the sum's order does not depend on the batch). out: (tokens, hidden).
+pub fn combine(rows: &ExpertBlocks, groups: &HostDispatch, out: &mut [f32]) {
+    let (h, y_t) = (rows.hidden, &rows.data);
     let k = groups.top_k;
     out.par_chunks_mut(h.max(1))
         .enumerate()
         .for_each(|(t, row)| {
             row.fill(0.0);
-            for &s in &groups.assignment_slot[t * k..(t + 1) * k] {
+            for &s in &groups.token_slot[t * k..(t + 1) * k] {
                 let s = s as usize;
                 let e = expert_of_slot(groups, s);
                 let (first, count) = (groups.offsets[e], groups.count(e));
@@ -173,27 +161,39 @@ pub fn grouped_ffn(
         });
 }
 
-/// `grouped_ffn` on the selected kernels, after checking that both weights share a dtype.
-pub fn grouped_ffn_weights(
+/// `expert_ffn` after checking what the kernels assume of the weights: one format for both,
+/// the sizes the dispatch and the dims imply.
+pub fn expert_ffn_checked(
+    isa: Isa,
     xs: &[f32],
-    groups: &ExpertGroups,
+    groups: &HostDispatch,
     w: &ExpertWeights,
-    out: &mut [f32],
-) -> Result<()> {
+) -> Result<ExpertBlocks> {
+    let (e, h, i) = (groups.num_experts(), w.hidden, w.intermediate);
+    let fail = |m: String| Err(Error::Candle(candle_core::Error::Msg(m)));
     if std::mem::discriminant(&w.gate_up) != std::mem::discriminant(&w.down) {
-        return Err(Error::Candle(candle_core::Error::Msg(
-            "expert gate_up and down weights differ in dtype".into(),
-        )));
+        return fail("expert gate_up and down weights differ in format".into());
     }
-    grouped_ffn(Isa::selected(), xs, groups, w, out);
-    Ok(())
+    if w.gate_up_bias.is_some_and(|b| b.len() != e * 2 * i)
+        || w.down_bias.is_some_and(|b| b.len() != e * h)
+    {
+        return fail(format!("expert biases do not fit {e} experts of {h}x{i}"));
+    }
+    if xs.len() != groups.tokens() * h {
+        return fail(format!(
+            "{} inputs for {} tokens of {h}",
+            xs.len(),
+            groups.tokens()
+        ));
+    }
+    Ok(expert_ffn(isa, xs, groups, w))
 }
 
 /// Splits `buf` (per expert e, a (rows, count_e) block starting at slot offset · rows) into
 /// tasks of a few rows each and runs them in parallel as
 /// `task(expert, first_row, block, count)`. Experts without tokens make no tasks.
 fn for_row_blocks(
-    groups: &ExpertGroups,
+    groups: &HostDispatch,
     buf: &mut [f32],
     rows: usize,
     task: impl Fn(usize, usize, &mut [f32], usize) + Sync,
@@ -222,7 +222,7 @@ fn for_row_blocks(
 }
 
 /// The expert whose slot range holds `s` (binary search over the offsets).
-fn expert_of_slot(groups: &ExpertGroups, s: usize) -> usize {
+fn expert_of_slot(groups: &HostDispatch, s: usize) -> usize {
     groups.offsets.partition_point(|&o| o <= s) - 1
 }
 
@@ -233,31 +233,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn groups_sort_by_expert_and_keep_token_order() {
-        // 3 tokens, top-2, 4 experts; expert 3 gets nothing.
-        let experts = [2, 0, 0, 1, 2, 0];
-        let weights = [0.6, 0.4, 0.7, 0.3, 0.9, 0.1];
-        let g = ExpertGroups::new(&experts, &weights, 4, 2);
-        assert_eq!(g.offsets, vec![0, 3, 4, 6, 6]);
-        assert_eq!(g.slot_token, vec![0, 1, 2, 1, 0, 2]);
-        assert_eq!(g.slot_weight, vec![0.4, 0.7, 0.1, 0.3, 0.6, 0.9]);
-        for (a, &s) in g.assignment_slot.iter().enumerate() {
-            assert_eq!(g.slot_weight[s as usize], weights[a]);
-        }
+    fn each_slot_is_found_in_its_experts_range() {
+        let g = HostDispatch::new(&[2, 0, 0, 1, 2, 0], &[0.5; 6], 4, 2);
         assert_eq!(expert_of_slot(&g, 0), 0);
         assert_eq!(expert_of_slot(&g, 3), 1);
         assert_eq!(expert_of_slot(&g, 5), 2);
     }
 
-    /// The slow twin, in f64 over bf16-rounded values: the same math token by token.
+    /// The slow twin, in f64 over bf16-rounded values: the same math token by token, with
+    /// biases of 1/8 of each row's index and the clamped SwiGLU when `clamped`.
     fn slow(
         xs: &[f32],
         experts: &[u32],
         weights: &[f32],
         w: (&[f32], &[f32]),
         (h, i, k): (usize, usize, usize),
+        clamped: bool,
     ) -> Vec<f64> {
         let (gate_up, down) = w;
+        let bias = |row: usize| if clamped { (row % 5) as f64 / 8.0 } else { 0.0 };
         let t = xs.len() / h;
         let mut out = vec![0f64; t * h];
         for tok in 0..t {
@@ -266,17 +260,24 @@ mod tests {
                 let e = experts[tok * k + j] as usize;
                 let proj = |row: usize| -> f64 {
                     let r = &gate_up[(e * 2 * i + row) * h..][..h];
-                    r.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum()
+                    let dot: f64 = r.iter().zip(x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    dot + bias(e * 2 * i + row)
                 };
                 let act: Vec<f64> = (0..i)
                     .map(|n| {
-                        let g = proj(n);
-                        g / (1.0 + (-g).exp()) * proj(i + n)
+                        let (g, u) = (proj(n), proj(i + n));
+                        if clamped {
+                            let (g, u) = (g.min(0.05), u.clamp(-0.05, 0.05));
+                            g / (1.0 + (-1.702 * g).exp()) * (u + 1.0)
+                        } else {
+                            g / (1.0 + (-g).exp()) * u
+                        }
                     })
                     .collect();
                 for m in 0..h {
                     let r = &down[(e * h + m) * i..][..i];
-                    let y: f64 = r.iter().zip(&act).map(|(a, b)| *a as f64 * b).sum();
+                    let dot: f64 = r.iter().zip(&act).map(|(a, b)| *a as f64 * b).sum();
+                    let y = dot + bias(e * h + m);
                     out[tok * h + m] += weights[tok * k + j] as f64 * y;
                 }
             }
@@ -298,9 +299,11 @@ mod tests {
         let down = val(e * h * i, 2);
         let gate_up_b: Vec<bf16> = gate_up.iter().map(|&v| bf16::from_f32(v)).collect();
         let down_b: Vec<bf16> = down.iter().map(|&v| bf16::from_f32(v)).collect();
+        let bias = |n: usize| -> Vec<f32> { (0..n).map(|r| (r % 5) as f32 / 8.0).collect() };
+        let (gate_up_bias, down_bias) = (bias(e * 2 * i), bias(e * h));
         // One token; then 9 tokens that all pick expert 1 (a matrix-kernel block) and leave
-        // expert 3 idle.
-        for tokens in [1usize, 9] {
+        // expert 3 idle; plain, then with gpt-oss's biases and clamp (a limit the values cross).
+        for (tokens, clamped) in [(1usize, false), (9, false), (1, true), (9, true)] {
             let xs = val(tokens * h, 3);
             let experts: Vec<u32> = (0..tokens)
                 .flat_map(|t| [1, (t % 3 == 0) as u32 * 2])
@@ -308,13 +311,30 @@ mod tests {
             let weights: Vec<f32> = (0..tokens * k)
                 .map(|a| 0.3 + 0.1 * (a % 3) as f32)
                 .collect();
-            let groups = ExpertGroups::new(&experts, &weights, e, k);
-            let want = slow(&xs, &experts, &weights, (&gate_up, &down), (h, i, k));
+            let groups = HostDispatch::new(&experts, &weights, e, k);
+            let want = slow(
+                &xs,
+                &experts,
+                &weights,
+                (&gate_up, &down),
+                (h, i, k),
+                clamped,
+            );
             let w = ExpertWeights {
                 gate_up: WeightSlice::BF16(&gate_up_b),
                 down: WeightSlice::BF16(&down_b),
+                gate_up_bias: clamped.then_some(gate_up_bias.as_slice()),
+                down_bias: clamped.then_some(down_bias.as_slice()),
                 hidden: h,
                 intermediate: i,
+                activation: if clamped {
+                    Activation::SwigluClamped {
+                        alpha: 1.702,
+                        limit: 0.05,
+                    }
+                } else {
+                    Activation::SiluGated
+                },
             };
             for isa in Isa::available() {
                 let mut out = vec![f32::NAN; tokens * h];
@@ -323,7 +343,7 @@ mod tests {
                     // A bf16-dot kernel also rounds the activation to bf16 (2^-8 relative).
                     assert!(
                         (*got as f64 - want).abs() <= 1e-2 * want.abs() + 1e-3,
-                        "{isa:?}, {tokens} tokens, element {n}: {got} vs {want}"
+                        "{isa:?}, {tokens} tokens, clamped {clamped}, element {n}: {got} vs {want}"
                     );
                 }
             }

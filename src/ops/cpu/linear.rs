@@ -17,8 +17,8 @@ use rayon::prelude::*;
 use super::isa::Isa;
 use super::matmul::matmul_abt;
 use super::quantized::matmul_bt_quantized;
-use super::storage::WeightSlice;
 use super::vector::{dot, WeightElem};
+use crate::quant::WeightSlice;
 use crate::quant::{BlockQ8_0, QuantBlock, BLOCK};
 
 /// From this many rows of x on, widened weights go through the packed matrix kernel: below it

@@ -1,5 +1,6 @@
 //! CPU kernels: the grouped expert FFN, the linear product under it and every linear layer,
-//! and the SIMD tiles chosen at run time by CPU feature detection.
+//! attention, and the SIMD tiles chosen at run time by CPU feature detection. `tensors` is the
+//! CPU backend's face: candle tensors in, kernels over slices, tensors out.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -17,11 +18,12 @@ mod matmul;
 mod quantized;
 mod storage;
 mod stream;
+pub(crate) mod tensors;
 mod vector;
 
 pub use attention::{causal_attention, AttentionDims};
-pub use expert_ffn::{grouped_ffn_weights, ExpertGroups, ExpertWeights};
+pub use expert_ffn::{combine, expert_ffn_checked, ExpertBlocks, ExpertWeights};
 pub use isa::Isa;
 pub use linear::{linear, PreparedLhs};
-pub use storage::{with_kv_rows, with_weight_slice, WeightSlice};
+pub use storage::with_kv_rows;
 pub use stream::sum_u64;

@@ -28,11 +28,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + sum
 }
 
-/// x · sigmoid(x), as torch computes it.
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
-
 /// A weight element type the kernels read: weights are widened to f32 before use.
 pub trait WeightElem: Copy + Send + Sync + 'static {
     /// f32 needs no scratch space to be read as f32.

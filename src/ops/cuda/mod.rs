@@ -1,13 +1,14 @@
 //! The MoE kernels of kernels/*.cu on candle's CUDA device: routing, alignment, the experts'
 //! FFN (a grouped tensor-core GEMM for prefill, a weight-streaming path for decode) and the
 //! weighted combine. Each takes and returns candle tensors on one CUDA device; launches go on
-//! the device's stream, in order with candle's own work. The slow twins are the CPU's router
-//! (`moe::Routing`), grouping (`ops::cpu::ExpertGroups`) and grouped FFN; tests.rs compares
-//! them.
+//! the device's stream, in order with candle's own work. `moe` strings them into the backend's
+//! pipeline steps. The slow twins are the reference backend's router (`HostRouting`), dispatch
+//! (`HostDispatch`) and expert FFN; tests.rs and the op table compare them.
 
 mod align;
 mod combine;
 mod ffn;
+pub mod moe;
 mod route;
 #[cfg(test)]
 mod tests;

@@ -7,8 +7,8 @@ use rand_chacha::ChaCha8Rng;
 
 use super::ffn::GEMM_TILE;
 use super::*;
-use crate::moe::{RouterConfig, Routing};
-use crate::ops::cpu::ExpertGroups;
+use crate::ops::reference::{HostDispatch, HostRouting};
+use crate::spec::RouterSpec;
 
 use crate::device::gpu_for_tests as gpu;
 
@@ -72,11 +72,8 @@ fn softmax_routing_matches_the_cpu_router() {
                     .unwrap();
                 // The CPU routes the same (rounded) logits.
                 let host: Vec<f32> = to_host(&logits.to_dtype(DType::F32).unwrap());
-                let cfg = RouterConfig {
-                    top_k: k,
-                    norm_topk_prob: renormalise,
-                };
-                let cpu = Routing::from_slice(&host, e, cfg).unwrap();
+                let spec = RouterSpec::softmax_top_k(k, renormalise);
+                let cpu = HostRouting::route(&host, e, &spec, None).unwrap();
                 let (experts, weights) =
                     route(&logits, k, Scoring::Softmax, renormalise, 1.0).unwrap();
                 let scores: Vec<Vec<f32>> = host.chunks(e).map(softmax).collect();
@@ -161,7 +158,7 @@ fn alignment_matches_the_cpu_grouping_padded_to_tiles() {
                 .narrow(0, 0, tokens)
                 .unwrap();
             let a = align(&t, e, tile).unwrap();
-            let groups = ExpertGroups::new(&ids, &vec![0.0; ids.len()], e, k);
+            let groups = HostDispatch::new(&ids, &vec![0.0; ids.len()], e, k);
             let counts: Vec<u32> = (0..e)
                 .map(|x| (groups.offsets[x + 1] - groups.offsets[x]) as u32)
                 .collect();
@@ -184,7 +181,7 @@ fn alignment_matches_the_cpu_grouping_padded_to_tiles() {
             let position = to_host::<u32>(&a.slot_position);
             let sorted = to_host::<u32>(&a.sorted_slots);
             let mut want_sorted = vec![ids.len() as u32; total];
-            for (slot, &s) in groups.assignment_slot.iter().enumerate() {
+            for (slot, &s) in groups.token_slot.iter().enumerate() {
                 let x = ids[slot] as usize;
                 let row = padded[x] as usize + s as usize - groups.offsets[x];
                 assert_eq!(position[slot] as usize, row, "slot {slot}");
@@ -361,16 +358,21 @@ struct FfnCase {
 impl FfnCase {
     /// The CPU's grouped FFN on the case, its tensors as given (already rounded by the caller).
     fn cpu(&self, x: &[f32], gate_up: &[f32], down: &[f32]) -> Vec<f32> {
-        use crate::ops::cpu::{grouped_ffn_weights, ExpertWeights, WeightSlice};
-        let groups = ExpertGroups::new(&self.ids, &self.weights, self.e, self.k);
+        use crate::ops::cpu::{combine, expert_ffn_checked, ExpertWeights, Isa};
+        use crate::quant::WeightSlice;
+        let groups = HostDispatch::new(&self.ids, &self.weights, self.e, self.k);
         let mut out = vec![0f32; self.tokens * self.h];
         let w = ExpertWeights {
             gate_up: WeightSlice::F32(gate_up),
             down: WeightSlice::F32(down),
+            gate_up_bias: None,
+            down_bias: None,
             hidden: self.h,
             intermediate: self.i,
+            activation: crate::spec::Activation::SiluGated,
         };
-        grouped_ffn_weights(x, &groups, &w, &mut out).unwrap();
+        let rows = expert_ffn_checked(Isa::selected(), x, &groups, &w).unwrap();
+        combine(&rows, &groups, &mut out);
         out
     }
 

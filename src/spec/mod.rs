@@ -1,9 +1,16 @@
 //! `ModelConfig`: the architecture-free blueprint every family translates into, and its checks.
 //!
 //! A difference between families is a named field here, never a branch on the family name:
-//! the shared core in `model/` and `moe/` reads only this struct.
+//! the layers and ops read only these types. The router and the activation have files of their
+//! own.
+
+mod activation;
+mod router;
 
 use std::path::Path;
+
+pub use activation::Activation;
+pub use router::{GroupLimit, RouterSpec, Scoring, Selection};
 
 use crate::error::{Error, Result};
 
@@ -19,18 +26,44 @@ pub struct ModelConfig {
     pub attention: AttentionConfig,
     pub rope: RopeConfig,
     pub moe: MoeConfig,
-    /// Feed-forward width of the dense layers (those with `LayerKind::Dense`).
+    /// Feed-forward width of the dense layers (those with `FfnKind::Dense`).
     pub dense_intermediate_size: usize,
+    /// How every gated feed-forward network (dense MLPs, shared and routed experts) combines
+    /// its gate and up projections.
+    pub activation: Activation,
     /// One entry per decoder layer, in order.
-    pub layers: Vec<LayerKind>,
+    pub layers: Vec<LayerSpec>,
     pub scales: Scales,
     /// The head reuses the embedding table (also assumed when `lm_head.weight` is absent).
     pub tie_word_embeddings: bool,
 }
 
+/// One decoder layer's plan: which attention, which feed-forward network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayerKind {
-    /// A plain SiLU-gated MLP.
+pub struct LayerSpec {
+    pub attention: AttentionKind,
+    pub ffn: FfnKind,
+}
+
+impl LayerSpec {
+    pub const SPARSE: LayerSpec = LayerSpec {
+        attention: AttentionKind::Full,
+        ffn: FfnKind::Sparse,
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionKind {
+    /// Causal attention over every earlier position.
+    Full,
+    /// Causal attention over the last `window` positions, the query's own included (HF's
+    /// `sliding_attention`: key j is seen from query i when i - window < j <= i).
+    Sliding { window: usize },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FfnKind {
+    /// A plain gated MLP.
     Dense,
     /// A sparse Mixture-of-Experts block.
     Sparse,
@@ -72,12 +105,11 @@ pub struct RopeConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct MoeConfig {
     pub num_experts: usize,
-    /// Experts per token.
-    pub top_k: usize,
     /// Feed-forward width of one routed expert.
     pub expert_intermediate_size: usize,
-    /// Renormalise the top-k probabilities to sum to one.
-    pub norm_topk_prob: bool,
+    pub router: RouterSpec,
+    /// Biases on the experts' gate/up ([E, 2I]) and down ([E, H]) projections (gpt-oss).
+    pub expert_bias: bool,
     pub shared_expert: Option<SharedExpertConfig>,
 }
 
@@ -136,6 +168,16 @@ impl ModelConfig {
             }
             Ok(())
         };
+        let positive = |field: &str, v: f64| -> Result<()> {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::config(
+                    path,
+                    field,
+                    format!("{v} must be finite and > 0"),
+                ));
+            }
+            Ok(())
+        };
         let a = &self.attention;
         range("vocab_size", self.vocab_size, MAX_VOCAB)?;
         range("hidden_size", self.hidden_size, MAX_HIDDEN)?;
@@ -149,13 +191,22 @@ impl ModelConfig {
             MAX_POSITIONS,
         )?;
         range("num_experts", self.moe.num_experts, MAX_EXPERTS)?;
-        range("num_experts_per_tok", self.moe.top_k, self.moe.num_experts)?;
+        self.validate_router(path)?;
         range(
             "moe_intermediate_size",
             self.moe.expert_intermediate_size,
             MAX_INTERMEDIATE,
         )?;
-        if self.layers.contains(&LayerKind::Dense) {
+        for layer in &self.layers {
+            if let AttentionKind::Sliding { window } = layer.attention {
+                range("sliding_window", window, MAX_POSITIONS)?;
+            }
+        }
+        if let Activation::SwigluClamped { alpha, limit } = self.activation {
+            positive("swiglu alpha", alpha as f64)?;
+            positive("swiglu_limit", limit as f64)?;
+        }
+        if self.layers.iter().any(|l| l.ffn == FfnKind::Dense) {
             range(
                 "intermediate_size",
                 self.dense_intermediate_size,
@@ -189,16 +240,6 @@ impl ModelConfig {
                 ),
             ));
         }
-        let positive = |field: &str, v: f64| -> Result<()> {
-            if !(v.is_finite() && v > 0.0) {
-                return Err(Error::config(
-                    path,
-                    field,
-                    format!("{v} must be finite and > 0"),
-                ));
-            }
-            Ok(())
-        };
         positive("rms_norm_eps", self.rms_norm_eps)?;
         positive("rope_theta", self.rope.theta)?;
         positive("attention scale", a.scale)?;
@@ -215,6 +256,46 @@ impl ModelConfig {
                 "(model size)",
                 format!("{total} parameters is beyond any supported model"),
             ));
+        }
+        Ok(())
+    }
+
+    /// The router's fields against the experts they choose from.
+    fn validate_router(&self, path: &Path) -> Result<()> {
+        let (e, r) = (self.moe.num_experts, &self.moe.router);
+        let err = |field: &str, msg: String| Err(Error::config(path, field, msg));
+        if r.top_k == 0 || r.top_k > e {
+            return err(
+                "num_experts_per_tok",
+                format!("{} is out of range 1..={e}", r.top_k),
+            );
+        }
+        if !(r.scale.is_finite() && r.scale > 0.0) {
+            return err(
+                "routed_scaling_factor",
+                format!("{} must be finite and > 0", r.scale),
+            );
+        }
+        if let Some(GroupLimit { groups, keep }) = r.group_limit {
+            if groups == 0 || !e.is_multiple_of(groups) {
+                return err(
+                    "n_group",
+                    format!("{groups} groups do not divide {e} experts"),
+                );
+            }
+            if keep == 0 || keep > groups {
+                return err("topk_group", format!("{keep} is out of range 1..={groups}"));
+            }
+            if r.top_k > keep * (e / groups) {
+                return err(
+                    "num_experts_per_tok",
+                    format!(
+                        "{} is more than the {keep} kept groups of {} experts hold",
+                        r.top_k,
+                        e / groups
+                    ),
+                );
+            }
         }
         Ok(())
     }
@@ -279,7 +360,9 @@ impl ModelConfig {
         };
         let norms = 2 * h;
         let m = &self.moe;
-        let expert = 3 * h * m.expert_intermediate_size as u128;
+        let mi = m.expert_intermediate_size as u128;
+        let expert_matrices = 3 * h * mi;
+        let expert = expert_matrices + if m.expert_bias { 2 * mi + h } else { 0 };
         // A shared expert's three matrices, and its gate (a vector) when it has one.
         let (shared_matrices, shared_gate) = m.shared_expert.as_ref().map_or((0, 0), |s| {
             (
@@ -288,16 +371,18 @@ impl ModelConfig {
             )
         });
         let shared = shared_matrices + shared_gate;
-        let router = h * m.num_experts as u128;
+        let router_biases = u128::from(m.router.logit_bias) + u128::from(m.router.correction_bias);
+        let router = (h + router_biases) * m.num_experts as u128;
         let dense = 3 * h * self.dense_intermediate_size as u128;
         let (mut total, mut active, mut matrices) = (0u128, 0u128, 0u128);
-        for kind in &self.layers {
-            let (t, act, mat) = match kind {
-                LayerKind::Dense => (dense, dense, dense),
-                LayerKind::Sparse => (
+        let k = m.router.top_k as u128;
+        for layer in &self.layers {
+            let (t, act, mat) = match layer.ffn {
+                FfnKind::Dense => (dense, dense, dense),
+                FfnKind::Sparse => (
                     router + shared + expert * m.num_experts as u128,
-                    router + shared + expert * m.top_k as u128,
-                    shared_matrices + expert * m.top_k as u128,
+                    router + shared + expert * k,
+                    shared_matrices + expert_matrices * k,
                 ),
             };
             total += attn + norms + t;
@@ -378,13 +463,14 @@ pub(crate) mod tests {
             rope: RopeConfig { theta: 10000.0 },
             moe: MoeConfig {
                 num_experts: 4,
-                top_k: 2,
                 expert_intermediate_size: 8,
-                norm_topk_prob: true,
+                router: RouterSpec::softmax_top_k(2, true),
+                expert_bias: false,
                 shared_expert: None,
             },
             dense_intermediate_size: 0,
-            layers: vec![LayerKind::Sparse; 2],
+            activation: Activation::SiluGated,
+            layers: vec![LayerSpec::SPARSE; 2],
             scales: Scales::default(),
             tie_word_embeddings: false,
         }
@@ -420,7 +506,7 @@ pub(crate) mod tests {
     #[test]
     fn top_k_above_expert_count_is_refused() {
         let mut cfg = tiny();
-        cfg.moe.top_k = 5;
+        cfg.moe.router.top_k = 5;
         let err = cfg.validate(Path::new("c.json")).unwrap_err().to_string();
         assert!(err.contains("num_experts_per_tok"), "{err}");
     }

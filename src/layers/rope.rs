@@ -2,8 +2,8 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::config::RopeConfig;
 use crate::error::Result;
+use crate::spec::RopeConfig;
 
 /// The inverse frequencies of one head dimension; cos/sin are made per forward call for the
 /// positions it covers, so nothing grows with the context length.

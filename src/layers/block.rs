@@ -6,13 +6,14 @@ use candle_nn::RmsNorm;
 
 use super::attention::{Attention, Sequence};
 use super::mlp::Mlp;
+use super::moe::SparseMoe;
 use crate::error::Result;
-use crate::moe::SparseMoe;
+use crate::ops::Backend;
 
 #[derive(Debug, Clone)]
 pub enum FeedForward {
     Dense(Mlp),
-    Sparse(SparseMoe),
+    Sparse(Box<SparseMoe>),
 }
 
 #[derive(Debug, Clone)]
@@ -33,15 +34,15 @@ impl Block {
         seqs: &mut [Sequence],
         layer: usize,
         residual_scale: f64,
+        be: &Backend,
     ) -> Result<Tensor> {
-        let h = self
-            .attn
-            .forward(&self.attn_norm.forward(xs)?, seqs, layer)?;
+        let normed = self.attn_norm.forward(xs)?;
+        let h = self.attn.forward(&normed, seqs, layer, be)?;
         let xs = (xs + scaled(h, residual_scale)?)?;
         let normed = self.ffn_norm.forward(&xs)?;
         let h = match &self.ffn {
-            FeedForward::Dense(mlp) => mlp.forward(&normed)?,
-            FeedForward::Sparse(moe) => moe.forward(&normed)?,
+            FeedForward::Dense(mlp) => mlp.forward(&normed, be)?,
+            FeedForward::Sparse(moe) => moe.forward(&normed, be)?,
         };
         Ok((xs + scaled(h, residual_scale)?)?)
     }

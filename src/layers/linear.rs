@@ -1,11 +1,10 @@
-//! `Linear`: y = x · Wᵀ (+ b). On the CPU it runs the SIMD kernels of `ops::cpu` (one pass over
-//! the weights at decode, the weights' own format read directly); elsewhere candle's matmul,
-//! which is also the slow twin the kernels are tested against (on dequantized weights).
+//! `Linear`: y = x · Wᵀ (+ b), run by the model's backend (on the CPU the SIMD kernels read the
+//! weights' own format in one pass; the reference is candle's matmul over dequantized weights).
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
-use crate::error::{Error, Result};
-use crate::ops::cpu::{linear, Isa, PreparedLhs};
+use crate::error::Result;
+use crate::ops::Backend;
 use crate::quant::Weight;
 
 #[derive(Debug, Clone)]
@@ -35,50 +34,14 @@ impl Linear {
     }
 
     /// xs: (tokens, in) -> (tokens, out), in the dtype of xs.
-    pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        if !self.weight.cpu_kernels_read() {
-            return self.forward_slow(xs);
-        }
-        self.add_bias(self.forward_cpu(xs)?)
-    }
-
-    /// The slow twin: candle's matmul, as candle_nn::Linear computes it, over the weights
-    /// dequantized to the dtype of xs.
-    pub fn forward_slow(&self, xs: &Tensor) -> Result<Tensor> {
-        let w = self.weight.dense(xs.dtype())?.to_device(xs.device())?;
-        self.add_bias(xs.matmul(&w.t()?)?)
-    }
-
-    fn add_bias(&self, ys: Tensor) -> Result<Tensor> {
-        match &self.bias {
-            None => Ok(ys),
-            Some(b) => Ok(ys.broadcast_add(b)?),
-        }
-    }
-
-    fn forward_cpu(&self, xs: &Tensor) -> Result<Tensor> {
-        let (m, k) = xs.dims2()?;
-        let (n, k_w) = (self.weight.dims()[0], self.weight.dims()[1]);
-        if k != k_w {
-            return Err(Error::Input(format!(
-                "linear layer of {k_w} inputs given rows of {k}"
-            )));
-        }
-        let x = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let isa = Isa::selected();
-        let mut out = vec![0f32; m * n];
-        self.weight.with_slice(|w| {
-            let prepared = PreparedLhs::new(isa, &w, &x, k);
-            linear(isa, prepared.rows(&x, 0, m, k), &w, (m, n, k), &mut out);
-            Ok(())
-        })?;
-        Ok(Tensor::from_vec(out, (m, n), xs.device())?.to_dtype(xs.dtype())?)
+    pub fn forward(&self, xs: &Tensor, be: &Backend) -> Result<Tensor> {
+        be.linear(xs, &self.weight, self.bias.as_ref())
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     use super::*;
 
@@ -100,8 +63,11 @@ mod tests {
                     .to_dtype(dtype)
                     .unwrap();
                 let lin = Linear::new(w, Some(b));
-                let fast = lin.forward(&xs).unwrap().to_dtype(DType::F32).unwrap();
-                let slow = lin.forward_slow(&xs).unwrap().to_dtype(DType::F32).unwrap();
+                let run = |be: &Backend| lin.forward(&xs, be).unwrap().to_dtype(DType::F32);
+                let (fast, slow) = (
+                    run(&Backend::cpu()).unwrap(),
+                    run(&Backend::Reference).unwrap(),
+                );
                 assert_eq!(fast.dims(), &[m, n]);
                 let diff = (fast - &slow).unwrap().abs().unwrap().max_all().unwrap();
                 let scale = slow.abs().unwrap().max_all().unwrap();

@@ -7,11 +7,12 @@ use super::attention::{Attention, AttentionWeights};
 use super::block::{Block, FeedForward};
 use super::linear::Linear;
 use super::mlp::Mlp;
+use super::moe::{Router, SharedExpert, SparseMoe};
 use crate::arch::TensorNames;
-use crate::config::{LayerKind, ModelConfig, QkNorm};
 use crate::error::Result;
-use crate::moe::{Experts, MoeImpl, RouterConfig, SharedExpert, SparseMoe};
+use crate::ops::{Backend, Experts};
 use crate::quant::{QuantFormat, Weight};
+use crate::spec::{FfnKind, LayerSpec, ModelConfig, QkNorm};
 use crate::weights::Weights;
 
 /// Reads tensors of one layer by their names relative to the layer prefix.
@@ -61,10 +62,11 @@ impl LayerReader<'_> {
             proj(n.mlp_gate, (intermediate, h))?,
             proj(n.mlp_up, (intermediate, h))?,
             proj(n.mlp_down, (h, intermediate))?,
+            self.cfg.activation,
         ))
     }
 
-    fn attention(&self) -> Result<Attention> {
+    fn attention(&self, layer: LayerSpec) -> Result<Attention> {
         let a = &self.cfg.attention;
         let n = self.names;
         let h = self.cfg.hidden_size;
@@ -84,25 +86,49 @@ impl LayerReader<'_> {
             o: self.linear(n.o, (h, q_out), a.o_bias)?,
             qk_norm,
         };
-        Ok(Attention::new(weights, a))
+        Ok(Attention::new(weights, a, layer.attention))
     }
 
-    fn sparse_moe(&self, imp: MoeImpl) -> Result<SparseMoe> {
+    fn sparse_moe(&self, backend: &Backend) -> Result<SparseMoe> {
         let n = self.names;
         let m = &self.cfg.moe;
-        let h = self.cfg.hidden_size;
+        let (e, i, h) = (
+            m.num_experts,
+            m.expert_intermediate_size,
+            self.cfg.hidden_size,
+        );
         let moe = |name: &str| format!("{}.{name}", n.moe);
         // The router stays in the compute dtype whatever `quant` says: it is small, and
-        // rounding its scores would change which experts run.
-        let router = Linear::new(self.get(&moe(n.router), &[m.num_experts, h])?, None);
-        let prefix = format!("{}.{}", self.prefix, n.moe);
-        let (gate_up, down) =
-            self.weights
-                .experts(n, &prefix, (m.num_experts, m.expert_intermediate_size, h))?;
-        let experts = Experts {
-            gate_up: Weight::new(gate_up, self.quant, &format!("{prefix} experts gate/up"))?,
-            down: Weight::new(down, self.quant, &format!("{prefix} experts down"))?,
+        // rounding its scores would change which experts run. Its biases stay in f32.
+        let f32_vector = |name: &str| -> Result<candle_core::Tensor> {
+            Ok(self
+                .get(&moe(name), &[e])?
+                .to_dtype(candle_core::DType::F32)?)
         };
+        let spec = m.router;
+        let router_bias = match spec.logit_bias {
+            true => Some(self.get(&moe(n.router_bias), &[e])?),
+            false => None,
+        };
+        let router = Router {
+            linear: Linear::new(self.get(&moe(n.router), &[e, h])?, router_bias),
+            spec,
+            correction: match spec.correction_bias {
+                true => Some(f32_vector(n.router_correction_bias)?),
+                false => None,
+            },
+        };
+        let prefix = format!("{}.{}", self.prefix, n.moe);
+        let (gate_up, down) = self.weights.experts(n, &prefix, (e, i, h))?;
+        let mut experts = Experts::new(
+            Weight::new(gate_up, self.quant, &format!("{prefix} experts gate/up"))?,
+            Weight::new(down, self.quant, &format!("{prefix} experts down"))?,
+        );
+        if m.expert_bias {
+            let (gate_up, down) = self.weights.expert_biases(n, &prefix, (e, i, h))?;
+            experts.gate_up_bias = Some(gate_up.to_dtype(candle_core::DType::F32)?);
+            experts.down_bias = Some(down.to_dtype(candle_core::DType::F32)?);
+        }
         let shared = match &m.shared_expert {
             None => None,
             Some(s) => Some(SharedExpert {
@@ -119,27 +145,24 @@ impl LayerReader<'_> {
         };
         Ok(SparseMoe {
             router,
-            router_cfg: RouterConfig {
-                top_k: m.top_k,
-                norm_topk_prob: m.norm_topk_prob,
-            },
+            backend: backend.for_experts(&experts, self.cfg.activation),
             experts,
+            activation: self.cfg.activation,
             shared,
-            imp,
         })
     }
 
-    pub fn block(&self, kind: LayerKind, imp: MoeImpl) -> Result<Block> {
+    pub fn block(&self, layer: LayerSpec, backend: &Backend) -> Result<Block> {
         let h = self.cfg.hidden_size;
-        let ffn = match kind {
-            LayerKind::Dense => FeedForward::Dense(
+        let ffn = match layer.ffn {
+            FfnKind::Dense => FeedForward::Dense(
                 self.mlp(self.names.dense_mlp, self.cfg.dense_intermediate_size)?,
             ),
-            LayerKind::Sparse => FeedForward::Sparse(self.sparse_moe(imp)?),
+            FfnKind::Sparse => FeedForward::Sparse(Box::new(self.sparse_moe(backend)?)),
         };
         Ok(Block {
             attn_norm: self.norm(self.names.attn_norm, h)?,
-            attn: self.attention()?,
+            attn: self.attention(layer)?,
             ffn_norm: self.norm(self.names.ffn_norm, h)?,
             ffn,
         })

@@ -1,4 +1,7 @@
-//! `Model`: embedding -> decoder blocks -> final norm -> head, shared by every family.
+//! The layers: `Model` (embedding -> decoder blocks -> final norm -> head, shared by every
+//! family), `Block`, `Attention`, `SparseMoe`, `Mlp`, `Linear`, and the per-sequence `Cache`.
+//! Layers hold weights and call ops through the model's `Backend`; none asks which device it
+//! is on.
 
 mod attention;
 mod block;
@@ -6,6 +9,7 @@ mod cache;
 mod linear;
 mod load;
 mod mlp;
+mod moe;
 mod rope;
 
 use std::path::Path;
@@ -17,12 +21,13 @@ pub use block::{Block, FeedForward};
 pub use cache::Cache;
 pub use linear::Linear;
 pub use mlp::Mlp;
+pub use moe::{Router, SharedExpert, SparseMoe};
 
 use crate::arch::{self, Architecture};
-use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::moe::MoeImpl;
+use crate::ops::{Backend, Kernels};
 use crate::quant::{QuantFormat, Weight};
+use crate::spec::ModelConfig;
 use crate::weights::Weights;
 use attention::{Sequence, Step};
 use load::LayerReader;
@@ -34,7 +39,8 @@ pub struct LoadOptions {
     /// Compute dtype; weights are converted to it at load.
     pub dtype: DType,
     pub device: Device,
-    pub moe_impl: MoeImpl,
+    /// The device's fast kernels, or every op's slow twin (the reference backend).
+    pub kernels: Kernels,
     /// Overrides the checkpoint's experts per token (1..=num_experts).
     pub experts_per_token: Option<usize>,
     /// Converts the weights of matrix products (attention, experts, MLPs, head) to this format
@@ -47,7 +53,7 @@ impl Default for LoadOptions {
         LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
-            moe_impl: MoeImpl::default(),
+            kernels: Kernels::default(),
             experts_per_token: None,
             quant: None,
         }
@@ -73,6 +79,8 @@ pub struct Model {
     lm_head: Linear,
     rope: Rope,
     device: Device,
+    /// Runs every op; chosen from the device, dtype and `LoadOptions::kernels` at load.
+    backend: Backend,
     dtype: DType,
     quant: Option<QuantFormat>,
     /// config.json fields nothing here reads (see [`Model::unrecognized_config_fields`]).
@@ -111,13 +119,19 @@ impl Model {
             ..
         } = arch;
         if let Some(k) = opts.experts_per_token {
-            if k == 0 || k > cfg.moe.num_experts {
+            let e = cfg.moe.num_experts;
+            // Group-limited routers choose among the kept groups' experts only.
+            let choosable = cfg
+                .moe
+                .router
+                .group_limit
+                .map_or(e, |g| g.keep * (e / g.groups.max(1)));
+            if k == 0 || k > choosable {
                 return Err(Error::Input(format!(
-                    "--experts-per-token {k} is out of range 1..={} for this model",
-                    cfg.moe.num_experts
+                    "--experts-per-token {k} is out of range 1..={choosable} for this model"
                 )));
             }
-            cfg.moe.top_k = k;
+            cfg.moe.router.top_k = k;
         }
         if opts.quant.is_some() && !opts.device.is_cpu() {
             return Err(Error::Input(
@@ -137,11 +151,12 @@ impl Model {
             Weight::new(lm_head, head_format(opts.quant), names.lm_head)?,
             None,
         );
+        let backend = Backend::new(&opts.device, opts.dtype, opts.kernels);
         let blocks = cfg
             .layers
             .iter()
             .enumerate()
-            .map(|(i, &kind)| {
+            .map(|(i, &layer)| {
                 let reader = LayerReader {
                     weights,
                     names: &names,
@@ -149,7 +164,7 @@ impl Model {
                     prefix: format!("{}.{i}", names.layers),
                     quant: opts.quant,
                 };
-                let block = reader.block(kind, opts.moe_impl);
+                let block = reader.block(layer, &backend);
                 on_layer(i + 1, cfg.layers.len());
                 block
             })
@@ -163,6 +178,7 @@ impl Model {
             norm,
             lm_head,
             device: opts.device.clone(),
+            backend,
             dtype: opts.dtype,
             quant: opts.quant,
             unrecognized_fields,
@@ -204,6 +220,11 @@ impl Model {
         &self.device
     }
 
+    /// The backend running the ops (its name is what `moe bench` reports).
+    pub fn backend(&self) -> &Backend {
+        &self.backend
+    }
+
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self) -> Cache {
         Cache::new(self.blocks.len(), self.cfg.max_position_embeddings)
@@ -212,7 +233,7 @@ impl Model {
     /// Runs `tokens` after whatever `cache` holds; returns f32 logits for every one of them,
     /// (tokens, vocab).
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        in_pool(&self.device, || {
+        self.backend.run(|| {
             let hidden = self.hidden(tokens, cache)?;
             self.logits(&hidden)
         })
@@ -220,7 +241,7 @@ impl Model {
 
     /// Like `forward`, but computes the head for the last token only: (vocab,).
     pub fn forward_last(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        in_pool(&self.device, || {
+        self.backend.run(|| {
             let hidden = self.hidden(tokens, cache)?;
             let last = hidden.narrow(0, tokens.len() - 1, 1)?;
             Ok(self.logits(&last)?.squeeze(0)?)
@@ -240,7 +261,7 @@ impl Model {
             )));
         }
         let mut seqs: Vec<(&[u32], &mut Cache)> = tokens.chunks(1).zip(caches.iter_mut()).collect();
-        in_pool(&self.device, || {
+        self.backend.run(|| {
             let hidden = self.hidden_many(&mut seqs)?;
             self.logits(&hidden)
         })
@@ -277,7 +298,7 @@ impl Model {
             })
             .collect();
         for (i, block) in self.blocks.iter().enumerate() {
-            xs = block.forward(&xs, &mut parts, i, self.cfg.scales.residual)?;
+            xs = block.forward(&xs, &mut parts, i, self.cfg.scales.residual, &self.backend)?;
         }
         for seq in parts {
             seq.cache.advance(seq.tokens);
@@ -287,7 +308,7 @@ impl Model {
 
     /// hidden: (tokens, hidden) -> f32 logits (tokens, vocab)
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        let mut logits = self.lm_head.forward(hidden)?;
+        let mut logits = self.lm_head.forward(hidden, &self.backend)?;
         let divisor = self.cfg.scales.logits_divisor;
         if divisor != 1.0 {
             logits = (logits / divisor)?;
@@ -319,20 +340,6 @@ impl Model {
             )));
         }
         Ok(())
-    }
-}
-
-/// Runs `f` on a thread of rayon's pool when the model runs on the CPU. Called from outside
-/// it, each of the kernels' parallel loops (about ten per layer) would be handed to the pool
-/// while the caller sleeps, two thread wake-ups each (~10 µs on the dev VM; a decode step of
-/// q3-mini's structure with tiny weights took 1.6 ms instead of 0.8); from inside, the caller
-/// works in the loop itself, and a loop too small to split runs in place. On a GPU the pool
-/// has nothing to do, and the caller's thread launches: a hop to a worker buys nothing.
-fn in_pool<R: Send>(device: &Device, f: impl FnOnce() -> R + Send) -> R {
-    if device.is_cpu() {
-        rayon::scope(|_| f())
-    } else {
-        f()
     }
 }
 

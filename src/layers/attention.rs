@@ -1,0 +1,183 @@
+//! Grouped-query self-attention with RoPE, optional q/k RMSNorm and q/k/v clipping, over the
+//! caller's KV cache; full or over a sliding window.
+
+use candle_core::{DType, Module, Tensor};
+use candle_nn::RmsNorm;
+
+use super::cache::Cache;
+use super::linear::Linear;
+use super::rope;
+use crate::error::Result;
+use crate::ops::{AttentionShape, Backend};
+use crate::spec::{AttentionConfig, AttentionKind, QkNorm};
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    /// Present unless `cfg.qk_norm` is `QkNorm::None`.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
+    cfg: AttentionConfig,
+    shape: AttentionShape,
+}
+
+/// The attention weights of one layer, as loaded.
+pub struct AttentionWeights {
+    pub q: Linear,
+    pub k: Linear,
+    pub v: Linear,
+    pub o: Linear,
+    pub qk_norm: Option<(RmsNorm, RmsNorm)>,
+}
+
+/// What every layer's attention needs for one sequence's tokens in one forward call.
+pub struct Step<'a> {
+    /// Each (tokens, head_dim / 2).
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+}
+
+/// One sequence's share of a forward call over several: its `tokens` consecutive rows of the
+/// hidden states, their positions, and its cache.
+pub struct Sequence<'a> {
+    pub tokens: usize,
+    pub step: Step<'a>,
+    pub cache: &'a mut Cache,
+}
+
+impl Attention {
+    pub fn new(w: AttentionWeights, cfg: &AttentionConfig, kind: AttentionKind) -> Self {
+        let window = match kind {
+            AttentionKind::Full => None,
+            AttentionKind::Sliding { window } => Some(window),
+        };
+        Attention {
+            q: w.q,
+            k: w.k,
+            v: w.v,
+            o: w.o,
+            qk_norm: w.qk_norm,
+            cfg: cfg.clone(),
+            shape: AttentionShape {
+                kv_heads: cfg.num_kv_heads,
+                scale: cfg.scale,
+                window,
+            },
+        }
+    }
+
+    /// xs: (tokens, hidden) -> (tokens, hidden), the rows of every sequence in `seqs` one
+    /// after another; appends this layer's keys and values to each sequence's cache. The
+    /// projections run once over all rows (one pass over their weights for the whole batch);
+    /// attention itself runs per sequence.
+    pub fn forward(
+        &self,
+        xs: &Tensor,
+        seqs: &mut [Sequence],
+        layer: usize,
+        be: &Backend,
+    ) -> Result<Tensor> {
+        // q: (tokens, nh * hd), k and v: (tokens, nkv * hd)
+        let q = self.q.forward(xs, be)?;
+        let k = self.k.forward(xs, be)?;
+        let v = self.v.forward(xs, be)?;
+        let mut outs = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for seq in seqs.iter_mut() {
+            let rows = |t: &Tensor| t.narrow(0, row, seq.tokens);
+            outs.push(self.attend(
+                (rows(&q)?, rows(&k)?, rows(&v)?),
+                &seq.step,
+                seq.cache,
+                layer,
+                be,
+            )?);
+            row += seq.tokens;
+        }
+        let out = if outs.len() == 1 {
+            outs.pop().expect("one sequence")
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        // (tokens, nh * hd) in f32 -> the compute dtype
+        self.o.forward(&out.to_dtype(xs.dtype())?, be)
+    }
+
+    /// One sequence's projections (t rows each) -> its attention output (t, nh * hd), f32.
+    fn attend(
+        &self,
+        (mut q, mut k, mut v): (Tensor, Tensor, Tensor),
+        step: &Step,
+        cache: &mut Cache,
+        layer: usize,
+        be: &Backend,
+    ) -> Result<Tensor> {
+        let c = &self.cfg;
+        let (t, _) = q.dims2()?;
+        let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        if let (QkNorm::Projection, Some((qn, kn))) = (c.qk_norm, &self.qk_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let mut q = q.reshape((t, nh, hd))?;
+        let mut k = k.reshape((t, nkv, hd))?;
+        if let (QkNorm::PerHead, Some((qn, kn))) = (c.qk_norm, &self.qk_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        if let Some(clip) = c.clip_qkv {
+            q = q.clamp(-clip, clip)?;
+            k = k.clamp(-clip, clip)?;
+            v = v.clamp(-clip, clip)?;
+        }
+        // (heads, t, hd), rotated by position. Attention itself runs in f32 whatever the
+        // compute dtype: candle's CPU matmul converts half-precision inputs to f32 on every
+        // call (the whole cache buffer, each step), and the cache is small next to the
+        // weights; it also keeps the scores as exact as HF's f32-accumulated ones.
+        let q = rope::apply(&q.transpose(0, 1)?, step.cos, step.sin)?.to_dtype(DType::F32)?;
+        let k = rope::apply(&k.transpose(0, 1)?, step.cos, step.sin)?.to_dtype(DType::F32)?;
+        let v = v.reshape((t, nkv, hd))?.transpose(0, 1)?;
+        let v = v.to_dtype(DType::F32)?.contiguous()?;
+        // k, v: (nkv, s, hd) with s = cached + t, f32
+        let (k, v) = cache.append(layer, k, v)?;
+        be.attention(&q, &k, &v, &self.shape)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+
+    use super::*;
+
+    /// The CPU kernel against the reference ops, through a real cache (its buffers are wider
+    /// than the valid positions): a prompt, then one decode step, then a chunk; full and over
+    /// a window shorter than the context.
+    #[test]
+    fn the_cpu_kernel_matches_the_reference_over_a_cache() {
+        let dev = Device::Cpu;
+        let (heads, kv_heads, hd) = (8, 2, 24);
+        for window in [None, Some(6)] {
+            let shape = AttentionShape {
+                kv_heads,
+                scale: 0.3,
+                window,
+            };
+            let mut cache = Cache::new(1, 4096);
+            for t in [7usize, 1, 5] {
+                let q = Tensor::randn(0f32, 1.0, (heads, t, hd), &dev).unwrap();
+                let kv = || Tensor::randn(0f32, 1.0, (kv_heads, t, hd), &dev).unwrap();
+                let (k, v) = cache.append(0, kv(), kv()).unwrap();
+                cache.advance(t);
+                let fast = Backend::cpu().attention(&q, &k, &v, &shape).unwrap();
+                let slow = Backend::Reference.attention(&q, &k, &v, &shape).unwrap();
+                assert_eq!(fast.dims(), &[t, heads * hd]);
+                let diff = (fast - slow).unwrap().abs().unwrap().max_all().unwrap();
+                let diff = diff.to_scalar::<f32>().unwrap();
+                assert!(diff < 1e-5, "{t} tokens, window {window:?}: {diff}");
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The CPU backend's ops on candle tensors: borrow the tensors' data (weights and the KV cache
+//! in place; activations as one f32 copy), run the kernels over slices, wrap the result.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::expert_ffn::{self, ExpertBlocks, ExpertWeights};
+use super::PreparedLhs;
+use super::{causal_attention, linear as linear_kernel, with_kv_rows, AttentionDims, Isa};
+use crate::error::{Error, Result};
+use crate::ops::reference::HostDispatch;
+use crate::ops::{AttentionShape, Experts};
+use crate::quant::{with_weight_slice, Weight, WeightSlice};
+use crate::spec::Activation;
+
+fn host_f32(xs: &Tensor) -> Result<Vec<f32>> {
+    Ok(xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// xs: (tokens, in) -> (tokens, out) = xs · Wᵀ (+ b), in the dtype of xs.
+pub fn linear(isa: Isa, xs: &Tensor, w: &Weight, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (m, k) = xs.dims2()?;
+    let (n, k_w) = (w.dims()[0], w.dims()[1]);
+    if k != k_w {
+        return Err(Error::Input(format!(
+            "linear layer of {k_w} inputs given rows of {k}"
+        )));
+    }
+    let x = host_f32(xs)?;
+    let mut out = vec![0f32; m * n];
+    w.with_slice(|w| {
+        let prepared = PreparedLhs::new(isa, &w, &x, k);
+        linear_kernel(isa, prepared.rows(&x, 0, m, k), &w, (m, n, k), &mut out);
+        Ok(())
+    })?;
+    let ys = Tensor::from_vec(out, (m, n), xs.device())?.to_dtype(xs.dtype())?;
+    match bias {
+        None => Ok(ys),
+        Some(b) => Ok(ys.broadcast_add(b)?),
+    }
+}
+
+/// q: (nh, t, hd), k and v: (nkv, s, hd), all f32 -> (t, nh * hd): the kernel over the
+/// cache's buffers in place.
+pub fn attention(
+    isa: Isa,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    shape: &AttentionShape,
+) -> Result<Tensor> {
+    let (nh, t, hd) = q.dims3()?;
+    let s = k.dim(1)?;
+    let dims = AttentionDims {
+        heads: nh,
+        kv_heads: shape.kv_heads,
+        head_dim: hd,
+        tokens: t,
+        cached: s - t,
+        window: shape.window,
+    };
+    let q = q.flatten_all()?.to_vec1::<f32>()?;
+    let mut out = vec![0f32; q.len()];
+    let scale = shape.scale as f32;
+    with_kv_rows(k, |k| {
+        with_kv_rows(v, |v| {
+            causal_attention(isa, &q, k, v, dims, scale, &mut out)
+        })
+    })??;
+    Ok(Tensor::from_vec(out, (t, nh * hd), &Device::Cpu)?)
+}
+
+/// xs: (tokens, hidden) -> every slot's expert output, in the kernels' blocks.
+pub fn expert_ffn(
+    isa: Isa,
+    xs: &Tensor,
+    experts: &Experts,
+    d: &HostDispatch,
+    act: Activation,
+) -> Result<ExpertBlocks> {
+    let (_, h) = xs.dims2()?;
+    let x = host_f32(xs)?;
+    with_bias(&experts.gate_up_bias, |gate_up_bias| {
+        with_bias(&experts.down_bias, |down_bias| {
+            experts.gate_up.with_slice(|gate_up| {
+                experts.down.with_slice(|down| {
+                    let w = ExpertWeights {
+                        gate_up,
+                        down,
+                        gate_up_bias,
+                        down_bias,
+                        hidden: h,
+                        intermediate: experts.intermediate(),
+                        activation: act,
+                    };
+                    expert_ffn::expert_ffn_checked(isa, &x, d, &w)
+                })
+            })
+        })
+    })
+}
+
+/// Runs `f` over an f32 bias tensor's data in place (`None` when there is no bias).
+fn with_bias<R>(b: &Option<Tensor>, f: impl FnOnce(Option<&[f32]>) -> Result<R>) -> Result<R> {
+    let Some(b) = b else { return f(None) };
+    with_weight_slice(b, |s| match s {
+        WeightSlice::F32(v) => f(Some(v)),
+        _ => Err(Error::Input(format!(
+            "expert biases are kept in f32, got {:?}",
+            b.dtype()
+        ))),
+    })
+}
+
+/// The weighted sum per token: (tokens, hidden) in the dtype and on the device of `xs`.
+pub fn combine(rows: &ExpertBlocks, d: &HostDispatch, xs: &Tensor) -> Result<Tensor> {
+    let (t, h) = xs.dims2()?;
+    let mut out = vec![0f32; t * h];
+    expert_ffn::combine(rows, d, &mut out);
+    Ok(Tensor::from_vec(out, (t, h), xs.device())?.to_dtype(xs.dtype())?)
+}

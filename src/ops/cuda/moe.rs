@@ -1,0 +1,86 @@
+//! The MoE pipeline's CUDA steps, as the backend calls them: routing, alignment (the dispatch),
+//! the experts' FFN and the combine run as kernels on the device's stream, with no host copy
+//! in between. Their slow twins are the reference backend's, compared in ops/tests.rs.
+
+use candle_core::Tensor;
+
+use super::{align, combine as combine_kernel, expert_ffn as ffn_kernel, route, Alignment};
+use super::{FfnPath, Scoring as KernelScoring};
+use crate::error::{Error, Result};
+use crate::ops::Experts;
+use crate::quant::Weight;
+use crate::spec::{Activation, RouterSpec, Scoring, Selection};
+
+/// The slots grouped by expert on the device, with what the FFN and the combine need.
+pub struct DeviceDispatch {
+    alignment: Alignment,
+    /// (tokens, k) f32
+    weights: Tensor,
+    top_k: usize,
+    path: FfnPath,
+}
+
+/// Whether the CUDA kernels run these experts: dense weights, no biases, SiLU-gated.
+pub fn runs_experts(experts: &Experts, act: Activation) -> bool {
+    let dense = |w: &Weight| matches!(w, Weight::Dense(_));
+    act == Activation::SiluGated
+        && !experts.has_bias()
+        && dense(&experts.gate_up)
+        && dense(&experts.down)
+}
+
+/// The route kernel's form of `spec`, where it has one: softmax or sigmoid scores, top-k,
+/// renormalise, scale. A softmax over the k best logits is the renormalised softmax of all of
+/// them, and a sigmoid is monotone, so top-k-then-score maps onto the kernel too. Group limits
+/// and selection biases route on the host (`None`).
+pub fn route_spec(logits: &Tensor, spec: &RouterSpec) -> Result<Option<(Tensor, Tensor)>> {
+    if spec.correction_bias || spec.group_limit.is_some() {
+        return Ok(None);
+    }
+    let (scoring, renormalise) = match (spec.scoring, spec.selection) {
+        (Scoring::Softmax, Selection::TopKThenScore) => (KernelScoring::Softmax, true),
+        (Scoring::Softmax, Selection::ScoreThenTopK) => (KernelScoring::Softmax, spec.renormalise),
+        (Scoring::Sigmoid, _) => (KernelScoring::Sigmoid, spec.renormalise),
+    };
+    let logits = logits.contiguous()?;
+    let (ids, weights) = route(&logits, spec.top_k, scoring, renormalise, spec.scale as f32)?;
+    Ok(Some((ids, weights)))
+}
+
+/// ids, weights: (tokens, k) on the device; xs: (tokens, hidden).
+pub fn dispatch(
+    ids: &Tensor,
+    weights: &Tensor,
+    xs: &Tensor,
+    experts: &Experts,
+) -> Result<DeviceDispatch> {
+    let (tokens, top_k) = ids.dims2()?;
+    let (gate_up, down) = (dense(&experts.gate_up)?, dense(&experts.down)?);
+    let path = FfnPath::choose(tokens * top_k, xs, gate_up, down)?;
+    let alignment = align(ids, experts.num_experts(), path.tile())?;
+    Ok(DeviceDispatch {
+        alignment,
+        weights: weights.clone(),
+        top_k,
+        path,
+    })
+}
+
+/// xs: (tokens, hidden) -> one output row per aligned slot, (rows, hidden).
+pub fn expert_ffn(xs: &Tensor, experts: &Experts, d: &DeviceDispatch) -> Result<Tensor> {
+    let (gate_up, down) = (dense(&experts.gate_up)?, dense(&experts.down)?);
+    let xs = xs.contiguous()?;
+    ffn_kernel(&xs, gate_up, down, &d.alignment, d.top_k, d.path)
+}
+
+/// rows: (rows, hidden) -> (tokens, hidden), each token's slots weighted and summed.
+pub fn combine(rows: &Tensor, d: &DeviceDispatch) -> Result<Tensor> {
+    combine_kernel(rows, &d.weights, &d.alignment.slot_position)
+}
+
+fn dense(w: &Weight) -> Result<&Tensor> {
+    match w {
+        Weight::Dense(t) => Ok(t),
+        Weight::Quantized(_) => Err(Error::Input("quantized experts run on the CPU only".into())),
+    }
+}

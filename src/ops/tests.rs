@@ -1,0 +1,438 @@
+//! The op table: each op's edge-named cases, run on every backend present (the CPU at every
+//! instruction set it has, CUDA when built and a GPU opens) against the reference backend on
+//! the CPU. A new op adds its rows here; a new backend joins through `Backend::present`.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::reference::HostRouting;
+use super::{AttentionShape, Backend, Experts, Routing};
+use crate::quant::{QuantFormat, Weight};
+use crate::spec::{Activation, GroupLimit, RouterSpec, Scoring, Selection};
+
+const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
+
+/// The largest difference between `got` and `want` over the largest magnitude of `want`; an
+/// all-zero `want` gives NaN, which fails every bound (such a case would prove nothing).
+fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
+    let f32s = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let (got, want) = (f32s(got), f32s(want));
+    assert_eq!(got.dims(), want.dims());
+    let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
+    let scale = want.abs().unwrap().max_all().unwrap();
+    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap()
+}
+
+/// f32 backends differ in summation order only; in half precision the reference multiplies in
+/// that precision while the kernels widen to f32 (or round activations to bf16 for bf16 dots).
+fn tolerance(dtype: DType) -> f32 {
+    match dtype {
+        DType::F32 => 1e-5,
+        DType::F16 => 5e-3,
+        _ => 3e-2,
+    }
+}
+
+/// Deterministic values in about [-1, 1]: a table must not pass by luck.
+fn values(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n as u64)
+        .map(|j| ((j * 7919 + seed * 104_729) % 401) as f32 / 200.0 - 1.0)
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn on(t: &Tensor, dtype: DType, device: &Device) -> Tensor {
+    t.to_dtype(dtype).unwrap().to_device(device).unwrap()
+}
+
+// ---- linear -------------------------------------------------------------------------------
+
+#[test]
+fn linear() {
+    // (rows, out, in): one row, sizes off the SIMD grids, a prefill-sized block.
+    let shapes = [(1, 40, 96), (3, 17, 33), (9, 64, 128), (300, 24, 64)];
+    for (be, dev) in Backend::present() {
+        for dtype in DTYPES {
+            for &(m, n, k) in &shapes {
+                let (x, w, b) = (values(&[m, k], 1), values(&[n, k], 2), values(&[n], 3));
+                let w = (w / (k as f64).sqrt()).unwrap();
+                let want = Backend::Reference
+                    .linear(&x, &Weight::Dense(w.clone()), Some(&b))
+                    .unwrap();
+                let weight = Weight::Dense(on(&w, dtype, &dev));
+                let got = be
+                    .linear(&on(&x, dtype, &dev), &weight, Some(&on(&b, dtype, &dev)))
+                    .unwrap();
+                let err = relative_error(&got, &want);
+                let name = be.name();
+                assert!(
+                    err <= tolerance(dtype),
+                    "{name} {dtype:?} {m}x{n}x{k}: {err:e}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_over_quantized_weights() {
+    // The kernels read the blocks in place; the reference dequantizes them.
+    for format in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
+        for (m, n, k) in [(1, 40, 64), (7, 33, 96)] {
+            let (x, w) = (values(&[m, k], 4), values(&[n, k], 5));
+            let w = Weight::new(w, Some(format), "w").unwrap();
+            let want = Backend::Reference.linear(&x, &w, None).unwrap();
+            // Only the CPU reads quantized weights; its kernels quantize the activations too.
+            for isa in super::cpu::Isa::available() {
+                let got = Backend::Cpu(isa).linear(&x, &w, None).unwrap();
+                let err = relative_error(&got, &want);
+                assert!(err <= 2e-2, "{isa:?} {format:?} {m}x{n}x{k}: {err:e}");
+            }
+        }
+    }
+}
+
+// ---- attention ----------------------------------------------------------------------------
+
+#[test]
+fn attention() {
+    // (heads, kv heads, head_dim, new tokens, cached, window): decode, prefill from empty, a
+    // chunk after a cache, head dims off the 16-lane grid, windows shorter than the context,
+    // of one key, and longer than it.
+    let cases = [
+        (4, 2, 16, 1, 9, None),
+        (4, 4, 8, 5, 0, None),
+        (6, 2, 20, 3, 4, None),
+        (16, 4, 64, 40, 200, None),
+        (4, 2, 16, 1, 9, Some(4)),
+        (4, 4, 8, 7, 3, Some(3)),
+        (6, 2, 20, 3, 4, Some(1)),
+        (4, 2, 16, 5, 2, Some(100)),
+    ];
+    for (be, dev) in Backend::present() {
+        for &(nh, nkv, hd, t, cached, window) in &cases {
+            let s = cached + t;
+            let (q, k, v) = (
+                values(&[nh, t, hd], 6),
+                values(&[nkv, s, hd], 7),
+                values(&[nkv, s, hd], 8),
+            );
+            let shape = AttentionShape {
+                kv_heads: nkv,
+                scale: 1.0 / (hd as f64).sqrt(),
+                window,
+            };
+            let want = Backend::Reference.attention(&q, &k, &v, &shape).unwrap();
+            let f32_on = |x: &Tensor| on(x, DType::F32, &dev);
+            let got = be
+                .attention(&f32_on(&q), &f32_on(&k), &f32_on(&v), &shape)
+                .unwrap();
+            let err = relative_error(&got, &want);
+            let name = be.name();
+            assert!(
+                err <= 1e-5,
+                "{name} heads {nh}/{nkv}x{hd}, {t} after {cached}, window {window:?}: {err:e}"
+            );
+        }
+    }
+}
+
+// ---- route --------------------------------------------------------------------------------
+
+/// Every router the families use, by name.
+fn routers() -> Vec<(&'static str, RouterSpec)> {
+    let softmax = RouterSpec::softmax_top_k(3, false);
+    vec![
+        ("softmax top-k (Qwen, OLMoE)", softmax),
+        (
+            "renormalised (Mixtral)",
+            RouterSpec {
+                renormalise: true,
+                ..softmax
+            },
+        ),
+        (
+            "top-k then softmax (gpt-oss, Granite)",
+            RouterSpec {
+                selection: Selection::TopKThenScore,
+                ..softmax
+            },
+        ),
+        (
+            "sigmoid, scaled",
+            RouterSpec {
+                scoring: Scoring::Sigmoid,
+                renormalise: true,
+                scale: 2.5,
+                ..softmax
+            },
+        ),
+        (
+            "grouped sigmoid with a selection bias (DeepSeek-V3)",
+            RouterSpec {
+                scoring: Scoring::Sigmoid,
+                correction_bias: true,
+                group_limit: Some(GroupLimit { groups: 4, keep: 2 }),
+                renormalise: true,
+                scale: 2.5,
+                ..softmax
+            },
+        ),
+    ]
+}
+
+#[test]
+fn route() {
+    const E: usize = 8;
+    // Random logits for one token and for 4096; a row of ties (the lower index wins).
+    let logit_cases = [
+        ("one token", values(&[1, E], 9)),
+        ("4096 tokens", (values(&[4096, E], 10) * 3.0).unwrap()),
+        (
+            "ties",
+            Tensor::zeros((3, E), DType::F32, &Device::Cpu).unwrap(),
+        ),
+    ];
+    let correction = (values(&[E], 11) * 0.5).unwrap();
+    for (be, dev) in Backend::present() {
+        for (case, logits) in &logit_cases {
+            for (router, spec) in routers() {
+                let c = spec.correction_bias.then_some(&correction);
+                let host: Vec<f32> = logits.flatten_all().unwrap().to_vec1().unwrap();
+                let bias: Option<Vec<f32>> = c.map(|c| c.to_vec1().unwrap());
+                let want = HostRouting::route(&host, E, &spec, bias.as_deref()).unwrap();
+                let c_dev = c.map(|c| on(c, DType::F32, &dev));
+                let got = be
+                    .route(&on(logits, DType::F32, &dev), &spec, c_dev.as_ref())
+                    .unwrap()
+                    .to_host(E)
+                    .unwrap();
+                let name = be.name();
+                assert_eq!(got.experts, want.experts, "{name}, {router}, {case}");
+                let close = got
+                    .weights
+                    .iter()
+                    .zip(&want.weights)
+                    .all(|(a, b)| (a - b).abs() <= 1e-5 * (1.0 + b.abs()));
+                assert!(close, "{name}, {router}, {case}: weights differ");
+            }
+        }
+    }
+}
+
+// ---- the routed experts: dispatch -> expert FFN -> combine --------------------------------
+
+const HIDDEN: usize = 40;
+const INTER: usize = 24;
+const EXPERTS: usize = 6;
+
+fn experts(dtype: DType, device: &Device, bias: bool) -> Experts {
+    let scale = |fan_in: usize| 1.0 / (fan_in as f64).sqrt();
+    let gate_up = (values(&[EXPERTS, 2 * INTER, HIDDEN], 12) * scale(HIDDEN)).unwrap();
+    let down = (values(&[EXPERTS, HIDDEN, INTER], 13) * scale(INTER)).unwrap();
+    let mut e = Experts::new(
+        Weight::Dense(on(&gate_up, dtype, device)),
+        Weight::Dense(on(&down, dtype, device)),
+    );
+    if bias {
+        e.gate_up_bias = Some(on(
+            &(values(&[EXPERTS, 2 * INTER], 14) * 0.3).unwrap(),
+            DType::F32,
+            device,
+        ));
+        e.down_bias = Some(on(
+            &(values(&[EXPERTS, HIDDEN], 15) * 0.3).unwrap(),
+            DType::F32,
+            device,
+        ));
+    }
+    e
+}
+
+/// A routing given explicitly: `choices[t]` is token t's (expert, weight) list.
+fn by_hand(choices: &[Vec<(u32, f32)>]) -> HostRouting {
+    HostRouting {
+        num_experts: EXPERTS,
+        top_k: choices[0].len(),
+        experts: choices.iter().flatten().map(|c| c.0).collect(),
+        weights: choices.iter().flatten().map(|c| c.1).collect(),
+    }
+}
+
+/// The named routings: (case, tokens, routing).
+fn routings() -> Vec<(&'static str, usize, HostRouting)> {
+    let router = |tokens: usize, spec: RouterSpec| {
+        let logits: Vec<f32> = values(&[tokens, EXPERTS], 16)
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        HostRouting::route(&logits, EXPERTS, &spec, None).unwrap()
+    };
+    let one_expert: Vec<_> = (0..37)
+        .map(|t| vec![(3, 0.25 + t as f32 / 100.0)])
+        .collect();
+    // Experts 0, 2 and 5 get nothing, including the first and the last.
+    let idle: Vec<_> = (0..9)
+        .map(|t| vec![(1 + 2 * (t % 2) as u32, 0.7), (4 - 3 * (t % 2) as u32, 0.3)])
+        .collect();
+    // Expert 0 takes every token (the matrix kernels), 1-5 one or two each (the dot products).
+    let few_and_many: Vec<_> = (0..7)
+        .map(|t| vec![(0, 0.6), (1 + (t % 5) as u32, 0.4)])
+        .collect();
+    let ties = HostRouting::route(
+        &[0.0; 5 * EXPERTS],
+        EXPERTS,
+        &RouterSpec::softmax_top_k(3, false),
+        None,
+    )
+    .unwrap();
+    vec![
+        (
+            "one token",
+            1,
+            by_hand(&[vec![(5, 0.5), (0, 0.3), (2, 0.2)]]),
+        ),
+        ("every token on one expert", 37, by_hand(&one_expert)),
+        ("empty experts", 9, by_hand(&idle)),
+        ("few and many tokens per expert", 7, by_hand(&few_and_many)),
+        ("tied router scores", 5, ties),
+        (
+            "zero weights",
+            2,
+            by_hand(&[vec![(2, 1.0), (3, 0.0)], vec![(3, 0.0), (2, 1.0)]]),
+        ),
+        (
+            "4096 tokens routed",
+            4096,
+            router(4096, RouterSpec::softmax_top_k(2, true)),
+        ),
+    ]
+}
+
+fn run_experts(
+    be: &Backend,
+    xs: &Tensor,
+    experts: &Experts,
+    routing: &HostRouting,
+    act: Activation,
+) -> Tensor {
+    let tokens = xs.dims2().unwrap().0;
+    let routing = Routing::from_host(routing.clone(), tokens).unwrap();
+    let d = be.dispatch(&routing, xs, experts).unwrap();
+    let rows = be.expert_ffn(xs, experts, &d, act).unwrap();
+    be.combine(&rows, &d, xs).unwrap()
+}
+
+#[test]
+fn routed_experts() {
+    let clamped = Activation::SwigluClamped {
+        alpha: 1.702,
+        limit: 0.2,
+    };
+    // (activation, biases): every family's experts, then gpt-oss's and Gemma's forms.
+    let kinds = [
+        (Activation::SiluGated, false),
+        (clamped, true),
+        (Activation::GeluTanhGated, false),
+    ];
+    let present = Backend::present();
+    for (case, tokens, routing) in routings() {
+        let x = values(&[tokens, HIDDEN], 17);
+        for (act, bias) in kinds {
+            let want_f32 = run_experts(
+                &Backend::Reference,
+                &x,
+                &experts(DType::F32, &Device::Cpu, bias),
+                &routing,
+                act,
+            );
+            for (be, dev) in &present {
+                // A backend without kernels for these experts runs them on the reference.
+                let sample = experts(DType::F32, dev, bias);
+                let be = be.for_experts(&sample, act);
+                for dtype in DTYPES {
+                    let e = experts(dtype, dev, bias);
+                    let got = run_experts(&be, &on(&x, dtype, dev), &e, &routing, act);
+                    let err = relative_error(&got, &want_f32);
+                    let name = be.name();
+                    assert!(
+                        err <= tolerance(dtype),
+                        "{name} {dtype:?}, {case}, {act:?}, bias {bias}: {err:e}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_experts() {
+    // The CPU kernels read q8_0 and q4_0 expert blocks in place; the reference dequantizes.
+    let h = 64;
+    for format in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
+        let gate_up = (values(&[EXPERTS, 2 * 32, h], 18) * 0.125).unwrap();
+        let down = (values(&[EXPERTS, h, 32], 19) * 0.17).unwrap();
+        let e = Experts::new(
+            Weight::new(gate_up, Some(format), "gate_up").unwrap(),
+            Weight::new(down, Some(format), "down").unwrap(),
+        );
+        let routing = by_hand(&[vec![(1, 0.6), (4, 0.4)], vec![(1, 0.5), (0, 0.5)]]);
+        let x = values(&[2, h], 20);
+        let act = Activation::SiluGated;
+        let want = run_experts(&Backend::Reference, &x, &e, &routing, act);
+        for isa in super::cpu::Isa::available() {
+            let got = run_experts(&Backend::Cpu(isa), &x, &e, &routing, act);
+            let err = relative_error(&got, &want);
+            assert!(err <= 3e-2, "{isa:?} {format:?}: {err:e}");
+        }
+    }
+}
+
+#[test]
+fn a_routing_that_names_a_missing_expert_is_an_error() {
+    let x = values(&[1, HIDDEN], 21);
+    let bad = by_hand(&[vec![(EXPERTS as u32, 1.0)]]);
+    for (be, dev) in Backend::present() {
+        let routing = Routing::from_host(bad.clone(), 1);
+        let e = experts(DType::F32, &dev, false);
+        let dispatched = routing.and_then(|r| be.dispatch(&r, &on(&x, DType::F32, &dev), &e));
+        assert!(dispatched.is_err(), "{}", be.name());
+    }
+}
+
+#[test]
+fn gated_activations_match_their_scalar_definition() {
+    let (g, u) = (
+        (values(&[5, 33], 22) * 9.0).unwrap(),
+        (values(&[5, 33], 23) * 9.0).unwrap(),
+    );
+    let (gs, us): (Vec<f32>, Vec<f32>) = (
+        g.flatten_all().unwrap().to_vec1().unwrap(),
+        u.flatten_all().unwrap().to_vec1().unwrap(),
+    );
+    let acts = [
+        Activation::SiluGated,
+        Activation::GeluTanhGated,
+        Activation::SwigluClamped {
+            alpha: 1.702,
+            limit: 7.0,
+        },
+    ];
+    for (be, dev) in Backend::present() {
+        for act in acts {
+            let got = be
+                .gated(&on(&g, DType::F32, &dev), &on(&u, DType::F32, &dev), act)
+                .unwrap();
+            let want: Vec<f32> = gs.iter().zip(&us).map(|(&g, &u)| act.apply(g, u)).collect();
+            let want = Tensor::from_vec(want, (5, 33), &Device::Cpu).unwrap();
+            let err = relative_error(&got, &want);
+            assert!(err <= 1e-5, "{} {act:?}: {err:e}", be.name());
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! `WeightSlice`: a weight matrix's CPU data borrowed in whichever format it is kept, the form
+//! the CPU kernels read.
+
+use candle_core::{CpuStorage, Storage, Tensor};
+use half::{bf16, f16};
+
+use super::{BlockQ4_0, BlockQ8_0, BLOCK};
+use crate::error::{Error, Result};
+
+fn msg(m: String) -> Error {
+    Error::Candle(candle_core::Error::Msg(m))
+}
+
+/// The contiguous CPU data of a weight matrix, in whichever format the weights are kept.
+/// Quantized rows are k / BLOCK blocks each.
+#[derive(Clone, Copy)]
+pub enum WeightSlice<'a> {
+    F32(&'a [f32]),
+    BF16(&'a [bf16]),
+    F16(&'a [f16]),
+    Q8_0(&'a [BlockQ8_0]),
+    Q4_0(&'a [BlockQ4_0]),
+}
+
+impl<'a> WeightSlice<'a> {
+    /// Rows `first..first + count` of a row-major matrix with rows of `k` elements.
+    pub fn rows(&self, first: usize, count: usize, k: usize) -> WeightSlice<'a> {
+        let r = first * k..(first + count) * k;
+        let b = first * k / BLOCK..(first + count) * k / BLOCK;
+        match *self {
+            WeightSlice::F32(w) => WeightSlice::F32(&w[r]),
+            WeightSlice::BF16(w) => WeightSlice::BF16(&w[r]),
+            WeightSlice::F16(w) => WeightSlice::F16(&w[r]),
+            WeightSlice::Q8_0(w) => WeightSlice::Q8_0(&w[b]),
+            WeightSlice::Q4_0(w) => WeightSlice::Q4_0(&w[b]),
+        }
+    }
+
+    /// Whether the weights are quantized blocks (their products take q8_0 activations).
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, WeightSlice::Q8_0(_) | WeightSlice::Q4_0(_))
+    }
+}
+
+/// Runs `f` over the data of `t` without copying it. Fails for a tensor that is not on the
+/// CPU, not contiguous, or not of a float dtype the kernels read.
+pub fn with_weight_slice<R>(t: &Tensor, f: impl FnOnce(WeightSlice<'_>) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        return Err(msg("kernel weights must be contiguous".into()));
+    };
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => f(WeightSlice::F32(&v[start..end])),
+        Storage::Cpu(CpuStorage::BF16(v)) => f(WeightSlice::BF16(&v[start..end])),
+        Storage::Cpu(CpuStorage::F16(v)) => f(WeightSlice::F16(&v[start..end])),
+        _ => Err(msg(format!(
+            "no CPU kernel for {:?} weights on {:?}",
+            t.dtype(),
+            t.device().location()
+        ))),
+    }
+}

@@ -111,6 +111,29 @@ FIXTURES_SPEC = {
                     residual_multiplier=0.5, logits_scaling=2.5, attention_bias=True,
                     tie_word_embeddings=False, rope_theta=10000.0),
     ),
+    # Sliding-window attention with windows shorter than the prompt and the continuation.
+    "mixtral-sliding": dict(
+        family="mixtral", style="published", dtype=torch.float32,
+        config=dict(vocab_size=199, hidden_size=40, intermediate_size=32, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                    num_experts_per_tok=2, sliding_window=5, rope_theta=10000.0),
+    ),
+    "qwen2_moe-sliding": dict(
+        family="qwen2_moe", style="v5", dtype=torch.float32,
+        config=dict(vocab_size=187, hidden_size=40, intermediate_size=48, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, num_experts=4,
+                    num_experts_per_tok=2, moe_intermediate_size=24,
+                    shared_expert_intermediate_size=32, norm_topk_prob=True,
+                    use_sliding_window=True, sliding_window=4, max_window_layers=2,
+                    rope_theta=10000.0),
+    ),
+    "qwen3_moe-sliding": dict(
+        family="qwen3_moe", style="published", dtype=torch.float32,
+        config=dict(vocab_size=193, hidden_size=36, intermediate_size=40, num_hidden_layers=2,
+                    num_attention_heads=3, num_key_value_heads=1, head_dim=12, num_experts=5,
+                    num_experts_per_tok=2, moe_intermediate_size=20, norm_topk_prob=True,
+                    use_sliding_window=True, sliding_window=6, rope_theta=1e6),
+    ),
 }
 
 # The benchmark checkpoint of DESIGN.md section 5: Qwen3-30B-A3B scaled down.

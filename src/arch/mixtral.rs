@@ -1,8 +1,9 @@
-//! Mixtral: softmax router with renormalised top-k, experts `w1` (gate), `w3` (up), `w2` (down).
+//! Mixtral: softmax router with renormalised top-k, experts `w1` (gate), `w3` (up), `w2` (down),
+//! sliding-window attention in every layer when `sliding_window` is set.
 
 use super::{common, Defaults, ExpertNames, Fields, TensorNames, LLAMA_NAMES};
 use crate::error::Result;
-use crate::spec::{ModelConfig, MoeConfig, RouterSpec};
+use crate::spec::{AttentionKind, ModelConfig, MoeConfig, RouterSpec};
 
 pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     let mut cfg = common(
@@ -12,11 +13,14 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
             rms_norm_eps: 1e-5,
         },
     )?;
+    // Every layer attends over the window when there is one (HF's Mixtral masks them all).
     if let Some(window) = f.opt_usize("sliding_window")? {
-        return Err(f.error(
-            "sliding_window",
-            format!("{window}: sliding-window attention is not implemented (only null)"),
-        ));
+        if window == 0 {
+            return Err(f.error("sliding_window", "must be at least 1 (or null)"));
+        }
+        for layer in &mut cfg.layers {
+            layer.attention = AttentionKind::Sliding { window };
+        }
     }
     cfg.moe = MoeConfig {
         num_experts: f.usize_any(&["num_local_experts", "num_experts"])?,

@@ -16,8 +16,8 @@ pub use fields::Fields;
 
 use crate::error::{Error, Result};
 use crate::spec::{
-    Activation, AttentionConfig, FfnKind, LayerSpec, ModelConfig, MoeConfig, QkNorm, RopeConfig,
-    RouterSpec, Scales,
+    Activation, AttentionConfig, AttentionKind, FfnKind, LayerSpec, ModelConfig, MoeConfig, QkNorm,
+    RopeConfig, RouterSpec, Scales,
 };
 
 /// The `model_type` values we load, with the family that reads each.
@@ -328,22 +328,49 @@ fn qwen_layer_plan(f: &mut Fields, num_layers: usize) -> Result<Vec<LayerSpec>> 
         .collect())
 }
 
-/// Qwen's sliding-window switch: only `use_sliding_window: false` can be honoured; the window
-/// size and per-layer window settings then have no effect.
-fn refuse_qwen_sliding_window(f: &mut Fields) -> Result<()> {
-    if f.bool_or("use_sliding_window", false)? {
+/// `layer_types` as transformers 5 writes it: one `full_attention` or `sliding_attention` per
+/// layer, `window` being the sliding layers' window (`None` where the config has none).
+fn layer_types(f: &mut Fields, layers: &mut [LayerSpec], window: Option<usize>) -> Result<()> {
+    let Some(types) = f.value("layer_types") else {
+        return Ok(());
+    };
+    let Value::Array(types) = types else {
+        return Err(f.error("layer_types", format!("expected a list, got {types}")));
+    };
+    if types.len() != layers.len() {
         return Err(f.error(
-            "use_sliding_window",
-            "sliding-window attention is not implemented",
+            "layer_types",
+            format!("{} entries for {} layers", types.len(), layers.len()),
         ));
     }
-    if let Some(Value::Array(types)) = f.value("layer_types") {
-        if let Some(t) = types.iter().find(|t| t.as_str() != Some("full_attention")) {
-            return Err(f.error("layer_types", format!("{t} attention is not implemented")));
-        }
+    for (layer, t) in layers.iter_mut().zip(&types) {
+        layer.attention = match (t.as_str(), window) {
+            (Some("full_attention"), _) => AttentionKind::Full,
+            (Some("sliding_attention"), Some(window)) => AttentionKind::Sliding { window },
+            (Some("sliding_attention"), None) => {
+                return Err(f.error(
+                    "layer_types",
+                    "asks for sliding attention, but the config sets no window (use_sliding_window or sliding_window)",
+                ))
+            }
+            _ => return Err(f.error("layer_types", format!("{t} attention is not implemented"))),
+        };
     }
-    f.irrelevant(&["sliding_window", "max_window_layers"]);
     Ok(())
+}
+
+/// `sliding_window` when `use_sliding_window` switches it on (the Qwen rule), else `None`.
+fn qwen_window(f: &mut Fields) -> Result<Option<usize>> {
+    let on = f.bool_or("use_sliding_window", false)?;
+    let window = f.opt_usize("sliding_window")?;
+    match (on, window) {
+        (true, Some(0) | None) => Err(f.error(
+            "sliding_window",
+            "use_sliding_window is on, but the window is missing or 0",
+        )),
+        (true, window) => Ok(window),
+        (false, _) => Ok(None),
+    }
 }
 
 #[cfg(test)]

@@ -2,11 +2,11 @@
 //! and dense layers chosen by `mlp_only_layers` and `decoder_sparse_step`.
 
 use super::{
-    attention_bias, common, qwen_layer_plan, refuse_qwen_sliding_window, Defaults, Fields,
-    TensorNames, LLAMA_NAMES,
+    attention_bias, common, qwen_layer_plan, qwen_window, Defaults, Fields, TensorNames,
+    LLAMA_NAMES,
 };
 use crate::error::Result;
-use crate::spec::{ModelConfig, MoeConfig, QkNorm, RouterSpec};
+use crate::spec::{AttentionKind, ModelConfig, MoeConfig, QkNorm, RouterSpec};
 
 pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     let mut cfg = common(
@@ -16,10 +16,18 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
             rms_norm_eps: 1e-6,
         },
     )?;
-    refuse_qwen_sliding_window(f)?;
+    // With the window on, HF's Qwen3-MoE masks every layer with it; `max_window_layers` and
+    // `layer_types` are not read by its model.
+    let window = qwen_window(f)?;
+    f.irrelevant(&["max_window_layers", "layer_types"]);
     attention_bias(f, &mut cfg)?;
     cfg.attention.qk_norm = QkNorm::PerHead;
     cfg.layers = qwen_layer_plan(f, cfg.layers.len())?;
+    if let Some(window) = window {
+        for layer in &mut cfg.layers {
+            layer.attention = AttentionKind::Sliding { window };
+        }
+    }
     // Only dense layers use it, but published configs always carry it.
     cfg.dense_intermediate_size = f.opt_usize("intermediate_size")?.unwrap_or(0);
     cfg.moe = MoeConfig {

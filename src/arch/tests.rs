@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::{parse, Architecture, ExpertNames};
-use crate::spec::{FfnKind, LayerSpec, QkNorm};
+use crate::spec::{AttentionKind, FfnKind, LayerSpec, QkNorm};
 
 fn arch(value: Value) -> Architecture {
     parse(Path::new("config.json"), value).unwrap()
@@ -95,9 +95,22 @@ fn scaled_rope_is_refused_by_name() {
     assert!(e.contains("rope_parameters.rope_type"), "{e}");
 }
 
+fn windows(c: &crate::spec::ModelConfig) -> Vec<Option<usize>> {
+    c.layers
+        .iter()
+        .map(|l| match l.attention {
+            AttentionKind::Full => None,
+            AttentionKind::Sliding { window } => Some(window),
+        })
+        .collect()
+}
+
 #[test]
-fn sliding_window_is_refused_by_name() {
-    let e = error(with(mixtral(), json!({"sliding_window": 4096})));
+fn mixtral_slides_every_layer_when_it_has_a_window() {
+    let c = arch(with(mixtral(), json!({"sliding_window": 4096}))).config;
+    assert_eq!(windows(&c), vec![Some(4096); 2]);
+    assert_eq!(windows(&arch(mixtral()).config), vec![None; 2]);
+    let e = error(with(mixtral(), json!({"sliding_window": 0})));
     assert!(e.contains("sliding_window"), "{e}");
 }
 
@@ -178,9 +191,32 @@ fn qwen2_moe_has_biases_a_gated_shared_expert_and_a_layer_plan() {
 }
 
 #[test]
-fn qwen_sliding_window_switched_on_is_refused() {
-    let e = error(with(qwen2_moe(), json!({"use_sliding_window": true})));
-    assert!(e.contains("use_sliding_window"), "{e}");
+fn qwen_sliding_windows_follow_hf() {
+    // Qwen2-MoE (transformers 5.23): with the window on, even layers below max_window_layers.
+    let on = json!({"use_sliding_window": true, "sliding_window": 16, "max_window_layers": 3});
+    let c = arch(with(qwen2_moe(), on.clone())).config;
+    assert_eq!(windows(&c), vec![Some(16), None, Some(16), None]);
+    // Off: full attention everywhere, whatever sliding_window says.
+    assert_eq!(windows(&arch(qwen2_moe()).config), vec![None; 4]);
+    // layer_types, when given, decides.
+    let types = json!({"use_sliding_window": true, "sliding_window": 16, "layer_types":
+        ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]});
+    let c = arch(with(qwen2_moe(), types)).config;
+    assert_eq!(windows(&c), vec![None, Some(16), Some(16), None]);
+    // Sliding layers without a window, a window of 0, a wrong count: refused by name.
+    let no_window = json!({"layer_types": ["sliding_attention", "full_attention",
+        "full_attention", "full_attention"]});
+    for bad in [
+        no_window,
+        json!({"use_sliding_window": true, "sliding_window": 0}),
+        json!({"layer_types": ["full_attention"]}),
+    ] {
+        let e = error(with(qwen2_moe(), bad));
+        assert!(
+            e.contains("layer_types") || e.contains("sliding_window"),
+            "{e}"
+        );
+    }
     let e = error(with(qwen2_moe(), json!({"mlp_only_layers": [7]})));
     assert!(e.contains("mlp_only_layers"), "{e}");
 }
@@ -192,11 +228,19 @@ fn qwen3_moe_norms_each_head_and_honours_head_dim() {
         json!({"model_type": "qwen3_moe", "head_dim": 12, "attention_bias": false,
                "norm_topk_prob": true, "-shared_expert_intermediate_size": null}),
     );
-    let c = arch(v).config;
+    let c = arch(v.clone()).config;
     assert_eq!(c.attention.qk_norm, QkNorm::PerHead);
     assert_eq!(c.attention.head_dim, 12);
     assert!((c.attention.scale - 12f64.powf(-0.5)).abs() < 1e-12);
     assert!(c.moe.router.renormalise && c.moe.shared_expert.is_none());
+    assert_eq!(windows(&c), vec![None; 4]);
+    // With the window on, Qwen3-MoE slides every layer (max_window_layers is not read).
+    let c = arch(with(
+        v,
+        json!({"use_sliding_window": true, "sliding_window": 16}),
+    ))
+    .config;
+    assert_eq!(windows(&c), vec![Some(16); 4]);
 }
 
 #[test]

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use moe_runtime::{Kernels, LoadOptions, Model};
 
-/// Every committed fixture (tools/make_fixtures.py): two shapes per family.
+/// Every committed fixture (tools/make_fixtures.py): two shapes per family, and the families
+/// with sliding-window attention again with windows shorter than the test sequences.
 pub const FIXTURES: &[&str] = &[
     "mixtral-a",
     "mixtral-b",
@@ -19,6 +20,9 @@ pub const FIXTURES: &[&str] = &[
     "olmoe-b",
     "granitemoe-a",
     "granitemoe-b",
+    "mixtral-sliding",
+    "qwen2_moe-sliding",
+    "qwen3_moe-sliding",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {

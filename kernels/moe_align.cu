@@ -1,7 +1,7 @@
 // Alignment: the routing's slots (slot = token * k + choice) in expert order, each expert's run
 // padded to a whole number of GEMM tiles, so that a grouped GEMM can give every tile of rows one
 // expert. The order within an expert is the slots' own order (stable), as the CPU's counting
-// sort (ExpertGroups in src/ops/cpu/expert_ffn.rs) makes it, so both sides see one layout.
+// sort (HostDispatch in src/ops/reference/dispatch.rs) makes it, so both sides see one layout.
 //
 // 1. moe_align_offsets, one block of up to 1024 threads, E * 4 bytes of shared memory:
 //    counts[E], padded offsets[E + 1] (offsets[e + 1] - offsets[e] = counts[e] rounded up to

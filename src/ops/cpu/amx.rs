@@ -5,7 +5,7 @@
 //!
 //! The product is computed transposed, out^T (n, m) = w (n, k) · x^T, so that the weights are
 //! the A operand and load straight from their rows, 16 at a time; only x, which is small, is
-//! repacked into the pair-interleaved layout the B operand needs. The slow twin is in
+//! repacked into the pair-interleaved layout the B operand needs. The f64 oracle is in
 //! `linear.rs`'s tests.
 
 use std::arch::asm;

@@ -7,8 +7,9 @@
 //! scores, normalises and sums in one pass with one scratch row, and the query heads that share
 //! a kv head read each key and value row once between them.
 //!
-//! Slow twin: `model::attention`'s candle path (scores, mask, softmax, matmul), compared in
-//! its tests.
+//! Slow twin: `ops::reference::attention` (scores, mask, softmax, matmul with candle's ops),
+//! compared in the op table (ops/tests.rs); the unit tests below check each kernel family
+//! against an f64 oracle.
 
 use rayon::prelude::*;
 
@@ -209,7 +210,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 mod tests {
     use super::*;
 
-    /// The slow twin, in f64 with the mask written out: every query against every position,
+    /// The f64 oracle, with the mask written out: every query against every position,
     /// future ones excluded.
     fn slow(q: &[f32], k: &[f32], v: &[f32], dims: AttentionDims, scale: f64) -> Vec<f64> {
         let AttentionDims {
@@ -253,7 +254,7 @@ mod tests {
     }
 
     #[test]
-    fn every_kernel_family_matches_the_slow_twin_over_cached_and_new_positions() {
+    fn every_kernel_family_matches_the_f64_oracle_over_cached_and_new_positions() {
         let val = |n: usize, seed: usize| -> Vec<f32> {
             (0..n)
                 .map(|j| (((j * 7919 + seed * 104_729) % 401) as f32 - 200.0) / 90.0)

@@ -1,6 +1,6 @@
 //! AVX2 + FMA tiles of `out = x · wᵀ` with weights (f32, bf16 or f16) widened to f32, for
 //! x86-64 machines without AVX-512. Row tails shorter than 8 are summed one element at a time.
-//! The slow twin is in `linear.rs`'s tests.
+//! The f64 oracle is in `linear.rs`'s tests.
 
 use std::arch::x86_64::*;
 

@@ -1,6 +1,6 @@
 //! AVX-512 tiles of `out = x · wᵀ`: weights widened to f32 (any of f32, bf16, f16) with f32
 //! FMAs, or bf16 weights times bf16 activations with `vdpbf16ps`. Masked loads take the tail
-//! of every row, so any k works. The slow twin is in `linear.rs`'s tests.
+//! of every row, so any k works. The f64 oracle is in `linear.rs`'s tests.
 
 use std::arch::x86_64::*;
 

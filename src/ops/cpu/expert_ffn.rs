@@ -2,7 +2,8 @@
 //! expert's weights read once for all of its tokens, work split over (expert, block of output
 //! rows) with rayon.
 //!
-//! Slow twin: `ops::reference::moe`, compared in the op table (ops/tests.rs).
+//! Slow twin: `ops::reference::moe`, compared in the op table (ops/tests.rs); the unit tests
+//! below check each kernel family against an f64 oracle at tighter bounds.
 
 use rayon::prelude::*;
 
@@ -240,7 +241,7 @@ mod tests {
         assert_eq!(expert_of_slot(&g, 5), 2);
     }
 
-    /// The slow twin, in f64 over bf16-rounded values: the same math token by token, with
+    /// The f64 oracle, over bf16-rounded values: the same math token by token, with
     /// biases of 1/8 of each row's index and the clamped SwiGLU when `clamped`.
     fn slow(
         xs: &[f32],
@@ -286,7 +287,7 @@ mod tests {
     }
 
     #[test]
-    fn every_kernel_family_matches_the_slow_twin_with_an_idle_expert_and_a_crowded_one() {
+    fn every_kernel_family_matches_the_f64_oracle_with_an_idle_expert_and_a_crowded_one() {
         let (e, h, i, k) = (4, 40, 24, 2);
         let val = |n: usize, seed: usize| -> Vec<f32> {
             (0..n)

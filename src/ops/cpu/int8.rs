@@ -2,7 +2,7 @@
 //! 32 int8 products summed exactly in i32 lanes, then scaled by both block scales into f32
 //! accumulators. Two families share one body: AVX2 (`vpmaddubsw` + `vpmaddwd`) and AVX-512
 //! VNNI (`vpdpbusd`, one instruction). Both multiply unsigned by signed bytes, so x goes in as
-//! |x| and its sign moves onto w (`vpsignb`). The slow twin is in `linear.rs`'s tests.
+//! |x| and its sign moves onto w (`vpsignb`). The f64 oracle is in `linear.rs`'s tests.
 
 use std::arch::x86_64::*;
 

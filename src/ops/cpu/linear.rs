@@ -334,7 +334,7 @@ mod tests {
     use super::super::quantized::{dequantizes_to_bf16, DEQUANT_MIN_ROWS};
     use super::*;
 
-    /// The slow twin: each product term in f64, with the weights (and the activations, for a
+    /// The f64 oracle: each product term in f64, with the weights (and the activations, for a
     /// kernel that multiplies in bf16) rounded exactly as the kernel sees them.
     /// Returns each sum and the sum of the terms' magnitudes, which bounds f32 rounding.
     fn slow(x: &[f32], w: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<(f64, f64)> {
@@ -444,7 +444,7 @@ mod tests {
     }
 
     #[test]
-    fn quantized_kernels_match_the_slow_twin_on_every_family() {
+    fn quantized_kernels_match_the_f64_oracle_on_every_family() {
         for isa in Isa::available() {
             for dims in BLOCK_SHAPES {
                 check_blocks(isa, dims, |w| WeightSlice::Q8_0(w));
@@ -454,7 +454,7 @@ mod tests {
     }
 
     #[test]
-    fn every_kernel_matches_the_slow_twin_for_every_weight_dtype() {
+    fn every_kernel_matches_the_f64_oracle_for_every_weight_dtype() {
         for isa in Isa::available() {
             for dims @ (_, n, k) in SHAPES {
                 let w = values(n * k, 5);

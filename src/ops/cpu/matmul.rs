@@ -53,7 +53,7 @@ pub fn matmul_abt(
 mod tests {
     use super::*;
 
-    /// The slow twin: three nested loops.
+    /// The oracle: three nested loops.
     fn matmul_abt_slow(a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) -> Vec<f32> {
         let mut out = vec![0f32; m * n];
         for i in 0..m {

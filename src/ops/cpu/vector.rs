@@ -63,7 +63,7 @@ impl WeightElem for f16 {
 mod tests {
     use super::*;
 
-    /// The slow twin: a plain sequential sum in f64.
+    /// The f64 oracle: a plain sequential sum.
     fn dot_slow(a: &[f32], b: &[f32]) -> f64 {
         a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
     }

@@ -7,7 +7,6 @@ use std::path::Path;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use super::report::significant;
 use super::{Exploration, Run};
 use crate::error::{Error, Result};
 
@@ -232,4 +231,13 @@ fn plot_error<E: std::fmt::Debug>(path: &Path) -> impl Fn(E) -> Error + '_ {
         path: path.to_path_buf(),
         cause: std::io::Error::other(format!("drawing the chart: {e:?}")),
     }
+}
+
+/// Three significant digits, without scientific notation for everyday magnitudes.
+pub(super) fn significant(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let digits = (2 - x.abs().log10().floor() as i32).max(0) as usize;
+    format!("{x:.digits$}")
 }

@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use super::{chart, Exploration, Run};
+use super::chart::{self, significant};
+use super::{Exploration, Run};
 use crate::error::{Error, Result};
 
 /// Perplexities within this share of each other read as "about the same".
@@ -300,15 +301,6 @@ fn compare_perplexity(p: f64, reference: f64) -> String {
     } else {
         format!("{:.1}% lower: better", -change * 100.0)
     }
-}
-
-/// Three significant digits, without scientific notation for everyday magnitudes.
-pub(super) fn significant(x: f64) -> String {
-    if x == 0.0 || !x.is_finite() {
-        return format!("{x}");
-    }
-    let digits = (2 - x.abs().log10().floor() as i32).max(0) as usize;
-    format!("{x:.digits$}")
 }
 
 #[cfg(test)]

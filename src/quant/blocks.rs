@@ -127,6 +127,37 @@ pub fn dequantize_into<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {
     }
 }
 
+/// A weight block format the integer kernels read: 32 signed codes and a scale.
+pub trait WeightBlock: QuantBlock {
+    /// The 32 codes as signed integers (q4_0: nibble - 8).
+    fn codes(&self) -> [i8; BLOCK];
+    /// The bits of the f16 scale.
+    fn scale_bits(&self) -> u16;
+}
+
+impl WeightBlock for BlockQ8_0 {
+    fn codes(&self) -> [i8; BLOCK] {
+        self.qs
+    }
+    fn scale_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+}
+
+impl WeightBlock for BlockQ4_0 {
+    fn codes(&self) -> [i8; BLOCK] {
+        let mut c = [0i8; BLOCK];
+        for (l, &byte) in self.qs.iter().enumerate() {
+            c[l] = (byte & 0x0f) as i8 - 8;
+            c[l + BLOCK / 2] = (byte >> 4) as i8 - 8;
+        }
+        c
+    }
+    fn scale_bits(&self) -> u16 {
+        self.d.to_bits()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-pub use blocks::{dequantize_into, quantize, BlockQ4_0, BlockQ8_0, QuantBlock, BLOCK};
+pub use blocks::{dequantize_into, quantize, BlockQ4_0, BlockQ8_0, QuantBlock, WeightBlock, BLOCK};
 pub use slice::{with_weight_slice, WeightSlice};
 
 use crate::error::{Error, Result};

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use half::bf16;
 
 use super::avx512::prefetch_ahead;
-use super::linear::OutView;
+use super::tile::OutView;
 
 /// Rows of a tile, and bf16 values in a tile row (64 bytes).
 const ROWS: usize = 16;

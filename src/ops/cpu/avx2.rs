@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::avx512::prefetch_ahead;
-use super::linear::{for_tiles, OutView, Tile};
+use super::tile::{for_tiles, OutView, Tile};
 
 /// A weight element type that loads as 8 f32 lanes.
 pub trait Widen8: Copy {

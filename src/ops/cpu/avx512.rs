@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::linear::{for_tiles, OutView, Tile};
+use super::tile::{for_tiles, OutView, Tile};
 
 /// A weight element type that loads as 16 f32 lanes.
 pub trait Widen16: Copy {

@@ -7,8 +7,8 @@
 use std::arch::x86_64::*;
 
 use super::avx512::{prefetch_ahead, tile_dispatch};
-use super::linear::{for_tiles, OutView, Tile};
-use super::quantized::WeightBlock;
+use super::tile::{for_tiles, OutView, Tile};
+use crate::quant::WeightBlock;
 use crate::quant::{BlockQ4_0, BlockQ8_0, BLOCK};
 
 /// A weight block whose 32 codes load as 32 signed bytes.

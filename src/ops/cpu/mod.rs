@@ -19,6 +19,7 @@ mod quantized;
 mod storage;
 mod stream;
 pub(crate) mod tensors;
+mod tile;
 mod vector;
 
 pub use attention::{causal_attention, AttentionDims};

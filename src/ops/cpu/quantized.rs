@@ -9,43 +9,12 @@
 //! rounded to bf16; elsewhere dequantized to f32 for the packed f32 matrix kernel, x as it is.
 
 use super::isa::Isa;
-use super::linear::{Lhs, OutView};
 use super::matmul::matmul_abt;
-use crate::quant::{dequantize_into, BlockQ4_0, BlockQ8_0, QuantBlock, BLOCK};
+use super::tile::{Lhs, OutView};
+use crate::quant::{dequantize_into, BlockQ8_0, WeightBlock, BLOCK};
 
 /// From this many rows of x on, the weights are dequantized for a matrix kernel (AMX or f32).
 pub const DEQUANT_MIN_ROWS: usize = 4;
-
-/// A weight block format the integer kernels read: 32 signed codes and a scale.
-pub trait WeightBlock: QuantBlock {
-    /// The 32 codes as signed integers (q4_0: nibble - 8).
-    fn codes(&self) -> [i8; BLOCK];
-    /// The bits of the f16 scale.
-    fn scale_bits(&self) -> u16;
-}
-
-impl WeightBlock for BlockQ8_0 {
-    fn codes(&self) -> [i8; BLOCK] {
-        self.qs
-    }
-    fn scale_bits(&self) -> u16 {
-        self.d.to_bits()
-    }
-}
-
-impl WeightBlock for BlockQ4_0 {
-    fn codes(&self) -> [i8; BLOCK] {
-        let mut c = [0i8; BLOCK];
-        for (l, &byte) in self.qs.iter().enumerate() {
-            c[l] = (byte & 0x0f) as i8 - 8;
-            c[l + BLOCK / 2] = (byte >> 4) as i8 - 8;
-        }
-        c
-    }
-    fn scale_bits(&self) -> u16 {
-        self.d.to_bits()
-    }
-}
 
 /// Whether a product of m rows against quantized weights dequantizes them to bf16 for AMX.
 pub fn dequantizes_to_bf16(isa: Isa, m: usize) -> bool {

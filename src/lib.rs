@@ -7,9 +7,13 @@
 //!
 //! The core types, and what each owns:
 //!
-//! - [`ModelConfig`]: the architecture-free blueprint, translated from a family's config.json
-//!   by [`arch`] (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE).
-//! - [`Model`]: the immutable weights, shared freely between threads.
+//! - [`ModelConfig`] and the rest of [`spec`]: the architecture-free blueprint (a plan per
+//!   layer, the router, the activation), translated from a family's config.json by [`arch`]
+//!   (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, Granite-MoE).
+//! - [`Model`] and the rest of [`layers`]: the immutable weights, shared freely between
+//!   threads.
+//! - [`Backend`]: which kernels run the ops ([`ops`]: the CPU's, CUDA's, or the reference
+//!   backend's slow twins), chosen once at load from [`LoadOptions`].
 //! - [`Cache`]: one sequence's keys, values and position, owned by the caller.
 //!
 //! ```

@@ -62,6 +62,7 @@ fn report(
             "dtype": format!("{:?}", model.dtype()).to_lowercase(),
             "quant": model.quant().map(|q| q.name()),
             "threads": threads,
+            "backend": model.backend().name(),
             "cpu_kernels": bench::cpu_kernels(),
             "batch": opts.batch,
             "prompt_len": opts.prompt_len,
@@ -82,11 +83,12 @@ fn report(
         println!("{report}");
     } else {
         println!(
-            "model      {name}, {:?}{}, {threads} threads, {} kernels",
+            "model      {name}, {:?}{}, {threads} threads, {} backend ({} CPU kernels)",
             model.dtype(),
             model
                 .quant()
                 .map_or(String::new(), |q| format!(" with {} weights", q.name())),
+            model.backend().name(),
             bench::cpu_kernels()
         );
         println!(

@@ -140,8 +140,9 @@ fn add_row_bias(block: &mut [f32], bias: &[f32], count: usize) {
     }
 }
 
-/// out[t] = Σ_j weight(t, j) · y of token t's j-th slot, in token order, each token's choices
-/// best first (so the sum's order does not depend on the batch). out: (tokens, hidden).
+/// `out[t] = Σ_j weight(t, j) · y(t, j)`, y(t, j) being the row of token t's j-th slot, summed
+/// in token order, each token's choices best first (so the sum's order does not depend on the
+/// batch). out: (tokens, hidden).
 pub fn combine(rows: &ExpertBlocks, groups: &HostDispatch, out: &mut [f32]) {
     let (h, y_t) = (rows.hidden, &rows.data);
     let k = groups.top_k;

@@ -1,4 +1,4 @@
-//! With the `cuda` feature, compiles each kernels/*.cu to PTX in OUT_DIR (src/ops/cuda.rs embeds
+//! With the `cuda` feature, compiles each kernels/*.cu to PTX in OUT_DIR (src/ops/cuda/mod.rs embeds
 //! them; the driver compiles PTX for the GPU it finds). Without the feature it does nothing.
 //!
 //! nvcc: $NVCC, else `nvcc` on PATH, else $CUDA_HOME/bin/nvcc. Target: $CUDA_COMPUTE_CAP (90

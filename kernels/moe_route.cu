@@ -1,6 +1,6 @@
 // Fused routing, one warp per token: scores over the token's E router logits (softmax, or
-// sigmoid), the top k of them (ties to the lower expert index, as the CPU router in
-// src/moe/router.rs), optional renormalisation of the chosen weights, then a scale.
+// sigmoid), the top k of them (ties to the lower expert index, as the host router in
+// src/ops/reference/route.rs), optional renormalisation of the chosen weights, then a scale.
 //
 // logits:  (tokens, E) of T
 // experts: (tokens, k) u32, best first
@@ -92,7 +92,9 @@ __device__ void route(const T* __restrict__ logits, uint32_t* __restrict__ exper
   float total = lane < k ? my_weight : 0.0f;
   for (int o = 16; o > 0; o >>= 1) total += __shfl_xor_sync(FULL, total, o);
   if (lane < k) {
-    const float w = renormalise ? my_weight / total : my_weight;
+    // HF's DeepSeek-V3 adds 1e-20 so that sigmoid weights that all underflow give 0, not NaN;
+    // a softmax's chosen sum is at least 1/E, which the epsilon cannot move.
+    const float w = renormalise ? my_weight / (total + 1e-20f) : my_weight;
     experts[(size_t)token * k + lane] = (uint32_t)my_expert;
     weights[(size_t)token * k + lane] = w * scale;
   }

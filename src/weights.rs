@@ -122,6 +122,12 @@ impl Weights {
 
     /// Reads tensor `name`, which must have exactly `shape`, in the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_as(name, shape, self.dtype)
+    }
+
+    /// [`Weights::get`] in `dtype` rather than the compute dtype, converted from the stored
+    /// values directly: for the small tensors kept in f32 whatever the model computes in.
+    pub fn get_as(&self, name: &str, shape: &[usize], dtype: DType) -> Result<Tensor> {
         if let Some(seed) = self.random {
             if !self.device.is_cpu() && !self.gpu_seeded.swap(true, Ordering::Relaxed) {
                 // One generator for every tensor: a generator per tensor is a driver
@@ -129,7 +135,7 @@ impl Weights {
                 self.device.set_seed(seed)?;
             }
             let tensor = random_tensor(seed, name, shape, &self.device)?;
-            return Ok(tensor.to_dtype(self.dtype)?);
+            return Ok(tensor.to_dtype(dtype)?);
         }
         let entry = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
             dir: self.dir.clone(),
@@ -166,7 +172,7 @@ impl Weights {
                 })
             }
         };
-        Ok(tensor.to_dtype(self.dtype)?.to_device(&self.device)?)
+        Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?)
     }
 
     /// The routed experts of one sparse block, stacked as `gate_up: [E, 2I, H]` (the I gate
@@ -207,7 +213,11 @@ impl Weights {
     ) -> Result<(Tensor, Tensor)> {
         match &names.experts {
             ExpertNames::Stacked { .. } => {
-                let b = &names.expert_biases;
+                let Some(b) = &names.expert_biases else {
+                    return Err(Error::Input(format!(
+                        "{prefix}: the config asks for expert biases, but this family names none"
+                    )));
+                };
                 Ok((
                     self.get(&format!("{prefix}.{}", b.gate_up), &[e, 2 * i])?,
                     self.get(&format!("{prefix}.{}", b.down), &[e, h])?,

@@ -56,7 +56,8 @@ pub struct TensorNames {
     pub router_bias: &'static str,
     pub router_correction_bias: &'static str,
     pub experts: ExpertNames,
-    pub expert_biases: ExpertBiasNames,
+    /// Stacked expert biases; `None` where a family has none (or keeps them per expert).
+    pub expert_biases: Option<ExpertBiasNames>,
     pub shared_expert: &'static str,
     pub shared_expert_gate: &'static str,
     /// The dense MLP's prefix inside a layer, and the projections of any SiLU-gated MLP
@@ -85,8 +86,9 @@ pub enum ExpertNames {
 }
 
 /// Where stacked expert biases live when the config says there are some: `{moe}.{gate_up}`
-/// as [E, 2I] (gate entries first) and `{moe}.{down}` as [E, H]. Per-expert checkpoints keep
-/// them beside their weights (`{gate|up|down}.bias`).
+/// as [E, 2I] (gate entries first: a family that stores them otherwise, as gpt-oss
+/// interleaves gate and up, reorders them at load) and `{moe}.{down}` as [E, H]. Per-expert
+/// checkpoints keep them beside their weights (`{gate|up|down}.bias`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExpertBiasNames {
     pub gate_up: &'static str,
@@ -116,10 +118,7 @@ pub const LLAMA_NAMES: TensorNames = TensorNames {
         up: "up_proj",
         down: "down_proj",
     },
-    expert_biases: ExpertBiasNames {
-        gate_up: "experts.gate_up_proj_bias",
-        down: "experts.down_proj_bias",
-    },
+    expert_biases: None,
     shared_expert: "shared_expert",
     shared_expert_gate: "shared_expert_gate.weight",
     dense_mlp: "mlp",
@@ -359,16 +358,17 @@ fn layer_types(f: &mut Fields, layers: &mut [LayerSpec], window: Option<usize>) 
     Ok(())
 }
 
-/// `sliding_window` when `use_sliding_window` switches it on (the Qwen rule), else `None`.
+/// `sliding_window` (4096 when absent, HF's default) when `use_sliding_window` switches it on
+/// (the Qwen rule), else `None`.
 fn qwen_window(f: &mut Fields) -> Result<Option<usize>> {
     let on = f.bool_or("use_sliding_window", false)?;
     let window = f.opt_usize("sliding_window")?;
     match (on, window) {
-        (true, Some(0) | None) => Err(f.error(
+        (true, Some(0)) => Err(f.error(
             "sliding_window",
-            "use_sliding_window is on, but the window is missing or 0",
+            "use_sliding_window is on, but the window is 0",
         )),
-        (true, window) => Ok(window),
+        (true, window) => Ok(Some(window.unwrap_or(4096))),
         (false, _) => Ok(None),
     }
 }

@@ -236,11 +236,14 @@ fn qwen3_moe_norms_each_head_and_honours_head_dim() {
     assert_eq!(windows(&c), vec![None; 4]);
     // With the window on, Qwen3-MoE slides every layer (max_window_layers is not read).
     let c = arch(with(
-        v,
+        v.clone(),
         json!({"use_sliding_window": true, "sliding_window": 16}),
     ))
     .config;
     assert_eq!(windows(&c), vec![Some(16); 4]);
+    // HF's default window when the config switches it on without one.
+    let on = json!({"use_sliding_window": true, "-sliding_window": null});
+    assert_eq!(windows(&arch(with(v, on)).config), vec![Some(4096); 4]);
 }
 
 #[test]

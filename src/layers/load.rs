@@ -99,12 +99,9 @@ impl LayerReader<'_> {
         );
         let moe = |name: &str| format!("{}.{name}", n.moe);
         // The router stays in the compute dtype whatever `quant` says: it is small, and
-        // rounding its scores would change which experts run. Its biases stay in f32.
-        let f32_vector = |name: &str| -> Result<candle_core::Tensor> {
-            Ok(self
-                .get(&moe(name), &[e])?
-                .to_dtype(candle_core::DType::F32)?)
-        };
+        // rounding its scores would change which experts run. Its selection bias is read in
+        // f32 from the stored values (HF keeps it in f32): its entries differ by little, and
+        // rounding them to bf16 would change the choice.
         let spec = m.router;
         let router_bias = match spec.logit_bias {
             true => Some(self.get(&moe(n.router_bias), &[e])?),
@@ -114,7 +111,11 @@ impl LayerReader<'_> {
             linear: Linear::new(self.get(&moe(n.router), &[e, h])?, router_bias),
             spec,
             correction: match spec.correction_bias {
-                true => Some(f32_vector(n.router_correction_bias)?),
+                true => Some(self.weights.get_as(
+                    &format!("{}.{}", self.prefix, moe(n.router_correction_bias)),
+                    &[e],
+                    candle_core::DType::F32,
+                )?),
                 false => None,
             },
         };
@@ -125,6 +126,8 @@ impl LayerReader<'_> {
             Weight::new(down, self.quant, &format!("{prefix} experts down"))?,
         );
         if m.expert_bias {
+            // In the compute dtype's precision, as HF holds them, then in an f32 tensor, the
+            // form the kernels read.
             let (gate_up, down) = self.weights.expert_biases(n, &prefix, (e, i, h))?;
             experts.gate_up_bias = Some(gate_up.to_dtype(candle_core::DType::F32)?);
             experts.down_bias = Some(down.to_dtype(candle_core::DType::F32)?);

@@ -56,7 +56,7 @@ impl Backend {
         match (kernels, device) {
             (Kernels::Fast, Device::Cpu) if kernel_dtype => Backend::cpu(),
             #[cfg(feature = "cuda")]
-            (Kernels::Fast, Device::Cuda(dev)) => Backend::Cuda(dev.clone()),
+            (Kernels::Fast, Device::Cuda(dev)) if kernel_dtype => Backend::Cuda(dev.clone()),
             _ => Backend::Reference,
         }
     }
@@ -121,6 +121,17 @@ impl Backend {
 
     /// y = x · Wᵀ (+ b). xs: (tokens, in) -> (tokens, out), in the dtype of xs.
     pub fn linear(&self, xs: &Tensor, w: &Weight, bias: Option<&Tensor>) -> Result<Tensor> {
+        let (_, k) = xs.dims2()?;
+        let (n, k_w) = match w.dims() {
+            &[n, k_w] => (n, k_w),
+            dims => return Err(Error::Input(format!("a linear layer's weight is {dims:?}"))),
+        };
+        if k != k_w || bias.is_some_and(|b| b.dims() != [n]) {
+            return Err(Error::Input(format!(
+                "a linear layer of ({n}, {k_w}) weights and bias {:?} given rows of {k}",
+                bias.map(|b| b.dims().to_vec())
+            )));
+        }
         match self {
             Backend::Cpu(isa) => cpu::tensors::linear(*isa, xs, w, bias),
             _ => reference::linear(xs, w, bias),
@@ -142,6 +153,7 @@ impl Backend {
         v: &Tensor,
         shape: &AttentionShape,
     ) -> Result<Tensor> {
+        check_attention(q, k, v, shape)?;
         match self {
             Backend::Cpu(isa) => cpu::tensors::attention(*isa, q, k, v, shape),
             _ => reference::attention(q, k, v, shape),
@@ -173,6 +185,7 @@ impl Backend {
 
     /// Groups the routing's slots by expert, for `xs: (tokens, hidden)` going to `experts`.
     pub fn dispatch(&self, routing: &Routing, xs: &Tensor, experts: &Experts) -> Result<Dispatch> {
+        experts.check()?;
         let tokens = xs.dims2()?.0;
         let e = experts.num_experts();
         #[cfg(feature = "cuda")]
@@ -206,6 +219,14 @@ impl Backend {
         dispatch: &Dispatch,
         act: Activation,
     ) -> Result<ExpertRows> {
+        experts.check()?;
+        let hidden = xs.dims2()?.1;
+        if hidden != experts.hidden() {
+            return Err(Error::Input(format!(
+                "experts of hidden size {} given rows of {hidden}",
+                experts.hidden()
+            )));
+        }
         let rows = match self {
             Backend::Reference => {
                 RowsData::Tensor(reference::expert_ffn(xs, experts, dispatch.host()?, act)?)
@@ -219,6 +240,13 @@ impl Backend {
             )?),
             #[cfg(feature = "cuda")]
             Backend::Cuda(_) => {
+                if !super::cuda::moe::runs_experts(experts, act) {
+                    return Err(Error::Input(format!(
+                        "the CUDA kernels run dense SiLU-gated experts without biases, not \
+                         {act:?} ones with biases {}: run these on `Backend::for_experts`",
+                        experts.has_bias()
+                    )));
+                }
                 let DispatchData::Cuda(d) = &dispatch.0 else {
                     return Err(super::mismatch("dispatch"));
                 };
@@ -247,4 +275,29 @@ impl Backend {
             _ => Err(super::mismatch("set of expert rows")),
         }
     }
+}
+
+/// The shapes attention needs, checked before a kernel indexes by them: q (nh, t, hd), k and v
+/// (nkv, s, hd) with nkv dividing nh and at least t positions, a window of at least one key.
+fn check_attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &AttentionShape) -> Result<()> {
+    let (nh, t, hd) = q.dims3()?;
+    let (nkv, s, hd_k) = k.dims3()?;
+    let fits = nkv == a.kv_heads
+        && nkv > 0
+        && nh.is_multiple_of(nkv)
+        && s >= t
+        && hd_k == hd
+        && v.dims() == k.dims()
+        && a.window != Some(0);
+    if !fits {
+        return Err(Error::Input(format!(
+            "attention of q {:?}, k {:?}, v {:?} over {} kv heads with window {:?} does not fit",
+            q.dims(),
+            k.dims(),
+            v.dims(),
+            a.kv_heads,
+            a.window
+        )));
+    }
+    Ok(())
 }

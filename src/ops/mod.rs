@@ -11,17 +11,19 @@
 //! made one reads it.
 
 mod backend;
-pub mod cpu;
+pub(crate) mod cpu;
 #[cfg(feature = "cuda")]
-pub mod cuda;
-pub mod reference;
+pub(crate) mod cuda;
+pub(crate) mod reference;
 #[cfg(test)]
 mod tests;
 
 use candle_core::Tensor;
 
 pub use backend::{Backend, Kernels};
-use reference::{HostDispatch, HostRouting};
+pub use cpu::Isa;
+use reference::HostDispatch;
+pub use reference::HostRouting;
 
 use crate::error::{Error, Result};
 use crate::quant::Weight;
@@ -62,6 +64,27 @@ impl Experts {
         self.down.dims()[1]
     }
 
+    /// Checks that the stacks and biases agree: gate_up [E, 2I, H], down [E, H, I], biases
+    /// [E, 2I] and [E, H] (experts built by hand are checked before any kernel reads them).
+    pub fn check(&self) -> Result<()> {
+        let (gu, d) = (self.gate_up.dims(), self.down.dims());
+        let fits =
+            gu.len() == 3 && d.len() == 3 && gu[0] == d[0] && gu[1] == 2 * d[2] && gu[2] == d[1];
+        let bias_fits =
+            |b: &Option<Tensor>, shape: &[usize]| b.as_ref().is_none_or(|b| b.dims() == shape);
+        if !fits
+            || !bias_fits(&self.gate_up_bias, &[d[0], 2 * d[2]])
+            || !bias_fits(&self.down_bias, &[d[0], d[1]])
+        {
+            return Err(Error::Input(format!(
+                "experts of gate_up {gu:?}, down {d:?} and biases {:?}, {:?} do not fit together",
+                self.gate_up_bias.as_ref().map(|b| b.dims().to_vec()),
+                self.down_bias.as_ref().map(|b| b.dims().to_vec()),
+            )));
+        }
+        Ok(())
+    }
+
     pub fn has_bias(&self) -> bool {
         self.gate_up_bias.is_some() || self.down_bias.is_some()
     }
@@ -94,7 +117,7 @@ enum RoutingData {
 
 impl Routing {
     /// A routing given on the host (for tests and tools that route by hand), checked against
-    /// `tokens` and `num_experts`.
+    /// `tokens` and the routing's own `num_experts` (dispatch checks it against the experts).
     pub fn from_host(r: HostRouting, tokens: usize) -> Result<Routing> {
         r.check(tokens, r.num_experts)?;
         Ok(Routing(RoutingData::Host(r)))

@@ -11,20 +11,30 @@ use crate::spec::{Activation, GroupLimit, RouterSpec, Scoring, Selection};
 
 const DTYPES: [DType; 3] = [DType::F32, DType::BF16, DType::F16];
 
-/// The largest difference between `got` and `want` over the largest magnitude of `want`; an
-/// all-zero `want` gives NaN, which fails every bound (such a case would prove nothing).
+/// The largest difference between `got` and `want` over the largest magnitude of `want`,
+/// computed on the host so that a NaN anywhere fails (candle's max skips one that is not
+/// first, and the CUDA outputs are NaN-poisoned under test to show unwritten elements); an
+/// all-zero `want` gives NaN too, which fails every bound (such a case would prove nothing).
 fn relative_error(got: &Tensor, want: &Tensor) -> f32 {
-    let f32s = |t: &Tensor| {
-        t.to_device(&Device::Cpu)
+    assert_eq!(got.dims(), want.dims());
+    let host = |t: &Tensor| -> Vec<f32> {
+        let t = t
+            .to_device(&Device::Cpu)
             .unwrap()
             .to_dtype(DType::F32)
-            .unwrap()
+            .unwrap();
+        t.flatten_all().unwrap().to_vec1().unwrap()
     };
-    let (got, want) = (f32s(got), f32s(want));
-    assert_eq!(got.dims(), want.dims());
-    let diff = (got - &want).unwrap().abs().unwrap().max_all().unwrap();
-    let scale = want.abs().unwrap().max_all().unwrap();
-    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap()
+    let (got, want) = (host(got), host(want));
+    if got.iter().chain(&want).any(|x| x.is_nan()) {
+        return f32::NAN;
+    }
+    let diff = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    diff / want.iter().map(|b| b.abs()).fold(0f32, f32::max)
 }
 
 /// f32 backends differ in summation order only; in half precision the reference multiplies in
@@ -173,6 +183,14 @@ fn routers() -> Vec<(&'static str, RouterSpec)> {
             },
         ),
         (
+            "sigmoid of the k best logits",
+            RouterSpec {
+                scoring: Scoring::Sigmoid,
+                selection: Selection::TopKThenScore,
+                ..softmax
+            },
+        ),
+        (
             "grouped sigmoid with a selection bias (DeepSeek-V3)",
             RouterSpec {
                 scoring: Scoring::Sigmoid,
@@ -186,6 +204,10 @@ fn routers() -> Vec<(&'static str, RouterSpec)> {
     ]
 }
 
+/// Each backend's routing against the host router. On the CPU backend, which routes with the
+/// host router itself, this checks the plumbing (logits and the selection bias off the
+/// device, the result back); the router's meaning is pinned by hand-computed cases in
+/// reference/route.rs.
 #[test]
 fn route() {
     const E: usize = 8;
@@ -397,12 +419,65 @@ fn quantized_experts() {
 #[test]
 fn a_routing_that_names_a_missing_expert_is_an_error() {
     let x = values(&[1, HIDDEN], 21);
-    let bad = by_hand(&[vec![(EXPERTS as u32, 1.0)]]);
+    // A routing over one expert more than the layer has: consistent in itself, so only the
+    // dispatch, which knows the experts, can refuse it (before any kernel indexes by it).
+    let bad = HostRouting {
+        num_experts: EXPERTS + 1,
+        ..by_hand(&[vec![(EXPERTS as u32, 1.0)]])
+    };
     for (be, dev) in Backend::present() {
-        let routing = Routing::from_host(bad.clone(), 1);
+        let routing = Routing::from_host(bad.clone(), 1).unwrap();
         let e = experts(DType::F32, &dev, false);
-        let dispatched = routing.and_then(|r| be.dispatch(&r, &on(&x, DType::F32, &dev), &e));
+        let dispatched = be.dispatch(&routing, &on(&x, DType::F32, &dev), &e);
         assert!(dispatched.is_err(), "{}", be.name());
+    }
+}
+
+#[test]
+fn misshapen_inputs_are_errors_on_every_backend() {
+    let f32_on = |t: &Tensor, dev: &Device| on(t, DType::F32, dev);
+    for (be, dev) in Backend::present() {
+        let name = be.name();
+        // Attention: no kv heads, heads not a multiple of them, fewer keys than queries, a
+        // window of no keys.
+        let q = f32_on(&values(&[4, 3, 8], 24), &dev);
+        let k = f32_on(&values(&[2, 5, 8], 25), &dev);
+        let short = f32_on(&values(&[2, 2, 8], 26), &dev);
+        let three = f32_on(&values(&[3, 5, 8], 27), &dev);
+        let shape = |kv_heads, window| AttentionShape {
+            kv_heads,
+            scale: 0.3,
+            window,
+        };
+        for (keys, s) in [
+            (&k, shape(0, None)),
+            (&three, shape(3, None)),
+            (&short, shape(2, None)),
+            (&k, shape(2, Some(0))),
+        ] {
+            let out = be.attention(&q, keys, keys, &s);
+            assert!(out.is_err(), "{name} attention {s:?}");
+        }
+        // A linear layer given rows of the wrong width.
+        let w = Weight::Dense(f32_on(&values(&[6, 8], 28), &dev));
+        let x = f32_on(&values(&[2, 7], 29), &dev);
+        assert!(be.linear(&x, &w, None).is_err(), "{name} linear");
+        // Rows of the wrong width for the experts; a bias of the wrong shape.
+        let mut e = experts(DType::F32, &dev, true);
+        let routing = || Routing::from_host(by_hand(&[vec![(1, 1.0)]]), 1).unwrap();
+        let x = f32_on(&values(&[1, HIDDEN + 1], 30), &dev);
+        let d = be.dispatch(&routing(), &x, &e);
+        let rows = d.and_then(|d| be.expert_ffn(&x, &e, &d, Activation::SiluGated));
+        assert!(
+            rows.is_err(),
+            "{name} experts given rows of the wrong width"
+        );
+        e.down_bias = Some(f32_on(&values(&[EXPERTS, HIDDEN + 1], 31), &dev));
+        let x = f32_on(&values(&[1, HIDDEN], 32), &dev);
+        assert!(
+            be.dispatch(&routing(), &x, &e).is_err(),
+            "{name} bias shape"
+        );
     }
 }
 

@@ -286,6 +286,12 @@ impl ModelConfig {
             if keep == 0 || keep > groups {
                 return err("topk_group", format!("{keep} is out of range 1..={groups}"));
             }
+            if r.selection == Selection::TopKThenScore {
+                return err(
+                    "topk_group",
+                    "a group limit needs scores to choose by, not top-k of the logits".into(),
+                );
+            }
             if r.top_k > keep * (e / groups) {
                 return err(
                     "num_experts_per_tok",

@@ -72,13 +72,33 @@ pub fn load(name: &str, dtype: DType, kernels: Kernels) -> Model {
 
 /// max |a - b| / max |b|: the error relative to the largest reference value.
 pub fn relative_error(a: &Tensor, b: &Tensor) -> f32 {
-    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-    let scale = b.abs().unwrap().max_all().unwrap();
-    diff.to_scalar::<f32>().unwrap() / scale.to_scalar::<f32>().unwrap()
+    // On the host: candle's max skips a NaN that is not the first element, and a NaN must fail.
+    let host = |t: &Tensor| -> Vec<f32> {
+        let t = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+        t.to_vec1::<f32>().unwrap()
+    };
+    let (a, b) = (host(a), host(b));
+    assert_eq!(a.len(), b.len());
+    let nan = |x: &f32| x.is_nan();
+    if a.iter().any(nan) || b.iter().any(nan) {
+        return f32::NAN;
+    }
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    let scale = b.iter().map(|y| y.abs()).fold(0f32, f32::max);
+    diff / scale
 }
 
 /// Per row of (T, vocab) logits: max |a - b| over the row, divided by the largest |b| anywhere.
 pub fn position_errors(a: &Tensor, b: &Tensor) -> Vec<f32> {
+    let has_nan = |t: &Tensor| {
+        let t = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+        t.to_vec1::<f32>().unwrap().iter().any(|x| x.is_nan())
+    };
+    assert!(!has_nan(a) && !has_nan(b), "NaN in the logits compared");
     let scale = b
         .abs()
         .unwrap()

@@ -69,7 +69,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit,clocks.max.s
 cat "$LOGS/gpu.csv"
 
 if step tests; then
+  # The CUDA kernels' own tests, then the op table and layer tests with CUDA among the
+  # backends (ops::tests, layers::).
   limited 90 lib-tests "$BIN/lib-tests" cuda --test-threads 1 --nocapture
+  limited 90 op-table "$BIN/lib-tests" ops::tests layers:: --test-threads 1
   MOE_CUDA_POISON=1 limited 150 cuda-tests "$BIN/cuda-tests" --test-threads 1 --nocapture
   wrap_up
 fi

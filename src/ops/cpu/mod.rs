@@ -9,7 +9,7 @@ mod attention;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
-mod expert_ffn;
+pub(crate) mod expert_ffn;
 #[cfg(target_arch = "x86_64")]
 mod int8;
 mod isa;
@@ -23,7 +23,7 @@ mod tile;
 mod vector;
 
 pub use attention::{causal_attention, AttentionDims};
-pub use expert_ffn::{combine, expert_ffn_checked, ExpertBlocks, ExpertWeights};
+pub use expert_ffn::ExpertBlocks;
 pub use isa::Isa;
 pub use linear::{linear, PreparedLhs};
 pub use storage::with_kv_rows;

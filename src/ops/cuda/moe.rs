@@ -4,6 +4,7 @@
 
 use candle_core::Tensor;
 
+use super::route::{MAX_ROUTED_EXPERTS, MAX_TOP_K};
 use super::{align, combine as combine_kernel, expert_ffn as ffn_kernel, route, Alignment};
 use super::{FfnPath, Scoring as KernelScoring};
 use crate::error::{Error, Result};
@@ -30,17 +31,23 @@ pub fn runs_experts(experts: &Experts, act: Activation) -> bool {
 }
 
 /// The route kernel's form of `spec`, where it has one: softmax or sigmoid scores, top-k,
-/// renormalise, scale. A softmax over the k best logits is the renormalised softmax of all of
-/// them, and a sigmoid is monotone, so top-k-then-score maps onto the kernel too. Group limits
-/// and selection biases route on the host (`None`).
+/// renormalise, scale, over at most MAX_ROUTED_EXPERTS experts and MAX_TOP_K choices. A
+/// softmax over the k best logits is the renormalised softmax of all of them (the same choice
+/// unless a chosen logit is some 87 below the best, where f32's exp underflows and ties go to
+/// the lower index: no trained router is that far apart among its top k). Everything else
+/// routes on the host (`None`): selection biases, group limits, a sigmoid of the k best logits
+/// (sigmoid saturates at 1 from a logit of about 17, where the kernel's choice would tie).
 pub fn route_spec(logits: &Tensor, spec: &RouterSpec) -> Result<Option<(Tensor, Tensor)>> {
-    if spec.correction_bias || spec.group_limit.is_some() {
+    let e = logits.dims2()?.1;
+    let fits = e <= MAX_ROUTED_EXPERTS && spec.top_k <= MAX_TOP_K;
+    if !fits || spec.correction_bias || spec.group_limit.is_some() {
         return Ok(None);
     }
     let (scoring, renormalise) = match (spec.scoring, spec.selection) {
         (Scoring::Softmax, Selection::TopKThenScore) => (KernelScoring::Softmax, true),
         (Scoring::Softmax, Selection::ScoreThenTopK) => (KernelScoring::Softmax, spec.renormalise),
-        (Scoring::Sigmoid, _) => (KernelScoring::Sigmoid, spec.renormalise),
+        (Scoring::Sigmoid, Selection::ScoreThenTopK) => (KernelScoring::Sigmoid, spec.renormalise),
+        (Scoring::Sigmoid, Selection::TopKThenScore) => return Ok(None),
     };
     let logits = logits.contiguous()?;
     let (ids, weights) = route(&logits, spec.top_k, scoring, renormalise, spec.scale as f32)?;
@@ -56,7 +63,8 @@ pub fn dispatch(
 ) -> Result<DeviceDispatch> {
     let (tokens, top_k) = ids.dims2()?;
     let (gate_up, down) = (dense(&experts.gate_up)?, dense(&experts.down)?);
-    let path = FfnPath::choose(tokens * top_k, xs, gate_up, down)?;
+    let xs = xs.contiguous()?;
+    let path = FfnPath::choose(tokens * top_k, &xs, gate_up, down)?;
     let alignment = align(ids, experts.num_experts(), path.tile())?;
     Ok(DeviceDispatch {
         alignment,

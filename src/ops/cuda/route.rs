@@ -12,9 +12,9 @@ use super::{cuda_device, output, ptx, tensor, unsupported, with_view};
 use crate::error::{Error, Result};
 
 /// Experts one routing warp can hold in registers (MAX_PER_LANE x 32 in moe_route.cu).
-const MAX_ROUTED_EXPERTS: usize = 512;
+pub(super) const MAX_ROUTED_EXPERTS: usize = 512;
 /// Choices one warp can hand out (one per lane).
-const MAX_TOP_K: usize = 32;
+pub(super) const MAX_TOP_K: usize = 32;
 /// Tokens one routing block handles (a warp each).
 const ROUTE_WARPS: u32 = 8;
 

@@ -10,7 +10,7 @@ mod route;
 
 use candle_core::Tensor;
 
-pub use attention::{attention, mask};
+pub use attention::attention;
 pub use dispatch::HostDispatch;
 pub use moe::{combine, expert_ffn};
 pub use route::HostRouting;

@@ -51,8 +51,14 @@ impl HostRouting {
         let tokens = logits.len() / e;
         let mut experts = Vec::with_capacity(tokens * k);
         let mut weights = Vec::with_capacity(tokens * k);
+        if spec.group_limit.is_some() && spec.selection == Selection::TopKThenScore {
+            return Err(Error::Input(
+                "a group limit needs scores to choose by (score-then-top-k)".into(),
+            ));
+        }
         let mut scores = vec![0f32; e];
         let mut choice = vec![0f32; e];
+        let mut chosen_logits = vec![0f32; k];
         for row in logits.chunks_exact(e) {
             // What the top-k is taken over.
             match spec.selection {
@@ -74,11 +80,13 @@ impl HostRouting {
             }
             let chosen = &mut weights[start..];
             if spec.selection == Selection::TopKThenScore {
-                let logits = chosen.to_vec();
-                score(spec.scoring, &logits, chosen);
+                chosen_logits.copy_from_slice(chosen);
+                score(spec.scoring, &chosen_logits, chosen);
             }
             if spec.renormalise {
-                let sum: f32 = chosen.iter().sum();
+                // HF's DeepSeek-V3 adds 1e-20, so that sigmoid weights that all underflow give
+                // 0, not NaN; a softmax's chosen sum is at least 1/E, which it cannot move.
+                let sum: f32 = chosen.iter().sum::<f32>() + 1e-20;
                 chosen.iter_mut().for_each(|w| *w /= sum);
             }
             if spec.scale != 1.0 {
@@ -325,6 +333,11 @@ mod tests {
             ..TOP2
         };
         assert!(bad(&[1.0, 2.0, 3.0], 3, groups, None));
+        let grouped_logits = RouterSpec {
+            selection: Selection::TopKThenScore,
+            ..groups
+        };
+        assert!(bad(&[1.0, 2.0, 3.0, 4.0], 4, grouped_logits, None));
         let r = route(&[1.0, 2.0, 3.0], 3, TOP2);
         assert!(r.check(1, 3).is_ok());
         assert!(r.check(2, 3).is_err());

@@ -136,15 +136,18 @@ pub trait WeightBlock: QuantBlock {
 }
 
 impl WeightBlock for BlockQ8_0 {
+    #[inline]
     fn codes(&self) -> [i8; BLOCK] {
         self.qs
     }
+    #[inline]
     fn scale_bits(&self) -> u16 {
         self.d.to_bits()
     }
 }
 
 impl WeightBlock for BlockQ4_0 {
+    #[inline]
     fn codes(&self) -> [i8; BLOCK] {
         let mut c = [0i8; BLOCK];
         for (l, &byte) in self.qs.iter().enumerate() {
@@ -153,6 +156,7 @@ impl WeightBlock for BlockQ4_0 {
         }
         c
     }
+    #[inline]
     fn scale_bits(&self) -> u16 {
         self.d.to_bits()
     }

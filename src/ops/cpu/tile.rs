@@ -16,6 +16,7 @@ pub struct OutView<'a> {
 
 impl<'a> OutView<'a> {
     /// (m, n) row-major.
+    #[inline]
     pub fn rows(data: &'a mut [f32], n: usize) -> Self {
         OutView {
             data,
@@ -25,6 +26,7 @@ impl<'a> OutView<'a> {
     }
 
     /// (m, n) stored transposed, as (n, m) row-major.
+    #[inline]
     pub fn transposed(data: &'a mut [f32], m: usize) -> Self {
         OutView {
             data,
@@ -33,11 +35,13 @@ impl<'a> OutView<'a> {
         }
     }
 
+    #[inline]
     pub(super) fn set(&mut self, i: usize, j: usize, v: f32) {
         self.data[i * self.row_stride + j * self.col_stride] = v;
     }
 
     /// Writes a tile's sums, row-major (mr, nr), at rows i0.. and columns j0, j0 + step, ...
+    #[inline]
     fn put(
         &mut self,
         (i0, mr): (usize, usize),
@@ -52,6 +56,7 @@ impl<'a> OutView<'a> {
     }
 
     /// Checks that an (m, n) block fits, and returns (data, row stride, column stride).
+    #[inline]
     pub(super) fn raw(&mut self, m: usize, n: usize) -> (&mut [f32], usize, usize) {
         if m > 0 && n > 0 {
             let last = (m - 1) * self.row_stride + (n - 1) * self.col_stride;

@@ -82,12 +82,37 @@ fn expert_count_is_read_under_either_name() {
 }
 
 #[test]
-fn scaled_rope_is_refused_by_name() {
+fn unimplemented_rope_is_refused_by_name_and_yarn_takes_hfs_defaults() {
     let e = error(with(
         mixtral(),
-        json!({"rope_scaling": {"type": "yarn", "factor": 4.0}}),
+        json!({"rope_scaling": {"type": "dynamic", "factor": 4.0}}),
     ));
-    assert!(e.contains("rope_scaling.type") && e.contains("yarn"), "{e}");
+    assert!(
+        e.contains("rope_scaling.type") && e.contains("dynamic"),
+        "{e}"
+    );
+    // YaRN: the original context defaults to max_position_embeddings (64 here), betas to
+    // 32 and 1, truncation on, the attention factor to 0.1 ln(factor) + 1.
+    let c = arch(with(
+        mixtral(),
+        json!({"rope_scaling": {"type": "yarn", "factor": 4.0}}),
+    ))
+    .config;
+    let y = c.rope.yarn.unwrap();
+    assert_eq!((y.original_max_position_embeddings, y.truncate), (64, true));
+    assert_eq!((y.factor, y.beta_fast, y.beta_slow), (4.0, 32.0, 1.0));
+    assert!((y.attention_factor - (0.1 * 4f64.ln() + 1.0)).abs() < 1e-12);
+    // Fields YaRN does not have, and a bad truncate, are refused by name.
+    let e = error(with(
+        mixtral(),
+        json!({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "low_freq_factor": 1.0}}),
+    ));
+    assert!(e.contains("rope_scaling.low_freq_factor"), "{e}");
+    let e = error(with(
+        mixtral(),
+        json!({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "truncate": "no"}}),
+    ));
+    assert!(e.contains("rope_parameters.truncate"), "{e}");
     let e = error(with(
         mixtral(),
         json!({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5}}),

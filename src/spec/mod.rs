@@ -95,11 +95,27 @@ pub enum QkNorm {
     Projection,
 }
 
-/// Rotary position embedding. Only the original ("default") RoPE is implemented; configs
-/// asking for a scaled variant are refused at parse time.
+/// Rotary position embedding: the original ("default") RoPE, or YaRN's scaled form; configs
+/// asking for another variant are refused at parse time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
     pub theta: f64,
+    pub yarn: Option<Yarn>,
+}
+
+/// YaRN (HF's `rope_type: yarn`): frequencies blended between the original ones and ones
+/// slowed by `factor`, by a ramp over the dimensions between the correction range of
+/// `beta_fast` and `beta_slow` rotations in `original_max_position_embeddings` positions;
+/// cos and sin multiplied by `attention_factor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Yarn {
+    pub factor: f64,
+    pub original_max_position_embeddings: usize,
+    pub beta_fast: f64,
+    pub beta_slow: f64,
+    /// Round the correction range out to whole dimensions.
+    pub truncate: bool,
+    pub attention_factor: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -466,7 +482,10 @@ pub(crate) mod tests {
                 clip_qkv: None,
                 scale: 0.5,
             },
-            rope: RopeConfig { theta: 10000.0 },
+            rope: RopeConfig {
+                theta: 10000.0,
+                yarn: None,
+            },
             moe: MoeConfig {
                 num_experts: 4,
                 expert_intermediate_size: 8,

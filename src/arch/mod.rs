@@ -49,6 +49,8 @@ pub struct TensorNames {
     pub o: &'static str,
     pub q_norm: &'static str,
     pub k_norm: &'static str,
+    /// Attention sinks, (heads), read when the config has them.
+    pub sinks: &'static str,
     /// The sparse block's prefix inside a layer.
     pub moe: &'static str,
     pub router: &'static str,
@@ -109,6 +111,7 @@ pub const LLAMA_NAMES: TensorNames = TensorNames {
     o: "self_attn.o_proj",
     q_norm: "self_attn.q_norm.weight",
     k_norm: "self_attn.k_norm.weight",
+    sinks: "self_attn.sinks",
     moe: "mlp",
     router: "gate.weight",
     router_bias: "gate.bias",
@@ -233,6 +236,7 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
             qk_norm: QkNorm::None,
             clip_qkv: None,
             scale: 1.0 / (head_dim as f64).sqrt(),
+            sinks: false,
         },
         rope: rope(f, defaults.rope_theta)?,
         moe: MoeConfig {

@@ -30,6 +30,8 @@ pub struct AttentionWeights {
     pub v: Linear,
     pub o: Linear,
     pub qk_norm: Option<(RmsNorm, RmsNorm)>,
+    /// (heads) sink logits, f32.
+    pub sinks: Option<Vec<f32>>,
 }
 
 /// What every layer's attention needs for one sequence's tokens in one forward call.
@@ -64,6 +66,7 @@ impl Attention {
                 kv_heads: cfg.num_kv_heads,
                 scale: cfg.scale,
                 window,
+                sinks: w.sinks,
             },
         }
     }
@@ -164,6 +167,7 @@ mod tests {
                 kv_heads,
                 scale: 0.3,
                 window,
+                sinks: window.map(|_| (0..heads).map(|h| h as f32 / 2.0 - 1.5).collect()),
             };
             let mut cache = Cache::new(1, 4096);
             for t in [7usize, 1, 5] {

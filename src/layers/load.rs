@@ -85,6 +85,15 @@ impl LayerReader<'_> {
             v: self.linear(n.v, (kv_out, h), a.qkv_bias)?,
             o: self.linear(n.o, (h, q_out), a.o_bias)?,
             qk_norm,
+            // As the compute dtype holds them (HF adds them to scores in that dtype), kept f32.
+            sinks: match a.sinks {
+                true => Some(
+                    self.get(n.sinks, &[a.num_heads])?
+                        .to_dtype(candle_core::DType::F32)?
+                        .to_vec1::<f32>()?,
+                ),
+                false => None,
+            },
         };
         Ok(Attention::new(weights, a, layer.attention))
     }

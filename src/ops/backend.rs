@@ -288,15 +288,18 @@ fn check_attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &AttentionShape) -> Re
         && s >= t
         && hd_k == hd
         && v.dims() == k.dims()
-        && a.window != Some(0);
+        && a.window != Some(0)
+        && a.sinks.as_ref().is_none_or(|s| s.len() == nh);
     if !fits {
         return Err(Error::Input(format!(
-            "attention of q {:?}, k {:?}, v {:?} over {} kv heads with window {:?} does not fit",
+            "attention of q {:?}, k {:?}, v {:?} over {} kv heads with window {:?} and {:?} \
+             sinks does not fit",
             q.dims(),
             k.dims(),
             v.dims(),
             a.kv_heads,
-            a.window
+            a.window,
+            a.sinks.as_ref().map(Vec::len)
         )));
     }
     Ok(())

@@ -91,13 +91,16 @@ impl Experts {
 }
 
 /// What attention needs besides q, k and v.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AttentionShape {
     pub kv_heads: usize,
     /// Multiplies q·k before the softmax.
     pub scale: f64,
     /// Keys a query sees, its own included; `None` for all earlier ones.
     pub window: Option<usize>,
+    /// One learned logit per query head that joins every softmax and is dropped after it
+    /// (gpt-oss's attention sinks): the weight a query may give to nothing.
+    pub sinks: Option<Vec<f32>>,
 }
 
 /// Each token's chosen experts, best first, and their weights.

@@ -113,7 +113,7 @@ fn linear_over_quantized_weights() {
 fn attention() {
     // (heads, kv heads, head_dim, new tokens, cached, window): decode, prefill from empty, a
     // chunk after a cache, head dims off the 16-lane grid, windows shorter than the context,
-    // of one key, and longer than it.
+    // of one key, and longer than it; each without sinks and with them.
     let cases = [
         (4, 2, 16, 1, 9, None),
         (4, 4, 8, 5, 0, None),
@@ -125,17 +125,22 @@ fn attention() {
         (4, 2, 16, 5, 2, Some(100)),
     ];
     for (be, dev) in Backend::present() {
-        for &(nh, nkv, hd, t, cached, window) in &cases {
+        for (&(nh, nkv, hd, t, cached, window), with_sinks) in
+            cases.iter().flat_map(|c| [(c, false), (c, true)])
+        {
             let s = cached + t;
             let (q, k, v) = (
                 values(&[nh, t, hd], 6),
                 values(&[nkv, s, hd], 7),
                 values(&[nkv, s, hd], 8),
             );
+            // Sinks from well below the scores to well above them.
+            let sinks = with_sinks.then(|| (0..nh).map(|h| h as f32 * 1.5 - 4.0).collect());
             let shape = AttentionShape {
                 kv_heads: nkv,
                 scale: 1.0 / (hd as f64).sqrt(),
                 window,
+                sinks,
             };
             let want = Backend::Reference.attention(&q, &k, &v, &shape).unwrap();
             let f32_on = |x: &Tensor| on(x, DType::F32, &dev);
@@ -146,7 +151,8 @@ fn attention() {
             let name = be.name();
             assert!(
                 err <= 1e-5,
-                "{name} heads {nh}/{nkv}x{hd}, {t} after {cached}, window {window:?}: {err:e}"
+                "{name} heads {nh}/{nkv}x{hd}, {t} after {cached}, window {window:?}, \
+                 sinks {with_sinks}: {err:e}"
             );
         }
     }
@@ -448,12 +454,18 @@ fn misshapen_inputs_are_errors_on_every_backend() {
             kv_heads,
             scale: 0.3,
             window,
+            sinks: None,
+        };
+        let wrong_sinks = AttentionShape {
+            sinks: Some(vec![0.0; 3]),
+            ..shape(2, None)
         };
         for (keys, s) in [
             (&k, shape(0, None)),
             (&three, shape(3, None)),
             (&short, shape(2, None)),
             (&k, shape(2, Some(0))),
+            (&k, wrong_sinks),
         ] {
             let out = be.attention(&q, keys, keys, &s);
             assert!(out.is_err(), "{name} attention {s:?}");

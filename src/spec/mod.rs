@@ -83,6 +83,8 @@ pub struct AttentionConfig {
     pub clip_qkv: Option<f64>,
     /// Multiplies q·k before the softmax: 1/sqrt(head_dim) unless the family says otherwise.
     pub scale: f64,
+    /// A learned sink logit per head joins every softmax (gpt-oss).
+    pub sinks: bool,
 }
 
 /// Where RMSNorm is applied to queries and keys, if anywhere.
@@ -375,6 +377,9 @@ impl ModelConfig {
         if a.o_bias {
             attn += h;
         }
+        if a.sinks {
+            attn += nh;
+        }
         attn += match a.qk_norm {
             QkNorm::None => 0,
             QkNorm::PerHead => 2 * hd,
@@ -481,6 +486,7 @@ pub(crate) mod tests {
                 qk_norm: QkNorm::None,
                 clip_qkv: None,
                 scale: 0.5,
+                sinks: false,
             },
             rope: RopeConfig {
                 theta: 10000.0,

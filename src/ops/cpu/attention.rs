@@ -49,7 +49,8 @@ impl KvRows<'_> {
 
 /// out[i, h] = Σ_j softmax_j(scale · q[h, i] · k[g, j]) · v[g, j] over positions j ≤ cached + i
 /// (and j > cached + i - window with a window), where g = h / (heads / kv_heads) is the kv head
-/// query head h shares.
+/// query head h shares. With `sinks` (one per head), head h's sink logit joins the softmax's
+/// normaliser and no value.
 ///
 /// q: (heads, tokens, head_dim), out: (tokens, heads · head_dim), both row-major. `isa` is
 /// capped at what this CPU has: a caller cannot ask for an instruction it lacks.
@@ -60,6 +61,7 @@ pub fn causal_attention(
     v: KvRows,
     dims: AttentionDims,
     scale: f32,
+    sinks: Option<&[f32]>,
     out: &mut [f32],
 ) {
     let AttentionDims {
@@ -73,7 +75,10 @@ pub fn causal_attention(
     let isa = isa.min(Isa::best());
     let n_rep = heads / kv_heads;
     assert!(
-        n_rep * kv_heads == heads && q.len() == heads * tokens * hd && out.len() == q.len(),
+        n_rep * kv_heads == heads
+            && q.len() == heads * tokens * hd
+            && out.len() == q.len()
+            && sinks.is_none_or(|s| s.len() == heads),
         "attention buffers do not match {dims:?}"
     );
     // Task (i, g) writes token i's heads g · n_rep.. (g + 1) · n_rep: one contiguous chunk.
@@ -86,6 +91,7 @@ pub fn causal_attention(
         let group = Group {
             k: k.head(g, first, end, hd),
             v: v.head(g, first, end, hd),
+            sinks: sinks.map(|s| &s[g * n_rep..(g + 1) * n_rep]),
             hd,
             scale,
         };
@@ -123,6 +129,8 @@ struct Group<'a> {
     v: &'a [f32],
     hd: usize,
     scale: f32,
+    /// The sink logits of the group's n_rep query heads.
+    sinks: Option<&'a [f32]>,
 }
 
 impl Group<'_> {
@@ -135,16 +143,18 @@ impl Group<'_> {
         out: &mut [f32],
     ) {
         let (hd, len) = (self.hd, self.k.len() / self.hd.max(1));
-        for ((q, scores), out) in queries
+        for (r, ((q, scores), out)) in queries
             .zip(scores.chunks_exact_mut(len))
             .zip(out.chunks_exact_mut(hd))
+            .enumerate()
         {
-            let mut max = f32::NEG_INFINITY;
+            let sink = self.sinks.map(|s| s[r]);
+            let mut max = sink.unwrap_or(f32::NEG_INFINITY);
             for (s, key) in scores.iter_mut().zip(self.k.chunks_exact(hd)) {
                 *s = dot(q, key) * self.scale;
                 max = max.max(*s);
             }
-            let mut sum = 0f32;
+            let mut sum = sink.map_or(0.0, |s| (s - max).exp());
             for s in scores.iter_mut() {
                 *s = (*s - max).exp();
                 sum += *s;
@@ -211,8 +221,15 @@ mod tests {
     use super::*;
 
     /// The f64 oracle, with the mask written out: every query against every position,
-    /// future ones excluded.
-    fn slow(q: &[f32], k: &[f32], v: &[f32], dims: AttentionDims, scale: f64) -> Vec<f64> {
+    /// future ones excluded; a head's sink as one more score that carries no value.
+    fn slow(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dims: AttentionDims,
+        scale: f64,
+        sinks: Option<&[f32]>,
+    ) -> Vec<f64> {
         let AttentionDims {
             heads,
             kv_heads,
@@ -240,9 +257,11 @@ mod tests {
                                 .sum::<f64>()
                     })
                     .collect();
+                let sink = sinks.map(|s| s[h] as f64);
                 let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let max = max.max(sink.unwrap_or(f64::NEG_INFINITY));
                 let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
-                let sum: f64 = e.iter().sum();
+                let sum: f64 = e.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - max).exp());
                 for d in 0..hd {
                     out[(i * heads + h) * hd + d] = (0..s)
                         .map(|j| e[j] / sum * v[(g * s + j) * hd + d] as f64)
@@ -296,14 +315,19 @@ mod tests {
             };
             let (kb, vb) = (padded(&k), padded(&v));
             let scale = 1.0 / (hd as f32).sqrt();
-            let want = slow(&q, &k, &v, dims, scale as f64);
+            // With sinks on the windowed cases: some above every score, some far below.
+            let sinks: Option<Vec<f32>> =
+                window.map(|_| (0..heads).map(|h| h as f32 * 1.5 - 4.0).collect());
+            let sinks = sinks.as_deref();
+            let want = slow(&q, &k, &v, dims, scale as f64, sinks);
             for isa in Isa::available() {
                 let mut out = vec![f32::NAN; q.len()];
                 let rows = |data| KvRows {
                     data,
                     head_stride: capacity * hd,
                 };
-                causal_attention(isa, &q, rows(&kb), rows(&vb), dims, scale, &mut out);
+                let (k, v) = (rows(&kb), rows(&vb));
+                causal_attention(isa, &q, k, v, dims, scale, sinks, &mut out);
                 for (n, (got, want)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (*got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),

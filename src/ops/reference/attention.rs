@@ -21,7 +21,20 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &AttentionShape) -> Resu
     if t > 1 || window_cuts {
         scores = scores.broadcast_add(&mask(t, s - t, a.window, q.device())?)?;
     }
-    let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+    let probs = match &a.sinks {
+        None => candle_nn::ops::softmax_last_dim(&scores)?,
+        Some(sinks) => {
+            // Each head's sink logit as one more column, softmaxed with the scores, dropped.
+            let sinks = Tensor::from_slice(sinks, (nkv, n_rep, 1, 1), q.device())?
+                .to_dtype(scores.dtype())?
+                .broadcast_as((nkv, n_rep, t, 1))?
+                .contiguous()?;
+            let with_sinks = Tensor::cat(&[&scores.contiguous()?, &sinks], 3)?;
+            candle_nn::ops::softmax_last_dim(&with_sinks)?
+                .narrow(3, 0, s)?
+                .contiguous()?
+        }
+    };
     let out = probs.reshape((nkv, n_rep * t, s))?.matmul(v)?; // (nkv, n_rep * t, hd)
     Ok(out
         .reshape((nh, t, hd))?

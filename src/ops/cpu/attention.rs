@@ -30,6 +30,8 @@ pub struct AttentionDims {
     pub cached: usize,
     /// Keys each query sees, its own included (sliding-window attention); `None`: all.
     pub window: Option<usize>,
+    /// Multiplies q·k before the softmax.
+    pub scale: f32,
 }
 
 /// A layer's keys or values: kv head g's rows (position p at `p · head_dim`) start at
@@ -60,7 +62,6 @@ pub fn causal_attention(
     k: KvRows,
     v: KvRows,
     dims: AttentionDims,
-    scale: f32,
     sinks: Option<&[f32]>,
     out: &mut [f32],
 ) {
@@ -71,6 +72,7 @@ pub fn causal_attention(
         tokens,
         cached,
         window,
+        scale,
     } = dims;
     let isa = isa.min(Isa::best());
     let n_rep = heads / kv_heads;
@@ -237,6 +239,7 @@ mod tests {
             tokens,
             cached,
             window,
+            ..
         } = dims;
         let s = cached + tokens;
         let mut out = vec![0f64; tokens * heads * hd];
@@ -300,6 +303,7 @@ mod tests {
                 tokens,
                 cached,
                 window,
+                scale: 1.0 / (hd as f32).sqrt(),
             };
             let s = cached + tokens;
             let q = val(heads * tokens * hd, 1);
@@ -314,7 +318,7 @@ mod tests {
                 buf
             };
             let (kb, vb) = (padded(&k), padded(&v));
-            let scale = 1.0 / (hd as f32).sqrt();
+            let scale = dims.scale;
             // With sinks on the windowed cases: some above every score, some far below.
             let sinks: Option<Vec<f32>> =
                 window.map(|_| (0..heads).map(|h| h as f32 * 1.5 - 4.0).collect());
@@ -327,7 +331,7 @@ mod tests {
                     head_stride: capacity * hd,
                 };
                 let (k, v) = (rows(&kb), rows(&vb));
-                causal_attention(isa, &q, k, v, dims, scale, sinks, &mut out);
+                causal_attention(isa, &q, k, v, dims, sinks, &mut out);
                 for (n, (got, want)) in out.iter().zip(&want).enumerate() {
                     assert!(
                         (*got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),

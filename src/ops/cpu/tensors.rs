@@ -57,14 +57,14 @@ pub fn attention(
         tokens: t,
         cached: s - t,
         window: shape.window,
+        scale: shape.scale as f32,
     };
     let q = q.flatten_all()?.to_vec1::<f32>()?;
     let mut out = vec![0f32; q.len()];
-    let scale = shape.scale as f32;
     let sinks = shape.sinks.as_deref();
     with_kv_rows(k, |k| {
         with_kv_rows(v, |v| {
-            causal_attention(isa, &q, k, v, dims, scale, sinks, &mut out)
+            causal_attention(isa, &q, k, v, dims, sinks, &mut out)
         })
     })??;
     Ok(Tensor::from_vec(out, (t, nh * hd), &Device::Cpu)?)

@@ -322,3 +322,81 @@ fn the_command_line_answers_bad_input_with_one_line_and_a_failure_code() {
         );
     }
 }
+
+/// gpt-oss's MXFP4 fixture broken the ways a hand-converted or truncated checkpoint would be:
+/// each is one error naming the tensor or field.
+#[test]
+fn broken_gpt_oss_checkpoints_are_named() {
+    const BLOCKS: &str = "model.layers.1.mlp.experts.down_proj_blocks";
+    const SCALES: &str = "model.layers.0.mlp.experts.gate_up_proj_scales";
+    const SINKS: &str = "model.layers.0.self_attn.sinks";
+    type Edit = Box<dyn Fn(&mut HashMap<String, Tensor>)>;
+    let tensor_cases: [(&str, Edit, &[&str]); 4] = [
+        (
+            "blocks of the wrong shape",
+            Box::new(|t| {
+                let bad = Tensor::zeros((4, 64, 2, 8), DType::U8, &Device::Cpu).unwrap();
+                t.insert(BLOCKS.into(), bad);
+            }),
+            &[BLOCKS, "[4, 64, 2, 8]"],
+        ),
+        (
+            "scales of the wrong dtype",
+            Box::new(|t| {
+                let bad = Tensor::zeros((4, 64, 2), DType::F32, &Device::Cpu).unwrap();
+                t.insert(SCALES.into(), bad);
+            }),
+            &[SCALES, "U8"],
+        ),
+        (
+            "a missing scale tensor",
+            Box::new(|t| {
+                t.remove(SCALES);
+            }),
+            &[SCALES],
+        ),
+        (
+            "a missing sink",
+            Box::new(|t| {
+                t.remove(SINKS);
+            }),
+            &[SINKS],
+        ),
+    ];
+    for (case, edit, words) in tensor_cases {
+        let dir = copy_fixture("gpt_oss-b");
+        edit_tensors(dir.path(), edit);
+        let e = load_error(dir.path());
+        assert!(words.iter().all(|w| e.contains(w)), "{case}: {e}");
+    }
+    let config_cases: [(&str, serde_json::Value, &str); 3] = [
+        (
+            "layer_types shorter than the layers",
+            serde_json::json!(["sliding_attention"]),
+            "layer_types",
+        ),
+        (
+            "an unknown quant_method",
+            serde_json::json!({"quant_method": "awq"}),
+            "quantization_config",
+        ),
+        (
+            "experts_per_token disagreeing",
+            serde_json::json!(3),
+            "experts_per_token",
+        ),
+    ];
+    for (case, value, field) in config_cases {
+        let dir = copy_fixture("gpt_oss-b");
+        edit_config(dir.path(), |c| {
+            let key = match field {
+                "quantization_config" => "quantization_config",
+                "layer_types" => "layer_types",
+                _ => "experts_per_token",
+            };
+            c[key] = value.clone();
+        });
+        let e = load_error(dir.path());
+        assert!(e.contains(field), "{case}: {e}");
+    }
+}

@@ -134,6 +134,29 @@ FIXTURES_SPEC = {
                     num_experts_per_tok=2, moe_intermediate_size=20, norm_topk_prob=True,
                     use_sliding_window=True, sliding_window=6, rope_theta=1e6),
     ),
+    # gpt-oss: sinks, biases everywhere, sliding and full layers alternating (window 4 < the
+    # 11-token prompt), YaRN. "a": HF's own (dequantized) layout, gate/up interleaved in
+    # [E, H, 2I], with gpt-oss's published RoPE; "b": experts in MXFP4 as OpenAI publishes them
+    # (`_blocks`/`_scales`, quantization_config), with a YaRN whose ramp falls inside the test
+    # positions.
+    "gpt_oss-a": dict(
+        family="gpt_oss", style="published", dtype=torch.float32,
+        rope=dict(rope_type="yarn", factor=32.0, beta_fast=32.0, beta_slow=1.0, truncate=False,
+                  original_max_position_embeddings=4096),
+        config=dict(vocab_size=211, hidden_size=64, intermediate_size=48, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                    num_local_experts=5, num_experts_per_tok=2, sliding_window=4,
+                    swiglu_limit=1.5, rope_theta=150000.0),
+    ),
+    "gpt_oss-b": dict(
+        family="gpt_oss", style="published", dtype=torch.bfloat16, mxfp4=True,
+        rope=dict(rope_type="yarn", factor=4.0, beta_fast=8.0, beta_slow=1.0, truncate=False,
+                  original_max_position_embeddings=16),
+        config=dict(vocab_size=197, hidden_size=64, intermediate_size=32, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                    num_local_experts=4, num_experts_per_tok=2, sliding_window=5,
+                    swiglu_limit=2.0, rope_theta=10000.0),
+    ),
 }
 
 # The benchmark checkpoint of DESIGN.md section 5: Qwen3-30B-A3B scaled down.
@@ -143,13 +166,12 @@ Q3_MINI = dict(vocab_size=32000, hidden_size=1024, intermediate_size=3072, num_h
                max_position_embeddings=32768, rope_theta=1e6, tie_word_embeddings=False)
 
 
-def make_config(family, overrides):
+def make_config(family, overrides, rope=None):
     overrides = dict(overrides)
     theta = overrides.pop("rope_theta")
     overrides.setdefault("max_position_embeddings", 128)
-    return AutoConfig.for_model(
-        family, rope_parameters={"rope_type": "default", "rope_theta": theta}, **overrides
-    )
+    rope = dict(rope or {"rope_type": "default"}, rope_theta=theta)
+    return AutoConfig.for_model(family, rope_parameters=rope, **overrides)
 
 
 @torch.no_grad()
@@ -159,9 +181,15 @@ def init_weights(model, seed):
     for name, p in model.named_parameters():
         if p.ndim == 1:  # norm weights and biases
             base = 1.0 if name.endswith("norm.weight") else 0.0
-            p.copy_(base + 0.1 * torch.randn(p.shape, generator=gen))
+            spread = 1.0 if name.endswith("sinks") else 0.1  # sinks that matter
+            p.copy_(base + spread * torch.randn(p.shape, generator=gen))
+            continue
+        if name.endswith("_bias"):  # gpt-oss's stacked expert biases
+            p.copy_(0.3 * torch.randn(p.shape, generator=gen))
             continue
         std = 1.0 / math.sqrt(p.shape[-1])
+        if name.endswith(("experts.gate_up_proj", "experts.down_proj")):
+            std = 1.0 / math.sqrt(p.shape[-2])  # gpt-oss stores experts as (in, out)
         if "embed_tokens" in name and not model.config.tie_word_embeddings:
             std = 1.0  # a tied table doubles as the head, where unit rows would make every
             # token predict itself; an untied one feeds RMSNorm and may be large
@@ -173,9 +201,8 @@ def init_weights(model, seed):
 def published_style(cfg):
     """Rewrite a transformers 5 config.json as the hub checkpoints were written."""
     rope = cfg.pop("rope_parameters")
-    assert rope["rope_type"] == "default", rope
-    cfg["rope_theta"] = rope["rope_theta"]
-    cfg["rope_scaling"] = None
+    cfg["rope_theta"] = rope.pop("rope_theta")
+    cfg["rope_scaling"] = None if rope["rope_type"] == "default" else rope
     cfg["torch_dtype"] = cfg.pop("dtype")
     if cfg["model_type"] == "qwen3_moe":  # the published Qwen3 configs say num_experts
         cfg["num_experts"] = cfg.pop("num_local_experts")
@@ -199,11 +226,12 @@ def save(model, out, dtype, style, shard=None):
 
 def make_fixture(name, spec, seed):
     torch.manual_seed(seed)
-    cfg = make_config(spec["family"], spec["config"])
+    cfg = make_config(spec["family"], spec["config"], spec.get("rope"))
     model = AutoModelForCausalLM.from_config(
         cfg, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
     ).eval()
     init_weights(model, seed)
+    packed = mxfp4_experts(model, seed) if spec.get("mxfp4") else None
     # The reference runs in f32 over the weights exactly as stored on disk. Parameters only:
     # `model.to(dtype)` would also round buffers such as RoPE's inverse frequencies.
     with torch.no_grad():
@@ -221,10 +249,73 @@ def make_fixture(name, spec, seed):
 
     out_dir = FIXTURES / name
     save(model, out_dir, spec["dtype"], spec["style"], spec.get("shard"))
+    if packed is not None:
+        write_mxfp4(out_dir, packed)
     save_file({"tokens": tokens[0].contiguous(), "logits": logits.contiguous(),
                "greedy": greedy.contiguous()}, out_dir / "reference.safetensors")
     size = sum(f.stat().st_size for f in out_dir.iterdir())
     print(f"{name}: {size / 1024:.0f} KiB, max |logit| {logits.abs().max():.2f}, greedy {greedy.tolist()}")
+
+
+FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,
+                           -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0])
+
+
+def mxfp4_pack(w, gen):
+    """(E, out, in) f32 -> MXFP4 as published: blocks U8 (E, out, in/32, 16), scales U8
+    (E, out, in/32), and the f32 values they decode to. Each block's scale makes its largest
+    value land near 6, plus or minus one power of two at random (so some codes saturate and
+    some stay small); every code appears."""
+    e, o, i = w.shape
+    g = w.reshape(e, o, i // 32, 32)
+    amax = g.abs().amax(-1).clamp_min(1e-30)
+    exp = torch.floor(torch.log2(amax / 6.0)) + torch.randint(-1, 2, amax.shape, generator=gen)
+    scales = (exp + 127).clamp(1, 254).to(torch.uint8)
+    power = torch.pow(2.0, scales.to(torch.float32) - 127)[..., None]  # exact powers of two
+    scaled = g / power
+    codes = (scaled[..., None] - FP4_VALUES).abs().argmin(-1).to(torch.uint8)  # nearest value
+    blocks = (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)
+    values = FP4_VALUES[codes.long()] * power
+    return blocks, scales, values.reshape(e, o, i)
+
+
+@torch.no_grad()
+def mxfp4_experts(model, seed):
+    """Quantizes every layer's experts to MXFP4 in place (the model then holds exactly the
+    values the packed tensors decode to) and returns the packed tensors by hub name."""
+    gen = torch.Generator().manual_seed(seed + 7)
+    packed = {}
+    for li, layer in enumerate(model.model.layers):
+        experts = layer.mlp.experts
+        for proj in ("gate_up_proj", "down_proj"):
+            param = getattr(experts, proj)  # (E, in, out)
+            blocks, scales, values = mxfp4_pack(param.transpose(1, 2).float(), gen)
+            param.copy_(values.transpose(1, 2))
+            prefix = f"model.layers.{li}.mlp.experts.{proj}"
+            packed[f"{prefix}_blocks"] = blocks.contiguous()
+            packed[f"{prefix}_scales"] = scales.contiguous()
+    return packed
+
+
+def write_mxfp4(out_dir, packed):
+    """Replaces the saved dense experts by the packed ones, and says so in config.json, as
+    OpenAI's checkpoints do."""
+    from safetensors.torch import load_file
+    path = out_dir / "model.safetensors"
+    tensors = load_file(path)
+    dense = [k for k in tensors if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+    for k in dense:
+        del tensors[k]
+    tensors.update(packed)
+    save_file(tensors, path, metadata={"format": "pt"})
+    cfg_path = out_dir / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["quantization_config"] = {
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                   "model.embed_tokens", "lm_head"],
+        "quant_method": "mxfp4",
+    }
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def make_q3_mini(out_dir):

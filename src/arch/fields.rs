@@ -34,6 +34,11 @@ impl Fields {
         Error::config(&self.path, field, message)
     }
 
+    /// Whether the field is there and not null, without counting it as read.
+    pub fn has(&self, key: &str) -> bool {
+        self.map.get(key).is_some_and(|v| !v.is_null())
+    }
+
     /// The raw value, `None` when absent or null.
     pub fn value(&mut self, key: &str) -> Option<Value> {
         self.seen.insert(key.to_string());

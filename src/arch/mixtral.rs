@@ -11,6 +11,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         Defaults {
             rope_theta: 1e6,
             rms_norm_eps: 1e-5,
+            ..Defaults::LLAMA
         },
     )?;
     // Every layer attends over the window when there is one (HF's Mixtral masks them all).

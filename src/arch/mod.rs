@@ -2,6 +2,7 @@
 //! `ModelConfig` and names its hub tensors. No family has tensor math of its own.
 
 mod fields;
+mod gpt_oss;
 mod granitemoe;
 mod mixtral;
 mod olmoe;
@@ -21,7 +22,14 @@ use crate::spec::{
 };
 
 /// The `model_type` values we load, with the family that reads each.
-pub const SUPPORTED: &[&str] = &["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "granitemoe"];
+pub const SUPPORTED: &[&str] = &[
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "olmoe",
+    "granitemoe",
+    "gpt_oss",
+];
 
 /// A parsed config.json: the blueprint, where its tensors live, and what went unread.
 #[derive(Debug, Clone)]
@@ -82,6 +90,14 @@ pub enum ExpertNames {
     /// Already stacked: `{moe}.{gate_up}` as [E, 2I, H] (gate rows first) and
     /// `{moe}.{down}` as [E, H, I].
     Stacked {
+        gate_up: &'static str,
+        down: &'static str,
+    },
+    /// gpt-oss: stacked as (E, in, out) with gate and up columns alternating, `{gate_up}` [E, H,
+    /// 2I] and `{down}` [E, I, H], biases `{gate_up}_bias` [E, 2I] (alternating too) and
+    /// `{down}_bias` [E, H]; or in MXFP4 as published, `{name}_blocks` and `{name}_scales` laid
+    /// out (E, out, in / 32, ..) with gate and up rows alternating.
+    Interleaved {
         gate_up: &'static str,
         down: &'static str,
     },
@@ -149,6 +165,7 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
         "qwen3_moe" => qwen3_moe::parse(&mut f)?,
         "olmoe" => olmoe::parse(&mut f)?,
         "granitemoe" => granitemoe::parse(&mut f)?,
+        "gpt_oss" => gpt_oss::parse(&mut f)?,
         other => {
             return Err(f.error(
                 "model_type",
@@ -189,6 +206,20 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
 struct Defaults {
     rope_theta: f64,
     rms_norm_eps: f64,
+    /// `head_dim` when absent (`None`: hidden_size / num_attention_heads).
+    head_dim: Option<usize>,
+    /// The `quantization_config.quant_method`s whose checkpoints the family reads.
+    quant_methods: &'static [&'static str],
+}
+
+impl Defaults {
+    /// What the Llama lineage leaves to the family: nothing but the two numbers.
+    const LLAMA: Defaults = Defaults {
+        rope_theta: 10000.0,
+        rms_norm_eps: 1e-6,
+        head_dim: None,
+        quant_methods: &[],
+    };
 }
 
 /// The fields every family shares, as a config whose MoE part the family fills in.
@@ -200,17 +231,25 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
         return Err(f.error("num_attention_heads", "must be at least 1"));
     }
     let num_kv_heads = f.opt_usize("num_key_value_heads")?.unwrap_or(num_heads);
-    let head_dim = f.opt_usize("head_dim")?.unwrap_or(hidden_size / num_heads);
+    let head_dim = f
+        .opt_usize("head_dim")?
+        .or(defaults.head_dim)
+        .unwrap_or(hidden_size / num_heads);
     let num_layers = f.usize("num_hidden_layers")?;
     if let Some(q) = f.value("quantization_config") {
         let method = q
             .get("quant_method")
             .and_then(Value::as_str)
             .unwrap_or("unknown");
-        return Err(f.error(
-            "quantization_config",
-            format!("pre-quantized checkpoints ({method}) are not supported; use f32, bf16 or f16 weights"),
-        ));
+        if !defaults.quant_methods.contains(&method) {
+            return Err(f.error(
+                "quantization_config",
+                format!(
+                    "pre-quantized checkpoints ({method}) are not supported for this family; \
+                     use f32, bf16 or f16 weights"
+                ),
+            ));
+        }
     }
     let act = f
         .opt_str("hidden_act")?

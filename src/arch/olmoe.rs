@@ -10,6 +10,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         Defaults {
             rope_theta: 10000.0,
             rms_norm_eps: 1e-5,
+            ..Defaults::LLAMA
         },
     )?;
     attention_bias(f, &mut cfg)?;

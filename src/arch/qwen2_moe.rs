@@ -14,6 +14,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         Defaults {
             rope_theta: 10000.0,
             rms_norm_eps: 1e-6,
+            ..Defaults::LLAMA
         },
     )?;
     let window = qwen_window(f)?;

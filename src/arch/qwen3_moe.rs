@@ -14,6 +14,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         Defaults {
             rope_theta: 10000.0,
             rms_norm_eps: 1e-6,
+            ..Defaults::LLAMA
         },
     )?;
     // With the window on, HF's Qwen3-MoE masks every layer with it; `max_window_layers` and

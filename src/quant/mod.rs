@@ -6,6 +6,7 @@
 //! product), the router and the shared-expert gate (tiny, and routing is sensitive to them).
 
 mod blocks;
+mod mxfp4;
 mod slice;
 
 use std::str::FromStr;
@@ -15,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 pub use blocks::{dequantize_into, quantize, BlockQ4_0, BlockQ8_0, QuantBlock, WeightBlock, BLOCK};
+pub use mxfp4::{dequantize_mxfp4, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
 pub use slice::{with_weight_slice, WeightSlice};
 
 use crate::error::{Error, Result};

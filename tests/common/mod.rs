@@ -23,6 +23,8 @@ pub const FIXTURES: &[&str] = &[
     "mixtral-sliding",
     "qwen2_moe-sliding",
     "qwen3_moe-sliding",
+    "gpt_oss-a",
+    "gpt_oss-b",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {

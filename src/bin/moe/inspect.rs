@@ -37,6 +37,16 @@ pub fn run(common: &Common) -> Result<()> {
         "attention      {} heads, {} kv heads, head_dim {}, qk norm {:?}",
         a.num_heads, a.num_kv_heads, a.head_dim, a.qk_norm
     );
+    if a.sinks {
+        println!("sinks          one learned logit per head in every softmax");
+    }
+    match &c.rope.yarn {
+        None => println!("rope           theta {}", c.rope.theta),
+        Some(y) => println!(
+            "rope           theta {}, YaRN x{} from {} positions (attention factor {:.4})",
+            c.rope.theta, y.factor, y.original_max_position_embeddings, y.attention_factor
+        ),
+    }
     if let Some(w) = windows.first() {
         println!(
             "sliding        {} of {} layers over {w} positions",
@@ -56,9 +66,10 @@ pub fn run(common: &Common) -> Result<()> {
     );
     let r = &m.router;
     println!(
-        "router         {:?} {:?}{}{}{}{}",
+        "router         {:?} {:?}{}{}{}{}{}",
         r.scoring,
         r.selection,
+        if r.logit_bias { ", with a bias" } else { "" },
         if r.renormalise { ", renormalised" } else { "" },
         r.group_limit.map_or(String::new(), |g| format!(
             ", best {} of {} groups",

@@ -12,8 +12,9 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use crate::arch::{ExpertNames, TensorNames};
 use crate::error::{Error, Result};
+
+mod experts;
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -120,6 +121,37 @@ impl Weights {
         self.random.is_some() || self.tensors.contains_key(name)
     }
 
+    /// The stored bytes of tensor `name`, which must be U8 of exactly `shape`, read in place
+    /// (packed formats such as MXFP4's blocks and scales).
+    pub fn bytes(&self, name: &str, shape: &[usize]) -> Result<&[u8]> {
+        if self.random.is_some() {
+            return Err(Error::Input(format!(
+                "{name}: random weights have no packed bytes"
+            )));
+        }
+        let entry = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            dir: self.dir.clone(),
+            name: name.to_string(),
+        })?;
+        let file = &self.files[entry.file];
+        if entry.shape != shape {
+            return Err(Error::TensorShape {
+                path: file.path.clone(),
+                name: name.to_string(),
+                expected: shape.to_vec(),
+                actual: entry.shape.clone(),
+            });
+        }
+        if entry.dtype != Dtype::U8 {
+            return Err(Error::TensorDtype {
+                path: file.path.clone(),
+                name: name.to_string(),
+                dtype: format!("{:?} (expected U8)", entry.dtype),
+            });
+        }
+        Ok(&file.mmap[entry.start..entry.end])
+    }
+
     /// Reads tensor `name`, which must have exactly `shape`, in the compute dtype.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.get_as(name, shape, self.dtype)
@@ -173,69 +205,6 @@ impl Weights {
             }
         };
         Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?)
-    }
-
-    /// The routed experts of one sparse block, stacked as `gate_up: [E, 2I, H]` (the I gate
-    /// rows first, then the I up rows) and `down: [E, H, I]`, whatever the checkpoint layout.
-    pub fn experts(
-        &self,
-        names: &TensorNames,
-        prefix: &str,
-        (e, i, h): (usize, usize, usize),
-    ) -> Result<(Tensor, Tensor)> {
-        match &names.experts {
-            ExpertNames::Stacked { gate_up, down } => Ok((
-                self.get(&format!("{prefix}.{gate_up}"), &[e, 2 * i, h])?,
-                self.get(&format!("{prefix}.{down}"), &[e, h, i])?,
-            )),
-            ExpertNames::PerExpert { gate, up, down } => {
-                let mut gate_ups = Vec::with_capacity(e);
-                let mut downs = Vec::with_capacity(e);
-                for x in 0..e {
-                    let name = |proj: &str| format!("{prefix}.experts.{x}.{proj}.weight");
-                    let g = self.get(&name(gate), &[i, h])?;
-                    let u = self.get(&name(up), &[i, h])?;
-                    gate_ups.push(Tensor::cat(&[g, u], 0)?);
-                    downs.push(self.get(&name(down), &[h, i])?);
-                }
-                Ok((Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?))
-            }
-        }
-    }
-
-    /// The biases of a layer's experts as (gate_up [E, 2I], down [E, H]), stacked like
-    /// [`Weights::experts`] stacks the weights.
-    pub fn expert_biases(
-        &self,
-        names: &TensorNames,
-        prefix: &str,
-        (e, i, h): (usize, usize, usize),
-    ) -> Result<(Tensor, Tensor)> {
-        match &names.experts {
-            ExpertNames::Stacked { .. } => {
-                let Some(b) = &names.expert_biases else {
-                    return Err(Error::Input(format!(
-                        "{prefix}: the config asks for expert biases, but this family names none"
-                    )));
-                };
-                Ok((
-                    self.get(&format!("{prefix}.{}", b.gate_up), &[e, 2 * i])?,
-                    self.get(&format!("{prefix}.{}", b.down), &[e, h])?,
-                ))
-            }
-            ExpertNames::PerExpert { gate, up, down } => {
-                let mut gate_ups = Vec::with_capacity(e);
-                let mut downs = Vec::with_capacity(e);
-                for x in 0..e {
-                    let name = |proj: &str| format!("{prefix}.experts.{x}.{proj}.bias");
-                    let g = self.get(&name(gate), &[i])?;
-                    let u = self.get(&name(up), &[i])?;
-                    gate_ups.push(Tensor::cat(&[g, u], 0)?);
-                    downs.push(self.get(&name(down), &[h])?);
-                }
-                Ok((Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?))
-            }
-        }
     }
 }
 

@@ -1,0 +1,128 @@
+//! The routed experts of a sparse block, stacked into one layout whatever the checkpoint's:
+//! `gate_up: [E, 2I, H]` (the I gate rows, then the I up rows) and `down: [E, H, I]`, with
+//! biases `[E, 2I]` and `[E, H]` in the same order.
+
+use candle_core::Tensor;
+
+use super::Weights;
+use crate::arch::{ExpertNames, TensorNames};
+use crate::error::{Error, Result};
+use crate::quant::{dequantize_mxfp4, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
+
+impl Weights {
+    /// The routed experts of one sparse block, stacked as `gate_up: [E, 2I, H]` (the I gate
+    /// rows first, then the I up rows) and `down: [E, H, I]`, whatever the checkpoint layout.
+    pub fn experts(
+        &self,
+        names: &TensorNames,
+        prefix: &str,
+        (e, i, h): (usize, usize, usize),
+    ) -> Result<(Tensor, Tensor)> {
+        match &names.experts {
+            ExpertNames::Stacked { gate_up, down } => Ok((
+                self.get(&format!("{prefix}.{gate_up}"), &[e, 2 * i, h])?,
+                self.get(&format!("{prefix}.{down}"), &[e, h, i])?,
+            )),
+            ExpertNames::Interleaved { gate_up, down } => {
+                let (gate_up, down) = (format!("{prefix}.{gate_up}"), format!("{prefix}.{down}"));
+                let packed = format!("{gate_up}_blocks");
+                if self.random.is_none() && self.contains(&packed) {
+                    // MXFP4: blocks along the input dim, rows already (out, in).
+                    let gate_up = self.mxfp4(&gate_up, (e, 2 * i, h))?;
+                    let down = self.mxfp4(&down, (e, h, i))?;
+                    return Ok((deinterleave(&gate_up)?, down));
+                }
+                // Dense: (E, in, out), gate and up columns alternating.
+                let gate_up = self.get(&gate_up, &[e, h, 2 * i])?.transpose(1, 2)?;
+                let down = self.get(&down, &[e, i, h])?.transpose(1, 2)?.contiguous()?;
+                Ok((deinterleave(&gate_up)?, down))
+            }
+            ExpertNames::PerExpert { gate, up, down } => {
+                let mut gate_ups = Vec::with_capacity(e);
+                let mut downs = Vec::with_capacity(e);
+                for x in 0..e {
+                    let name = |proj: &str| format!("{prefix}.experts.{x}.{proj}.weight");
+                    let g = self.get(&name(gate), &[i, h])?;
+                    let u = self.get(&name(up), &[i, h])?;
+                    gate_ups.push(Tensor::cat(&[g, u], 0)?);
+                    downs.push(self.get(&name(down), &[h, i])?);
+                }
+                Ok((Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?))
+            }
+        }
+    }
+
+    /// The biases of a layer's experts as (gate_up [E, 2I], down [E, H]), stacked like
+    /// [`Weights::experts`] stacks the weights.
+    pub fn expert_biases(
+        &self,
+        names: &TensorNames,
+        prefix: &str,
+        (e, i, h): (usize, usize, usize),
+    ) -> Result<(Tensor, Tensor)> {
+        match &names.experts {
+            ExpertNames::Interleaved { gate_up, down } => {
+                let bias =
+                    |name: &str, shape: &[usize]| self.get(&format!("{prefix}.{name}_bias"), shape);
+                let gate_up = bias(gate_up, &[e, 2 * i])?;
+                Ok((deinterleave(&gate_up)?, bias(down, &[e, h])?))
+            }
+            ExpertNames::Stacked { .. } => {
+                let Some(b) = &names.expert_biases else {
+                    return Err(Error::Input(format!(
+                        "{prefix}: the config asks for expert biases, but this family names none"
+                    )));
+                };
+                Ok((
+                    self.get(&format!("{prefix}.{}", b.gate_up), &[e, 2 * i])?,
+                    self.get(&format!("{prefix}.{}", b.down), &[e, h])?,
+                ))
+            }
+            ExpertNames::PerExpert { gate, up, down } => {
+                let mut gate_ups = Vec::with_capacity(e);
+                let mut downs = Vec::with_capacity(e);
+                for x in 0..e {
+                    let name = |proj: &str| format!("{prefix}.experts.{x}.{proj}.bias");
+                    let g = self.get(&name(gate), &[i])?;
+                    let u = self.get(&name(up), &[i])?;
+                    gate_ups.push(Tensor::cat(&[g, u], 0)?);
+                    downs.push(self.get(&name(down), &[h])?);
+                }
+                Ok((Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?))
+            }
+        }
+    }
+
+    /// The MXFP4 tensor `{name}_blocks` (`[.., out, in / 32, 16]` U8) with `{name}_scales`
+    /// (`[.., out, in / 32]` U8, E8M0) dequantized to the compute dtype: (e, out, in).
+    fn mxfp4(&self, name: &str, (e, out, inp): (usize, usize, usize)) -> Result<Tensor> {
+        if !inp.is_multiple_of(MXFP4_BLOCK) {
+            return Err(Error::Input(format!(
+                "{name}: MXFP4 rows of {inp} values are not whole blocks of {MXFP4_BLOCK}"
+            )));
+        }
+        let groups = inp / MXFP4_BLOCK;
+        let blocks_name = format!("{name}_blocks");
+        let blocks = self.bytes(&blocks_name, &[e, out, groups, MXFP4_BLOCK_BYTES])?;
+        let scales = self.bytes(&format!("{name}_scales"), &[e, out, groups])?;
+        let mut values = vec![0f32; e * out * inp];
+        if !dequantize_mxfp4(blocks, scales, &mut values) {
+            return Err(Error::Input(format!(
+                "{blocks_name}: blocks and scales disagree"
+            )));
+        }
+        let t = Tensor::from_vec(values, (e, out, inp), &candle_core::Device::Cpu)?;
+        Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+}
+
+/// Rows (dim 1) that alternate gate, up, gate, up... reordered as all gate rows, then all up
+/// rows: (E, 2I, ..) -> (E, 2I, ..), contiguous.
+fn deinterleave(t: &Tensor) -> Result<Tensor> {
+    let dims = t.dims().to_vec();
+    let (e, two_i) = (dims[0], dims[1]);
+    let rest: usize = dims[2..].iter().product();
+    let pairs = t.contiguous()?.reshape((e, two_i / 2, 2, rest))?;
+    let split = pairs.transpose(1, 2)?.contiguous()?; // (E, 2, I, rest)
+    Ok(split.reshape(dims)?)
+}

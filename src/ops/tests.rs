@@ -92,7 +92,7 @@ fn linear() {
 #[test]
 fn linear_over_quantized_weights() {
     // The kernels read the blocks in place; the reference dequantizes them.
-    for format in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
+    for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Mxfp4] {
         for (m, n, k) in [(1, 40, 64), (7, 33, 96)] {
             let (x, w) = (values(&[m, k], 4), values(&[n, k], 5));
             let w = Weight::new(w, Some(format), "w").unwrap();
@@ -403,7 +403,7 @@ fn routed_experts() {
 fn quantized_experts() {
     // The CPU kernels read q8_0 and q4_0 expert blocks in place; the reference dequantizes.
     let h = 64;
-    for format in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
+    for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Mxfp4] {
         let gate_up = (values(&[EXPERTS, 2 * 32, h], 18) * 0.125).unwrap();
         let down = (values(&[EXPERTS, h, 32], 19) * 0.17).unwrap();
         let e = Experts::new(

@@ -5,6 +5,9 @@
 //! - `q4_0`: `x ≈ d · (q - 8)`, q in 0..=15, d = (the x of largest magnitude) / -8, so that
 //!   the extreme value is exact. 18 bytes per 32 weights; byte l holds weight l in its low
 //!   nibble and weight l + 16 in its high nibble.
+//! - `mxfp4`: `x = FP4(q) · 2^(e - 127)`, q an FP4 E2M1 code (±0, 0.5, 1, 1.5, 2, 3, 4, 6), e
+//!   an E8M0 byte. 17 bytes per 32 weights; the codes nibble-packed as q4_0's. As integers the
+//!   codes are twice the FP4 values (0, ±1, ±2, ±3, ±4, ±6, ±8, ±12) and the scale 2^(e-128).
 //!
 //! The conversions here are plain scalar code: they run once at load, and they are the slow
 //! twins the SIMD kernels are tested against.
@@ -26,6 +29,40 @@ pub struct BlockQ8_0 {
 pub struct BlockQ4_0 {
     pub d: f16,
     pub qs: [u8; BLOCK / 2],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockMxfp4 {
+    pub e: u8,
+    pub qs: [u8; BLOCK / 2],
+}
+
+/// Twice the FP4 E2M1 values, by code (GGML's `kvalues_mxfp4`): integers, so that the integer
+/// kernels multiply them exactly; the scale is halved to match.
+pub const MXFP4_CODES: [i8; 16] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12];
+
+/// 2^(e - 128), the scale of the doubled codes, exactly (a subnormal for e < 2).
+#[inline]
+pub fn mxfp4_half_scale(e: u8) -> f32 {
+    match e {
+        0 => f32::from_bits(1 << 21),
+        1 => f32::from_bits(1 << 22),
+        e => f32::from_bits(u32::from(e - 1) << 23),
+    }
+}
+
+impl BlockMxfp4 {
+    /// A block from MXFP4 as HF checkpoints pack it: byte j holding value 2j in its low
+    /// nibble and 2j + 1 in its high one; repacked to values j and j + 16.
+    pub fn from_interleaved(codes: &[u8; BLOCK / 2], e: u8) -> BlockMxfp4 {
+        let nibble = |v: usize| (codes[v / 2] >> (4 * (v % 2))) & 0x0f;
+        let mut qs = [0u8; BLOCK / 2];
+        for (j, q) in qs.iter_mut().enumerate() {
+            *q = nibble(j) | (nibble(j + BLOCK / 2) << 4);
+        }
+        BlockMxfp4 { e, qs }
+    }
 }
 
 /// A block format: how a row of f32 becomes blocks and back.
@@ -98,6 +135,54 @@ impl QuantBlock for BlockQ4_0 {
     }
 }
 
+impl QuantBlock for BlockMxfp4 {
+    const NAME: &'static str = "mxfp4";
+    const ZERO: Self = BlockMxfp4 {
+        e: 0,
+        qs: [0; BLOCK / 2],
+    };
+
+    /// GGML's `quantize_row_mxfp4_ref`: e puts the largest magnitude in FP4's top binade
+    /// (floor(log2 amax) - 2 + 127), each value to the nearest doubled code (a tie to the
+    /// larger magnitude).
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        for (xs, b) in x.chunks_exact(BLOCK).zip(out) {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let e = if amax > 0.0 {
+                (amax.log2().floor() - 2.0 + 127.0).clamp(0.0, 255.0) as u8
+            } else {
+                0
+            };
+            let d = mxfp4_half_scale(e);
+            let code = |v: f32| -> u8 {
+                let mag = (v / d).abs();
+                let magnitudes = &MXFP4_CODES[..8];
+                let mut best = 0;
+                for (i, &m) in magnitudes.iter().enumerate() {
+                    if (m as f32 - mag).abs() <= (magnitudes[best] as f32 - mag).abs() {
+                        best = i;
+                    }
+                }
+                best as u8 | if v < 0.0 && best != 0 { 8 } else { 0 }
+            };
+            b.e = e;
+            for l in 0..BLOCK / 2 {
+                b.qs[l] = code(xs[l]) | (code(xs[l + BLOCK / 2]) << 4);
+            }
+        }
+    }
+
+    fn dequantize(&self) -> [f32; BLOCK] {
+        let d = mxfp4_half_scale(self.e);
+        let mut out = [0f32; BLOCK];
+        for (l, &byte) in self.qs.iter().enumerate() {
+            out[l] = d * MXFP4_CODES[(byte & 0x0f) as usize] as f32;
+            out[l + BLOCK / 2] = d * MXFP4_CODES[(byte >> 4) as usize] as f32;
+        }
+        out
+    }
+}
+
 /// `v.round() as i32` (halves away from zero, as C's `roundf` that GGML uses) for |v| < 2^31,
 /// without the libm call `f32::round` compiles to on baseline x86-64 (a third of the time of
 /// quantizing a model at load): the truncating conversion is exact, and so is `v - t`.
@@ -129,10 +214,10 @@ pub fn dequantize_into<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {
 
 /// A weight block format the integer kernels read: 32 signed codes and a scale.
 pub trait WeightBlock: QuantBlock {
-    /// The 32 codes as signed integers (q4_0: nibble - 8).
+    /// The 32 codes as signed integers (q4_0: nibble - 8; mxfp4: doubled FP4 values).
     fn codes(&self) -> [i8; BLOCK];
-    /// The bits of the f16 scale.
-    fn scale_bits(&self) -> u16;
+    /// The scale the codes are multiplied by.
+    fn scale(&self) -> f32;
 }
 
 impl WeightBlock for BlockQ8_0 {
@@ -141,8 +226,24 @@ impl WeightBlock for BlockQ8_0 {
         self.qs
     }
     #[inline]
-    fn scale_bits(&self) -> u16 {
-        self.d.to_bits()
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
+    }
+}
+
+impl WeightBlock for BlockMxfp4 {
+    #[inline]
+    fn codes(&self) -> [i8; BLOCK] {
+        let mut c = [0i8; BLOCK];
+        for (l, &byte) in self.qs.iter().enumerate() {
+            c[l] = MXFP4_CODES[(byte & 0x0f) as usize];
+            c[l + BLOCK / 2] = MXFP4_CODES[(byte >> 4) as usize];
+        }
+        c
+    }
+    #[inline]
+    fn scale(&self) -> f32 {
+        mxfp4_half_scale(self.e)
     }
 }
 
@@ -157,8 +258,8 @@ impl WeightBlock for BlockQ4_0 {
         c
     }
     #[inline]
-    fn scale_bits(&self) -> u16 {
-        self.d.to_bits()
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
     }
 }
 
@@ -222,5 +323,49 @@ mod tests {
         let back = b[0].dequantize();
         assert_eq!(back[5], -4.0);
         assert_eq!(b[0].qs[5] & 0x0f, 0);
+    }
+
+    #[test]
+    fn mxfp4_decodes_as_the_checkpoint_format_does_and_requantizes_exactly() {
+        // Random code bytes under every scale, repacked from HF's interleaved nibbles: the
+        // same values as the checkpoint decoder gives.
+        let scales: Vec<u8> = (0..=254).collect();
+        let bytes: Vec<u8> = (0..scales.len() * 16)
+            .map(|i| ((i * 7919 + 13) % 256) as u8)
+            .collect();
+        let mut want = vec![0f32; scales.len() * BLOCK];
+        assert!(crate::quant::dequantize_mxfp4(&bytes, &scales, &mut want));
+        let blocks: Vec<BlockMxfp4> = bytes
+            .chunks_exact(16)
+            .zip(&scales)
+            .map(|(c, &e)| BlockMxfp4::from_interleaved(c.try_into().unwrap(), e))
+            .collect();
+        let mut got = vec![0f32; want.len()];
+        dequantize_into(&blocks, &mut got);
+        assert_eq!(got, want);
+        // Values an MXFP4 block holds quantize back to themselves (in the normal range).
+        let normal = &got[16 * BLOCK..200 * BLOCK];
+        let mut again = vec![0f32; normal.len()];
+        dequantize_into(&quantize::<BlockMxfp4>(normal), &mut again);
+        assert_eq!(again, normal);
+    }
+
+    #[test]
+    fn mxfp4_quantizes_within_its_grid() {
+        let x = values(8 * BLOCK, 3);
+        let blocks: Vec<BlockMxfp4> = quantize(&x);
+        let mut y = vec![0f32; x.len()];
+        dequantize_into(&blocks, &mut y);
+        for (xs, ys) in x.chunks(BLOCK).zip(y.chunks(BLOCK)) {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (a, b) in xs.iter().zip(ys) {
+                // The top binade clips above 6 of 8 (a quarter of amax); below, half a gap.
+                assert!(
+                    (a - b).abs() <= amax / 4.0 + 1e-6,
+                    "{a} -> {b} (amax {amax})"
+                );
+            }
+        }
+        assert_eq!(quantize::<BlockMxfp4>(&[0.0; BLOCK])[0], BlockMxfp4::ZERO);
     }
 }

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-pub use blocks::{dequantize_into, quantize, BlockQ4_0, BlockQ8_0, QuantBlock, WeightBlock, BLOCK};
+pub use blocks::{
+    dequantize_into, mxfp4_half_scale, quantize, BlockMxfp4, BlockQ4_0, BlockQ8_0, QuantBlock,
+    WeightBlock, BLOCK, MXFP4_CODES,
+};
 pub use mxfp4::{dequantize_mxfp4, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
 pub use slice::{with_weight_slice, WeightSlice};
 
@@ -26,6 +29,7 @@ use crate::error::{Error, Result};
 pub enum QuantFormat {
     Q8_0,
     Q4_0,
+    Mxfp4,
 }
 
 impl QuantFormat {
@@ -33,6 +37,7 @@ impl QuantFormat {
         match self {
             QuantFormat::Q8_0 => BlockQ8_0::NAME,
             QuantFormat::Q4_0 => BlockQ4_0::NAME,
+            QuantFormat::Mxfp4 => BlockMxfp4::NAME,
         }
     }
 
@@ -41,6 +46,7 @@ impl QuantFormat {
         let block = match self {
             QuantFormat::Q8_0 => size_of::<BlockQ8_0>(),
             QuantFormat::Q4_0 => size_of::<BlockQ4_0>(),
+            QuantFormat::Mxfp4 => size_of::<BlockMxfp4>(),
         };
         block as f64 / BLOCK as f64
     }
@@ -53,8 +59,9 @@ impl FromStr for QuantFormat {
         match s {
             "q8_0" => Ok(QuantFormat::Q8_0),
             "q4_0" => Ok(QuantFormat::Q4_0),
+            "mxfp4" => Ok(QuantFormat::Mxfp4),
             other => Err(Error::Input(format!(
-                "--quant {other} is not supported (q8_0 or q4_0)"
+                "--quant {other} is not supported (q8_0, q4_0 or mxfp4)"
             ))),
         }
     }
@@ -65,6 +72,7 @@ impl FromStr for QuantFormat {
 enum Blocks {
     Q8_0(Vec<BlockQ8_0>),
     Q4_0(Vec<BlockQ4_0>),
+    Mxfp4(Vec<BlockMxfp4>),
 }
 
 /// A quantized tensor of two or more dims whose last dim (the one products sum over) is a
@@ -90,6 +98,7 @@ impl QMatrix {
         let blocks = match format {
             QuantFormat::Q8_0 => Blocks::Q8_0(quantize_par(&x, k)),
             QuantFormat::Q4_0 => Blocks::Q4_0(quantize_par(&x, k)),
+            QuantFormat::Mxfp4 => Blocks::Mxfp4(quantize_par(&x, k)),
         };
         Ok(QMatrix { blocks, dims })
     }
@@ -102,6 +111,7 @@ impl QMatrix {
         match self.blocks {
             Blocks::Q8_0(_) => QuantFormat::Q8_0,
             Blocks::Q4_0(_) => QuantFormat::Q4_0,
+            Blocks::Mxfp4(_) => QuantFormat::Mxfp4,
         }
     }
 
@@ -110,6 +120,7 @@ impl QMatrix {
         match &self.blocks {
             Blocks::Q8_0(b) => WeightSlice::Q8_0(b),
             Blocks::Q4_0(b) => WeightSlice::Q4_0(b),
+            Blocks::Mxfp4(b) => WeightSlice::Mxfp4(b),
         }
     }
 
@@ -138,6 +149,7 @@ impl QMatrix {
         match &self.blocks {
             Blocks::Q8_0(b) => dequantize_into(&b[range], &mut out),
             Blocks::Q4_0(b) => dequantize_into(&b[range], &mut out),
+            Blocks::Mxfp4(b) => dequantize_into(&b[range], &mut out),
         }
         Ok(Tensor::from_vec(out, shape, &Device::Cpu)?.to_dtype(dtype)?)
     }
@@ -226,7 +238,7 @@ mod tests {
             .unwrap()
             .reshape((3, 4, 64))
             .unwrap();
-        for format in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
+        for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Mxfp4] {
             let w = Weight::new(x.clone(), Some(format), "w").unwrap();
             assert_eq!(w.dims(), &[3, 4, 64]);
             let whole = w.dense(DType::F32).unwrap();
@@ -234,8 +246,14 @@ mod tests {
             let diff = (whole.get(1).unwrap() - second).unwrap().abs().unwrap();
             assert_eq!(diff.max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
             let err = (whole - &x).unwrap().abs().unwrap().max_all().unwrap();
-            // Blocks span 0.32; half a q4_0 step on the largest block (|x| <= 4.7) is < 0.3.
-            assert!(err.to_scalar::<f32>().unwrap() < 0.3, "{format:?}");
+            // Blocks span 0.32; half a q4_0 step on the largest block (|x| <= 4.7) is < 0.3;
+            // MXFP4's top binade clips at 6 of 8, a quarter of the block's largest |x|.
+            let bound = if format == QuantFormat::Mxfp4 {
+                4.7 / 4.0
+            } else {
+                0.3
+            };
+            assert!(err.to_scalar::<f32>().unwrap() < bound, "{format:?}");
         }
     }
 

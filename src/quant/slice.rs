@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, Storage, Tensor};
 use half::{bf16, f16};
 
-use super::{BlockQ4_0, BlockQ8_0, BLOCK};
+use super::{BlockMxfp4, BlockQ4_0, BlockQ8_0, BLOCK};
 use crate::error::{Error, Result};
 
 fn msg(m: String) -> Error {
@@ -20,6 +20,7 @@ pub enum WeightSlice<'a> {
     F16(&'a [f16]),
     Q8_0(&'a [BlockQ8_0]),
     Q4_0(&'a [BlockQ4_0]),
+    Mxfp4(&'a [BlockMxfp4]),
 }
 
 impl<'a> WeightSlice<'a> {
@@ -33,12 +34,16 @@ impl<'a> WeightSlice<'a> {
             WeightSlice::F16(w) => WeightSlice::F16(&w[r]),
             WeightSlice::Q8_0(w) => WeightSlice::Q8_0(&w[b]),
             WeightSlice::Q4_0(w) => WeightSlice::Q4_0(&w[b]),
+            WeightSlice::Mxfp4(w) => WeightSlice::Mxfp4(&w[b]),
         }
     }
 
     /// Whether the weights are quantized blocks (their products take q8_0 activations).
     pub fn is_quantized(&self) -> bool {
-        matches!(self, WeightSlice::Q8_0(_) | WeightSlice::Q4_0(_))
+        matches!(
+            self,
+            WeightSlice::Q8_0(_) | WeightSlice::Q4_0(_) | WeightSlice::Mxfp4(_)
+        )
     }
 }
 

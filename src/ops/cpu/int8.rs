@@ -9,13 +9,23 @@ use std::arch::x86_64::*;
 use super::avx512::{prefetch_ahead, tile_dispatch};
 use super::tile::{for_tiles, OutView, Tile};
 use crate::quant::WeightBlock;
-use crate::quant::{BlockQ4_0, BlockQ8_0, BLOCK};
+use crate::quant::{BlockMxfp4, BlockQ4_0, BlockQ8_0, BLOCK};
 
 /// A weight block whose 32 codes load as 32 signed bytes.
 pub trait Codes256: WeightBlock {
     /// # Safety
     /// The CPU has AVX2, and `p` points to a block.
     unsafe fn load(p: *const Self) -> __m256i;
+
+    /// The block's scale in all 8 lanes.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C, and `p` points to a block.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn splat_scale(p: *const Self) -> __m256 {
+        _mm256_set1_ps((*p).scale())
+    }
 }
 
 impl Codes256 for BlockQ8_0 {
@@ -23,6 +33,27 @@ impl Codes256 for BlockQ8_0 {
     #[target_feature(enable = "avx2")]
     unsafe fn load(p: *const Self) -> __m256i {
         _mm256_loadu_si256((*p).qs.as_ptr() as *const __m256i)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn splat_scale(p: *const Self) -> __m256 {
+        splat_scale((*p).d.to_bits())
+    }
+}
+
+impl Codes256 for BlockMxfp4 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(p: *const Self) -> __m256i {
+        // Byte l: code l in the low nibble, code l + 16 in the high one; each code looks up
+        // its doubled FP4 value in a 16-entry byte table.
+        let table = _mm_loadu_si128(crate::quant::MXFP4_CODES.as_ptr() as *const __m128i);
+        let bytes = _mm_loadu_si128((*p).qs.as_ptr() as *const __m128i);
+        let low = _mm_set1_epi8(0x0f);
+        let lo = _mm_shuffle_epi8(table, _mm_and_si128(bytes, low));
+        let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(bytes), low));
+        _mm256_set_m128i(hi, lo)
     }
 }
 
@@ -36,6 +67,12 @@ impl Codes256 for BlockQ4_0 {
         let lo = _mm_and_si128(bytes, low);
         let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), low);
         _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn splat_scale(p: *const Self) -> __m256 {
+        splat_scale((*p).d.to_bits())
     }
 }
 
@@ -144,7 +181,7 @@ macro_rules! int8_tile {
                     let wb = w.add(j * ldw + b);
                     prefetch_ahead(wb);
                     let wq = W::load(wb);
-                    let wd = splat_scale((*wb).scale_bits());
+                    let wd = W::splat_scale(wb);
                     for i in 0..MR {
                         let p = $dot(xa[i], _mm256_sign_epi8(wq, xq[i]));
                         let scale = _mm256_mul_ps(xd[i], wd);
@@ -187,7 +224,7 @@ pub unsafe fn dequantize_bf16<W: Codes256>(blocks: &[W], out: &mut [half::bf16])
     );
     for (b, block) in blocks.iter().enumerate() {
         let codes = W::load(block);
-        let d = _mm512_cvtph_ps(_mm256_set1_epi16(block.scale_bits() as i16));
+        let d = _mm512_set1_ps(block.scale());
         let widen =
             |half: __m128i| _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(half)), d);
         let lo = widen(_mm256_castsi256_si128(codes));

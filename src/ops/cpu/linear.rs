@@ -36,7 +36,7 @@ const AMX_MIN_ROWS: usize = 4;
 pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
     match w {
         WeightSlice::BF16(_) => isa >= Isa::Avx512Bf16,
-        WeightSlice::Q8_0(_) | WeightSlice::Q4_0(_) => isa == Isa::Amx,
+        WeightSlice::Q8_0(_) | WeightSlice::Q4_0(_) | WeightSlice::Mxfp4(_) => isa == Isa::Amx,
         WeightSlice::F32(_) | WeightSlice::F16(_) => false,
     }
 }
@@ -111,6 +111,7 @@ pub fn matmul_bt(
         WeightSlice::F16(w) => widen(isa, x.f32, w, (m, n, k), out),
         WeightSlice::Q8_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
+        WeightSlice::Mxfp4(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
     }
 }
 
@@ -339,6 +340,7 @@ mod tests {
             for dims in BLOCK_SHAPES {
                 check_blocks(isa, dims, |w| WeightSlice::Q8_0(w));
                 check_blocks(isa, dims, |w| WeightSlice::Q4_0(w));
+                check_blocks(isa, dims, |w| WeightSlice::Mxfp4(w));
             }
         }
     }

@@ -117,7 +117,7 @@ fn portable<W: WeightBlock>(
                     .zip(codes)
                     .map(|(&a, b)| a as i32 * b as i32)
                     .sum();
-                let scale = xb.d.to_f32() * half::f16::from_bits(wb.scale_bits()).to_f32();
+                let scale = xb.d.to_f32() * wb.scale();
                 sum += dot as f32 * scale;
             }
             out.set(i, j, sum);

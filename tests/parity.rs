@@ -16,6 +16,10 @@ const F32_BOUND: f32 = 1e-4;
 /// so the half-precision bounds hold at every position but at most one.
 const BF16_BOUND: f32 = 0.06;
 const F16_BOUND: f32 = 0.01;
+/// Experts quantized on disk (MXFP4) are read as blocks by the fast CPU kernels, which round
+/// the activations to q8_0 at decode (2^-8 of each block's largest): measured 4.5e-3 on
+/// gpt_oss-b. The reference kernels dequantize and keep F32_BOUND.
+const QUANTIZED_ON_DISK_BOUND: f32 = 1e-2;
 
 fn check_logits(name: &str, dtype: DType, imp: Kernels, bound: f32) -> f32 {
     let r = reference(name);
@@ -35,7 +39,12 @@ fn check_logits(name: &str, dtype: DType, imp: Kernels, bound: f32) -> f32 {
 #[test]
 fn f32_logits_match_hf_with_both_moe_paths() {
     for name in FIXTURES {
-        let fast = check_logits(name, DType::F32, Kernels::Fast, F32_BOUND);
+        let fast_bound = if common::quantized_on_disk(name) {
+            QUANTIZED_ON_DISK_BOUND
+        } else {
+            F32_BOUND
+        };
+        let fast = check_logits(name, DType::F32, Kernels::Fast, fast_bound);
         let slow = check_logits(name, DType::F32, Kernels::Reference, F32_BOUND);
         eprintln!("{name}: f32 max error / max logit: fast {fast:.2e}, reference {slow:.2e}");
     }
@@ -67,10 +76,16 @@ fn prefill_equals_one_token_decode_steps() {
         let model = load(name, DType::F32, Kernels::Fast);
         let all = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
         let mut cache = model.new_cache();
+        // Blocks on disk: a decode step's activations are rounded to q8_0, a prefill's not.
+        let bound = if common::quantized_on_disk(name) {
+            2.0 * QUANTIZED_ON_DISK_BOUND
+        } else {
+            1e-5
+        };
         for (i, &t) in r.tokens.iter().enumerate() {
             let step = model.forward(&[t], &mut cache).unwrap();
             let err = relative_error(&step.get(0).unwrap(), &all.get(i).unwrap());
-            assert!(err <= 1e-5, "{name} position {i}: {err:e}");
+            assert!(err <= bound, "{name} position {i}: {err:e}");
         }
         assert_eq!(cache.position(), r.tokens.len());
     }

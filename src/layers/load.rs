@@ -129,11 +129,16 @@ impl LayerReader<'_> {
             },
         };
         let prefix = format!("{}.{}", self.prefix, n.moe);
-        let (gate_up, down) = self.weights.experts(n, &prefix, (e, i, h))?;
-        let mut experts = Experts::new(
-            Weight::new(gate_up, self.quant, &format!("{prefix} experts gate/up"))?,
-            Weight::new(down, self.quant, &format!("{prefix} experts down"))?,
-        );
+        let mut experts = match self.mxfp4_experts(&prefix, (e, i, h))? {
+            Some(experts) => experts,
+            None => {
+                let (gate_up, down) = self.weights.experts(n, &prefix, (e, i, h))?;
+                Experts::new(
+                    Weight::new(gate_up, self.quant, &format!("{prefix} experts gate/up"))?,
+                    Weight::new(down, self.quant, &format!("{prefix} experts down"))?,
+                )
+            }
+        };
         if m.expert_bias {
             // In the compute dtype's precision, as HF holds them, then in an f32 tensor, the
             // form the kernels read.
@@ -162,6 +167,24 @@ impl LayerReader<'_> {
             activation: self.cfg.activation,
             shared,
         })
+    }
+
+    /// MXFP4 experts kept in their format (no upcast: gpt-oss-20b's experts stay 4.25 bits a
+    /// weight), where the checkpoint has them, the weights live on the CPU, and `--quant`
+    /// asks for MXFP4 or nothing. Elsewhere (a GPU, another `--quant`) they are dequantized.
+    fn mxfp4_experts(&self, prefix: &str, dims: (usize, usize, usize)) -> Result<Option<Experts>> {
+        let keep =
+            self.weights.device().is_cpu() && matches!(self.quant, None | Some(QuantFormat::Mxfp4));
+        if !keep {
+            return Ok(None);
+        }
+        let Some((gate_up, down)) = self.weights.mxfp4_experts(self.names, prefix, dims)? else {
+            return Ok(None);
+        };
+        Ok(Some(Experts::new(
+            Weight::Quantized(std::sync::Arc::new(gate_up)),
+            Weight::Quantized(std::sync::Arc::new(down)),
+        )))
     }
 
     pub fn block(&self, layer: LayerSpec, backend: &Backend) -> Result<Block> {

@@ -83,6 +83,8 @@ pub struct Model {
     backend: Backend,
     dtype: DType,
     quant: Option<QuantFormat>,
+    /// The format the routed experts are kept in: `quant`, or the checkpoint's own (MXFP4).
+    expert_format: Option<QuantFormat>,
     /// config.json fields nothing here reads (see [`Model::unrecognized_config_fields`]).
     unrecognized_fields: Vec<String>,
 }
@@ -170,6 +172,7 @@ impl Model {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(weights.get(names.final_norm, &[h])?, cfg.rms_norm_eps);
+        let expert_format = blocks.iter().find_map(Block::expert_format).or(opts.quant);
         Ok(Model {
             rope: Rope::new(&cfg.rope, cfg.attention.head_dim),
             cfg,
@@ -181,6 +184,7 @@ impl Model {
             backend,
             dtype: opts.dtype,
             quant: opts.quant,
+            expert_format,
             unrecognized_fields,
         })
     }
@@ -203,7 +207,9 @@ impl Model {
         let reads = self.cfg.decode_reads();
         let dense = self.dtype.size_in_bytes() as f64;
         let bytes = |format: Option<QuantFormat>| format.map_or(dense, |f| f.bytes_per_weight());
-        reads.matrices as f64 * bytes(self.quant)
+        let other_matrices = reads.matrices - reads.experts;
+        other_matrices as f64 * bytes(self.quant)
+            + reads.experts as f64 * bytes(self.expert_format)
             + reads.head as f64 * bytes(head_format(self.quant))
             + reads.other as f64 * dense
     }

@@ -84,6 +84,22 @@ pub struct QMatrix {
 }
 
 impl QMatrix {
+    /// MXFP4 blocks as they are: `dims` with a last dim of `blocks.len()` / rows · 32.
+    pub fn from_mxfp4(blocks: Vec<BlockMxfp4>, dims: &[usize]) -> Result<QMatrix> {
+        let values: usize = dims.iter().product();
+        let k = dims.last().copied().unwrap_or(0);
+        if dims.len() < 2 || !k.is_multiple_of(BLOCK) || blocks.len() * BLOCK != values {
+            return Err(Error::Input(format!(
+                "{} MXFP4 blocks do not make a matrix of {dims:?}",
+                blocks.len()
+            )));
+        }
+        Ok(QMatrix {
+            blocks: Blocks::Mxfp4(blocks),
+            dims: dims.to_vec(),
+        })
+    }
+
     /// Quantizes a CPU tensor; `name` is used in errors.
     pub fn quantize(t: &Tensor, format: QuantFormat, name: &str) -> Result<QMatrix> {
         let dims = t.dims().to_vec();

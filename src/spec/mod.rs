@@ -350,8 +350,16 @@ impl ModelConfig {
     pub fn decode_reads(&self) -> DecodeReads {
         let h = self.hidden_size as u128;
         let (_, layers_active, matrices) = self.layer_parameter_counts();
+        let m = &self.moe;
+        let sparse = self
+            .layers
+            .iter()
+            .filter(|l| l.ffn == FfnKind::Sparse)
+            .count() as u128;
+        let experts = sparse * m.router.top_k as u128 * 3 * h * m.expert_intermediate_size as u128;
         DecodeReads {
             matrices,
+            experts,
             head: self.vocab_size as u128 * h,
             // One embedding row and the final norm, beside the layers' norms, biases and
             // routers.
@@ -426,6 +434,9 @@ pub struct DecodeReads {
     /// Weights of the layers' matrix products: attention projections, the active and shared
     /// experts, dense MLPs.
     pub matrices: u128,
+    /// The part of `matrices` that is the active routed experts (which a checkpoint may store
+    /// in a format of their own, as gpt-oss's MXFP4).
+    pub experts: u128,
     /// The head (vocab x hidden).
     pub head: u128,
     /// Everything else: norms, biases, routers, shared-expert gates, one embedding row.

@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use super::Weights;
 use crate::arch::{ExpertNames, TensorNames};
 use crate::error::{Error, Result};
-use crate::quant::{dequantize_mxfp4, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
+use crate::quant::{dequantize_mxfp4, BlockMxfp4, QMatrix, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
 
 impl Weights {
     /// The routed experts of one sparse block, stacked as `gate_up: [E, 2I, H]` (the I gate
@@ -91,6 +91,69 @@ impl Weights {
                 Ok((Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?))
             }
         }
+    }
+
+    /// A layer's MXFP4 experts as blocks, read without dequantizing, where the checkpoint
+    /// stores them so (gpt-oss as published): `(gate_up [E, 2I, H], down [E, H, I])` in the
+    /// stacked layout's row order; `None` for experts stored otherwise.
+    pub fn mxfp4_experts(
+        &self,
+        names: &TensorNames,
+        prefix: &str,
+        (e, i, h): (usize, usize, usize),
+    ) -> Result<Option<(QMatrix, QMatrix)>> {
+        let ExpertNames::Interleaved { gate_up, down } = &names.experts else {
+            return Ok(None);
+        };
+        let (gate_up, down) = (format!("{prefix}.{gate_up}"), format!("{prefix}.{down}"));
+        if self.random.is_some() || !self.contains(&format!("{gate_up}_blocks")) {
+            return Ok(None);
+        }
+        let gate_up_blocks = self.mxfp4_blocks(&gate_up, (e, 2 * i, h))?;
+        // Rows alternate gate, up: all gate rows first, then all up rows.
+        let per_row = h / MXFP4_BLOCK;
+        let mut reordered = Vec::with_capacity(gate_up_blocks.len());
+        for x in 0..e {
+            let expert = &gate_up_blocks[x * 2 * i * per_row..][..2 * i * per_row];
+            for parity in 0..2 {
+                for r in (parity..2 * i).step_by(2) {
+                    reordered.extend_from_slice(&expert[r * per_row..][..per_row]);
+                }
+            }
+        }
+        Ok(Some((
+            QMatrix::from_mxfp4(reordered, &[e, 2 * i, h])?,
+            QMatrix::from_mxfp4(self.mxfp4_blocks(&down, (e, h, i))?, &[e, h, i])?,
+        )))
+    }
+
+    /// `{name}_blocks` and `{name}_scales` as blocks of the CPU's MXFP4 format, rows of
+    /// (e, out, in) in order.
+    fn mxfp4_blocks(
+        &self,
+        name: &str,
+        (e, out, inp): (usize, usize, usize),
+    ) -> Result<Vec<BlockMxfp4>> {
+        if !inp.is_multiple_of(MXFP4_BLOCK) {
+            return Err(Error::Input(format!(
+                "{name}: MXFP4 rows of {inp} values are not whole blocks of {MXFP4_BLOCK}"
+            )));
+        }
+        let groups = inp / MXFP4_BLOCK;
+        let blocks = self.bytes(
+            &format!("{name}_blocks"),
+            &[e, out, groups, MXFP4_BLOCK_BYTES],
+        )?;
+        let scales = self.bytes(&format!("{name}_scales"), &[e, out, groups])?;
+        Ok(blocks
+            .chunks_exact(MXFP4_BLOCK_BYTES)
+            .zip(scales)
+            .map(|(codes, &scale)| {
+                let codes: &[u8; MXFP4_BLOCK_BYTES] =
+                    codes.try_into().expect("chunks of MXFP4_BLOCK_BYTES");
+                BlockMxfp4::from_interleaved(codes, scale)
+            })
+            .collect())
     }
 
     /// The MXFP4 tensor `{name}_blocks` (`[.., out, in / 32, 16]` U8) with `{name}_scales`

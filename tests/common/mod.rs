@@ -31,6 +31,15 @@ pub fn fixture(name: &str) -> PathBuf {
     fixtures_dir().join(name)
 }
 
+/// Whether the fixture's experts are quantized on disk (its config.json has a
+/// `quantization_config`): the CPU kernels then read them as blocks and, at decode, round the
+/// activations to q8_0 for integer dot products, as llama.cpp's do.
+pub fn quantized_on_disk(name: &str) -> bool {
+    let config = std::fs::read_to_string(fixture(name).join("config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config.get("quantization_config").is_some()
+}
+
 /// The committed fixtures, found when the test runs, not where it was built (test binaries
 /// built here run from the repository root of the GPU machine): `$MOE_FIXTURES`, else
 /// tests/fixtures under `$CARGO_MANIFEST_DIR` (cargo sets it when it runs a test), else under

@@ -38,6 +38,8 @@ pub struct Architecture {
     pub names: TensorNames,
     /// config.json fields that no part of the parser read; the caller should report them.
     pub unrecognized_fields: Vec<String>,
+    /// The checkpoint's experts are stored quantized (`quantization_config`: gpt-oss's MXFP4).
+    pub quantized_experts: bool,
 }
 
 /// Hub tensor names of one family. Layer tensors are `{layers}.{i}.{name}`; MoE tensors are
@@ -159,6 +161,8 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
     let model_type = f
         .opt_str("model_type")?
         .ok_or_else(|| f.error("model_type", "is required but missing"))?;
+    // Families accept the quantization methods they read (common() refuses the others).
+    let quantized_experts = f.has("quantization_config");
     let (config, names) = match model_type.as_str() {
         "mixtral" => mixtral::parse(&mut f)?,
         "qwen2_moe" => qwen2_moe::parse(&mut f)?,
@@ -199,6 +203,7 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
         config,
         names,
         unrecognized_fields: f.unread(),
+        quantized_experts,
     })
 }
 

@@ -24,6 +24,8 @@ pub fn run(common: &Common) -> Result<()> {
         .collect();
     let (total, active) = c.parameter_counts();
     let bytes = opts.dtype.size_in_bytes() as f64;
+    // Experts a checkpoint keeps in MXFP4 stay so on the CPU: 17 bytes per 32 weights.
+    let mxfp4 = arch.quantized_experts;
     println!("model          {}", dir.display());
     println!("architecture   {}", c.model_type);
     println!(
@@ -94,10 +96,18 @@ pub fn run(common: &Common) -> Result<()> {
         total as f64 / 1e6,
         active as f64 / 1e6
     );
+    let expert_params = if mxfp4 {
+        let per_expert = 3 * c.hidden_size as u128 * m.expert_intermediate_size as u128;
+        per_expert * m.num_experts as u128 * sparse as u128
+    } else {
+        0
+    };
+    let memory = (total - expert_params) as f64 * bytes + expert_params as f64 * 17.0 / 32.0;
     println!(
-        "memory         {:.1} MiB of weights in {:?}",
-        total as f64 * bytes / (1 << 20) as f64,
-        opts.dtype
+        "memory         {:.1} MiB of weights in {:?}{}",
+        memory / (1 << 20) as f64,
+        opts.dtype,
+        if mxfp4 { ", experts in MXFP4" } else { "" }
     );
     if !arch.unrecognized_fields.is_empty() {
         println!("unused fields  {}", arch.unrecognized_fields.join(", "));

@@ -93,7 +93,7 @@ impl<'a> Chat<'a> {
             .count()
             .min(prompt.len().saturating_sub(1));
         self.cache.truncate(shared)?;
-        self.cached.truncate(shared);
+        self.cached.truncate(self.cache.position());
         let answer = generate_text(
             self.model,
             self.tokenizer,

@@ -1,6 +1,9 @@
 //! `Cache`: the per-sequence state a caller owns: keys and values of every layer, and the
 //! position the next token will take. Keys and values are written in place into buffers that
-//! grow by doubling, so a decode step copies one position, not the whole history.
+//! grow by doubling, so a decode step copies one position, not the whole history. A layer
+//! with a sliding window keeps only the keys its window can still reach: its buffer holds at
+//! most about twice the window, and the oldest keys are dropped (moved out in one copy every
+//! window's worth of steps) as the sequence goes on.
 
 use candle_core::{Result as CandleResult, Tensor};
 
@@ -9,12 +12,13 @@ use crate::error::Result;
 /// Positions a layer's buffers start with; they double from there as the sequence grows.
 const INITIAL_CAPACITY: usize = 256;
 
-/// One layer's keys and values: each (kv_heads, capacity, head_dim), contiguous; positions
-/// `0..Cache::position` are valid.
+/// One layer's keys and values: each (kv_heads, capacity, head_dim), contiguous; buffer
+/// position j holds sequence position `base + j`, valid up to `Cache::position`.
 #[derive(Debug)]
 struct LayerKv {
     k: Tensor,
     v: Tensor,
+    base: usize,
 }
 
 impl LayerKv {
@@ -28,15 +32,25 @@ impl LayerKv {
 #[derive(Debug)]
 pub struct Cache {
     layers: Vec<Option<LayerKv>>,
+    /// Each layer's attention window (`None`: it sees every earlier position).
+    windows: Vec<Option<usize>>,
     position: usize,
     /// The model's context: buffers never grow past it.
     max_positions: usize,
 }
 
 impl Cache {
+    /// A cache for layers that all see every earlier position.
+    #[cfg(test)]
     pub(crate) fn new(num_layers: usize, max_positions: usize) -> Self {
+        Cache::with_windows(vec![None; num_layers], max_positions)
+    }
+
+    /// A cache for layers with these attention windows.
+    pub(crate) fn with_windows(windows: Vec<Option<usize>>, max_positions: usize) -> Self {
         Cache {
-            layers: (0..num_layers).map(|_| None).collect(),
+            layers: windows.iter().map(|_| None).collect(),
+            windows,
             position: 0,
             max_positions,
         }
@@ -50,17 +64,37 @@ impl Cache {
     /// Forgets everything, to start a new sequence with the same cache (and its buffers).
     pub fn reset(&mut self) {
         self.position = 0;
+        for kv in self.layers.iter_mut().flatten() {
+            kv.base = 0;
+        }
     }
 
     /// Keeps the first `len` positions and forgets the rest, so that a sequence sharing that
-    /// prefix can go on from there (a chat's next turn).
+    /// prefix can go on from there (a chat's next turn). A sliding-window layer that has
+    /// already dropped keys the shorter sequence would need makes the cache start over from
+    /// position 0: read [`Cache::position`] afterwards for what was kept.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        self.position = self.position.min(len);
+        let len = self.position.min(len);
+        let reachable =
+            self.layers
+                .iter()
+                .zip(&self.windows)
+                .all(|(kv, window)| match (kv, window) {
+                    (Some(kv), Some(w)) => kv.base <= len.saturating_sub(w.saturating_sub(1)),
+                    _ => true,
+                });
+        if reachable {
+            self.position = len;
+        } else {
+            self.reset();
+        }
         Ok(())
     }
 
     /// Writes `k, v: (kv_heads, new, head_dim)` for layer `layer` at the current position;
-    /// returns all keys and values so far, each (kv_heads, position + new, head_dim).
+    /// returns the keys and values the new positions may attend to, each (kv_heads, kept +
+    /// new, head_dim), the new ones last: every earlier position for a full layer, at least
+    /// the last window - 1 of them for a sliding one.
     pub(crate) fn append(
         &mut self,
         layer: usize,
@@ -68,24 +102,34 @@ impl Cache {
         v: Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let (start, new) = (self.position, k.dims()[1]);
-        let end = start + new;
-        let grown = match self.layers[layer].take() {
-            Some(kv) if kv.capacity() >= end => kv,
+        let window = self.windows.get(layer).copied().flatten();
+        // The first position any of the new queries can see.
+        let keep_from = window.map_or(0, |w| start.saturating_sub(w.saturating_sub(1)));
+        let kv = match self.layers[layer].take() {
+            Some(kv) if kv.base <= keep_from && kv.capacity() >= start - kv.base + new => kv,
             old => {
-                let capacity = end
-                    .max(INITIAL_CAPACITY)
-                    .next_power_of_two()
-                    .min(self.max_positions.max(end));
+                // Room for the keys kept and the new ones: doubling, up to the context for a
+                // full layer; about twice the window for a sliding one, so that dropping old
+                // keys (one copy) happens once per window's worth of decode steps.
+                let need = start - keep_from + new;
+                let capacity = match window {
+                    None => need.max(INITIAL_CAPACITY).next_power_of_two(),
+                    Some(w) => need.max(2 * w).next_power_of_two(),
+                }
+                .min(self.max_positions.max(need));
+                let keep = old.as_ref().map(|kv| (kv.base, keep_from));
                 LayerKv {
-                    k: grow(old.as_ref().map(|kv| &kv.k), &k, capacity, start)?,
-                    v: grow(old.as_ref().map(|kv| &kv.v), &v, capacity, start)?,
+                    k: regrow(old.as_ref().map(|kv| &kv.k), &k, capacity, keep, start)?,
+                    v: regrow(old.as_ref().map(|kv| &kv.v), &v, capacity, keep, start)?,
+                    base: keep_from,
                 }
             }
         };
-        grown.k.slice_set(&k.contiguous()?, 1, start)?;
-        grown.v.slice_set(&v.contiguous()?, 1, start)?;
-        let out = (grown.k.narrow(1, 0, end)?, grown.v.narrow(1, 0, end)?);
-        self.layers[layer] = Some(grown);
+        let at = start - kv.base;
+        kv.k.slice_set(&k.contiguous()?, 1, at)?;
+        kv.v.slice_set(&v.contiguous()?, 1, at)?;
+        let out = (kv.k.narrow(1, 0, at + new)?, kv.v.narrow(1, 0, at + new)?);
+        self.layers[layer] = Some(kv);
         Ok(out)
     }
 
@@ -94,13 +138,26 @@ impl Cache {
     }
 }
 
-/// A zeroed (kv_heads, capacity, head_dim) buffer like `like`, holding the first `keep`
-/// positions of `old`.
-fn grow(old: Option<&Tensor>, like: &Tensor, capacity: usize, keep: usize) -> CandleResult<Tensor> {
+/// A zeroed (kv_heads, capacity, head_dim) buffer like `like`, holding positions
+/// `keep_from..end` of `old` (whose first buffer position is sequence position `old_base`) at
+/// its start; `keep` is `(old_base, keep_from)`.
+fn regrow(
+    old: Option<&Tensor>,
+    like: &Tensor,
+    capacity: usize,
+    keep: Option<(usize, usize)>,
+    end: usize,
+) -> CandleResult<Tensor> {
     let (heads, _, head_dim) = like.dims3()?;
     let buf = Tensor::zeros((heads, capacity, head_dim), like.dtype(), like.device())?;
-    if let (Some(old), true) = (old, keep > 0) {
-        buf.slice_set(&old.narrow(1, 0, keep)?.contiguous()?, 1, 0)?;
+    if let (Some(old), Some((old_base, keep_from))) = (old, keep) {
+        let (from, to) = (
+            keep_from.saturating_sub(old_base),
+            end.saturating_sub(old_base),
+        );
+        if to > from {
+            buf.slice_set(&old.narrow(1, from, to - from)?.contiguous()?, 1, 0)?;
+        }
     }
     Ok(buf)
 }
@@ -147,5 +204,54 @@ mod tests {
             want = Some(w);
         }
         assert_eq!(cache.position(), 287);
+    }
+
+    /// A sliding layer hands back (at least) the last window - 1 positions and the new ones, as
+    /// the full layer's history would give them, through prefills and decode steps that drop
+    /// keys; its buffer stays within twice the window (rounded to a power of two).
+    #[test]
+    fn a_sliding_layer_keeps_only_what_its_window_can_reach() {
+        let w = 5;
+        let mut cache = Cache::with_windows(vec![None, Some(w)], 4096);
+        let mut all: Option<Tensor> = None;
+        for (step, new) in [3usize, 9, 1, 1, 1, 1, 1, 1, 1, 1, 1, 12, 1]
+            .into_iter()
+            .enumerate()
+        {
+            let k = kv(2, new, step as f64 * 100.0);
+            let (full, _) = cache.append(0, k.clone(), k.clone()).unwrap();
+            let (sliding, _) = cache.append(1, k.clone(), k.clone()).unwrap();
+            let start = cache.position();
+            cache.advance(new);
+            let history = match all.take() {
+                None => k,
+                Some(a) => Tensor::cat(&[&a, &k], 1).unwrap(),
+            };
+            let end = start + new;
+            let reach = end - start.saturating_sub(w - 1);
+            let kept = sliding.dim(1).unwrap();
+            assert!(
+                kept >= reach,
+                "step {step}: {kept} positions for a reach of {reach}"
+            );
+            let want = history.narrow(1, end - kept, kept).unwrap();
+            let same = |a: &Tensor, b: &Tensor| {
+                let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+                d.to_vec1::<f32>().unwrap().iter().all(|&x| x == 0.0)
+            };
+            assert!(same(&sliding, &want), "step {step}");
+            assert!(same(&full, &history), "step {step}");
+            let capacity = cache.layers[1].as_ref().unwrap().capacity();
+            assert!(capacity <= (2 * w).max(w - 1 + new).next_power_of_two());
+            all = Some(history);
+        }
+        // Back to the shortest prefix whose window the kept keys still cover: kept; one
+        // position shorter: start over.
+        let base = cache.layers[1].as_ref().unwrap().base;
+        assert!(base > 0, "the test should have dropped keys");
+        cache.truncate(base + w - 1).unwrap();
+        assert_eq!(cache.position(), base + w - 1);
+        cache.truncate(base + w - 2).unwrap();
+        assert_eq!(cache.position(), 0);
     }
 }

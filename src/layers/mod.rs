@@ -27,7 +27,7 @@ use crate::arch::{self, Architecture};
 use crate::error::{Error, Result};
 use crate::ops::{Backend, Kernels};
 use crate::quant::{QuantFormat, Weight};
-use crate::spec::ModelConfig;
+use crate::spec::{AttentionKind, ModelConfig};
 use crate::weights::Weights;
 use attention::{Sequence, Step};
 use load::LayerReader;
@@ -233,7 +233,16 @@ impl Model {
 
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self) -> Cache {
-        Cache::new(self.blocks.len(), self.cfg.max_position_embeddings)
+        let windows = self
+            .cfg
+            .layers
+            .iter()
+            .map(|l| match l.attention {
+                AttentionKind::Full => None,
+                AttentionKind::Sliding { window } => Some(window),
+            })
+            .collect();
+        Cache::with_windows(windows, self.cfg.max_position_embeddings)
     }
 
     /// Runs `tokens` after whatever `cache` holds; returns f32 logits for every one of them,

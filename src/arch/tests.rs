@@ -312,3 +312,47 @@ fn granitemoe_multipliers_and_stacked_experts() {
     assert_eq!(a.names.router, "router.layer.weight");
     assert!(matches!(a.names.experts, ExpertNames::Stacked { .. }));
 }
+
+/// gpt-oss with transformers' defaults where the config is silent: head_dim 64, a window of
+/// 128 on the even layers, gpt-oss's YaRN, biases everywhere, sinks, the clamped SwiGLU.
+#[test]
+fn gpt_oss_takes_hfs_defaults() {
+    let v = json!({
+        "model_type": "gpt_oss", "vocab_size": 100, "hidden_size": 64, "intermediate_size": 32,
+        "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": 256, "num_local_experts": 4, "num_experts_per_tok": 2,
+        "quantization_config": {"quant_method": "mxfp4", "modules_to_not_convert": []}
+    });
+    let a = arch(v.clone());
+    let c = a.config;
+    assert!(a.quantized_experts);
+    assert_eq!(c.attention.head_dim, 64);
+    assert_eq!(windows(&c), vec![Some(128), None, Some(128)]);
+    assert!(c.attention.sinks && c.attention.qkv_bias && c.attention.o_bias);
+    let y = c.rope.yarn.unwrap();
+    assert_eq!(
+        (y.factor, y.original_max_position_embeddings, y.truncate),
+        (32.0, 4096, false)
+    );
+    assert_eq!(c.rope.theta, 150000.0);
+    let r = c.moe.router;
+    assert!(r.logit_bias && r.selection == crate::spec::Selection::TopKThenScore && !r.renormalise);
+    assert!(c.moe.expert_bias);
+    assert_eq!(
+        c.activation,
+        crate::spec::Activation::SwigluClamped {
+            alpha: 1.702,
+            limit: 7.0
+        }
+    );
+    // Explicit layer types win; a window of 0 is refused.
+    let c = arch(with(
+        v.clone(),
+        json!({"layer_types": ["full_attention", "full_attention", "sliding_attention"],
+               "sliding_window": 16}),
+    ))
+    .config;
+    assert_eq!(windows(&c), vec![None, None, Some(16)]);
+    let e = error(with(v, json!({"sliding_window": 0})));
+    assert!(e.contains("sliding_window"), "{e}");
+}

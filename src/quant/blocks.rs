@@ -95,6 +95,7 @@ impl QuantBlock for BlockQ8_0 {
         }
     }
 
+    #[inline]
     fn dequantize(&self) -> [f32; BLOCK] {
         let d = self.d.to_f32();
         self.qs.map(|q| d * q as f32)
@@ -124,6 +125,7 @@ impl QuantBlock for BlockQ4_0 {
         }
     }
 
+    #[inline]
     fn dequantize(&self) -> [f32; BLOCK] {
         let d = self.d.to_f32();
         let mut out = [0f32; BLOCK];
@@ -172,6 +174,7 @@ impl QuantBlock for BlockMxfp4 {
         }
     }
 
+    #[inline]
     fn dequantize(&self) -> [f32; BLOCK] {
         let d = mxfp4_half_scale(self.e);
         let mut out = [0f32; BLOCK];
@@ -206,6 +209,7 @@ pub fn quantize<B: QuantBlock>(x: &[f32]) -> Vec<B> {
 }
 
 /// The f32 values of `blocks`, into `out` (BLOCK per block).
+#[inline]
 pub fn dequantize_into<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {
     for (b, o) in blocks.iter().zip(out.chunks_exact_mut(BLOCK)) {
         o.copy_from_slice(&b.dequantize());

@@ -331,7 +331,7 @@ fn broken_gpt_oss_checkpoints_are_named() {
     const SCALES: &str = "model.layers.0.mlp.experts.gate_up_proj_scales";
     const SINKS: &str = "model.layers.0.self_attn.sinks";
     type Edit = Box<dyn Fn(&mut HashMap<String, Tensor>)>;
-    let tensor_cases: [(&str, Edit, &[&str]); 4] = [
+    let tensor_cases: [(&str, Edit, &[&str]); 5] = [
         (
             "blocks of the wrong shape",
             Box::new(|t| {
@@ -347,6 +347,14 @@ fn broken_gpt_oss_checkpoints_are_named() {
                 t.insert(SCALES.into(), bad);
             }),
             &[SCALES, "U8"],
+        ),
+        (
+            "a scale of 255 (E8M0's NaN)",
+            Box::new(|t| {
+                let bad = Tensor::full(255u8, (4, 64, 2), &Device::Cpu).unwrap();
+                t.insert(SCALES.into(), bad);
+            }),
+            &[SCALES, "255"],
         ),
         (
             "a missing scale tensor",

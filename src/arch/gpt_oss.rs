@@ -33,21 +33,17 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     cfg.attention.qkv_bias = bias;
     cfg.attention.o_bias = bias;
     cfg.attention.sinks = true;
-    // Even layers slide unless `layer_types` says otherwise.
-    let window = match f.value("sliding_window") {
-        None if f.has("layer_types") => None,
-        None => Some(128),
-        Some(_) => Some(f.usize("sliding_window")?),
-    };
-    if window == Some(0) {
+    // Even layers slide over 128 positions unless the config says otherwise.
+    let window = f.opt_usize("sliding_window")?.unwrap_or(128);
+    if window == 0 {
         return Err(f.error("sliding_window", "must be at least 1"));
     }
-    if let Some(window) = window {
+    if !f.has("layer_types") {
         for layer in cfg.layers.iter_mut().step_by(2) {
             layer.attention = AttentionKind::Sliding { window };
         }
     }
-    layer_types(f, &mut cfg.layers, window)?;
+    layer_types(f, &mut cfg.layers, Some(window))?;
     let top_k = f.usize_any(&["num_experts_per_tok", "experts_per_token"])?;
     // Published configs carry both names; they must agree.
     if let Some(other) = f.opt_usize("experts_per_token")? {

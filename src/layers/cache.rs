@@ -93,8 +93,8 @@ impl Cache {
 
     /// Writes `k, v: (kv_heads, new, head_dim)` for layer `layer` at the current position;
     /// returns the keys and values the new positions may attend to, each (kv_heads, kept +
-    /// new, head_dim), the new ones last: every earlier position for a full layer, at least
-    /// the last window - 1 of them for a sliding one.
+    /// new, head_dim), the new ones last: every earlier position for a full layer, the last
+    /// window - 1 of them for a sliding one.
     pub(crate) fn append(
         &mut self,
         layer: usize,
@@ -105,18 +105,26 @@ impl Cache {
         let window = self.windows.get(layer).copied().flatten();
         // The first position any of the new queries can see.
         let keep_from = window.map_or(0, |w| start.saturating_sub(w.saturating_sub(1)));
+        // Room for the keys kept and the new ones: doubling, up to the context for a full
+        // layer; about twice the window for a sliding one, so that dropping old keys (one
+        // copy) happens once per window's worth of decode steps.
+        let need = start - keep_from + new;
+        let capacity = match window {
+            None => need.max(INITIAL_CAPACITY).next_power_of_two(),
+            Some(w) => need.max(2 * w).next_power_of_two(),
+        }
+        .min(self.max_positions.max(need));
         let kv = match self.layers[layer].take() {
-            Some(kv) if kv.base <= keep_from && kv.capacity() >= start - kv.base + new => kv,
+            // A sliding layer's buffer sized for a long prefill is not kept for the decode
+            // steps after it: the first one moves what the window reaches to a small buffer.
+            Some(kv)
+                if kv.base <= keep_from
+                    && kv.capacity() >= start - kv.base + new
+                    && (window.is_none() || kv.capacity() <= capacity) =>
+            {
+                kv
+            }
             old => {
-                // Room for the keys kept and the new ones: doubling, up to the context for a
-                // full layer; about twice the window for a sliding one, so that dropping old
-                // keys (one copy) happens once per window's worth of decode steps.
-                let need = start - keep_from + new;
-                let capacity = match window {
-                    None => need.max(INITIAL_CAPACITY).next_power_of_two(),
-                    Some(w) => need.max(2 * w).next_power_of_two(),
-                }
-                .min(self.max_positions.max(need));
                 let keep = old.as_ref().map(|kv| (kv.base, keep_from));
                 LayerKv {
                     k: regrow(old.as_ref().map(|kv| &kv.k), &k, capacity, keep, start)?,
@@ -128,7 +136,11 @@ impl Cache {
         let at = start - kv.base;
         kv.k.slice_set(&k.contiguous()?, 1, at)?;
         kv.v.slice_set(&v.contiguous()?, 1, at)?;
-        let out = (kv.k.narrow(1, 0, at + new)?, kv.v.narrow(1, 0, at + new)?);
+        // Only what the new positions can see: older keys still in a sliding buffer are not
+        // handed to attention (the reference backend would score and mask them all).
+        let skip = keep_from - kv.base;
+        let len = at + new - skip;
+        let out = (kv.k.narrow(1, skip, len)?, kv.v.narrow(1, skip, len)?);
         self.layers[layer] = Some(kv);
         Ok(out)
     }
@@ -242,7 +254,10 @@ mod tests {
             assert!(same(&sliding, &want), "step {step}");
             assert!(same(&full, &history), "step {step}");
             let capacity = cache.layers[1].as_ref().unwrap().capacity();
-            assert!(capacity <= (2 * w).max(w - 1 + new).next_power_of_two());
+            assert!(
+                capacity <= (2 * w).max(w - 1 + new).next_power_of_two(),
+                "step {step}: {capacity} positions held"
+            );
             all = Some(history);
         }
         // Back to the shortest prefix whose window the kept keys still cover: kept; one

@@ -146,12 +146,12 @@ impl QuantBlock for BlockMxfp4 {
 
     /// GGML's `quantize_row_mxfp4_ref`: e puts the largest magnitude in FP4's top binade
     /// (floor(log2 amax) - 2 + 127), each value to the nearest doubled code (a tie to the
-    /// larger magnitude).
+    /// smaller magnitude, as GGML's `best_index_mxfp4`).
     fn quantize(x: &[f32], out: &mut [Self]) {
         for (xs, b) in x.chunks_exact(BLOCK).zip(out) {
             let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
             let e = if amax > 0.0 {
-                (amax.log2().floor() - 2.0 + 127.0).clamp(0.0, 255.0) as u8
+                (amax.log2().floor() - 2.0 + 127.0).clamp(0.0, 254.0) as u8
             } else {
                 0
             };
@@ -161,7 +161,7 @@ impl QuantBlock for BlockMxfp4 {
                 let magnitudes = &MXFP4_CODES[..8];
                 let mut best = 0;
                 for (i, &m) in magnitudes.iter().enumerate() {
-                    if (m as f32 - mag).abs() <= (magnitudes[best] as f32 - mag).abs() {
+                    if (m as f32 - mag).abs() < (magnitudes[best] as f32 - mag).abs() {
                         best = i;
                     }
                 }

@@ -144,7 +144,7 @@ impl Weights {
             &format!("{name}_blocks"),
             &[e, out, groups, MXFP4_BLOCK_BYTES],
         )?;
-        let scales = self.bytes(&format!("{name}_scales"), &[e, out, groups])?;
+        let scales = self.scales(name, (e, out, groups))?;
         Ok(blocks
             .chunks_exact(MXFP4_BLOCK_BYTES)
             .zip(scales)
@@ -154,6 +154,19 @@ impl Weights {
                 BlockMxfp4::from_interleaved(codes, scale)
             })
             .collect())
+    }
+
+    /// `{name}_scales`, refused if any is 255: E8M0's NaN, which no quantizer writes; read
+    /// as a number it would pass for a weight of 2^128.
+    fn scales(&self, name: &str, (e, out, groups): (usize, usize, usize)) -> Result<&[u8]> {
+        let scales_name = format!("{name}_scales");
+        let scales = self.bytes(&scales_name, &[e, out, groups])?;
+        if let Some(at) = scales.iter().position(|&s| s == 255) {
+            return Err(Error::Input(format!(
+                "{scales_name}: scale {at} is 255, E8M0's NaN (a corrupt checkpoint)"
+            )));
+        }
+        Ok(scales)
     }
 
     /// The MXFP4 tensor `{name}_blocks` (`[.., out, in / 32, 16]` U8) with `{name}_scales`
@@ -167,7 +180,7 @@ impl Weights {
         let groups = inp / MXFP4_BLOCK;
         let blocks_name = format!("{name}_blocks");
         let blocks = self.bytes(&blocks_name, &[e, out, groups, MXFP4_BLOCK_BYTES])?;
-        let scales = self.bytes(&format!("{name}_scales"), &[e, out, groups])?;
+        let scales = self.scales(name, (e, out, groups))?;
         let mut values = vec![0f32; e * out * inp];
         if !dequantize_mxfp4(blocks, scales, &mut values) {
             return Err(Error::Input(format!(

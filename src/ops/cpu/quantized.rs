@@ -1,4 +1,4 @@
-//! `out = x · wᵀ` for quantized weights (q8_0, q4_0).
+//! `out = x · wᵀ` for quantized weights (q8_0, q4_0, mxfp4).
 //!
 //! Few rows (decode): x is quantized to q8_0 blocks too and each pair of blocks is an integer
 //! dot product of 32 codes, scaled once by both block scales, as llama.cpp does: the weights

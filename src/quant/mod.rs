@@ -19,7 +19,9 @@ pub use blocks::{
     dequantize_into, mxfp4_half_scale, quantize, BlockMxfp4, BlockQ4_0, BlockQ8_0, QuantBlock,
     WeightBlock, BLOCK, MXFP4_CODES,
 };
-pub use mxfp4::{dequantize_mxfp4, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
+#[cfg(test)]
+pub use mxfp4::dequantize_mxfp4;
+pub use mxfp4::{MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
 pub use slice::{with_weight_slice, WeightSlice};
 
 use crate::error::{Error, Result};

@@ -1,8 +1,13 @@
 //! MXFP4 (OCP microscaling FP4), as gpt-oss publishes its experts: blocks of 32 values, each
 //! an FP4 E2M1 code (sign, two exponent bits, one mantissa bit) in a nibble, low nibble first,
 //! sharing one E8M0 scale byte: value = FP4(code) × 2^(scale − 127).
+//!
+//! The loader repacks these into the CPU's block format (`BlockMxfp4`) and decodes through it;
+//! the decoder here, written the way HF's `convert_moe_packed_tensors` reads the checkpoint, is
+//! the oracle that repacking is tested against.
 
 /// The 16 values of an FP4 E2M1 code (HF's `FP4_VALUES`).
+#[cfg(test)]
 pub const FP4_VALUES: [f32; 16] = [
     0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
 ];
@@ -15,6 +20,7 @@ pub const MXFP4_BLOCK_BYTES: usize = MXFP4_BLOCK / 2;
 /// 2^(scale − 127) as f32, exactly: a normal float for scales 1..=254, the subnormal 2^-127
 /// for 0, and infinity for 255 (E8M0's NaN; no checkpoint holds one, and a product with it
 /// shows instead of passing for a number).
+#[cfg(test)]
 fn scale_value(scale: u8) -> f32 {
     match scale {
         0 => f32::from_bits(1 << 22),
@@ -25,6 +31,7 @@ fn scale_value(scale: u8) -> f32 {
 
 /// Dequantizes `scales.len()` blocks: `blocks` holds 16 bytes per scale, `out` 32 values.
 /// Returns `false` (writing nothing) when the lengths do not match.
+#[cfg(test)]
 pub fn dequantize_mxfp4(blocks: &[u8], scales: &[u8], out: &mut [f32]) -> bool {
     let n = scales.len();
     if blocks.len() != n * MXFP4_BLOCK_BYTES || out.len() != n * MXFP4_BLOCK {

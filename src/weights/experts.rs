@@ -7,7 +7,7 @@ use candle_core::Tensor;
 use super::Weights;
 use crate::arch::{ExpertNames, TensorNames};
 use crate::error::{Error, Result};
-use crate::quant::{dequantize_mxfp4, BlockMxfp4, QMatrix, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
+use crate::quant::{dequantize_into, BlockMxfp4, QMatrix, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
 
 impl Weights {
     /// The routed experts of one sparse block, stacked as `gate_up: [E, 2I, H]` (the I gate
@@ -38,16 +38,8 @@ impl Weights {
                 Ok((deinterleave(&gate_up)?, down))
             }
             ExpertNames::PerExpert { gate, up, down } => {
-                let mut gate_ups = Vec::with_capacity(e);
-                let mut downs = Vec::with_capacity(e);
-                for x in 0..e {
-                    let name = |proj: &str| format!("{prefix}.experts.{x}.{proj}.weight");
-                    let g = self.get(&name(gate), &[i, h])?;
-                    let u = self.get(&name(up), &[i, h])?;
-                    gate_ups.push(Tensor::cat(&[g, u], 0)?);
-                    downs.push(self.get(&name(down), &[h, i])?);
-                }
-                Ok((Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?))
+                let names = [*gate, *up, *down];
+                self.stack_per_expert(prefix, names, "weight", (e, &[i, h], &[h, i]))
             }
         }
     }
@@ -79,16 +71,8 @@ impl Weights {
                 ))
             }
             ExpertNames::PerExpert { gate, up, down } => {
-                let mut gate_ups = Vec::with_capacity(e);
-                let mut downs = Vec::with_capacity(e);
-                for x in 0..e {
-                    let name = |proj: &str| format!("{prefix}.experts.{x}.{proj}.bias");
-                    let g = self.get(&name(gate), &[i])?;
-                    let u = self.get(&name(up), &[i])?;
-                    gate_ups.push(Tensor::cat(&[g, u], 0)?);
-                    downs.push(self.get(&name(down), &[h])?);
-                }
-                Ok((Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?))
+                let names = [*gate, *up, *down];
+                self.stack_per_expert(prefix, names, "bias", (e, &[i], &[h]))
             }
         }
     }
@@ -172,23 +156,32 @@ impl Weights {
     /// The MXFP4 tensor `{name}_blocks` (`[.., out, in / 32, 16]` U8) with `{name}_scales`
     /// (`[.., out, in / 32]` U8, E8M0) dequantized to the compute dtype: (e, out, in).
     fn mxfp4(&self, name: &str, (e, out, inp): (usize, usize, usize)) -> Result<Tensor> {
-        if !inp.is_multiple_of(MXFP4_BLOCK) {
-            return Err(Error::Input(format!(
-                "{name}: MXFP4 rows of {inp} values are not whole blocks of {MXFP4_BLOCK}"
-            )));
-        }
-        let groups = inp / MXFP4_BLOCK;
-        let blocks_name = format!("{name}_blocks");
-        let blocks = self.bytes(&blocks_name, &[e, out, groups, MXFP4_BLOCK_BYTES])?;
-        let scales = self.scales(name, (e, out, groups))?;
+        let blocks = self.mxfp4_blocks(name, (e, out, inp))?;
         let mut values = vec![0f32; e * out * inp];
-        if !dequantize_mxfp4(blocks, scales, &mut values) {
-            return Err(Error::Input(format!(
-                "{blocks_name}: blocks and scales disagree"
-            )));
-        }
+        dequantize_into(&blocks, &mut values);
         let t = Tensor::from_vec(values, (e, out, inp), &candle_core::Device::Cpu)?;
         Ok(t.to_dtype(self.dtype)?.to_device(&self.device)?)
+    }
+
+    /// Expert x's `{prefix}.experts.{x}.{gate|up|down}.{suffix}` tensors stacked: gate and up
+    /// concatenated (gate first) into one entry of shape 2 · `part`, down as `down`.
+    fn stack_per_expert(
+        &self,
+        prefix: &str,
+        [gate, up, down]: [&str; 3],
+        suffix: &str,
+        (e, part, down_shape): (usize, &[usize], &[usize]),
+    ) -> Result<(Tensor, Tensor)> {
+        let mut gate_ups = Vec::with_capacity(e);
+        let mut downs = Vec::with_capacity(e);
+        for x in 0..e {
+            let name = |proj: &str| format!("{prefix}.experts.{x}.{proj}.{suffix}");
+            let g = self.get(&name(gate), part)?;
+            let u = self.get(&name(up), part)?;
+            gate_ups.push(Tensor::cat(&[g, u], 0)?);
+            downs.push(self.get(&name(down), down_shape)?);
+        }
+        Ok((Tensor::stack(&gate_ups, 0)?, Tensor::stack(&downs, 0)?))
     }
 }
 

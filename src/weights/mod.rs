@@ -121,14 +121,8 @@ impl Weights {
         self.random.is_some() || self.tensors.contains_key(name)
     }
 
-    /// The stored bytes of tensor `name`, which must be U8 of exactly `shape`, read in place
-    /// (packed formats such as MXFP4's blocks and scales).
-    pub fn bytes(&self, name: &str, shape: &[usize]) -> Result<&[u8]> {
-        if self.random.is_some() {
-            return Err(Error::Input(format!(
-                "{name}: random weights have no packed bytes"
-            )));
-        }
+    /// Tensor `name`'s entry and the file it is in, after checking that it has `shape`.
+    fn entry(&self, name: &str, shape: &[usize]) -> Result<(&Entry, &MappedFile)> {
         let entry = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
             dir: self.dir.clone(),
             name: name.to_string(),
@@ -142,6 +136,18 @@ impl Weights {
                 actual: entry.shape.clone(),
             });
         }
+        Ok((entry, file))
+    }
+
+    /// The stored bytes of tensor `name`, which must be U8 of exactly `shape`, read in place
+    /// (packed formats such as MXFP4's blocks and scales).
+    pub fn bytes(&self, name: &str, shape: &[usize]) -> Result<&[u8]> {
+        if self.random.is_some() {
+            return Err(Error::Input(format!(
+                "{name}: random weights have no packed bytes"
+            )));
+        }
+        let (entry, file) = self.entry(name, shape)?;
         if entry.dtype != Dtype::U8 {
             return Err(Error::TensorDtype {
                 path: file.path.clone(),
@@ -169,19 +175,7 @@ impl Weights {
             let tensor = random_tensor(seed, name, shape, &self.device)?;
             return Ok(tensor.to_dtype(dtype)?);
         }
-        let entry = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
-            dir: self.dir.clone(),
-            name: name.to_string(),
-        })?;
-        let file = &self.files[entry.file];
-        if entry.shape != shape {
-            return Err(Error::TensorShape {
-                path: file.path.clone(),
-                name: name.to_string(),
-                expected: shape.to_vec(),
-                actual: entry.shape.clone(),
-            });
-        }
+        let (entry, file) = self.entry(name, shape)?;
         let bytes = &file.mmap[entry.start..entry.end];
         let cpu = Device::Cpu;
         let tensor = match entry.dtype {

@@ -1,5 +1,5 @@
-//! Chat templates against HF transformers: for five template styles (ChatML, [INST], tulu,
-//! Granite, DeepSeek) and every conversation of tools/make_chat_fixtures.py, the rendered text
+//! Chat templates against HF transformers: for six template styles (ChatML, [INST], tulu,
+//! Granite, DeepSeek, and gpt-oss's published harmony template) and every conversation of tools/make_chat_fixtures.py, the rendered text
 //! and its ids equal HF's `apply_chat_template`, and where HF refuses a conversation so do we.
 
 use std::path::PathBuf;
@@ -10,6 +10,8 @@ use serde::Deserialize;
 
 #[derive(Deserialize)]
 struct Cases {
+    /// The instant `strftime_now` formats, ISO 8601.
+    now: String,
     cases: Vec<Case>,
     plain: Vec<Plain>,
 }
@@ -21,6 +23,8 @@ struct Case {
     messages: Vec<Message>,
     add_generation_prompt: bool,
     tools: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    variables: serde_json::Map<String, serde_json::Value>,
     text: Option<String>,
     tokens: Option<Vec<u32>>,
     error: Option<String>,
@@ -45,19 +49,22 @@ fn cases() -> Cases {
 #[test]
 fn templates_render_as_hf_renders_them() {
     let cases = cases();
-    let styles = ["chatml", "inst", "tulu", "granite", "deepseek"];
+    let styles = ["chatml", "inst", "tulu", "granite", "deepseek", "harmony"];
     for style in styles {
         assert!(
             cases.cases.iter().any(|c| c.style == style),
             "no {style} cases"
         );
     }
+    let now = chrono::NaiveDateTime::parse_from_str(&cases.now, "%Y-%m-%dT%H:%M:%S").unwrap();
     let mut checked = 0;
     for case in &cases.cases {
         let tok = Tokenizer::load(&chat_dir().join(&case.style)).unwrap();
         let opts = RenderOptions {
             add_generation_prompt: case.add_generation_prompt,
             tools: case.tools.clone(),
+            variables: case.variables.clone(),
+            now: Some(now),
             ..RenderOptions::default()
         };
         let what = format!(
@@ -82,7 +89,7 @@ fn templates_render_as_hf_renders_them() {
         }
         checked += 1;
     }
-    assert!(checked >= 60, "only {checked} cases");
+    assert!(checked >= 100, "only {checked} cases");
 }
 
 #[test]

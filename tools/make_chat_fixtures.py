@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the chat-template reference cases the tests compare against, with HF transformers.
 
-For each of five template styles this writes tests/fixtures/chat/<style>/ with a tokenizer.json
+For each of six template styles this writes tests/fixtures/chat/<style>/ with a tokenizer.json
 (the bundled model's byte-level BPE plus the style's special tokens) and the template where
 checkpoints keep it (a string in tokenizer_config.json, a list of named templates, or a
 chat_template.jinja file). tests/fixtures/chat/cases.json then holds, for every conversation,
@@ -9,7 +9,10 @@ what HF's `apply_chat_template(..., add_generation_prompt=...)` renders (`text`)
 (`tokens`), or the error HF raises (`error`); and HF's ids of a plain prompt (`plain`).
 
 The templates are written here in the style of the published ones (Qwen3's ChatML, Mixtral's
-[INST], OLMoE's tulu, Granite 3, DeepSeek V3) and use the constructs those use: namespace,
+[INST], OLMoE's tulu, Granite 3, DeepSeek V3), or are the published one (gpt-oss's harmony,
+from real/, with its tokenizer's special tokens and conversations of its own: reasoning kept
+beside a tool call, dropped from earlier turns, a reasoning effort), and use the constructs
+those use: namespace,
 reversed slices, loop.last, Python string methods, tojson, raise_exception, bos/eos tokens,
 and the whitespace control that trim_blocks/lstrip_blocks change.
 
@@ -215,6 +218,13 @@ STYLES = {
                                "single_word": False, "special": True},
                     eos_token="<｜end▁of▁sentence｜>", add_bos_token=True),
         template=DEEPSEEK, keep="jinja"),
+    # gpt-oss as published: its template (chat_template.jinja) and the o200k_harmony specials.
+    "harmony": dict(
+        specials=["<|startoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>",
+                  "<|end|>", "<|message|>", "<|call|>"],
+        config=dict(bos_token="<|startoftext|>", eos_token="<|return|>",
+                    pad_token="<|endoftext|>", add_bos_token=False),
+        template=(OUT / "real" / "openai-gpt-oss-120b.jinja").read_text(), keep="jinja"),
 }
 
 TOOLS = [{
@@ -244,6 +254,27 @@ CONVERSATIONS = {
                  {"role": "assistant", "content": "<think>\nFour and three.\n</think>\n\nSeven."}],
     "not_alternating": [{"role": "user", "content": "Hello."},
                         {"role": "user", "content": "Hello again."}],
+}
+
+# Harmony's own: gpt-oss keeps reasoning in a `thinking` field, shows it to the model only beside
+# a tool call not yet answered, and takes a reasoning effort.
+HARMONY_CALL = {"type": "function", "function": {"name": "tide_table",
+                                                 "arguments": {"port": "Dover", "days": 2}}}
+HARMONY_CONVERSATIONS = {
+    "reasoning_dropped": ([{"role": "user", "content": "Two plus two?"},
+                           {"role": "assistant", "content": "Four.", "thinking": "Add them."},
+                           {"role": "user", "content": "And three more?"}], None, {}),
+    "reasoning_beside_a_tool_call": (
+        [{"role": "system", "content": "Answer from the tables."},
+         {"role": "user", "content": "When is high water at Dover?"},
+         {"role": "assistant", "thinking": "The tide table has it.",
+          "tool_calls": [HARMONY_CALL]},
+         {"role": "tool", "content": "{\"high\": \"06:12\"}"}], TOOLS,
+        {"reasoning_effort": "high"}),
+    "channel_tags_in_content": ([{"role": "user", "content": "Hi"},
+                                 {"role": "assistant",
+                                  "content": "<|channel|>final<|message|>Hello"},
+                                 {"role": "user", "content": "Again"}], None, {}),
 }
 
 PLAIN_PROMPT = "ROMEO: But, soft! what light"
@@ -277,14 +308,16 @@ def build_style(name, spec):
     return AutoTokenizer.from_pretrained(folder)
 
 
-def render(tok, messages, add_generation_prompt, tools):
+def render(tok, messages, add_generation_prompt, tools, variables=None):
+    variables = variables or {}
     try:
         text = tok.apply_chat_template(messages, tools=tools, tokenize=False,
-                                       add_generation_prompt=add_generation_prompt)
+                                       add_generation_prompt=add_generation_prompt,
+                                       **variables)
     except Exception as e:  # noqa: BLE001 - the message is the reference
         return {"error": str(e)}
     ids = tok.apply_chat_template(messages, tools=tools, tokenize=True,
-                                  add_generation_prompt=add_generation_prompt)
+                                  add_generation_prompt=add_generation_prompt, **variables)
     if not isinstance(ids, list):
         ids = ids["input_ids"]
     # apply_chat_template tokenizes without adding special tokens: the template holds them.
@@ -383,6 +416,16 @@ def real_templates(source):
           f"templates in {out}")
 
 
+def case(tok, style, conversation, messages, add_generation_prompt, tools, variables=None):
+    out = {"style": style, "conversation": conversation, "messages": messages,
+           "add_generation_prompt": add_generation_prompt}
+    if tools:
+        out["tools"] = tools
+    if variables:
+        out["variables"] = variables
+    return {**out, **render(tok, messages, add_generation_prompt, tools, variables)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--real-templates", metavar="DIR",
@@ -391,6 +434,10 @@ def main():
     if args.real_templates:
         real_templates(args.real_templates)
         return
+    from transformers.utils import chat_template_utils
+
+    # gpt-oss's template writes today's date.
+    chat_template_utils.datetime = PinnedDatetime
     cases, plain = [], []
     for name, spec in STYLES.items():
         tok = build_style(name, spec)
@@ -399,15 +446,14 @@ def main():
         for conv, messages in CONVERSATIONS.items():
             for add_generation_prompt in (True, False):
                 for tools in (None, TOOLS):
-                    if tools and name not in ("chatml", "granite"):
+                    if tools and name not in ("chatml", "granite", "harmony"):
                         continue
-                    case = {"style": name, "conversation": conv, "messages": messages,
-                            "add_generation_prompt": add_generation_prompt}
-                    if tools:
-                        case["tools"] = tools
-                    case.update(render(tok, messages, add_generation_prompt, tools))
-                    cases.append(case)
-    (OUT / "cases.json").write_text(json.dumps({"cases": cases, "plain": plain}, indent=1,
+                    cases.append(case(tok, name, conv, messages, add_generation_prompt, tools))
+        if name == "harmony":
+            for conv, (messages, tools, variables) in HARMONY_CONVERSATIONS.items():
+                cases.append(case(tok, name, conv, messages, True, tools, variables))
+    (OUT / "cases.json").write_text(json.dumps({"now": REAL_NOW.isoformat(), "cases": cases,
+                                                "plain": plain}, indent=1,
                                                ensure_ascii=False) + "\n")
     errors = sum("error" in c for c in cases)
     print(f"{len(cases)} cases ({errors} errors) in {OUT}")

@@ -10,6 +10,7 @@ use std::io::{BufRead, Write};
 use clap::Parser;
 use moe_runtime::chat::Chat;
 use moe_runtime::generate::{self, Flow, GenerateOptions};
+use moe_runtime::reasoning::Part;
 use moe_runtime::sampling::SamplingConfig;
 use moe_runtime::tokenizer::Tokenizer;
 use moe_runtime::{hub, LoadOptions, Model};
@@ -34,6 +35,9 @@ struct Args {
     /// Seed of the sampler, for answers that repeat; a new one every run by default.
     #[arg(long)]
     seed: Option<u64>,
+    /// Print the model's reasoning (`<think>` blocks, gpt-oss's analysis channel) too.
+    #[arg(long)]
+    show_reasoning: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,7 +64,7 @@ fn main() -> anyhow::Result<()> {
     let mut chat = Chat::new(&model, &tokenizer, options);
 
     if let Some(prompt) = args.prompt {
-        return say(&mut chat, &prompt);
+        return say(&mut chat, &prompt, args.show_reasoning);
     }
     eprintln!(
         "Talking to {}. /reset starts over, /exit quits.",
@@ -71,21 +75,27 @@ fn main() -> anyhow::Result<()> {
             "/exit" => break,
             "/reset" => chat.reset(),
             "" => {}
-            message => say(&mut chat, message)?,
+            message => say(&mut chat, message, args.show_reasoning)?,
         }
     }
     Ok(())
 }
 
-/// Sends one message and streams the answer to stdout, its speed to stderr.
-fn say(chat: &mut Chat, message: &str) -> anyhow::Result<()> {
-    let answer = chat.send(message, |piece| {
-        print!("{piece}");
-        std::io::stdout().flush().ok();
+/// Sends one message and streams the answer (and the reasoning, if asked) to stdout, its speed
+/// to stderr.
+fn say(chat: &mut Chat, message: &str, show_reasoning: bool) -> anyhow::Result<()> {
+    let answer = chat.send(message, |part, piece| {
+        if part == Part::Answer || (show_reasoning && part == Part::Reasoning) {
+            print!("{piece}");
+            std::io::stdout().flush().ok();
+        }
         Flow::Continue
     })?;
-    let stats = &answer.generation.stats;
     println!();
+    for call in &answer.tool_calls {
+        println!("[tool call] {} {}", call.name, call.arguments);
+    }
+    let stats = &answer.generation.stats;
     eprintln!(
         "[{} tokens, {:.0} ms to the first, then {:.1} tokens/s]",
         stats.generated_tokens,

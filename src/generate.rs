@@ -9,6 +9,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::layers::{Cache, Model};
+use crate::reasoning::OutputFormat;
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::tokenizer::Tokenizer;
 
@@ -181,10 +182,16 @@ pub fn argmax(logits: &Tensor) -> Result<u32> {
 }
 
 /// The ids that end generation for the checkpoint in `dir`: the end-of-sequence ids of its
-/// generation_config.json (or config.json) and of its tokenizer, without repeats.
+/// generation_config.json (or config.json) and of its tokenizer, and those that end a turn in
+/// its output format (harmony's `<|return|>` and `<|call|>`), without repeats.
 pub fn stop_tokens(dir: &Path, tokenizer: Option<&Tokenizer>) -> Result<Vec<u32>> {
     let mut ids = eos_token_ids(dir)?;
-    for &id in tokenizer.map_or(&[][..], |t| t.eos_ids()) {
+    let mut more = Vec::new();
+    if let Some(tokenizer) = tokenizer {
+        more.extend_from_slice(tokenizer.eos_ids());
+        more.extend(OutputFormat::of(tokenizer).stop_ids());
+    }
+    for id in more {
         if !ids.contains(&id) {
             ids.push(id);
         }

@@ -43,6 +43,7 @@ pub mod layers;
 pub mod ops;
 pub mod quality;
 pub mod quant;
+pub mod reasoning;
 pub mod sampling;
 pub mod spec;
 pub mod text;

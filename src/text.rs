@@ -1,22 +1,30 @@
 //! Generation as text: ids streamed through the tokenizer, end-of-sequence ids kept out of the
-//! text, and stop strings that end generation without ever being shown.
+//! text, reasoning kept apart from the answer, and stop strings that end generation without
+//! ever being shown.
 
 use crate::error::{Error, Result};
 use crate::generate::{generate_cached, Flow, GenerateOptions, Generation, StopReason};
 use crate::layers::{Cache, Model};
+use crate::reasoning::{Part, Splitter, ToolCall};
 use crate::tokenizer::Tokenizer;
 
-/// A generation and its text (without stop ids and without the stop string that ended it).
+/// A generation as text: the answer, the reasoning before it and the tool calls it asks for
+/// (see [`crate::reasoning`]), without stop ids and without the stop string that ended it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TextGeneration {
+    /// The answer: all the text of a model that marks no reasoning.
     pub text: String,
+    /// The reasoning (`<think>` blocks, harmony's analysis channel); empty when there is none.
+    pub reasoning: String,
+    pub tool_calls: Vec<ToolCall>,
     pub generation: Generation,
 }
 
 /// Generates after `prompt` (see [`generate_cached`]; `cache` may be fresh) and calls
-/// `on_text` with each new piece of text, every one valid UTF-8. Text that could be the start
-/// of one of `stop_strings` is held back until it is known not to be; when a stop string
-/// appears, generation ends and the text stops right before it.
+/// `on_text` with each new piece of text and the part it belongs to, every piece valid UTF-8.
+/// Text that could be the start of one of `stop_strings` is held back until it is known not to
+/// be; when a stop string appears in the answer or the reasoning, generation ends and the text
+/// stops right before it.
 pub fn generate_text(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -24,17 +32,17 @@ pub fn generate_text(
     prompt: &[u32],
     opts: &GenerateOptions,
     stop_strings: &[String],
-    mut on_text: impl FnMut(&str) -> Flow,
+    mut on_text: impl FnMut(Part, &str) -> Flow,
 ) -> Result<TextGeneration> {
-    let mut filter = StopStrings::new(stop_strings)?;
-    let mut stream = tokenizer.stream();
+    let mut shown = Shown::new(stop_strings)?;
+    let mut splitter = Splitter::new(tokenizer, prompt)?;
     let mut failure = None;
     let mut hit_stop_string = false;
     let mut generation = generate_cached(model, cache, prompt, opts, |id| {
         if opts.stop_tokens.contains(&id) {
             return Flow::Continue; // the generator stops on it; its text is not the answer's
         }
-        let piece = match stream.push(id) {
+        let (part, piece) = match splitter.push(id) {
             Ok(Some(piece)) => piece,
             Ok(None) => return Flow::Continue,
             Err(e) => {
@@ -42,17 +50,12 @@ pub fn generate_text(
                 return Flow::Stop;
             }
         };
-        let (shown, stopped) = filter.push(&piece);
-        if stopped {
-            hit_stop_string = true;
-        }
-        if !shown.is_empty() && on_text(shown) == Flow::Stop {
-            return Flow::Stop;
-        }
+        let (flow, stopped) = shown.push(part, &piece, &mut on_text);
+        hit_stop_string |= stopped;
         if stopped {
             Flow::Stop
         } else {
-            Flow::Continue
+            flow
         }
     })?;
     if let Some(e) = failure {
@@ -60,16 +63,71 @@ pub fn generate_text(
     }
     if hit_stop_string {
         generation.stop = StopReason::StopString;
-    } else {
-        let rest = filter.finish();
-        if !rest.is_empty() {
-            on_text(rest);
-        }
+    } else if let Some(last) = shown.last {
+        shown.release(last, &mut on_text);
     }
     Ok(TextGeneration {
-        text: filter.text,
+        text: shown.answer.text,
+        reasoning: shown.reasoning.text,
+        tool_calls: splitter.into_tool_calls(),
         generation,
     })
+}
+
+/// The answer and the reasoning, each watched for stop strings of its own (a stop string
+/// never spans the two), and which part was shown last.
+struct Shown {
+    answer: StopStrings,
+    reasoning: StopStrings,
+    last: Option<Part>,
+}
+
+impl Shown {
+    fn new(stop_strings: &[String]) -> Result<Shown> {
+        Ok(Shown {
+            answer: StopStrings::new(stop_strings)?,
+            reasoning: StopStrings::new(stop_strings)?,
+            last: None,
+        })
+    }
+
+    fn filter(&mut self, part: Part) -> Option<&mut StopStrings> {
+        match part {
+            Part::Answer => Some(&mut self.answer),
+            Part::Reasoning => Some(&mut self.reasoning),
+            Part::ToolCall => None,
+        }
+    }
+
+    /// Hands what of `piece` may be shown to `on_text`, first releasing what the part shown
+    /// before held back. Returns what `on_text` said, and whether a stop string appeared.
+    fn push(
+        &mut self,
+        part: Part,
+        piece: &str,
+        on_text: &mut impl FnMut(Part, &str) -> Flow,
+    ) -> (Flow, bool) {
+        let mut flow = Flow::Continue;
+        if let Some(before) = self.last.replace(part).filter(|&p| p != part) {
+            flow = self.release(before, on_text);
+        }
+        let (text, stopped) = match self.filter(part) {
+            Some(filter) => filter.push(piece),
+            None => (piece, false),
+        };
+        if !text.is_empty() && on_text(part, text) == Flow::Stop {
+            flow = Flow::Stop;
+        }
+        (flow, stopped)
+    }
+
+    /// Shows what `part` held back as a possible stop string's start.
+    fn release(&mut self, part: Part, on_text: &mut impl FnMut(Part, &str) -> Flow) -> Flow {
+        match self.filter(part).map(StopStrings::finish) {
+            Some(rest) if !rest.is_empty() => on_text(part, rest),
+            _ => Flow::Continue,
+        }
+    }
 }
 
 /// Watches streamed text for stop strings, releasing only text that cannot be part of one.
@@ -188,6 +246,53 @@ mod tests {
         assert!(!stopped);
         assert_eq!(shown, ["a", "—x", ""]);
         assert_eq!(text, "a—x");
+    }
+
+    /// Feeds `pieces` through the parts' filters; returns what `on_text` got and whether a
+    /// stop string hit.
+    fn shown(stops: &[&str], pieces: &[(Part, &str)]) -> (Vec<(Part, String)>, bool) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut shown = Shown::new(&stops).unwrap();
+        let mut got = Vec::new();
+        let mut on_text = |part, text: &str| {
+            got.push((part, text.to_string()));
+            Flow::Continue
+        };
+        for &(part, piece) in pieces {
+            if shown.push(part, piece, &mut on_text).1 {
+                return (got, true);
+            }
+        }
+        if let Some(last) = shown.last {
+            shown.release(last, &mut on_text);
+        }
+        (got, false)
+    }
+
+    #[test]
+    fn each_part_has_its_stop_strings_and_held_text_is_shown_before_the_next_part() {
+        use Part::*;
+        let (got, stopped) = shown(
+            &["END"],
+            &[
+                (Reasoning, "Think E"),
+                (Answer, "Fine"),
+                (ToolCall, "{END}"),
+            ],
+        );
+        assert!(!stopped);
+        let want = [
+            (Reasoning, "Think "),
+            (Reasoning, "E"),
+            (Answer, "Fine"),
+            (ToolCall, "{END}"),
+        ];
+        let want: Vec<_> = want.iter().map(|(p, t)| (*p, t.to_string())).collect();
+        assert_eq!(got, want, "tool calls are never cut");
+        // A stop string in the reasoning ends it too.
+        let (got, stopped) = shown(&["END"], &[(Reasoning, "xEN"), (Reasoning, "Dy")]);
+        assert!(stopped);
+        assert_eq!(got, [(Reasoning, "x".to_string())]);
     }
 
     #[test]

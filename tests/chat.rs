@@ -44,7 +44,7 @@ fn streamed_text_adds_up_and_stop_strings_cut_it() {
             &prompt,
             &opts,
             stops,
-            |p| {
+            |_, p| {
                 pieces.push_str(p);
                 Flow::Continue
             },
@@ -78,10 +78,10 @@ fn a_chat_turn_equals_generating_from_the_whole_conversation() {
     let (model, tok) = bundled();
     let opts = options(&tok, 24);
     let mut chat = Chat::new(&model, &tok, opts.clone()).with_system("Speak in verse.");
-    chat.send("ROMEO:\nWhat light is that?", |_| Flow::Continue)
+    chat.send("ROMEO:\nWhat light is that?", |_, _| Flow::Continue)
         .unwrap();
     let second = chat
-        .send("JULIET:\nIt is the east.", |_| Flow::Continue)
+        .send("JULIET:\nIt is the east.", |_, _| Flow::Continue)
         .unwrap();
     // The second turn reused the first turn's keys and values...
     let stats = &second.generation.stats;

@@ -9,12 +9,14 @@ use moe_runtime::tokenizer::Tokenizer;
 
 use crate::common::{Common, SamplingArgs};
 use crate::generate::speed;
+use crate::show::Printer;
 
 pub fn run(
     common: &Common,
     system: Option<String>,
     max_new_tokens: usize,
     sampling: &SamplingArgs,
+    show_reasoning: bool,
 ) -> Result<()> {
     let (model, dir) = common.load()?;
     let tokenizer = Tokenizer::load(&dir)?;
@@ -37,6 +39,7 @@ pub fn run(
         "chatting with {} (/reset starts over, /exit quits)",
         dir.display()
     );
+    let mut printer = Printer::new(show_reasoning);
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
@@ -56,12 +59,11 @@ pub fn run(
             }
             _ => {}
         }
-        let answer = chat.send(&line, |piece| {
-            print!("{piece}");
-            let _ = std::io::stdout().flush();
+        let answer = chat.send(&line, |part, piece| {
+            printer.piece(part, piece);
             Flow::Continue
         })?;
-        println!();
+        printer.finish(&answer);
         eprintln!("[{}]", speed(&answer.generation));
         if answer.generation.stop == StopReason::ContextFull {
             eprintln!("(the context is full: /reset to start over)");

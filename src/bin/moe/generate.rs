@@ -1,6 +1,5 @@
 //! `moe generate` and `moe prompt`: one prompt in, its continuation (or rendering) out.
 
-use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -11,6 +10,7 @@ use moe_runtime::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
 use crate::common::{Common, ModelArg, SamplingArgs};
+use crate::show::Printer;
 
 pub enum Prompt {
     Text(String),
@@ -26,6 +26,7 @@ pub struct Request {
     pub prompt: Prompt,
     pub max_new_tokens: usize,
     pub stop_strings: Vec<String>,
+    pub show_reasoning: bool,
     pub json: bool,
 }
 
@@ -40,7 +41,7 @@ pub fn run(common: &Common, req: &Request, sampling: &SamplingArgs) -> Result<()
         stop_tokens: generate::stop_tokens(&dir, tokenizer.as_ref())?,
         sampling: sampling.config(&dir)?,
     };
-    let (gen, text) = match (&req.prompt, &tokenizer) {
+    let (gen, as_text) = match (&req.prompt, &tokenizer) {
         (Prompt::Tokens(ids), _) => (
             generate::generate(&model, ids, &opts, |_| Flow::Continue)?,
             None,
@@ -60,6 +61,7 @@ pub fn run(common: &Common, req: &Request, sampling: &SamplingArgs) -> Result<()
                 Prompt::Tokens(_) => unreachable!("handled above"),
             };
             let mut cache = model.new_cache();
+            let mut printer = Printer::new(req.show_reasoning);
             let out = generate_text(
                 &model,
                 tok,
@@ -67,16 +69,17 @@ pub fn run(common: &Common, req: &Request, sampling: &SamplingArgs) -> Result<()
                 &ids,
                 &opts,
                 &req.stop_strings,
-                |piece| {
+                |part, piece| {
                     if !req.json {
-                        print!("{piece}");
-                        // A closed stdout only loses the echo; generation goes on.
-                        let _ = std::io::stdout().flush();
+                        printer.piece(part, piece);
                     }
                     Flow::Continue
                 },
             )?;
-            (out.generation, Some(out.text))
+            if !req.json {
+                printer.finish(&out);
+            }
+            (out.generation.clone(), Some(out))
         }
         (_, None) => unreachable!("text prompts load a tokenizer"),
     };
@@ -91,14 +94,18 @@ pub fn run(common: &Common, req: &Request, sampling: &SamplingArgs) -> Result<()
             "prefill_tokens_per_s": s.prefill_tokens_per_s(),
             "decode_tokens_per_s": s.decode_tokens_per_s(),
         });
-        if let Some(text) = text {
-            report["text"] = text.into();
+        if let Some(out) = as_text {
+            report["text"] = out.text.into();
+            report["reasoning"] = out.reasoning.into();
+            report["tool_calls"] = out
+                .tool_calls
+                .iter()
+                .map(|c| json!({"name": c.name, "arguments": c.arguments}))
+                .collect();
         }
         println!("{report}");
     } else {
-        if text.is_some() {
-            println!();
-        } else {
+        if as_text.is_none() {
             let ids: Vec<String> = gen.tokens.iter().map(|t| t.to_string()).collect();
             println!("{}", ids.join(","));
         }

@@ -7,6 +7,7 @@ mod energy;
 mod explore;
 mod generate;
 mod inspect;
+mod show;
 mod tokenize;
 
 use std::collections::HashMap;
@@ -71,6 +72,10 @@ enum Command {
         stop_strings: Vec<String>,
         #[command(flatten)]
         sampling: SamplingArgs,
+        /// Print the model's reasoning (`<think>` blocks, gpt-oss's analysis channel) before
+        /// its answer; hidden by default.
+        #[arg(long)]
+        show_reasoning: bool,
         /// Print one JSON object as the last line of stdout.
         #[arg(long)]
         json: bool,
@@ -87,6 +92,9 @@ enum Command {
         max_new_tokens: usize,
         #[command(flatten)]
         sampling: SamplingArgs,
+        /// Print the model's reasoning before each answer; hidden by default.
+        #[arg(long)]
+        show_reasoning: bool,
     },
     /// Prefill and decode throughput (medians over repeats after a warm-up) against the
     /// bandwidth limit of decode: bytes of weights read per token and the measured read
@@ -191,6 +199,7 @@ fn run(cli: Cli) -> Result<()> {
             max_new_tokens,
             stop_strings,
             sampling,
+            show_reasoning,
             json,
         } => {
             let prompt = match (prompt, tokens) {
@@ -203,6 +212,7 @@ fn run(cli: Cli) -> Result<()> {
                 prompt,
                 max_new_tokens,
                 stop_strings,
+                show_reasoning,
                 json,
             };
             generate::run(&common, &request, &sampling)
@@ -212,7 +222,8 @@ fn run(cli: Cli) -> Result<()> {
             system,
             max_new_tokens,
             sampling,
-        } => chat::run(&common, system, max_new_tokens, &sampling),
+            show_reasoning,
+        } => chat::run(&common, system, max_new_tokens, &sampling, show_reasoning),
         Command::Bench {
             common,
             prompt_len,

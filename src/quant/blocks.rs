@@ -222,9 +222,13 @@ pub trait WeightBlock: QuantBlock {
     fn codes(&self) -> [i8; BLOCK];
     /// The scale the codes are multiplied by.
     fn scale(&self) -> f32;
+    /// Whether every value is a bf16, so that dequantizing to bf16 loses nothing: MXFP4's
+    /// are 3 significant bits times a power of two; q8_0's and q4_0's carry an f16 scale's 11.
+    const EXACT_IN_BF16: bool;
 }
 
 impl WeightBlock for BlockQ8_0 {
+    const EXACT_IN_BF16: bool = false;
     #[inline]
     fn codes(&self) -> [i8; BLOCK] {
         self.qs
@@ -236,6 +240,7 @@ impl WeightBlock for BlockQ8_0 {
 }
 
 impl WeightBlock for BlockMxfp4 {
+    const EXACT_IN_BF16: bool = true;
     #[inline]
     fn codes(&self) -> [i8; BLOCK] {
         let mut c = [0i8; BLOCK];
@@ -252,6 +257,7 @@ impl WeightBlock for BlockMxfp4 {
 }
 
 impl WeightBlock for BlockQ4_0 {
+    const EXACT_IN_BF16: bool = false;
     #[inline]
     fn codes(&self) -> [i8; BLOCK] {
         let mut c = [0i8; BLOCK];

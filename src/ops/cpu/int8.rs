@@ -211,6 +211,38 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
 }
 
+/// The f32 values of `blocks` into `out` (32 per block), 8 lanes at a time: the codes widened
+/// to f32, times the scale. One f32 product per value, as `quant::dequantize_into`'s: equal
+/// to it bit for bit.
+///
+/// # Safety
+/// The CPU has AVX2 and F16C (`Isa::Avx2` or better).
+#[target_feature(enable = "avx2,f16c")]
+pub unsafe fn dequantize_f32<W: Codes256>(blocks: &[W], out: &mut [f32]) {
+    assert!(
+        out.len() >= blocks.len() * BLOCK,
+        "dequantize_f32: output size"
+    );
+    for (b, block) in blocks.iter().enumerate() {
+        let codes = W::load(block);
+        let d = W::splat_scale(block);
+        let o = out.as_mut_ptr().add(b * BLOCK);
+        let halves = [
+            _mm256_castsi256_si128(codes),
+            _mm256_extracti128_si256::<1>(codes),
+        ];
+        for (h, half) in halves.into_iter().enumerate() {
+            let first = _mm256_cvtepi8_epi32(half);
+            let second = _mm256_cvtepi8_epi32(_mm_srli_si128::<8>(half));
+            _mm256_storeu_ps(o.add(16 * h), _mm256_mul_ps(_mm256_cvtepi32_ps(first), d));
+            _mm256_storeu_ps(
+                o.add(16 * h + 8),
+                _mm256_mul_ps(_mm256_cvtepi32_ps(second), d),
+            );
+        }
+    }
+}
+
 /// The values of `blocks` rounded to bf16 into `out` (32 per block), 16 lanes at a time: the
 /// codes widened to f32, times the scale, rounded to nearest even (as `half` rounds).
 ///
@@ -231,5 +263,48 @@ pub unsafe fn dequantize_bf16<W: Codes256>(blocks: &[W], out: &mut [half::bf16])
         let hi = widen(_mm256_extracti128_si256::<1>(codes));
         let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
         _mm512_storeu_si512(out.as_mut_ptr().add(b * BLOCK) as *mut __m512i, packed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{dequantize_into, QuantBlock};
+
+    /// Blocks whose codes run through every byte and whose scales run from the smallest to
+    /// the largest finite ones.
+    fn every_code_and_scale<B: QuantBlock>(make: impl Fn(usize) -> B) -> Vec<B> {
+        (0..512).map(make).collect()
+    }
+
+    fn check<B: Codes256 + QuantBlock>(blocks: &[B]) {
+        let mut want = vec![0f32; blocks.len() * BLOCK];
+        dequantize_into(blocks, &mut want);
+        let mut got = vec![f32::NAN; blocks.len() * BLOCK];
+        // SAFETY: run only where the CPU has AVX2 and F16C.
+        unsafe { dequantize_f32(blocks, &mut got) };
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
+    }
+
+    #[test]
+    fn simd_dequantization_equals_the_scalar_one_bit_for_bit() {
+        if !(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("f16c")) {
+            return;
+        }
+        let byte = |b: usize, l: usize| ((b * 7 + l * 13) % 256) as u8;
+        check(&every_code_and_scale(|b| BlockMxfp4 {
+            e: (b % 255) as u8,
+            qs: std::array::from_fn(|l| byte(b, l)),
+        }));
+        let f16_scale = |b: usize| half::f16::from_bits([0x0001, 0x3c00, 0x7bff, 0xfbff][b % 4]);
+        check(&every_code_and_scale(|b| BlockQ8_0 {
+            d: f16_scale(b),
+            qs: std::array::from_fn(|l| byte(b, l) as i8),
+        }));
+        check(&every_code_and_scale(|b| BlockQ4_0 {
+            d: f16_scale(b),
+            qs: std::array::from_fn(|l| byte(b, l)),
+        }));
     }
 }

@@ -16,11 +16,11 @@ use rayon::prelude::*;
 
 use super::isa::Isa;
 use super::matmul::matmul_abt;
-use super::quantized::matmul_bt_quantized;
+use super::quantized::{bf16_for, matmul_bt_quantized};
 pub use super::tile::{Lhs, OutView};
 use super::vector::{dot, WeightElem};
 use crate::quant::WeightSlice;
-use crate::quant::{BlockQ8_0, QuantBlock, BLOCK};
+use crate::quant::{BlockMxfp4, BlockQ4_0, BlockQ8_0, QuantBlock, BLOCK};
 
 /// From this many rows of x on, widened weights go through the packed matrix kernel: below it
 /// the product is a pass over the weights, bound by memory, and packing would not pay.
@@ -32,11 +32,13 @@ const GEMM_MIN_ROWS: usize = 4;
 const AMX_MIN_ROWS: usize = 4;
 
 /// Whether the kernel for `w` on `isa` reads the left-hand rows as bf16 (for quantized
-/// weights: those dequantized to bf16 for AMX, when there are enough rows).
+/// weights: those dequantized to bf16, when there are enough rows).
 pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
     match w {
         WeightSlice::BF16(_) => isa >= Isa::Avx512Bf16,
-        WeightSlice::Q8_0(_) | WeightSlice::Q4_0(_) | WeightSlice::Mxfp4(_) => isa == Isa::Amx,
+        WeightSlice::Q8_0(_) => bf16_for::<BlockQ8_0>(isa),
+        WeightSlice::Q4_0(_) => bf16_for::<BlockQ4_0>(isa),
+        WeightSlice::Mxfp4(_) => bf16_for::<BlockMxfp4>(isa),
         WeightSlice::F32(_) | WeightSlice::F16(_) => false,
     }
 }
@@ -222,7 +224,7 @@ fn portable<W: WeightElem>(
 mod tests {
     use half::f16;
 
-    use super::super::quantized::{dequantizes_to_bf16, DEQUANT_MIN_ROWS};
+    use super::super::quantized::DEQUANT_MIN_ROWS;
     use super::*;
 
     /// The f64 oracle: each product term in f64, with the weights (and the activations, for a
@@ -272,7 +274,7 @@ mod tests {
         let (x_seen, w_seen): (Vec<f32>, Vec<f32>) = if w.is_quantized() && m < DEQUANT_MIN_ROWS {
             let x_q8 = lhs.q8.iter().flat_map(|b| b.dequantize()).collect();
             (x_q8, w_f32.to_vec())
-        } else if w.is_quantized() && dequantizes_to_bf16(isa, m) {
+        } else if w.is_quantized() && !lhs.bf16.is_empty() {
             (bf16_of(&x), bf16_of(w_f32))
         } else if !lhs.bf16.is_empty() {
             (bf16_of(&x), w_f32.to_vec())

@@ -129,7 +129,7 @@ impl Weights {
             &[e, out, groups, MXFP4_BLOCK_BYTES],
         )?;
         let scales = self.scales(name, (e, out, groups))?;
-        Ok(blocks
+        let repacked = blocks
             .chunks_exact(MXFP4_BLOCK_BYTES)
             .zip(scales)
             .map(|(codes, &scale)| {
@@ -137,7 +137,10 @@ impl Weights {
                     codes.try_into().expect("chunks of MXFP4_BLOCK_BYTES");
                 BlockMxfp4::from_interleaved(codes, scale)
             })
-            .collect())
+            .collect();
+        self.release(&format!("{name}_blocks"));
+        self.release(&format!("{name}_scales"));
+        Ok(repacked)
     }
 
     /// `{name}_scales`, refused if any is 255: E8M0's NaN, which no quantizer writes; read

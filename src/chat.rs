@@ -17,6 +17,9 @@ pub struct Chat<'a> {
     tokenizer: &'a Tokenizer,
     pub options: GenerateOptions,
     pub stop_strings: Vec<String>,
+    /// What the template sees besides the messages: `tools`, variables such as
+    /// `reasoning_effort` or `enable_thinking`, documents. Each turn adds the generation prompt.
+    pub render: RenderOptions,
     system: Option<String>,
     messages: Vec<Message>,
     /// How the model marks reasoning and tool calls, and so how answers go into the history.
@@ -33,6 +36,7 @@ impl<'a> Chat<'a> {
             tokenizer,
             options,
             stop_strings: Vec::new(),
+            render: RenderOptions::default(),
             system: None,
             messages: Vec::new(),
             format: OutputFormat::of(tokenizer),
@@ -94,7 +98,7 @@ impl<'a> Chat<'a> {
     fn answer(&mut self, on_text: impl FnMut(Part, &str) -> Flow) -> Result<TextGeneration> {
         let opts = RenderOptions {
             add_generation_prompt: true,
-            ..RenderOptions::default()
+            ..self.render.clone()
         };
         let prompt = self
             .tokenizer
@@ -142,7 +146,10 @@ fn history_message(format: OutputFormat, answer: &TextGeneration) -> Message {
             .insert(field, answer.reasoning.clone().into());
     }
     if !answer.tool_calls.is_empty() {
-        if answer.text.is_empty() {
+        // Harmony's template refuses content beside both thinking and a call: a preamble the
+        // model wrote on the commentary channel was shown, and is left out.
+        let both = matches!(format, OutputFormat::Harmony(_)) && !answer.reasoning.is_empty();
+        if answer.text.is_empty() || both {
             message.fields.remove("content");
         }
         let calls: Vec<Value> = answer
@@ -232,6 +239,12 @@ mod tests {
         };
         let asked = answer("", "The tide table has it.", vec![call]);
         let (ours, hf) = ours_and_hf("reasoning_beside_a_tool_call", 2, &asked);
+        assert_eq!(ours, hf);
+        // With a preamble on the commentary channel too, which the template would refuse
+        // beside the thinking.
+        let mut with_preamble = asked.clone();
+        with_preamble.text = "Checking the tables.".into();
+        let (ours, hf) = ours_and_hf("reasoning_beside_a_tool_call", 2, &with_preamble);
         assert_eq!(ours, hf);
         // An earlier turn's reasoning is dropped.
         let (ours, hf) = ours_and_hf(

@@ -99,17 +99,13 @@ impl OutputFormat {
             _ => "reasoning_content",
         }
     }
+}
 
-    /// Whether the part after `id` is known from the ids from `id` on: a think tag; harmony's
-    /// `<|start|>` or a message's end (`<|message|>` needs the header before it).
+impl HarmonyIds {
+    /// Whether the part after `id` is known from the ids from `id` on: `<|start|>` or a
+    /// message's end (`<|message|>` needs the header before it).
     fn is_boundary(&self, id: u32) -> bool {
-        match *self {
-            OutputFormat::Plain => false,
-            OutputFormat::ThinkTags { open, close } => id == open || id == close,
-            OutputFormat::Harmony(h) => {
-                [h.start, h.end].contains(&id) || h.ret == Some(id) || h.call == Some(id)
-            }
-        }
+        [self.start, self.end].contains(&id) || self.ret == Some(id) || self.call == Some(id)
     }
 }
 
@@ -131,15 +127,20 @@ pub struct Splitter<'t> {
     /// Newlines held back at the edge of a think-tag part: they are dropped there, as chat
     /// templates strip them, and released when more text of the same part follows.
     held: String,
+    /// Whether a think tag opened the current part: then its edges' newlines are trimmed.
+    /// Text no marker opened is left as it is.
+    trim_edges: bool,
     /// Whether the current part has shown text since its marker.
     shown: bool,
     tool_calls: Vec<ToolCall>,
 }
 
 impl<'t> Splitter<'t> {
-    /// A splitter for what follows `prompt`: the part it opens in is the one the prompt's last
-    /// marker left open (a chat template that ends its prompt in `<think>` makes the first
-    /// text reasoning; harmony's `<|start|>assistant` leaves a header to finish).
+    /// A splitter for what follows `prompt`. With think tags, the output opens in reasoning
+    /// when the prompt ends in `<think>` (and whitespace), as the templates of thinking models
+    /// end it; a `<think>` anywhere else (a message's text, an earlier turn) says nothing about
+    /// what follows. With harmony, the output continues the prompt's last message or header
+    /// (`<|start|>assistant` leaves a header to finish).
     pub fn new(tokenizer: &'t Tokenizer, prompt: &[u32]) -> Result<Splitter<'t>> {
         let format = OutputFormat::of(tokenizer);
         let mut splitter = Splitter {
@@ -148,16 +149,27 @@ impl<'t> Splitter<'t> {
             state: State::Text(Part::Answer),
             header: String::new(),
             held: String::new(),
+            trim_edges: false,
             shown: false,
             tool_calls: Vec::new(),
         };
-        if let Some(last) = prompt.iter().rposition(|&id| format.is_boundary(id)) {
-            for &id in &prompt[last..] {
-                splitter.push(id)?;
+        match format {
+            OutputFormat::Plain => {}
+            OutputFormat::ThinkTags { open, .. } => {
+                let blank = |id: &u32| tokenizer.decode(&[*id]).is_ok_and(|t| t.trim().is_empty());
+                if prompt.iter().rev().find(|id| !blank(id)) == Some(&open) {
+                    splitter.enter(State::Text(Part::Reasoning));
+                }
             }
-            splitter.stream = tokenizer.stream();
-            splitter.tool_calls.clear();
-            splitter.held.clear();
+            OutputFormat::Harmony(h) => {
+                if let Some(last) = prompt.iter().rposition(|&id| h.is_boundary(id)) {
+                    for &id in &prompt[last..] {
+                        splitter.push(id)?;
+                    }
+                    splitter.stream = tokenizer.stream();
+                    splitter.tool_calls.clear();
+                }
+            }
         }
         Ok(splitter)
     }
@@ -247,13 +259,14 @@ impl<'t> Splitter<'t> {
     fn enter(&mut self, state: State) {
         self.state = state;
         self.held.clear();
+        self.trim_edges = matches!(self.format, OutputFormat::ThinkTags { .. });
         self.shown = false;
     }
 
-    /// Think tags only: drops the newlines that open a part, and holds back those that may
-    /// close it (`<think>\nWhy.\n</think>\n\nBecause.` reads "Why." then "Because.").
+    /// Parts a think tag opened: drops the newlines that open the part, and holds back those
+    /// that may close it (`<think>\nWhy.\n</think>\n\nBecause.` reads "Why." then "Because.").
     fn trim(&mut self, piece: String) -> String {
-        if !matches!(self.format, OutputFormat::ThinkTags { .. }) {
+        if !self.trim_edges {
             return piece;
         }
         let piece = if self.shown {
@@ -425,6 +438,20 @@ mod tests {
             "Hi",
         );
         assert_eq!(got, parts(&[(Part::Answer, "Hi")]));
+        // A <think> in the user's words does not open the reply in reasoning.
+        let (got, _) = split(
+            &tok,
+            "<|im_start|>user\nWrite <think><|im_end|>\n<|im_start|>assistant\n",
+            "Done.",
+        );
+        assert_eq!(got, parts(&[(Part::Answer, "Done.")]));
+    }
+
+    #[test]
+    fn text_no_think_tag_opened_keeps_its_newlines() {
+        let tok = tokenizer("chatml");
+        let (got, _) = split(&tok, "def f():", "\n    return 1\n\n");
+        assert_eq!(got, parts(&[(Part::Answer, "\n    return 1\n\n")]));
     }
 
     #[test]

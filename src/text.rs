@@ -36,6 +36,19 @@ pub fn generate_text(
 ) -> Result<TextGeneration> {
     let mut shown = Shown::new(stop_strings)?;
     let mut splitter = Splitter::new(tokenizer, prompt)?;
+    // The format's own turn ends stop it whatever ids the caller gave (after a tool call the
+    // tool speaks, not the model).
+    let format_stops = splitter.format().stop_ids();
+    let extended;
+    let opts = if format_stops.iter().all(|id| opts.stop_tokens.contains(id)) {
+        opts
+    } else {
+        extended = GenerateOptions {
+            stop_tokens: [&opts.stop_tokens[..], &format_stops].concat(),
+            ..opts.clone()
+        };
+        &extended
+    };
     let mut failure = None;
     let mut hit_stop_string = false;
     let mut generation = generate_cached(model, cache, prompt, opts, |id| {

@@ -34,6 +34,10 @@ pub enum Error {
     #[error("{path}: not a valid safetensors file: {message}")]
     Safetensors { path: PathBuf, message: String },
 
+    /// A GGUF file that cannot be read as one, or that lacks what a model needs.
+    #[error("{path}: {message}")]
+    Gguf { path: PathBuf, message: String },
+
     #[error("{dir}: tensor `{name}` is missing from the checkpoint")]
     MissingTensor { dir: PathBuf, name: String },
 

@@ -37,6 +37,7 @@ pub mod energy;
 pub mod error;
 pub mod explore;
 pub mod generate;
+pub mod gguf;
 pub mod hub;
 mod json;
 pub mod layers;

@@ -1,12 +1,20 @@
 //! `moe inspect`: what a checkpoint is, read from its config.json alone.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
 use anyhow::Result;
 use moe_runtime::arch;
+use moe_runtime::gguf::{self, GgmlType, Gguf};
 use moe_runtime::spec::{AttentionKind, FfnKind};
 
 use crate::common::Common;
 
 pub fn run(common: &Common) -> Result<()> {
+    let path = Path::new(&common.model.model);
+    if gguf::is_gguf(path) || (path.is_dir() && !path.join("config.json").exists()) {
+        return gguf_file(&Gguf::open(path)?);
+    }
     let opts = common.load_options()?;
     let dir = common.model.dir()?;
     let arch = arch::load(&dir)?;
@@ -111,6 +119,48 @@ pub fn run(common: &Common) -> Result<()> {
     );
     if !arch.unrecognized_fields.is_empty() {
         println!("unused fields  {}", arch.unrecognized_fields.join(", "));
+    }
+    Ok(())
+}
+
+/// A GGUF file as it is: its metadata, and its tensors by type with the bytes each type holds.
+fn gguf_file(file: &Gguf) -> Result<()> {
+    let paths: Vec<_> = file.files().collect();
+    println!("model          {}", file.path().display());
+    if paths.len() > 1 {
+        println!("files          {} (a split set)", paths.len());
+    }
+    println!(
+        "format         GGUF v{}, architecture {}",
+        file.version(),
+        file.architecture()?
+    );
+    let mut by_type: BTreeMap<GgmlType, (usize, usize, usize)> = BTreeMap::new();
+    for t in file.tensors() {
+        let entry = by_type.entry(t.ggml_type).or_default();
+        *entry = (entry.0 + 1, entry.1 + t.elements(), entry.2 + t.bytes());
+    }
+    let (values, bytes) = by_type
+        .values()
+        .fold((0, 0), |(v, b), e| (v + e.1, b + e.2));
+    println!(
+        "tensors        {}, {:.3}M values in {:.1} MiB ({:.2} bits per value)",
+        file.tensors().len(),
+        values as f64 / 1e6,
+        bytes as f64 / (1 << 20) as f64,
+        8.0 * bytes as f64 / values.max(1) as f64
+    );
+    for (ty, (count, values, bytes)) in &by_type {
+        println!(
+            "  {:<12} {count:>5} tensors, {:>10.1} MiB ({:.2} bits per value)",
+            ty.name(),
+            *bytes as f64 / (1 << 20) as f64,
+            8.0 * *bytes as f64 / (*values).max(1) as f64
+        );
+    }
+    println!("metadata");
+    for (key, value) in file.metadata() {
+        println!("  {key} = {value}");
     }
     Ok(())
 }

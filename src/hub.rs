@@ -31,7 +31,9 @@ pub fn resolve(model: &str) -> Result<PathBuf> {
 pub fn resolve_in(model: &str, cache: &Path) -> Result<PathBuf> {
     let path = Path::new(model);
     if path.exists() || !is_hub_id(model) {
-        Error::check_model_dir(path)?;
+        if !crate::gguf::is_gguf(path) || !path.is_file() {
+            Error::check_model_dir(path)?;
+        }
         return Ok(path.to_path_buf());
     }
     if let Some(dir) = cached_snapshot(model, cache) {

@@ -45,7 +45,8 @@ pub struct Architecture {
 }
 
 /// Hub tensor names of one family. Layer tensors are `{layers}.{i}.{name}`; MoE tensors are
-/// under `{layers}.{i}.{moe}.`.
+/// under `{layers}.{i}.{moe}.` (or directly under the layer where `moe` is empty, as in GGUF
+/// files; likewise `dense_mlp` and `shared_expert`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorNames {
     pub embed: &'static str,
@@ -74,6 +75,8 @@ pub struct TensorNames {
     pub expert_biases: Option<ExpertBiasNames>,
     pub shared_expert: &'static str,
     pub shared_expert_gate: &'static str,
+    /// The shared expert's projections when they are not named as the MLP's (`None`).
+    pub shared_expert_projs: Option<[&'static str; 3]>,
     /// The dense MLP's prefix inside a layer, and the projections of any SiLU-gated MLP
     /// (dense layers and shared experts).
     pub dense_mlp: &'static str,
@@ -95,6 +98,13 @@ pub enum ExpertNames {
     /// `{moe}.{down}` as [E, H, I].
     Stacked {
         gate_up: &'static str,
+        down: &'static str,
+    },
+    /// Stacked per projection, as GGUF files hold them: `{moe}.{gate}` and `{moe}.{up}` as
+    /// [E, I, H], `{moe}.{down}` as [E, H, I].
+    Separate {
+        gate: &'static str,
+        up: &'static str,
         down: &'static str,
     },
     /// gpt-oss: stacked as (E, in, out) with gate and up columns alternating, `{gate_up}` [E, H,
@@ -144,11 +154,21 @@ pub const LLAMA_NAMES: TensorNames = TensorNames {
     expert_biases: None,
     shared_expert: "shared_expert",
     shared_expert_gate: "shared_expert_gate.weight",
+    shared_expert_projs: None,
     dense_mlp: "mlp",
     mlp_gate: "gate_proj",
     mlp_up: "up_proj",
     mlp_down: "down_proj",
 };
+
+/// `parent.name`, leaving out an empty part (GGUF's layer tensors have no MoE or MLP level).
+pub fn join(parent: &str, name: &str) -> String {
+    match (parent.is_empty(), name.is_empty()) {
+        (true, _) => name.to_string(),
+        (_, true) => parent.to_string(),
+        _ => format!("{parent}.{name}"),
+    }
+}
 
 /// Reads `dir/config.json` and translates it for the family its `model_type` names.
 pub fn load(dir: &Path) -> Result<Architecture> {

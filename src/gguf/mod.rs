@@ -3,6 +3,7 @@
 //! handed out in place, never copied. A split set (`NAME-00001-of-00003.gguf` ...) reads as one
 //! file: open its first part.
 
+mod arch;
 mod parse;
 mod types;
 mod value;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+pub use arch::{architecture, GGUF_NAMES};
 pub use types::GgmlType;
 pub use value::Value;
 
@@ -41,9 +43,9 @@ pub struct TensorInfo {
     /// GGUF's order: `dims[0]` is the length of a row (ggml's ne0); see [`TensorInfo::shape`].
     pub dims: Vec<usize>,
     pub ggml_type: GgmlType,
-    file: usize,
-    start: usize,
-    end: usize,
+    pub(crate) file: usize,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
 }
 
 impl TensorInfo {
@@ -218,6 +220,13 @@ impl Gguf {
         &self.files[tensor.file].mmap[tensor.start..tensor.end]
     }
 
+    /// The mapped files (path and map, in the order `TensorInfo`s index them) and the tensors,
+    /// for a reader that keeps them itself.
+    pub(crate) fn into_parts(self) -> (Vec<(PathBuf, Mmap)>, Vec<TensorInfo>) {
+        let files = self.files.into_iter().map(|f| (f.path, f.mmap)).collect();
+        (files, self.tensors)
+    }
+
     /// An error about this model, naming its (first) file.
     pub fn error(&self, message: impl Into<String>) -> Error {
         Error::Gguf {
@@ -266,6 +275,18 @@ impl GgufFile {
 pub fn is_gguf(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// Whether `path` holds a GGUF model rather than a hub-layout checkpoint: a GGUF file, or a
+/// folder with no config.json that holds a GGUF file.
+pub fn holds_gguf(path: &Path) -> bool {
+    if path.is_dir() {
+        !path.join("config.json").exists()
+            && std::fs::read_dir(path)
+                .is_ok_and(|entries| entries.flatten().any(|e| is_gguf(&e.path())))
+    } else {
+        is_gguf(path)
+    }
 }
 
 /// The one GGUF model in folder `dir`: its only GGUF file, or the first file of its only

@@ -8,7 +8,7 @@ use super::block::{Block, FeedForward};
 use super::linear::Linear;
 use super::mlp::Mlp;
 use super::moe::{Router, SharedExpert, SparseMoe};
-use crate::arch::TensorNames;
+use crate::arch::{join, TensorNames};
 use crate::error::Result;
 use crate::ops::{Backend, Experts};
 use crate::quant::{QuantFormat, Weight};
@@ -54,14 +54,14 @@ impl LayerReader<'_> {
         Ok(Linear::from_weight(w, b))
     }
 
-    fn mlp(&self, prefix: &str, intermediate: usize) -> Result<Mlp> {
-        let n = self.names;
+    /// A SiLU-gated MLP under `prefix` with projections `[gate, up, down]`.
+    fn mlp(&self, prefix: &str, [gate, up, down]: [&str; 3], intermediate: usize) -> Result<Mlp> {
         let h = self.cfg.hidden_size;
-        let proj = |name: &str, shape| self.linear(&format!("{prefix}.{name}"), shape, false);
+        let proj = |name: &str, shape| self.linear(&join(prefix, name), shape, false);
         Ok(Mlp::new(
-            proj(n.mlp_gate, (intermediate, h))?,
-            proj(n.mlp_up, (intermediate, h))?,
-            proj(n.mlp_down, (h, intermediate))?,
+            proj(gate, (intermediate, h))?,
+            proj(up, (intermediate, h))?,
+            proj(down, (h, intermediate))?,
             self.cfg.activation,
         ))
     }
@@ -106,7 +106,7 @@ impl LayerReader<'_> {
             m.expert_intermediate_size,
             self.cfg.hidden_size,
         );
-        let moe = |name: &str| format!("{}.{name}", n.moe);
+        let moe = |name: &str| join(n.moe, name);
         // The router stays in the compute dtype whatever `quant` says: it is small, and
         // rounding its scores would change which experts run. Its selection bias is read in
         // f32 from the stored values (HF keeps it in f32): its entries differ by little, and
@@ -121,14 +121,14 @@ impl LayerReader<'_> {
             spec,
             correction: match spec.correction_bias {
                 true => Some(self.weights.get_as(
-                    &format!("{}.{}", self.prefix, moe(n.router_correction_bias)),
+                    &join(&self.prefix, &moe(n.router_correction_bias)),
                     &[e],
                     candle_core::DType::F32,
                 )?),
                 false => None,
             },
         };
-        let prefix = format!("{}.{}", self.prefix, n.moe);
+        let prefix = join(&self.prefix, n.moe);
         let mut experts = match self.mxfp4_experts(&prefix, (e, i, h))? {
             Some(experts) => experts,
             None => {
@@ -149,7 +149,12 @@ impl LayerReader<'_> {
         let shared = match &m.shared_expert {
             None => None,
             Some(s) => Some(SharedExpert {
-                mlp: self.mlp(&moe(n.shared_expert), s.intermediate_size)?,
+                mlp: self.mlp(
+                    &moe(n.shared_expert),
+                    n.shared_expert_projs
+                        .unwrap_or([n.mlp_gate, n.mlp_up, n.mlp_down]),
+                    s.intermediate_size,
+                )?,
                 gate: if s.gated {
                     Some(Linear::new(
                         self.get(&moe(n.shared_expert_gate), &[1, h])?,
@@ -190,9 +195,11 @@ impl LayerReader<'_> {
     pub fn block(&self, layer: LayerSpec, backend: &Backend) -> Result<Block> {
         let h = self.cfg.hidden_size;
         let ffn = match layer.ffn {
-            FfnKind::Dense => FeedForward::Dense(
-                self.mlp(self.names.dense_mlp, self.cfg.dense_intermediate_size)?,
-            ),
+            FfnKind::Dense => FeedForward::Dense(self.mlp(
+                self.names.dense_mlp,
+                [self.names.mlp_gate, self.names.mlp_up, self.names.mlp_down],
+                self.cfg.dense_intermediate_size,
+            )?),
             FfnKind::Sparse => FeedForward::Sparse(Box::new(self.sparse_moe(backend)?)),
         };
         Ok(Block {

@@ -90,10 +90,10 @@ pub struct Model {
 }
 
 impl Model {
-    /// Loads the hub-layout checkpoint in `dir` (config.json and safetensors).
+    /// Loads the hub-layout checkpoint in `dir` (config.json and safetensors), or a GGUF
+    /// model: `dir` a GGUF file, the first of a split set, or a folder holding one.
     pub fn load(dir: &Path, opts: &LoadOptions) -> Result<Model> {
-        let arch = arch::load(dir)?;
-        let weights = Weights::open(dir, opts.dtype, &opts.device)?;
+        let (arch, weights) = open(dir, opts)?;
         Model::from_weights(arch, &weights, opts)
     }
 
@@ -356,6 +356,20 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// The architecture and weights at `path`: a hub-layout checkpoint folder or a GGUF model.
+pub fn open(path: &Path, opts: &LoadOptions) -> Result<(Architecture, Weights)> {
+    if crate::gguf::holds_gguf(path) {
+        let file = crate::gguf::Gguf::open(path)?;
+        let (arch, unpermute) = crate::gguf::architecture(&file)?;
+        let weights = Weights::from_gguf(file, unpermute, opts.dtype, &opts.device)?;
+        return Ok((arch, weights));
+    }
+    Ok((
+        arch::load(path)?,
+        Weights::open(path, opts.dtype, &opts.device)?,
+    ))
 }
 
 #[cfg(test)]

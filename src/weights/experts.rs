@@ -5,7 +5,7 @@
 use candle_core::Tensor;
 
 use super::Weights;
-use crate::arch::{ExpertNames, TensorNames};
+use crate::arch::{join, ExpertNames, TensorNames};
 use crate::error::{Error, Result};
 use crate::quant::{dequantize_into, BlockMxfp4, QMatrix, MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
 
@@ -20,9 +20,17 @@ impl Weights {
     ) -> Result<(Tensor, Tensor)> {
         match &names.experts {
             ExpertNames::Stacked { gate_up, down } => Ok((
-                self.get(&format!("{prefix}.{gate_up}"), &[e, 2 * i, h])?,
-                self.get(&format!("{prefix}.{down}"), &[e, h, i])?,
+                self.get(&join(prefix, gate_up), &[e, 2 * i, h])?,
+                self.get(&join(prefix, down), &[e, h, i])?,
             )),
+            ExpertNames::Separate { gate, up, down } => {
+                let gate = self.get(&join(prefix, gate), &[e, i, h])?;
+                let up = self.get(&join(prefix, up), &[e, i, h])?;
+                Ok((
+                    Tensor::cat(&[gate, up], 1)?,
+                    self.get(&join(prefix, down), &[e, h, i])?,
+                ))
+            }
             ExpertNames::Interleaved { gate_up, down } => {
                 let (gate_up, down) = (format!("{prefix}.{gate_up}"), format!("{prefix}.{down}"));
                 let packed = format!("{gate_up}_blocks");
@@ -59,7 +67,7 @@ impl Weights {
                 let gate_up = bias(gate_up, &[e, 2 * i])?;
                 Ok((deinterleave(&gate_up)?, bias(down, &[e, h])?))
             }
-            ExpertNames::Stacked { .. } => {
+            ExpertNames::Stacked { .. } | ExpertNames::Separate { .. } => {
                 let Some(b) = &names.expert_biases else {
                     return Err(Error::Input(format!(
                         "{prefix}: the config asks for expert biases, but this family names none"

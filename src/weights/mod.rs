@@ -15,8 +15,10 @@ use memmap2::UncheckedAdvice;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::gguf::GgmlType;
 
 mod experts;
+mod gguf;
 
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
@@ -34,6 +36,9 @@ pub struct Weights {
     gpu_seeded: AtomicBool,
     dtype: DType,
     device: Device,
+    /// GGUF tensors whose rows llama.cpp's converter permuted (q and k of Llama-style
+    /// models), with their head count: read back in HF's order (gguf.rs).
+    unpermute: HashMap<String, usize>,
 }
 
 struct MappedFile {
@@ -66,6 +71,8 @@ struct Entry {
     shape: Vec<usize>,
     start: usize,
     end: usize,
+    /// A GGUF tensor's type, where it is not one of the plain `dtype`s.
+    packed: Option<GgmlType>,
 }
 
 impl Weights {
@@ -95,6 +102,7 @@ impl Weights {
                         shape: info.shape.clone(),
                         start: data_start + start,
                         end: data_start + end,
+                        packed: None,
                     },
                 );
             }
@@ -108,6 +116,7 @@ impl Weights {
             gpu_seeded: AtomicBool::new(false),
             dtype,
             device: device.clone(),
+            unpermute: HashMap::new(),
         })
     }
 
@@ -127,6 +136,7 @@ impl Weights {
             gpu_seeded: AtomicBool::new(false),
             dtype,
             device: device.clone(),
+            unpermute: HashMap::new(),
         }
     }
 
@@ -205,6 +215,15 @@ impl Weights {
             return Ok(tensor.to_dtype(dtype)?);
         }
         let (entry, file) = self.entry(name, shape)?;
+        if let Some(packed) = entry.packed {
+            return Err(Error::Gguf {
+                path: file.path.clone(),
+                message: format!(
+                    "tensor `{name}` is {packed}: quantized GGUF tensors are not read yet \
+                     (F32, F16 and BF16 ones are)"
+                ),
+            });
+        }
         let bytes = &file.mmap[entry.start..entry.end];
         let cpu = Device::Cpu;
         let tensor = match entry.dtype {
@@ -228,6 +247,10 @@ impl Weights {
             }
         };
         file.release(entry.start, entry.end);
+        let tensor = match self.unpermute.get(name) {
+            Some(&heads) => gguf::unpermute_rows(&tensor, heads, name)?,
+            None => tensor,
+        };
         Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?)
     }
 }

@@ -103,9 +103,12 @@ impl Runtime {
     /// The checkpoint in `dir` loaded with `opts`; a progress bar on stderr while a large one
     /// loads (drawn only when stderr is a terminal).
     pub fn load(&self, dir: &Path, opts: &LoadOptions) -> Result<Model> {
-        let arch = arch::load(dir)?;
-        let weights = Weights::open(dir, opts.dtype, &opts.device)?;
-        self.build(&dir.join("config.json"), arch, &weights, opts)
+        let (arch, weights) = moe_runtime::layers::open(dir, opts)?;
+        let config = match moe_runtime::gguf::holds_gguf(dir) {
+            true => dir.to_path_buf(),
+            false => dir.join("config.json"),
+        };
+        self.build(&config, arch, &weights, opts)
     }
 
     /// A model of the shape in config.json file `config`, with random weights made in memory.

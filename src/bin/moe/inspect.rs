@@ -12,12 +12,24 @@ use crate::common::Common;
 
 pub fn run(common: &Common) -> Result<()> {
     let path = Path::new(&common.model.model);
-    if gguf::is_gguf(path) || (path.is_dir() && !path.join("config.json").exists()) {
-        return gguf_file(&Gguf::open(path)?);
-    }
     let opts = common.load_options()?;
-    let dir = common.model.dir()?;
-    let arch = arch::load(&dir)?;
+    let mut file = None;
+    let arch = if gguf::holds_gguf(path) {
+        let gguf = file.insert(Gguf::open(path)?);
+        gguf_file(gguf)?;
+        match gguf::architecture(gguf) {
+            Ok((arch, _)) => arch,
+            Err(e) => {
+                println!("loadable       no: {e}");
+                gguf_metadata(gguf);
+                return Ok(());
+            }
+        }
+    } else {
+        let dir = common.model.dir()?;
+        println!("model          {}", dir.display());
+        arch::load(&dir)?
+    };
     let c = &arch.config;
     let a = &c.attention;
     let m = &c.moe;
@@ -34,7 +46,6 @@ pub fn run(common: &Common) -> Result<()> {
     let bytes = opts.dtype.size_in_bytes() as f64;
     // Experts a checkpoint keeps in MXFP4 stay so on the CPU: 17 bytes per 32 weights.
     let mxfp4 = arch.quantized_experts;
-    println!("model          {}", dir.display());
     println!("architecture   {}", c.model_type);
     println!(
         "layers         {} ({} sparse, {} dense)",
@@ -120,6 +131,9 @@ pub fn run(common: &Common) -> Result<()> {
     if !arch.unrecognized_fields.is_empty() {
         println!("unused fields  {}", arch.unrecognized_fields.join(", "));
     }
+    if let Some(file) = &file {
+        gguf_metadata(file);
+    }
     Ok(())
 }
 
@@ -158,9 +172,12 @@ fn gguf_file(file: &Gguf) -> Result<()> {
             8.0 * *bytes as f64 / (*values).max(1) as f64
         );
     }
+    Ok(())
+}
+
+fn gguf_metadata(file: &Gguf) {
     println!("metadata");
     for (key, value) in file.metadata() {
         println!("  {key} = {value}");
     }
-    Ok(())
 }

@@ -379,3 +379,26 @@ fn random_corruption_never_panics() {
         let _ = Gguf::open(&path);
     }
 }
+
+#[test]
+fn a_gguf_of_an_architecture_not_supported_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = good();
+    writer.metadata[0].1 = typed(8, &string("bert"));
+    let path = writer.write(dir.path(), "bert.gguf");
+    let err = moe_runtime::Model::load(&path, &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("bert.gguf") && err.contains("`bert` is not supported"),
+        "{err}"
+    );
+    // A supported architecture with its metadata missing names the key.
+    let path = good().write(dir.path(), "bare.gguf");
+    let err = moe_runtime::Model::load(&path, &Default::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("metadata `qwen3moe."), "{err}");
+}

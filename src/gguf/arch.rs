@@ -52,6 +52,7 @@ const FAMILIES: &[(&str, &str)] = &[
     ("olmoe", "olmoe"),
     ("llama", "mixtral"),
     ("granitemoe", "granitemoe"),
+    ("gpt-oss", "gpt_oss"),
 ];
 
 /// The model in `gguf`, and the tensors whose rows to restore to HF's order (with their head
@@ -68,6 +69,9 @@ pub fn architecture(gguf: &Gguf) -> Result<(Architecture, HashMap<String, usize>
     let config = config(gguf, name, model_type)?;
     let mut arch = arch::parse(gguf.path(), Json::Object(config))?;
     arch.names = GGUF_NAMES;
+    if name == "gpt-oss" {
+        arch.names.ffn_norm = "post_attention_norm.weight";
+    }
     let mut unpermute = HashMap::new();
     if matches!(name, "llama" | "granitemoe") {
         let a = &arch.config.attention;
@@ -175,11 +179,50 @@ fn config(gguf: &Gguf, arch: &str, model_type: &str) -> Result<Map<String, Json>
                 set("clip_qkv", json!(clip));
             }
         }
-        "mixtral" | "granitemoe" => {
+        "mixtral" | "granitemoe" | "gpt_oss" => {
             set("num_local_experts", json!(experts));
             set("intermediate_size", json!(expert_ffn.or(ffn)));
         }
         _ => {}
+    }
+    if model_type == "gpt_oss" {
+        // llama.cpp's gpt-oss: every other layer slides, the first one included; the
+        // clamped SwiGLU's limit is not stored (gpt-oss's 7 is the default either way).
+        let window = required("attention.sliding_window")?;
+        let types: Vec<&str> = (0..layers)
+            .map(|i| match i % 2 {
+                0 => "sliding_attention",
+                _ => "full_attention",
+            })
+            .collect();
+        set("sliding_window", json!(window));
+        set("layer_types", json!(types));
+        set("attention_bias", json!(has("blk.0.attn_q.bias")));
+    }
+    if let Some(kind) = gguf.get(&key("rope.scaling.type")).and_then(|v| v.as_str()) {
+        if kind != "none" {
+            let mut scaling = Map::new();
+            scaling.insert("rope_type".into(), json!(kind));
+            for (field, k) in [
+                ("factor", "rope.scaling.factor"),
+                (
+                    "original_max_position_embeddings",
+                    "rope.scaling.original_context_length",
+                ),
+                ("beta_fast", "rope.scaling.yarn_beta_fast"),
+                ("beta_slow", "rope.scaling.yarn_beta_slow"),
+            ] {
+                if let Some(v) = gguf.f64(&key(k))? {
+                    scaling.insert(field.into(), json!(v));
+                }
+            }
+            if kind == "yarn" {
+                // Not stored: llama.cpp always rounds YaRN's correction range to whole dims
+                // (HF's `truncate`), and its output is what a GGUF file means.
+                scaling.insert("truncate".into(), json!(true));
+            }
+            set("rope_scaling", Json::Object(scaling));
+        }
     }
     if model_type == "granitemoe" {
         for (field, k) in [

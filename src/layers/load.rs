@@ -37,9 +37,13 @@ impl LayerReader<'_> {
         ))
     }
 
-    /// The weight of a matrix product, in the format asked for.
+    /// The weight of a matrix product, in the format asked for (a GGUF's quantized tensor
+    /// kept as it is where the CPU reads its format).
     fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
         let full = format!("{}.{name}", self.prefix);
+        if let Some(q) = self.weights.quantized(&full, shape, self.quant)? {
+            return Ok(Weight::Quantized(std::sync::Arc::new(q)));
+        }
         Weight::new(self.weights.get(&full, shape)?, self.quant, &full)
     }
 
@@ -129,7 +133,7 @@ impl LayerReader<'_> {
             },
         };
         let prefix = join(&self.prefix, n.moe);
-        let mut experts = match self.mxfp4_experts(&prefix, (e, i, h))? {
+        let mut experts = match self.kept_experts(&prefix, (e, i, h))? {
             Some(experts) => experts,
             None => {
                 let (gate_up, down) = self.weights.experts(n, &prefix, (e, i, h))?;
@@ -174,22 +178,29 @@ impl LayerReader<'_> {
         })
     }
 
-    /// MXFP4 experts kept in their format (no upcast: gpt-oss-20b's experts stay 4.25 bits a
-    /// weight), where the checkpoint has them, the weights live on the CPU, and `--quant`
-    /// asks for MXFP4 or nothing. Elsewhere (a GPU, another `--quant`) they are dequantized.
-    fn mxfp4_experts(&self, prefix: &str, dims: (usize, usize, usize)) -> Result<Option<Experts>> {
+    /// Experts kept in the quantized format the checkpoint stores them in: gpt-oss's MXFP4 (no
+    /// upcast: gpt-oss-20b's experts stay 4.25 bits a weight) or a GGUF's Q8_0, Q4_0 or MXFP4,
+    /// where the weights live on the CPU and `--quant` asks for that format or nothing.
+    /// Elsewhere (a GPU, another `--quant`) they are dequantized.
+    fn kept_experts(&self, prefix: &str, dims: (usize, usize, usize)) -> Result<Option<Experts>> {
         let keep =
             self.weights.device().is_cpu() && matches!(self.quant, None | Some(QuantFormat::Mxfp4));
-        if !keep {
-            return Ok(None);
-        }
-        let Some((gate_up, down)) = self.weights.mxfp4_experts(self.names, prefix, dims)? else {
-            return Ok(None);
+        let mxfp4 = match keep {
+            true => self.weights.mxfp4_experts(self.names, prefix, dims)?,
+            false => None,
         };
-        Ok(Some(Experts::new(
-            Weight::Quantized(std::sync::Arc::new(gate_up)),
-            Weight::Quantized(std::sync::Arc::new(down)),
-        )))
+        let kept = match mxfp4 {
+            Some(kept) => Some(kept),
+            None => self
+                .weights
+                .quantized_experts(self.names, prefix, dims, self.quant)?,
+        };
+        Ok(kept.map(|(gate_up, down)| {
+            Experts::new(
+                Weight::Quantized(std::sync::Arc::new(gate_up)),
+                Weight::Quantized(std::sync::Arc::new(down)),
+            )
+        }))
     }
 
     pub fn block(&self, layer: LayerSpec, backend: &Backend) -> Result<Block> {

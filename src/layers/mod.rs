@@ -143,16 +143,21 @@ impl Model {
         }
         let (v, h) = (cfg.vocab_size, cfg.hidden_size);
         let embed = weights.get(names.embed, &[v, h])?;
-        let lm_head = if weights.contains(names.lm_head) && !cfg.tie_word_embeddings {
-            weights.get(names.lm_head, &[v, h])?
-        } else {
+        let untied = weights.contains(names.lm_head) && !cfg.tie_word_embeddings;
+        let head_format = head_format(opts.quant);
+        let lm_head = match untied {
+            true => match weights.quantized(names.lm_head, &[v, h], head_format)? {
+                Some(q) => Weight::Quantized(std::sync::Arc::new(q)),
+                None => Weight::new(
+                    weights.get(names.lm_head, &[v, h])?,
+                    head_format,
+                    names.lm_head,
+                )?,
+            },
             // Tied, or a checkpoint that simply has no head: HF ties in both cases.
-            embed.clone()
+            false => Weight::new(embed.clone(), head_format, names.lm_head)?,
         };
-        let lm_head = Linear::from_weight(
-            Weight::new(lm_head, head_format(opts.quant), names.lm_head)?,
-            None,
-        );
+        let lm_head = Linear::from_weight(lm_head, None);
         let backend = Backend::new(&opts.device, opts.dtype, opts.kernels);
         let blocks = cfg
             .layers

@@ -52,7 +52,36 @@ pub fn mxfp4_half_scale(e: u8) -> f32 {
     }
 }
 
+impl BlockQ8_0 {
+    /// A block from GGML's bytes: the f16 scale (little-endian), then 32 codes.
+    pub fn from_ggml(bytes: &[u8]) -> BlockQ8_0 {
+        BlockQ8_0 {
+            d: f16::from_le_bytes([bytes[0], bytes[1]]),
+            qs: std::array::from_fn(|l| bytes[2 + l] as i8),
+        }
+    }
+}
+
+impl BlockQ4_0 {
+    /// A block from GGML's bytes: the f16 scale (little-endian), then 16 bytes of nibbles.
+    pub fn from_ggml(bytes: &[u8]) -> BlockQ4_0 {
+        BlockQ4_0 {
+            d: f16::from_le_bytes([bytes[0], bytes[1]]),
+            qs: std::array::from_fn(|l| bytes[2 + l]),
+        }
+    }
+}
+
 impl BlockMxfp4 {
+    /// A block from GGML's bytes: the E8M0 scale, then 16 bytes of nibbles (values l and
+    /// l + 16 in byte l, as this type keeps them).
+    pub fn from_ggml(bytes: &[u8]) -> BlockMxfp4 {
+        BlockMxfp4 {
+            e: bytes[0],
+            qs: std::array::from_fn(|l| bytes[1 + l]),
+        }
+    }
+
     /// A block from MXFP4 as HF checkpoints pack it: byte j holding value 2j in its low
     /// nibble and 2j + 1 in its high one; repacked to values j and j + 16.
     pub fn from_interleaved(codes: &[u8; BLOCK / 2], e: u8) -> BlockMxfp4 {

@@ -44,6 +44,15 @@ impl QuantFormat {
     }
 
     /// Bytes per weight, scales included.
+    /// The bytes of a block of BLOCK weights in GGML's layout.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantFormat::Q8_0 => std::mem::size_of::<BlockQ8_0>(),
+            QuantFormat::Q4_0 => std::mem::size_of::<BlockQ4_0>(),
+            QuantFormat::Mxfp4 => std::mem::size_of::<BlockMxfp4>(),
+        }
+    }
+
     pub fn bytes_per_weight(self) -> f64 {
         let block = match self {
             QuantFormat::Q8_0 => size_of::<BlockQ8_0>(),
@@ -99,6 +108,66 @@ impl QMatrix {
         Ok(QMatrix {
             blocks: Blocks::Mxfp4(blocks),
             dims: dims.to_vec(),
+        })
+    }
+
+    /// Blocks in GGML's own layout (a GGUF tensor's bytes), rows of `dims` in order: Q8_0,
+    /// Q4_0 and MXFP4 are the formats the CPU keeps as they are. `None` for another format.
+    pub fn from_ggml(format: QuantFormat, bytes: &[u8], dims: &[usize]) -> Result<QMatrix> {
+        let values: usize = dims.iter().product();
+        let k = dims.last().copied().unwrap_or(0);
+        let size = format.block_bytes();
+        if dims.len() < 2 || !k.is_multiple_of(BLOCK) || bytes.len() != values / BLOCK * size {
+            return Err(Error::Input(format!(
+                "{} bytes of {} blocks do not make a matrix of {dims:?}",
+                bytes.len(),
+                format.name()
+            )));
+        }
+        let chunks = bytes.chunks_exact(size);
+        let blocks = match format {
+            QuantFormat::Q8_0 => Blocks::Q8_0(chunks.map(BlockQ8_0::from_ggml).collect()),
+            QuantFormat::Q4_0 => Blocks::Q4_0(chunks.map(BlockQ4_0::from_ggml).collect()),
+            QuantFormat::Mxfp4 => Blocks::Mxfp4(chunks.map(BlockMxfp4::from_ggml).collect()),
+        };
+        Ok(QMatrix {
+            blocks,
+            dims: dims.to_vec(),
+        })
+    }
+
+    /// `a` and `b` (of one format, the same first dim and row length) joined entry by entry
+    /// along the second dim: each entry's rows of `a`, then its rows of `b`.
+    pub fn cat_entries(a: &QMatrix, b: &QMatrix) -> Result<QMatrix> {
+        let (da, db) = (&a.dims, &b.dims);
+        let same = da.len() == 3 && db.len() == 3 && da[0] == db[0] && da[2] == db[2];
+        if !same || a.format() != b.format() {
+            return Err(Error::Input(format!(
+                "cannot join {} {da:?} and {} {db:?} entry by entry",
+                a.format().name(),
+                b.format().name()
+            )));
+        }
+        let entries = da[0];
+        let per = |d: &[usize]| d[1] * d[2] / BLOCK;
+        fn join<B: Copy>(a: &[B], b: &[B], entries: usize, (pa, pb): (usize, usize)) -> Vec<B> {
+            let mut out = Vec::with_capacity(a.len() + b.len());
+            for x in 0..entries {
+                out.extend_from_slice(&a[x * pa..][..pa]);
+                out.extend_from_slice(&b[x * pb..][..pb]);
+            }
+            out
+        }
+        let parts = (per(da), per(db));
+        let blocks = match (&a.blocks, &b.blocks) {
+            (Blocks::Q8_0(x), Blocks::Q8_0(y)) => Blocks::Q8_0(join(x, y, entries, parts)),
+            (Blocks::Q4_0(x), Blocks::Q4_0(y)) => Blocks::Q4_0(join(x, y, entries, parts)),
+            (Blocks::Mxfp4(x), Blocks::Mxfp4(y)) => Blocks::Mxfp4(join(x, y, entries, parts)),
+            _ => unreachable!("formats checked equal above"),
+        };
+        Ok(QMatrix {
+            blocks,
+            dims: vec![entries, da[1] + db[1], da[2]],
         })
     }
 

@@ -67,7 +67,17 @@ impl Weights {
                 let gate_up = bias(gate_up, &[e, 2 * i])?;
                 Ok((deinterleave(&gate_up)?, bias(down, &[e, h])?))
             }
-            ExpertNames::Stacked { .. } | ExpertNames::Separate { .. } => {
+            ExpertNames::Separate { gate, up, down } => {
+                // Beside the weights: `ffn_gate_exps.bias` for `ffn_gate_exps.weight`.
+                let bias = |weight: &str, shape: &[usize]| {
+                    let name = join(prefix, weight);
+                    let name = name.strip_suffix(".weight").unwrap_or(&name);
+                    self.get(&format!("{name}.bias"), shape)
+                };
+                let gate_up = Tensor::cat(&[bias(gate, &[e, i])?, bias(up, &[e, i])?], 1)?;
+                Ok((gate_up, bias(down, &[e, h])?))
+            }
+            ExpertNames::Stacked { .. } => {
                 let Some(b) = &names.expert_biases else {
                     return Err(Error::Input(format!(
                         "{prefix}: the config asks for expert biases, but this family names none"

@@ -1,6 +1,7 @@
 //! Weights read from a GGUF file: its tensors under their GGUF names, plain numbers decoded as
 //! safetensors ones are, and q/k rows that llama.cpp's converter permuted put back in HF's order.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
@@ -8,8 +9,10 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::Dtype;
 
 use super::{Entry, MappedFile, Weights};
+use crate::arch::{join, ExpertNames, TensorNames};
 use crate::error::{Error, Result};
 use crate::gguf::{GgmlType, Gguf};
+use crate::quant::{QMatrix, QuantFormat};
 
 impl Weights {
     /// The tensors of `gguf`, to come out in `dtype` on `device`; `unpermute` names those
@@ -56,6 +59,133 @@ impl Weights {
             unpermute,
         })
     }
+}
+
+impl Weights {
+    /// Tensor `name` (of `shape`) as the CPU's quantized blocks, copied as they are, when the
+    /// GGUF stores it in a format the CPU kernels read (Q8_0, Q4_0, MXFP4), the weights live
+    /// on the CPU and `want` (a `--quant`) names that format or none. `None` otherwise: the
+    /// tensor is then read dense (dequantized) like any other.
+    pub fn quantized(
+        &self,
+        name: &str,
+        shape: &[usize],
+        want: Option<QuantFormat>,
+    ) -> Result<Option<QMatrix>> {
+        let format = match self.tensors.get(name).and_then(|e| e.packed) {
+            Some(t) => cpu_format(t),
+            None => None,
+        };
+        let Some(format) = format else {
+            return Ok(None);
+        };
+        if !self.device.is_cpu() || want.is_some_and(|w| w != format) {
+            return Ok(None);
+        }
+        self.packed(name, shape, format).map(Some)
+    }
+
+    /// A GGUF layer's experts kept in their quantized format (see [`Weights::quantized`]):
+    /// `(gate_up [E, 2I, H], down [E, H, I])`, each expert's gate rows then its up rows; `None`
+    /// unless all three are kept and gate and up share a format.
+    pub fn quantized_experts(
+        &self,
+        names: &TensorNames,
+        prefix: &str,
+        (e, i, h): (usize, usize, usize),
+        want: Option<QuantFormat>,
+    ) -> Result<Option<(QMatrix, QMatrix)>> {
+        let ExpertNames::Separate { gate, up, down } = &names.experts else {
+            return Ok(None);
+        };
+        let part = |name: &str, shape: &[usize]| self.quantized(&join(prefix, name), shape, want);
+        let (Some(gate), Some(up), Some(down)) = (
+            part(gate, &[e, i, h])?,
+            part(up, &[e, i, h])?,
+            part(down, &[e, h, i])?,
+        ) else {
+            return Ok(None);
+        };
+        if gate.format() != up.format() {
+            return Ok(None);
+        }
+        Ok(Some((QMatrix::cat_entries(&gate, &up)?, down)))
+    }
+
+    /// The packed tensor `name` read into blocks of `format`, its rows restored to HF's order
+    /// where llama.cpp permuted them.
+    fn packed(&self, name: &str, shape: &[usize], format: QuantFormat) -> Result<QMatrix> {
+        let (entry, file) = self.entry(name, shape)?;
+        let bad = |message: String| Error::Gguf {
+            path: file.path.clone(),
+            message: format!("tensor `{name}`: {message}"),
+        };
+        let mut bytes = Cow::Borrowed(&file.mmap[entry.start..entry.end]);
+        if let Some(&heads) = self.unpermute.get(name) {
+            bytes = Cow::Owned(unpermute_byte_rows(&bytes, shape[0], heads).map_err(bad)?);
+        }
+        if format == QuantFormat::Mxfp4 {
+            let size = format.block_bytes();
+            if let Some(at) = bytes.chunks_exact(size).position(|b| b[0] == 255) {
+                return Err(bad(format!(
+                    "MXFP4 block {at} has scale 255, E8M0's NaN (a corrupt file)"
+                )));
+            }
+        }
+        let matrix = QMatrix::from_ggml(format, &bytes, shape).map_err(|e| bad(e.to_string()))?;
+        file.release(entry.start, entry.end);
+        Ok(matrix)
+    }
+
+    /// A packed tensor as numbers (for the tensors kept dense: the embedding table, or any
+    /// under another `--quant` or on a GPU), or an error naming a type not read yet.
+    pub(super) fn unpacked(&self, name: &str, shape: &[usize], packed: GgmlType) -> Result<Tensor> {
+        let (_, file) = self.entry(name, shape)?;
+        let Some(format) = cpu_format(packed) else {
+            return Err(Error::Gguf {
+                path: file.path.clone(),
+                message: format!(
+                    "tensor `{name}` is {packed}, a type not read yet (F32, F16, BF16, Q8_0, \
+                     Q4_0 and MXFP4 are)"
+                ),
+            });
+        };
+        self.packed(name, shape, format)?.dequantize(DType::F32)
+    }
+}
+
+/// The CPU's kept format for a GGUF type, where it has one.
+fn cpu_format(t: GgmlType) -> Option<QuantFormat> {
+    match t {
+        GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
+        GgmlType::Q4_0 => Some(QuantFormat::Q4_0),
+        GgmlType::Mxfp4 => Some(QuantFormat::Mxfp4),
+        _ => None,
+    }
+}
+
+/// [`unpermute_rows`] on rows of packed bytes: `rows` rows of `bytes.len() / rows` bytes.
+fn unpermute_byte_rows(bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>, String> {
+    if heads == 0
+        || rows == 0
+        || !rows.is_multiple_of(2 * heads)
+        || !bytes.len().is_multiple_of(rows)
+    {
+        return Err(format!(
+            "{rows} rows do not split into {heads} heads of pairs"
+        ));
+    }
+    let (width, d) = (bytes.len() / rows, rows / heads);
+    let mut out = vec![0u8; bytes.len()];
+    for h in 0..heads {
+        for two in 0..2 {
+            for r in 0..d / 2 {
+                let (to, from) = (h * d + two * (d / 2) + r, h * d + 2 * r + two);
+                out[to * width..][..width].copy_from_slice(&bytes[from * width..][..width]);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Undoes llama.cpp's `permute` of q/k weights (and biases) of Llama-style models: in each
@@ -107,5 +237,13 @@ mod tests {
         let back = unpermute_rows(&stored, heads, "q").unwrap();
         assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), hf);
         assert!(unpermute_rows(&stored, 5, "q").is_err());
+        // The same on rows of bytes (quantized tensors), two bytes a row.
+        let bytes: Vec<u8> = permute(&hf, heads)
+            .iter()
+            .flat_map(|&r| [r as u8, 100 + r as u8])
+            .collect();
+        let back = unpermute_byte_rows(&bytes, 24, heads).unwrap();
+        let want: Vec<u8> = hf.iter().flat_map(|&r| [r as u8, 100 + r as u8]).collect();
+        assert_eq!(back, want);
     }
 }

@@ -216,13 +216,8 @@ impl Weights {
         }
         let (entry, file) = self.entry(name, shape)?;
         if let Some(packed) = entry.packed {
-            return Err(Error::Gguf {
-                path: file.path.clone(),
-                message: format!(
-                    "tensor `{name}` is {packed}: quantized GGUF tensors are not read yet \
-                     (F32, F16 and BF16 ones are)"
-                ),
-            });
+            let tensor = self.unpacked(name, shape, packed)?;
+            return Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?);
         }
         let bytes = &file.mmap[entry.start..entry.end];
         let cpu = Device::Cpu;

@@ -48,19 +48,6 @@ impl Block {
     }
 }
 
-impl Block {
-    /// The format of this block's routed experts, when they are kept quantized.
-    pub fn expert_format(&self) -> Option<crate::quant::QuantFormat> {
-        match &self.ffn {
-            FeedForward::Sparse(moe) => match &moe.experts.gate_up {
-                crate::quant::Weight::Quantized(q) => Some(q.format()),
-                crate::quant::Weight::Dense(_) => None,
-            },
-            FeedForward::Dense(_) => None,
-        }
-    }
-}
-
 /// `xs * scale`, skipping the op when the scale is exactly one.
 pub(crate) fn scaled(xs: Tensor, scale: f64) -> Result<Tensor> {
     if scale == 1.0 {

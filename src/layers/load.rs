@@ -1,6 +1,8 @@
 //! Building a `Model` from a checkpoint: every tensor fetched by its hub name with the shape the
 //! config implies, so a misshapen or missing tensor is reported by name before any forward.
 
+use std::cell::Cell;
+
 use candle_nn::RmsNorm;
 
 use super::attention::{Attention, AttentionWeights};
@@ -23,6 +25,30 @@ pub struct LayerReader<'a> {
     pub prefix: String,
     /// The format of the weights of matrix products (`None`: the compute dtype).
     pub quant: Option<QuantFormat>,
+    pub tally: &'a FormatTally,
+}
+
+/// The bytes per weight the matrices were kept in, averaged over every layer's (a GGUF mixes
+/// formats per tensor): what a decode step reads, by kind.
+#[derive(Default)]
+pub struct FormatTally {
+    /// (bytes, weights) of the routed experts, and of every other matrix of the layers.
+    experts: Cell<(f64, f64)>,
+    other: Cell<(f64, f64)>,
+}
+
+impl FormatTally {
+    fn add(cell: &Cell<(f64, f64)>, w: &Weight) {
+        let n: usize = w.dims().iter().product();
+        let (bytes, weights) = cell.get();
+        cell.set((bytes + n as f64 * w.bytes_per_weight(), weights + n as f64));
+    }
+
+    /// Bytes per weight of (the routed experts, the other matrices); `None` for a kind absent.
+    pub fn bytes_per_weight(&self) -> (Option<f64>, Option<f64>) {
+        let mean = |(bytes, weights): (f64, f64)| (weights > 0.0).then(|| bytes / weights);
+        (mean(self.experts.get()), mean(self.other.get()))
+    }
 }
 
 impl LayerReader<'_> {
@@ -41,10 +67,12 @@ impl LayerReader<'_> {
     /// kept as it is where the CPU reads its format).
     fn weight(&self, name: &str, shape: &[usize]) -> Result<Weight> {
         let full = format!("{}.{name}", self.prefix);
-        if let Some(q) = self.weights.quantized(&full, shape, self.quant)? {
-            return Ok(Weight::Quantized(std::sync::Arc::new(q)));
-        }
-        Weight::new(self.weights.get(&full, shape)?, self.quant, &full)
+        let weight = match self.weights.quantized(&full, shape, self.quant)? {
+            Some(q) => Weight::Quantized(std::sync::Arc::new(q)),
+            None => Weight::new(self.weights.get(&full, shape)?, self.quant, &full)?,
+        };
+        FormatTally::add(&self.tally.other, &weight);
+        Ok(weight)
     }
 
     /// `{proj}.weight` of shape (out, in), and `{proj}.bias` (out) when `bias`.
@@ -143,6 +171,8 @@ impl LayerReader<'_> {
                 )
             }
         };
+        FormatTally::add(&self.tally.experts, &experts.gate_up);
+        FormatTally::add(&self.tally.experts, &experts.down);
         if m.expert_bias {
             // In the compute dtype's precision, as HF holds them, then in an f32 tensor, the
             // form the kernels read.

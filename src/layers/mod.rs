@@ -30,7 +30,7 @@ use crate::quant::{QuantFormat, Weight};
 use crate::spec::{AttentionKind, ModelConfig};
 use crate::weights::Weights;
 use attention::{Sequence, Step};
-use load::LayerReader;
+use load::{FormatTally, LayerReader};
 use rope::Rope;
 
 /// How to load a model.
@@ -83,8 +83,8 @@ pub struct Model {
     backend: Backend,
     dtype: DType,
     quant: Option<QuantFormat>,
-    /// The format the routed experts are kept in: `quant`, or the checkpoint's own (MXFP4).
-    expert_format: Option<QuantFormat>,
+    /// Bytes per weight of the matrices as kept, for what a decode step reads.
+    read_bytes: ReadBytes,
     /// config.json fields nothing here reads (see [`Model::unrecognized_config_fields`]).
     unrecognized_fields: Vec<String>,
 }
@@ -157,8 +157,10 @@ impl Model {
             // Tied, or a checkpoint that simply has no head: HF ties in both cases.
             false => Weight::new(embed.clone(), head_format, names.lm_head)?,
         };
+        let head_bytes = lm_head.bytes_per_weight();
         let lm_head = Linear::from_weight(lm_head, None);
         let backend = Backend::new(&opts.device, opts.dtype, opts.kernels);
+        let tally = FormatTally::default();
         let blocks = cfg
             .layers
             .iter()
@@ -170,6 +172,7 @@ impl Model {
                     cfg: &cfg,
                     prefix: format!("{}.{i}", names.layers),
                     quant: opts.quant,
+                    tally: &tally,
                 };
                 let block = reader.block(layer, &backend);
                 on_layer(i + 1, cfg.layers.len());
@@ -177,7 +180,6 @@ impl Model {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(weights.get(names.final_norm, &[h])?, cfg.rms_norm_eps);
-        let expert_format = blocks.iter().find_map(Block::expert_format).or(opts.quant);
         Ok(Model {
             rope: Rope::new(&cfg.rope, cfg.attention.head_dim),
             cfg,
@@ -189,7 +191,11 @@ impl Model {
             backend,
             dtype: opts.dtype,
             quant: opts.quant,
-            expert_format,
+            read_bytes: ReadBytes {
+                experts: tally.bytes_per_weight().0,
+                other: tally.bytes_per_weight().1,
+                head: head_bytes,
+            },
             unrecognized_fields,
         })
     }
@@ -211,11 +217,11 @@ impl Model {
     pub fn decode_read_bytes(&self) -> f64 {
         let reads = self.cfg.decode_reads();
         let dense = self.dtype.size_in_bytes() as f64;
-        let bytes = |format: Option<QuantFormat>| format.map_or(dense, |f| f.bytes_per_weight());
+        let b = &self.read_bytes;
         let other_matrices = reads.matrices - reads.experts;
-        other_matrices as f64 * bytes(self.quant)
-            + reads.experts as f64 * bytes(self.expert_format)
-            + reads.head as f64 * bytes(head_format(self.quant))
+        other_matrices as f64 * b.other.unwrap_or(dense)
+            + reads.experts as f64 * b.experts.unwrap_or(dense)
+            + reads.head as f64 * b.head
             + reads.other as f64 * dense
     }
 
@@ -410,4 +416,12 @@ mod tests {
         shared::<super::Model>();
         shared::<super::Cache>();
     }
+}
+
+/// Bytes per weight the matrices are kept in, by kind (averaged over the layers).
+#[derive(Debug, Clone, Copy)]
+struct ReadBytes {
+    experts: Option<f64>,
+    other: Option<f64>,
+    head: f64,
 }

@@ -277,6 +277,14 @@ impl Weight {
         }
     }
 
+    /// Bytes per weight as it is kept: its dtype's size, or its blocks' share.
+    pub fn bytes_per_weight(&self) -> f64 {
+        match self {
+            Weight::Dense(t) => t.dtype().size_in_bytes() as f64,
+            Weight::Quantized(q) => q.format().bytes_per_weight(),
+        }
+    }
+
     /// Whether the CPU kernels can read it in place (`with_slice` succeeds): quantized
     /// blocks, or a dense CPU tensor of a float dtype they read.
     pub fn cpu_kernels_read(&self) -> bool {

@@ -8,6 +8,7 @@ use candle_core::DType;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use moe_runtime::arch::{self, Architecture};
+use moe_runtime::gguf::{GgmlType, GGUF_NAMES};
 use moe_runtime::sampling::SamplingConfig;
 use moe_runtime::weights::Weights;
 use moe_runtime::{hub, Kernels, LoadOptions, Model};
@@ -36,10 +37,11 @@ pub struct Common {
     pub model: ModelArg,
     #[command(flatten)]
     pub runtime: Runtime,
-    /// Compute dtype: f32, bf16 or f16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// Convert the weights of matrix products at load: q8_0 or q4_0 (CPU only).
+    /// Compute dtype: f32, bf16 or f16. By default f32, or for a GGUF file whose embedding
+    /// table is BF16 or F16, that.
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Convert the weights of matrix products at load: q8_0, q4_0 or mxfp4 (CPU only).
     #[arg(long)]
     quant: Option<String>,
     /// Experts per token, overriding the checkpoint's top-k.
@@ -49,11 +51,12 @@ pub struct Common {
 
 impl Common {
     pub fn load_options(&self) -> Result<LoadOptions> {
-        let dtype = match self.dtype.as_str() {
-            "f32" => DType::F32,
-            "bf16" => DType::BF16,
-            "f16" => DType::F16,
-            other => bail!("--dtype {other} is not supported (f32, bf16 or f16)"),
+        let dtype = match self.dtype.as_deref() {
+            Some("f32") => DType::F32,
+            Some("bf16") => DType::BF16,
+            Some("f16") => DType::F16,
+            Some(other) => bail!("--dtype {other} is not supported (f32, bf16 or f16)"),
+            None => self.file_dtype(),
         };
         Ok(LoadOptions {
             dtype,
@@ -61,6 +64,23 @@ impl Common {
             quant: self.quant.as_deref().map(str::parse).transpose()?,
             ..self.runtime.load_options()?
         })
+    }
+
+    /// The dtype a GGUF file's embedding table is stored in where it is BF16 or F16 (a file
+    /// converted without quantizing), else f32.
+    fn file_dtype(&self) -> DType {
+        let path = Path::new(&self.model.model);
+        if !moe_runtime::gguf::holds_gguf(path) {
+            return DType::F32;
+        }
+        let stored = moe_runtime::gguf::Gguf::open(path)
+            .ok()
+            .and_then(|f| f.tensor(GGUF_NAMES.embed).map(|t| t.ggml_type));
+        match stored {
+            Some(GgmlType::BF16) => DType::BF16,
+            Some(GgmlType::F16) => DType::F16,
+            _ => DType::F32,
+        }
     }
 
     /// The model and its folder.

@@ -30,6 +30,12 @@ const FILES: &[(&str, &str, bool)] = &[
         "tiny-shakespeare-moe-q4_0",
         true,
     ),
+    // Q4_K_M on rows that are not all whole K-quant blocks: Q5_0, Q5_1, Q4_K, Q6_K and Q8_0.
+    (
+        "tiny-shakespeare-moe-q4_k_m.gguf",
+        "tiny-shakespeare-moe-q4_k_m",
+        true,
+    ),
 ];
 
 /// As the safetensors fixtures: f32 logits within 1e-4 of the largest reference logit.
@@ -105,14 +111,25 @@ fn gguf_greedy_continuations_match_hf() {
 
 #[test]
 fn tensor_types_not_read_yet_are_named() {
-    // Q4_K_M on rows that are not whole K-quant blocks mixes in Q5_0, Q5_1, Q4_K and Q6_K.
-    let path = gguf_dir().join("tiny-shakespeare-moe-q4_k_m.gguf");
+    // The Q4_K_M file with one tensor's type switched to Q2_K (whose blocks are smaller, so
+    // its data still lies inside the file).
+    let mut bytes = std::fs::read(gguf_dir().join("tiny-shakespeare-moe-q4_k_m.gguf")).unwrap();
+    let name = b"blk.0.ffn_down_exps.weight";
+    let at = bytes.windows(name.len()).position(|w| w == name).unwrap();
+    let n_dims = u32::from_le_bytes(bytes[at + name.len()..][..4].try_into().unwrap()) as usize;
+    let type_at = at + name.len() + 4 + 8 * n_dims;
+    bytes[type_at..type_at + 4].copy_from_slice(&10u32.to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q2k.gguf");
+    std::fs::write(&path, bytes).unwrap();
     let err = Model::load(&path, &LoadOptions::default())
         .err()
         .unwrap()
         .to_string();
     assert!(
-        err.contains("q4_k_m.gguf") && err.contains("a type not read yet") && err.contains("`blk."),
+        err.contains("q2k.gguf")
+            && err.contains("`blk.0.ffn_down_exps.weight`")
+            && err.contains("Q2_K is a type not read yet"),
         "{err}"
     );
 }

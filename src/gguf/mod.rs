@@ -4,6 +4,7 @@
 //! file: open its first part.
 
 mod arch;
+pub(crate) mod dequant;
 mod parse;
 mod types;
 mod value;

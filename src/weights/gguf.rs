@@ -11,7 +11,7 @@ use safetensors::Dtype;
 use super::{Entry, MappedFile, Weights};
 use crate::arch::{join, ExpertNames, TensorNames};
 use crate::error::{Error, Result};
-use crate::gguf::{GgmlType, Gguf};
+use crate::gguf::{dequant, GgmlType, Gguf};
 use crate::quant::{QMatrix, QuantFormat};
 
 impl Weights {
@@ -140,17 +140,29 @@ impl Weights {
     /// A packed tensor as numbers (for the tensors kept dense: the embedding table, or any
     /// under another `--quant` or on a GPU), or an error naming a type not read yet.
     pub(super) fn unpacked(&self, name: &str, shape: &[usize], packed: GgmlType) -> Result<Tensor> {
-        let (_, file) = self.entry(name, shape)?;
-        let Some(format) = cpu_format(packed) else {
-            return Err(Error::Gguf {
-                path: file.path.clone(),
-                message: format!(
-                    "tensor `{name}` is {packed}, a type not read yet (F32, F16, BF16, Q8_0, \
-                     Q4_0 and MXFP4 are)"
-                ),
-            });
+        if let Some(format) = cpu_format(packed) {
+            return self.packed(name, shape, format)?.dequantize(DType::F32);
+        }
+        let (entry, file) = self.entry(name, shape)?;
+        let bad = |message: String| Error::Gguf {
+            path: file.path.clone(),
+            message: format!("tensor `{name}`: {message}"),
         };
-        self.packed(name, shape, format)?.dequantize(DType::F32)
+        if !dequant::supported(packed) {
+            return Err(bad(format!(
+                "{packed} is a type not read yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, \
+                 Q4_K, Q5_K, Q6_K and MXFP4 are)"
+            )));
+        }
+        let mut bytes = Cow::Borrowed(&file.mmap[entry.start..entry.end]);
+        if let Some(&heads) = self.unpermute.get(name) {
+            bytes = Cow::Owned(unpermute_byte_rows(&bytes, shape[0], heads).map_err(bad)?);
+        }
+        let mut values = vec![0f32; shape.iter().product()];
+        dequant::dequantize(packed, &bytes, &mut values)
+            .ok_or_else(|| bad(format!("its {packed} blocks do not fill {shape:?}")))?;
+        file.release(entry.start, entry.end);
+        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
     }
 }
 

@@ -37,8 +37,8 @@ pub struct Common {
     pub model: ModelArg,
     #[command(flatten)]
     pub runtime: Runtime,
-    /// Compute dtype: f32, bf16 or f16. By default f32, or for a GGUF file whose embedding
-    /// table is BF16 or F16, that.
+    /// Compute dtype: f32, bf16 or f16. By default f32; for a GGUF file, its embedding
+    /// table's F32, BF16 or F16, or bf16 where that is quantized.
     #[arg(long)]
     dtype: Option<String>,
     /// Convert the weights of matrix products at load: q8_0, q4_0 or mxfp4 (CPU only).
@@ -66,8 +66,9 @@ impl Common {
         })
     }
 
-    /// The dtype a GGUF file's embedding table is stored in where it is BF16 or F16 (a file
-    /// converted without quantizing), else f32.
+    /// For a GGUF file, the dtype its embedding table is stored in (F32, BF16 or F16), or bf16
+    /// where it is quantized (as a quantized checkpoint computes: what is not kept in blocks is
+    /// held at half the bytes of f32); f32 for anything else.
     fn file_dtype(&self) -> DType {
         let path = Path::new(&self.model.model);
         if !moe_runtime::gguf::holds_gguf(path) {
@@ -77,9 +78,9 @@ impl Common {
             .ok()
             .and_then(|f| f.tensor(GGUF_NAMES.embed).map(|t| t.ggml_type));
         match stored {
-            Some(GgmlType::BF16) => DType::BF16,
+            Some(GgmlType::F32) | None => DType::F32,
             Some(GgmlType::F16) => DType::F16,
-            _ => DType::F32,
+            Some(_) => DType::BF16,
         }
     }
 

@@ -31,7 +31,12 @@ pub struct ChatPrompt {
 impl Tokenizer {
     /// Reads `dir/tokenizer.json` and, when present, `dir/tokenizer_config.json` and
     /// `dir/chat_template.jinja`.
+    /// A GGUF model (a GGUF file, or a folder holding one and no tokenizer.json) reads the
+    /// tokenizer its metadata holds.
     pub fn load(dir: &Path) -> Result<Tokenizer> {
+        if crate::gguf::holds_gguf(dir) && !dir.join("tokenizer.json").exists() {
+            return Tokenizer::from_gguf(&crate::gguf::Gguf::open(dir)?);
+        }
         let path = dir.join("tokenizer.json");
         let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
             path: path.clone(),
@@ -43,6 +48,33 @@ impl Tokenizer {
         } else {
             Value::Null
         };
+        Tokenizer::from_parts(inner, path, dir, config)
+    }
+
+    /// The tokenizer of a GGUF file (see [`crate::gguf::tokenizer_files`]).
+    pub fn from_gguf(file: &crate::gguf::Gguf) -> Result<Tokenizer> {
+        let (json, config) = crate::gguf::tokenizer_files(file)?;
+        let path = file.path().to_path_buf();
+        let inner = json
+            .to_string()
+            .parse::<tokenizers::Tokenizer>()
+            .map_err(|e| Error::Tokenizer {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        // `path` is a file: no chat_template.jinja is found beside it by mistake.
+        Tokenizer::from_parts(inner, path.clone(), &path, config)
+    }
+
+    /// A tokenizer from its parts: `config` as tokenizer_config.json holds it, `dir` where a
+    /// chat_template.jinja would be.
+    fn from_parts(
+        inner: tokenizers::Tokenizer,
+        path: PathBuf,
+        dir: &Path,
+        config: Value,
+    ) -> Result<Tokenizer> {
+        let config_path = dir.join("tokenizer_config.json");
         let special = |key: &str| -> Result<Option<u32>> {
             match special_token_text(&config, key) {
                 None => Ok(None),

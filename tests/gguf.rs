@@ -402,3 +402,33 @@ fn a_gguf_of_an_architecture_not_supported_is_named() {
         .to_string();
     assert!(err.contains("metadata `qwen3moe."), "{err}");
 }
+
+#[test]
+fn tokenizers_not_read_yet_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let spm = good()
+        .meta("tokenizer.ggml.model", typed(8, &string("llama")))
+        .write(dir.path(), "spm.gguf");
+    let err = moe_runtime::tokenizer::Tokenizer::load(&spm)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("spm.gguf") && err.contains("`llama` is not read yet"),
+        "{err}"
+    );
+    let merges = string_array(&["a b"]);
+    let odd = good()
+        .meta("tokenizer.ggml.model", typed(8, &string("gpt2")))
+        .meta("tokenizer.ggml.merges", merges)
+        .meta("tokenizer.ggml.pre", typed(8, &string("falcon")))
+        .write(dir.path(), "falcon.gguf");
+    let err = moe_runtime::tokenizer::Tokenizer::load(&odd)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.ggml.pre `falcon` is not read yet"),
+        "{err}"
+    );
+}

@@ -6,6 +6,7 @@
 mod arch;
 pub(crate) mod dequant;
 mod parse;
+mod tokenizer;
 mod types;
 mod value;
 
@@ -16,6 +17,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 pub use arch::{architecture, GGUF_NAMES};
+pub use tokenizer::tokenizer_files;
 pub use types::GgmlType;
 pub use value::Value;
 

@@ -406,17 +406,26 @@ fn a_gguf_of_an_architecture_not_supported_is_named() {
 #[test]
 fn tokenizers_not_read_yet_are_named() {
     let dir = tempfile::tempdir().unwrap();
+    let bert = good()
+        .meta("tokenizer.ggml.model", typed(8, &string("bert")))
+        .write(dir.path(), "bert-vocab.gguf");
+    let load = |path: &std::path::Path| {
+        moe_runtime::tokenizer::Tokenizer::load(path)
+            .err()
+            .unwrap()
+            .to_string()
+    };
+    let err = load(&bert);
+    assert!(
+        err.contains("bert-vocab.gguf") && err.contains("`bert` is not read yet"),
+        "{err}"
+    );
+    // SentencePiece needs a score per token.
     let spm = good()
         .meta("tokenizer.ggml.model", typed(8, &string("llama")))
         .write(dir.path(), "spm.gguf");
-    let err = moe_runtime::tokenizer::Tokenizer::load(&spm)
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(
-        err.contains("spm.gguf") && err.contains("`llama` is not read yet"),
-        "{err}"
-    );
+    let err = load(&spm);
+    assert!(err.contains("tokenizer.ggml.scores"), "{err}");
     let merges = string_array(&["a b"]);
     let odd = good()
         .meta("tokenizer.ggml.model", typed(8, &string("gpt2")))

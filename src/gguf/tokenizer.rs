@@ -1,8 +1,9 @@
 //! A GGUF file's tokenizer as HF's tokenizer.json would hold it: `tokenizer.ggml.model` gpt2
-//! (byte-level BPE: tokens, merges, and the pre-tokenizer `tokenizer.ggml.pre` names), control
-//! and user-defined tokens as added tokens, and tokenizer_config.json's special tokens and
-//! chat template. The regexes are those of the models' own tokenizer.json files, which
-//! llama.cpp's `llama-vocab.cpp` names by the same `pre` values.
+//! (byte-level BPE: tokens, merges, and the pre-tokenizer `tokenizer.ggml.pre` names) or llama
+//! (SentencePiece BPE: tokens and scores, as Mixtral's files hold it), control and user-defined
+//! tokens as added tokens, and tokenizer_config.json's special tokens and chat template. The
+//! regexes are those of the models' own tokenizer.json files, which llama.cpp's
+//! `llama-vocab.cpp` names by the same `pre` values.
 
 use serde_json::{json, Value as Json};
 
@@ -40,19 +41,21 @@ const SPLITS: &[(&[&str], &str, bool)] = &[
 ];
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
+const NORMAL: u64 = 1;
+const UNKNOWN: u64 = 2;
 const CONTROL: u64 = 3;
 const USER_DEFINED: u64 = 4;
 
 /// (tokenizer.json, tokenizer_config.json) of `gguf`'s tokenizer.
 pub fn tokenizer_files(gguf: &Gguf) -> Result<(Json, Json)> {
     let model = gguf.str("tokenizer.ggml.model")?;
-    if model != "gpt2" {
+    if model != "gpt2" && model != "llama" {
         return Err(gguf.error(format!(
-            "tokenizer.ggml.model `{model}` is not read yet (gpt2, byte-level BPE, is)"
+            "tokenizer.ggml.model `{model}` is not read yet (gpt2, byte-level BPE, and llama, \
+             SentencePiece, are)"
         )));
     }
     let tokens = strings(gguf, "tokenizer.ggml.tokens")?;
-    let merges = strings(gguf, "tokenizer.ggml.merges")?;
     let types: Vec<u64> = match gguf.get("tokenizer.ggml.token_type") {
         None => vec![1; tokens.len()],
         Some(v) => v
@@ -67,25 +70,37 @@ pub fn tokenizer_files(gguf: &Gguf) -> Result<(Json, Json)> {
             tokens.len()
         )));
     }
-    let pre = gguf
-        .get("tokenizer.ggml.pre")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let (pre_tokenizer, normalizer, ignore_merges) = pre_tokenizer(gguf, pre)?;
+    let (model_json, pre_tokenizer, normalizer, decoder) = if model == "llama" {
+        sentencepiece(gguf, &tokens, &types)?
+    } else {
+        let pre = gguf
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        let (pre_tokenizer, normalizer, ignore_merges) = pre_tokenizer(gguf, pre)?;
+        let merges = strings(gguf, "tokenizer.ggml.merges")?;
+        let vocab: serde_json::Map<String, Json> = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, t)| (t.to_string(), json!(id)))
+            .collect();
+        let model = json!({"type": "BPE", "dropout": null, "unk_token": null,
+                           "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                           "fuse_unk": false, "byte_fallback": false,
+                           "ignore_merges": ignore_merges, "vocab": vocab, "merges": merges});
+        let decoder = json!({"type": "ByteLevel", "add_prefix_space": true,
+                             "trim_offsets": true, "use_regex": true});
+        (model, pre_tokenizer, normalizer, decoder)
+    };
 
-    let vocab: serde_json::Map<String, Json> = tokens
-        .iter()
-        .enumerate()
-        .map(|(id, t)| (t.to_string(), json!(id)))
-        .collect();
     let added: Vec<Json> = tokens
         .iter()
         .zip(&types)
         .enumerate()
-        .filter(|(_, (_, &t))| t == CONTROL || t == USER_DEFINED)
+        .filter(|(_, (_, &t))| t == CONTROL || t == USER_DEFINED || t == UNKNOWN)
         .map(|(id, (content, &t))| {
             json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-                   "rstrip": false, "normalized": false, "special": t == CONTROL})
+                   "rstrip": false, "normalized": false, "special": t != USER_DEFINED})
         })
         .collect();
     let token = |key: &str| -> Result<Option<&str>> {
@@ -124,12 +139,8 @@ pub fn tokenizer_files(gguf: &Gguf) -> Result<(Json, Json)> {
         "normalizer": normalizer,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": post_processor,
-        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
-                    "use_regex": true},
-        "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": ignore_merges,
-                  "vocab": vocab, "merges": merges},
+        "decoder": decoder,
+        "model": model_json,
     });
     let mut config = json!({});
     for (field, key) in [
@@ -180,6 +191,77 @@ fn pre_tokenizer(gguf: &Gguf, pre: &str) -> Result<(Json, Json, bool)> {
     };
     // Llama 3's tokenizer takes a word the vocabulary holds whole before any merge.
     Ok((pre_tokenizer, normalizer, names.contains(&"llama-bpe")))
+}
+
+/// SentencePiece's BPE as HF's converter writes it for Llama-style tokenizers: merges made
+/// from the vocabulary, each split of a piece into two pieces ranked by the score of the whole
+/// (HF's `SentencePieceExtractor`: per piece by the ids of the halves, then by score, stably);
+/// bytes through `<0xXX>` tokens; "▁" for spaces, one put in front of the text when
+/// `tokenizer.ggml.add_space_prefix` says so (the default). (model, pre-tokenizer, normalizer,
+/// decoder).
+fn sentencepiece(gguf: &Gguf, tokens: &[&str], types: &[u64]) -> Result<(Json, Json, Json, Json)> {
+    let scores: Vec<f64> = gguf
+        .get("tokenizer.ggml.scores")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().map(|v| v.as_f64().unwrap_or(0.0)).collect())
+        .filter(|s: &Vec<f64>| s.len() == tokens.len())
+        .ok_or_else(|| {
+            gguf.error("metadata `tokenizer.ggml.scores` is not one number per token")
+        })?;
+    let ids: std::collections::HashMap<&str, usize> =
+        tokens.iter().enumerate().map(|(id, t)| (*t, id)).collect();
+    let mut merges: Vec<(f64, &str, &str)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if types[id] != NORMAL && types[id] != USER_DEFINED {
+            continue;
+        }
+        let mut local: Vec<(usize, usize, &str, &str)> = piece
+            .char_indices()
+            .skip(1)
+            .filter_map(|(at, _)| {
+                let (l, r) = piece.split_at(at);
+                Some((*ids.get(l)?, *ids.get(r)?, l, r))
+            })
+            .collect();
+        local.sort();
+        merges.extend(local.into_iter().map(|(_, _, l, r)| (scores[id], l, r)));
+    }
+    merges.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let merges: Vec<String> = merges.iter().map(|(_, l, r)| format!("{l} {r}")).collect();
+    let vocab: serde_json::Map<String, Json> = tokens
+        .iter()
+        .enumerate()
+        .map(|(id, t)| (t.to_string(), json!(id)))
+        .collect();
+    let unk = gguf
+        .u64("tokenizer.ggml.unknown_token_id")?
+        .and_then(|id| tokens.get(id as usize))
+        .map(|t| json!(t))
+        .unwrap_or(Json::Null);
+    let model = json!({"type": "BPE", "dropout": null, "unk_token": unk,
+                       "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                       "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                       "vocab": vocab, "merges": merges});
+    let space_prefix = gguf
+        .get("tokenizer.ggml.add_space_prefix")
+        .and_then(Value::as_bool)
+        .unwrap_or(true);
+    let replace = json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"});
+    let normalizer = match space_prefix {
+        true => json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u{2581}"}, replace]}),
+        false => replace,
+    };
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if space_prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    let decoder = json!({"type": "Sequence", "decoders": decoders});
+    Ok((model, Json::Null, normalizer, decoder))
 }
 
 fn strings<'a>(gguf: &'a Gguf, key: &str) -> Result<Vec<&'a str>> {

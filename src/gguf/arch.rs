@@ -134,6 +134,12 @@ fn config(gguf: &Gguf, arch: &str, model_type: &str) -> Result<Map<String, Json>
         "tie_word_embeddings",
         json!(gguf.tensor(GGUF_NAMES.lm_head).is_none()),
     );
+    if gguf.u64(&key("expert_count"))?.unwrap_or(0) == 0 {
+        return Err(gguf.error(format!(
+            "a dense {arch} model (no `{}`): moe-runtime runs mixture-of-experts models",
+            key("expert_count")
+        )));
+    }
     let experts = required("expert_count")?;
     let used = required("expert_used_count")?;
     set("num_experts_per_tok", json!(used));

@@ -26,7 +26,8 @@ Then the GGUF, by llama.cpp's own converter (`convert_hf_to_gguf.py DIR --outfil
 MXFP4 blocks), everything else goes to BF16 (1-D tensors F32), as in ggml-org's gpt-oss GGUFs.
 One patch, applied in memory, no llama.cpp file edited: the converter does not know this
 tokenizer's pre-tokenizer hash and refuses it, so an unknown hash is taken as "gpt-2" (the
-tokenizer is byte-level BPE with the GPT-2 split regex, which the script checks first).
+tokenizer is byte-level BPE with the GPT-2 split regex, which tools/llama_convert.py checks
+first).
 
 Usage:
     ~/moe-anchors/venv/bin/python tools/make_bench_checkpoint.py \\
@@ -39,12 +40,12 @@ import argparse
 import json
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from llama_convert import convert
 
 HIDDEN = 2880
 INTER = 2880
@@ -235,33 +236,8 @@ def check(out_dir, expected):
     assert seen == want, sorted(set(seen.items()) ^ set(want.items()))
 
 
-# Runs llama.cpp's convert_hf_to_gguf.py as is (argv: llama dir, then the converter's
-# arguments), except that an unrecognised BPE pre-tokenizer hash means "gpt-2" instead of an error.
-CONVERT = """
-import runpy, sys
-llama = sys.argv[1]
-sys.path[0:0] = [llama, llama + "/gguf-py"]
-from conversion import base
-original = base.TextModel.get_vocab_base_pre
-def get_vocab_base_pre(self, tokenizer):
-    try:
-        return original(self, tokenizer)
-    except NotImplementedError:
-        base.logger.warning("make_bench_checkpoint: unknown pre-tokenizer hash taken as gpt-2")
-        return "gpt-2"
-base.TextModel.get_vocab_base_pre = get_vocab_base_pre
-sys.argv = [llama + "/convert_hf_to_gguf.py"] + sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-
-
-def convert(out_dir, gguf, llama):
-    tok = json.loads((out_dir / "tokenizer.json").read_text())
-    pre = tok["pre_tokenizer"]
-    assert tok["model"]["type"] == "BPE" and pre["type"] == "ByteLevel" and pre["use_regex"], \
-        f"not a GPT-2 style byte-level BPE ({pre}): the gpt-2 fallback would be wrong"
-    subprocess.run([sys.executable, "-c", CONVERT, str(llama), str(out_dir),
-                    "--outfile", str(gguf), "--outtype", "bf16"], check=True)
+def convert_to_gguf(out_dir, gguf, llama):
+    convert(llama, out_dir, gguf, "bf16")
     print(f"{gguf}: {gguf.stat().st_size / 2**30:.2f} GiB")
 
 
@@ -314,7 +290,7 @@ def main():
     check(out, [s for specs in shards for s in specs])
     print(f"{out}: {args.layers} layers, {total / 2**30:.2f} GiB of tensors, checked", flush=True)
     if not args.no_gguf:
-        convert(out, args.gguf, args.llama)
+        convert_to_gguf(out, args.gguf, args.llama)
 
 
 if __name__ == "__main__":

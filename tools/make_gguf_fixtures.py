@@ -77,9 +77,9 @@ tokens, so bos/eos/pad come from the fixture's config.json. Such a tokenizer can
 text; these fixtures are tested by ids.
 
 Patched: nothing in llama.cpp. convert_hf_to_gguf.py runs unmodified in a child python (the
-wrapper of tools/make_bench_checkpoint.py) with one function replaced in memory:
+wrapper of tools/llama_convert.py) with one function replaced in memory:
 conversion.base.TextModel.get_vocab_base_pre, which refuses pre-tokenizer hashes it does not know,
-returns "gpt-2" for them, after this script has checked that the tokenizer is byte-level BPE with
+returns "gpt-2" for them, after checking that the tokenizer is byte-level BPE with
 the GPT-2 split regex and no normalizer.
 
 Deterministic: fixed prompts, greedy decoding, stable temporary names (the converter derives
@@ -109,6 +109,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from llama_convert import convert
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -144,50 +146,10 @@ TOKENIZER_TEXTS = [
     "...!!!???---===```'''\"\"\"",
 ]
 
-# Runs llama.cpp's convert_hf_to_gguf.py as is (argv: llama dir, then the converter's
-# arguments), except that an unrecognised BPE pre-tokenizer hash means "gpt-2" instead of an
-# error. The same wrapper as tools/make_bench_checkpoint.py's.
-CONVERT = """
-import runpy, sys
-llama = sys.argv[1]
-sys.path[0:0] = [llama, llama + "/gguf-py"]
-from conversion import base
-original = base.TextModel.get_vocab_base_pre
-def get_vocab_base_pre(self, tokenizer):
-    try:
-        return original(self, tokenizer)
-    except NotImplementedError:
-        base.logger.warning("make_gguf_fixtures: unknown pre-tokenizer hash taken as gpt-2")
-        return "gpt-2"
-base.TextModel.get_vocab_base_pre = get_vocab_base_pre
-sys.argv = [llama + "/convert_hf_to_gguf.py"] + sys.argv[2:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
 
 
 def log(msg):
     print(msg, flush=True)
-
-
-def check_gpt2_bpe(tok_dir):
-    """The gpt-2 fallback is only right for a byte-level BPE that splits with GPT-2's regex."""
-    tok = json.loads((tok_dir / "tokenizer.json").read_text())
-    pre = tok["pre_tokenizer"]
-    assert tok["model"]["type"] == "BPE" and pre["type"] == "ByteLevel" and pre["use_regex"] \
-        and tok["normalizer"] is None, \
-        f"not a GPT-2 style byte-level BPE ({pre}): the gpt-2 fallback would be wrong"
-
-
-def convert(llama, model_dir, outfile, outtype, extra=()):
-    check_gpt2_bpe(model_dir)
-    cmd = [sys.executable, "-c", CONVERT, str(llama), str(model_dir), "--outfile", str(outfile),
-           "--outtype", outtype, *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.stderr.write(r.stdout + r.stderr)
-        raise SystemExit(f"convert_hf_to_gguf.py failed on {model_dir}")
-    return [l for l in (r.stdout + r.stderr).splitlines()
-            if "WARNING" in l or "falling back" in l.lower()]
 
 
 def quantize(llama, src, dst, qtype):

@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use common::Reference;
 use moe_runtime::{generate, Kernels, LoadOptions, Model};
 
 /// (GGUF file, reference stem, whether it holds quantized tensors).
@@ -48,22 +48,8 @@ fn gguf_dir() -> std::path::PathBuf {
     common::fixtures_dir().join("gguf")
 }
 
-struct Reference {
-    tokens: Vec<u32>,
-    logits: Tensor,
-    greedy: Vec<u32>,
-}
-
 fn reference(stem: &str) -> Reference {
-    let path = gguf_dir().join(format!("{stem}.reference.safetensors"));
-    let t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    let ids =
-        |k: &str| -> Vec<u32> { t[k].to_dtype(DType::U32).unwrap().to_vec1::<u32>().unwrap() };
-    Reference {
-        tokens: ids("tokens"),
-        logits: t["logits"].clone(),
-        greedy: ids("greedy"),
-    }
+    common::reference_file(&gguf_dir().join(format!("{stem}.reference.safetensors")))
 }
 
 fn load(file: &str, kernels: Kernels) -> Model {
@@ -74,13 +60,10 @@ fn load(file: &str, kernels: Kernels) -> Model {
     Model::load(&gguf_dir().join(file), &opts).unwrap_or_else(|e| panic!("{file}: {e}"))
 }
 
-/// max |ours - HF| over the largest |HF| logit.
+/// max |ours - HF| over the largest |HF| logit (NaN-safe: see common::relative_error).
 fn relative_error(model: &Model, r: &Reference) -> f32 {
     let ours = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
-    let diff = (ours - &r.logits).unwrap().abs().unwrap();
-    let max_diff = diff.max_all().unwrap().to_scalar::<f32>().unwrap();
-    let scale = r.logits.abs().unwrap().max_all().unwrap();
-    max_diff / scale.to_scalar::<f32>().unwrap()
+    common::relative_error(&ours, &r.logits)
 }
 
 #[test]

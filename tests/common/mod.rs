@@ -61,8 +61,12 @@ pub struct Reference {
 }
 
 pub fn reference(name: &str) -> Reference {
-    let path = fixture(name).join("reference.safetensors");
-    let t = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    reference_file(&fixture(name).join("reference.safetensors"))
+}
+
+/// HF's outputs as tools/make_fixtures.py (and make_gguf_fixtures.py) store them.
+pub fn reference_file(path: &std::path::Path) -> Reference {
+    let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
     let ids =
         |k: &str| -> Vec<u32> { t[k].to_dtype(DType::U32).unwrap().to_vec1::<u32>().unwrap() };
     Reference {

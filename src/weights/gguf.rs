@@ -112,29 +112,19 @@ impl Weights {
         Ok(Some((QMatrix::cat_entries(&gate, &up)?, down)))
     }
 
-    /// The packed tensor `name` read into blocks of `format`, its rows restored to HF's order
-    /// where llama.cpp permuted them.
+    /// The packed tensor `name` read into blocks of `format`.
     fn packed(&self, name: &str, shape: &[usize], format: QuantFormat) -> Result<QMatrix> {
-        let (entry, file) = self.entry(name, shape)?;
-        let bad = |message: String| Error::Gguf {
-            path: file.path.clone(),
-            message: format!("tensor `{name}`: {message}"),
-        };
-        let mut bytes = Cow::Borrowed(&file.mmap[entry.start..entry.end]);
-        if let Some(&heads) = self.unpermute.get(name) {
-            bytes = Cow::Owned(unpermute_byte_rows(&bytes, shape[0], heads).map_err(bad)?);
-        }
-        if format == QuantFormat::Mxfp4 {
-            let size = format.block_bytes();
-            if let Some(at) = bytes.chunks_exact(size).position(|b| b[0] == 255) {
-                return Err(bad(format!(
-                    "MXFP4 block {at} has scale 255, E8M0's NaN (a corrupt file)"
-                )));
+        self.read_rows(name, shape, |bytes, bad| {
+            if format == QuantFormat::Mxfp4 {
+                let size = format.block_bytes();
+                if let Some(at) = bytes.chunks_exact(size).position(|b| b[0] == 255) {
+                    return Err(bad(format!(
+                        "MXFP4 block {at} has scale 255, E8M0's NaN (a corrupt file)"
+                    )));
+                }
             }
-        }
-        let matrix = QMatrix::from_ggml(format, &bytes, shape).map_err(|e| bad(e.to_string()))?;
-        file.release(entry.start, entry.end);
-        Ok(matrix)
+            QMatrix::from_ggml(format, bytes, shape).map_err(|e| bad(e.to_string()))
+        })
     }
 
     /// A packed tensor as numbers (for the tensors kept dense: the embedding table, or any
@@ -143,26 +133,46 @@ impl Weights {
         if let Some(format) = cpu_format(packed) {
             return self.packed(name, shape, format)?.dequantize(DType::F32);
         }
+        if !dequant::supported(packed) {
+            let (_, file) = self.entry(name, shape)?;
+            return Err(Error::Gguf {
+                path: file.path.clone(),
+                message: format!(
+                    "tensor `{name}`: {packed} is a type not read yet (F32, F16, BF16, Q8_0, \
+                     Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K and MXFP4 are)"
+                ),
+            });
+        }
+        let values = self.read_rows(name, shape, |bytes, bad| {
+            let mut values = vec![0f32; shape.iter().product()];
+            dequant::dequantize(packed, bytes, &mut values)
+                .ok_or_else(|| bad(format!("its {packed} blocks do not fill {shape:?}")))?;
+            Ok(values)
+        })?;
+        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+    }
+
+    /// Hands `read` the stored bytes of tensor `name` (of `shape`), its rows restored to HF's
+    /// order where llama.cpp permuted them, and a maker of errors naming the tensor; the
+    /// mapped pages are released once `read` has taken what it needs.
+    fn read_rows<T>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        read: impl FnOnce(&[u8], &dyn Fn(String) -> Error) -> Result<T>,
+    ) -> Result<T> {
         let (entry, file) = self.entry(name, shape)?;
         let bad = |message: String| Error::Gguf {
             path: file.path.clone(),
             message: format!("tensor `{name}`: {message}"),
         };
-        if !dequant::supported(packed) {
-            return Err(bad(format!(
-                "{packed} is a type not read yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, \
-                 Q4_K, Q5_K, Q6_K and MXFP4 are)"
-            )));
-        }
         let mut bytes = Cow::Borrowed(&file.mmap[entry.start..entry.end]);
         if let Some(&heads) = self.unpermute.get(name) {
             bytes = Cow::Owned(unpermute_byte_rows(&bytes, shape[0], heads).map_err(bad)?);
         }
-        let mut values = vec![0f32; shape.iter().product()];
-        dequant::dequantize(packed, &bytes, &mut values)
-            .ok_or_else(|| bad(format!("its {packed} blocks do not fill {shape:?}")))?;
+        let out = read(&bytes, &bad)?;
         file.release(entry.start, entry.end);
-        Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
+        Ok(out)
     }
 }
 

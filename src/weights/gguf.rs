@@ -1,7 +1,6 @@
 //! Weights read from a GGUF file: its tensors under their GGUF names, plain numbers decoded as
 //! safetensors ones are, and q/k rows that llama.cpp's converter permuted put back in HF's order.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
 
@@ -16,7 +15,7 @@ use crate::quant::{QMatrix, QuantFormat};
 
 impl Weights {
     /// The tensors of `gguf`, to come out in `dtype` on `device`; `unpermute` names those
-    /// whose rows to restore to HF's order, with their head count (see [`unpermute_rows`]).
+    /// whose rows to restore to HF's order, with their head count (see [`unpermute_byte_rows`]).
     pub fn from_gguf(
         gguf: Gguf,
         unpermute: HashMap<String, usize>,
@@ -151,29 +150,6 @@ impl Weights {
         })?;
         Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
     }
-
-    /// Hands `read` the stored bytes of tensor `name` (of `shape`), its rows restored to HF's
-    /// order where llama.cpp permuted them, and a maker of errors naming the tensor; the
-    /// mapped pages are released once `read` has taken what it needs.
-    fn read_rows<T>(
-        &self,
-        name: &str,
-        shape: &[usize],
-        read: impl FnOnce(&[u8], &dyn Fn(String) -> Error) -> Result<T>,
-    ) -> Result<T> {
-        let (entry, file) = self.entry(name, shape)?;
-        let bad = |message: String| Error::Gguf {
-            path: file.path.clone(),
-            message: format!("tensor `{name}`: {message}"),
-        };
-        let mut bytes = Cow::Borrowed(&file.mmap[entry.start..entry.end]);
-        if let Some(&heads) = self.unpermute.get(name) {
-            bytes = Cow::Owned(unpermute_byte_rows(&bytes, shape[0], heads).map_err(bad)?);
-        }
-        let out = read(&bytes, &bad)?;
-        file.release(entry.start, entry.end);
-        Ok(out)
-    }
 }
 
 /// The CPU's kept format for a GGUF type, where it has one.
@@ -186,8 +162,15 @@ fn cpu_format(t: GgmlType) -> Option<QuantFormat> {
     }
 }
 
-/// [`unpermute_rows`] on rows of packed bytes: `rows` rows of `bytes.len() / rows` bytes.
-fn unpermute_byte_rows(bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8>, String> {
+/// Undoes llama.cpp's `permute` of q/k weights (and biases) of Llama-style models, on the
+/// stored rows whatever their type: `rows` rows of `bytes.len() / rows` bytes, heads · d of
+/// them. In each head's block of rows it interleaved the two halves (rows `r` and `r + d/2`
+/// became rows `2r` and `2r + 1`) for GGML's RoPE on adjacent pairs.
+pub(super) fn unpermute_byte_rows(
+    bytes: &[u8],
+    rows: usize,
+    heads: usize,
+) -> Result<Vec<u8>, String> {
     if heads == 0
         || rows == 0
         || !rows.is_multiple_of(2 * heads)
@@ -208,28 +191,6 @@ fn unpermute_byte_rows(bytes: &[u8], rows: usize, heads: usize) -> Result<Vec<u8
         }
     }
     Ok(out)
-}
-
-/// Undoes llama.cpp's `permute` of q/k weights (and biases) of Llama-style models: in each
-/// head's block of rows it interleaved the two halves (rows `r` and `r + d/2` became rows `2r`
-/// and `2r + 1`) for GGML's RoPE on adjacent pairs. `t`: (rows, ...) with rows = heads · d.
-pub(crate) fn unpermute_rows(t: &Tensor, heads: usize, name: &str) -> Result<Tensor> {
-    let dims = t.dims().to_vec();
-    let rows = dims[0];
-    if heads == 0 || !rows.is_multiple_of(2 * heads) {
-        return Err(Error::Input(format!(
-            "{name}: {rows} rows do not split into {heads} heads of pairs"
-        )));
-    }
-    let rest: usize = dims[1..].iter().product();
-    let half = rows / heads / 2;
-    // (heads, half, 2, rest) -> (heads, 2, half, rest)
-    let t = t
-        .reshape((heads, half, 2, rest))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(dims)?;
-    Ok(t)
 }
 
 #[cfg(test)]
@@ -255,17 +216,18 @@ mod tests {
     fn unpermuting_restores_what_llama_cpp_permuted() {
         let heads = 3;
         let hf: Vec<f32> = (0..24).map(|r| r as f32).collect();
-        let stored = Tensor::from_vec(permute(&hf, heads), (24, 1), &Device::Cpu).unwrap();
-        let back = unpermute_rows(&stored, heads, "q").unwrap();
-        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), hf);
-        assert!(unpermute_rows(&stored, 5, "q").is_err());
-        // The same on rows of bytes (quantized tensors), two bytes a row.
-        let bytes: Vec<u8> = permute(&hf, heads)
-            .iter()
-            .flat_map(|&r| [r as u8, 100 + r as u8])
-            .collect();
-        let back = unpermute_byte_rows(&bytes, 24, heads).unwrap();
-        let want: Vec<u8> = hf.iter().flat_map(|&r| [r as u8, 100 + r as u8]).collect();
-        assert_eq!(back, want);
+        // Rows of f32 values (dense tensors) and of two bytes (packed ones).
+        let f32_rows =
+            |rows: &[f32]| -> Vec<u8> { rows.iter().flat_map(|r| r.to_le_bytes()).collect() };
+        let byte_rows = |rows: &[f32]| -> Vec<u8> {
+            rows.iter()
+                .flat_map(|&r| [r as u8, 100 + r as u8])
+                .collect()
+        };
+        for rows in [f32_rows, byte_rows] {
+            let stored = rows(&permute(&hf, heads));
+            assert_eq!(unpermute_byte_rows(&stored, 24, heads).unwrap(), rows(&hf));
+            assert!(unpermute_byte_rows(&stored, 24, 5).is_err());
+        }
     }
 }

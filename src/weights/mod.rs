@@ -2,6 +2,7 @@
 //! `model.safetensors.index.json`) memory-mapped, looked up by hub name, checked for shape,
 //! converted to the compute dtype, and routed experts stacked once into `[E, N, K]`.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -219,34 +220,53 @@ impl Weights {
             let tensor = self.unpacked(name, shape, packed)?;
             return Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?);
         }
-        let bytes = &file.mmap[entry.start..entry.end];
         let cpu = Device::Cpu;
-        let tensor = match entry.dtype {
-            Dtype::F32 => Tensor::from_vec(decode(bytes, f32::from_le_bytes), shape, &cpu)?,
-            Dtype::BF16 => Tensor::from_vec(
-                decode(bytes, |b| bf16::from_bits(u16::from_le_bytes(b))),
-                shape,
-                &cpu,
-            )?,
-            Dtype::F16 => Tensor::from_vec(
-                decode(bytes, |b| f16::from_bits(u16::from_le_bytes(b))),
-                shape,
-                &cpu,
-            )?,
-            other => {
-                return Err(Error::TensorDtype {
-                    path: file.path.clone(),
-                    name: name.to_string(),
-                    dtype: format!("{other:?}"),
-                })
-            }
-        };
-        file.release(entry.start, entry.end);
-        let tensor = match self.unpermute.get(name) {
-            Some(&heads) => gguf::unpermute_rows(&tensor, heads, name)?,
-            None => tensor,
-        };
+        let tensor = self.read_rows(name, shape, |bytes, _| {
+            Ok(match entry.dtype {
+                Dtype::F32 => Tensor::from_vec(decode(bytes, f32::from_le_bytes), shape, &cpu)?,
+                Dtype::BF16 => Tensor::from_vec(
+                    decode(bytes, |b| bf16::from_bits(u16::from_le_bytes(b))),
+                    shape,
+                    &cpu,
+                )?,
+                Dtype::F16 => Tensor::from_vec(
+                    decode(bytes, |b| f16::from_bits(u16::from_le_bytes(b))),
+                    shape,
+                    &cpu,
+                )?,
+                other => {
+                    return Err(Error::TensorDtype {
+                        path: file.path.clone(),
+                        name: name.to_string(),
+                        dtype: format!("{other:?}"),
+                    })
+                }
+            })
+        })?;
         Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?)
+    }
+
+    /// Hands `read` the stored bytes of tensor `name` (of `shape`), its rows restored to HF's
+    /// order where llama.cpp permuted them (GGUF files), and a maker of errors naming the
+    /// tensor; the mapped pages are released once `read` has taken what it needs.
+    fn read_rows<T>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        read: impl FnOnce(&[u8], &dyn Fn(String) -> Error) -> Result<T>,
+    ) -> Result<T> {
+        let (entry, file) = self.entry(name, shape)?;
+        let bad = |message: String| Error::Gguf {
+            path: file.path.clone(),
+            message: format!("tensor `{name}`: {message}"),
+        };
+        let mut bytes = Cow::Borrowed(&file.mmap[entry.start..entry.end]);
+        if let Some(&heads) = self.unpermute.get(name) {
+            bytes = Cow::Owned(gguf::unpermute_byte_rows(&bytes, shape[0], heads).map_err(bad)?);
+        }
+        let out = read(&bytes, &bad)?;
+        file.release(entry.start, entry.end);
+        Ok(out)
     }
 }
 

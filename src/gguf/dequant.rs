@@ -1,11 +1,12 @@
-//! GGML block formats the CPU kernels do not read yet, dequantized to f32 as ggml does
-//! (ggml-quants.c's `dequantize_row_*`): Q4_1, Q5_0 and Q5_1 (blocks of 32), and the K-quants
-//! Q4_K, Q5_K and Q6_K (super-blocks of 256) that Q4_K_M and Q5_K_M files mix. These are the
-//! slow twins of future kernels; tests compare them with gguf-py's dequantization.
+//! GGML block formats dequantized to f32 as ggml does (ggml-quants.c's `dequantize_row_*`):
+//! Q4_1, Q5_0 and Q5_1 (blocks of 32), which the CPU kernels do not read yet, and the K-quants
+//! Q4_K, Q5_K and Q6_K (super-blocks of 256, decoded by `quant`'s block types, which the
+//! kernels read) for tensors kept dense. Tests compare them with gguf-py's dequantization.
 
 use half::f16;
 
 use super::GgmlType;
+use crate::quant::{BlockQ4K, BlockQ5K, BlockQ6K, QuantBlock};
 
 /// Whether `dequantize` reads `t`.
 pub fn supported(t: GgmlType) -> bool {
@@ -24,9 +25,9 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Option<()> {
         GgmlType::Q4_1 => q4_1,
         GgmlType::Q5_0 => q5_0,
         GgmlType::Q5_1 => q5_1,
-        GgmlType::Q4K => q4_k,
-        GgmlType::Q5K => q5_k,
-        GgmlType::Q6K => q6_k,
+        GgmlType::Q4K => k_quant::<BlockQ4K>,
+        GgmlType::Q5K => k_quant::<BlockQ5K>,
+        GgmlType::Q6K => k_quant::<BlockQ6K>,
         _ => return None,
     };
     for (b, o) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(n)) {
@@ -75,74 +76,9 @@ fn q5_1(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// Sub-block j's 6-bit scale and min from the K-quants' 12 packed bytes.
-fn scale_min(j: usize, q: &[u8]) -> (f32, f32) {
-    let (sc, m) = if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    };
-    (sc as f32, m as f32)
-}
-
-/// d, dmin, 12 bytes of scales and mins, 128 bytes of nibbles: 8 sub-blocks of 32, in pairs
-/// sharing 32 bytes (low nibbles, then high).
-fn q4_k(b: &[u8], y: &mut [f32]) {
-    let (d, dmin, scales, qs) = (half(b, 0), half(b, 2), &b[4..16], &b[16..144]);
-    for pair in 0..4 {
-        let q = &qs[32 * pair..][..32];
-        let (s1, m1) = scale_min(2 * pair, scales);
-        let (s2, m2) = scale_min(2 * pair + 1, scales);
-        let out = &mut y[64 * pair..][..64];
-        for l in 0..32 {
-            out[l] = d * s1 * (q[l] & 0x0f) as f32 - dmin * m1;
-            out[l + 32] = d * s2 * (q[l] >> 4) as f32 - dmin * m2;
-        }
-    }
-}
-
-/// As Q4_K, with a fifth bit per value from 32 bytes of `qh` (bit 2·pair, 2·pair + 1).
-fn q5_k(b: &[u8], y: &mut [f32]) {
-    let (d, dmin, scales) = (half(b, 0), half(b, 2), &b[4..16]);
-    let (qh, qs) = (&b[16..48], &b[48..176]);
-    for pair in 0..4 {
-        let q = &qs[32 * pair..][..32];
-        let (s1, m1) = scale_min(2 * pair, scales);
-        let (s2, m2) = scale_min(2 * pair + 1, scales);
-        let (u1, u2) = (1u8 << (2 * pair), 2u8 << (2 * pair));
-        let out = &mut y[64 * pair..][..64];
-        for l in 0..32 {
-            let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
-            let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
-            out[l] = d * s1 * ((q[l] & 0x0f) + h1) as f32 - dmin * m1;
-            out[l + 32] = d * s2 * ((q[l] >> 4) + h2) as f32 - dmin * m2;
-        }
-    }
-}
-
-/// 128 bytes of low nibbles, 64 of high bit pairs, 16 signed 8-bit scales, then d: two
-/// halves of 128 values, each from 64 low bytes and 32 high ones.
-fn q6_k(b: &[u8], y: &mut [f32]) {
-    let d = half(b, 208);
-    for half_block in 0..2 {
-        let ql = &b[64 * half_block..][..64];
-        let qh = &b[128 + 32 * half_block..][..32];
-        let sc = &b[192 + 8 * half_block..][..8];
-        let out = &mut y[128 * half_block..][..128];
-        for l in 0..32 {
-            let is = l / 16;
-            let q =
-                |low: u8, shift: u32| ((low | (((qh[l] >> shift) & 3) << 4)) as i32 - 32) as f32;
-            let scale = |k: usize| d * sc[is + k] as i8 as f32;
-            out[l] = scale(0) * q(ql[l] & 0x0f, 0);
-            out[l + 32] = scale(2) * q(ql[l + 32] & 0x0f, 2);
-            out[l + 64] = scale(4) * q(ql[l] >> 4, 4);
-            out[l + 96] = scale(6) * q(ql[l + 32] >> 4, 6);
-        }
-    }
+/// A K-quant super-block's values, through the block types the CPU kernels read.
+fn k_quant<B: QuantBlock>(b: &[u8], y: &mut [f32]) {
+    B::from_ggml(b).dequantize(y)
 }
 
 #[cfg(test)]

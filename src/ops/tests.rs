@@ -92,8 +92,10 @@ fn linear() {
 #[test]
 fn linear_over_quantized_weights() {
     // The kernels read the blocks in place; the reference dequantizes them.
-    for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Mxfp4] {
-        for (m, n, k) in [(1, 40, 64), (7, 33, 96)] {
+    for format in QuantFormat::ALL {
+        // Rows of whole blocks: 32 weights, or the K-quants' 256.
+        let blocks = format.block_values() / 32;
+        for (m, n, k) in [(1, 40, 64 * blocks), (7, 33, 96 * blocks)] {
             let (x, w) = (values(&[m, k], 4), values(&[n, k], 5));
             let w = Weight::new(w, Some(format), "w").unwrap();
             let want = Backend::Reference.linear(&x, &w, None).unwrap();
@@ -401,14 +403,23 @@ fn routed_experts() {
 
 #[test]
 fn quantized_experts() {
-    // The CPU kernels read q8_0 and q4_0 expert blocks in place; the reference dequantizes.
-    let h = 64;
-    for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Mxfp4] {
-        let gate_up = (values(&[EXPERTS, 2 * 32, h], 18) * 0.125).unwrap();
-        let down = (values(&[EXPERTS, h, 32], 19) * 0.17).unwrap();
+    // The CPU kernels read expert blocks in place; the reference dequantizes. Down in a
+    // format of its own as well, as Q4_K_M files mix Q4_K and Q6_K.
+    for (format, down_format) in QuantFormat::ALL.into_iter().map(|f| (f, f)).chain([
+        (QuantFormat::Q4K, QuantFormat::Q6K),
+        (QuantFormat::Q4_0, QuantFormat::Q8_0),
+    ]) {
+        // Rows of whole blocks: 32 weights, or the K-quants' 256.
+        let (h, i) = if format.block_values() > 32 || down_format.block_values() > 32 {
+            (256, 256)
+        } else {
+            (64, 32)
+        };
+        let gate_up = (values(&[EXPERTS, 2 * i, h], 18) * 0.125).unwrap();
+        let down = (values(&[EXPERTS, h, i], 19) * 0.17).unwrap();
         let e = Experts::new(
             Weight::new(gate_up, Some(format), "gate_up").unwrap(),
-            Weight::new(down, Some(format), "down").unwrap(),
+            Weight::new(down, Some(down_format), "down").unwrap(),
         );
         let routing = by_hand(&[vec![(1, 0.6), (4, 0.4)], vec![(1, 0.5), (0, 0.5)]]);
         let x = values(&[2, h], 20);
@@ -417,7 +428,7 @@ fn quantized_experts() {
         for isa in super::cpu::Isa::available() {
             let got = run_experts(&Backend::Cpu(isa), &x, &e, &routing, act);
             let err = relative_error(&got, &want);
-            assert!(err <= 3e-2, "{isa:?} {format:?}: {err:e}");
+            assert!(err <= 3e-2, "{isa:?} {format:?}/{down_format:?}: {err:e}");
         }
     }
 }

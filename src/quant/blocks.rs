@@ -52,36 +52,7 @@ pub fn mxfp4_half_scale(e: u8) -> f32 {
     }
 }
 
-impl BlockQ8_0 {
-    /// A block from GGML's bytes: the f16 scale (little-endian), then 32 codes.
-    pub fn from_ggml(bytes: &[u8]) -> BlockQ8_0 {
-        BlockQ8_0 {
-            d: f16::from_le_bytes([bytes[0], bytes[1]]),
-            qs: std::array::from_fn(|l| bytes[2 + l] as i8),
-        }
-    }
-}
-
-impl BlockQ4_0 {
-    /// A block from GGML's bytes: the f16 scale (little-endian), then 16 bytes of nibbles.
-    pub fn from_ggml(bytes: &[u8]) -> BlockQ4_0 {
-        BlockQ4_0 {
-            d: f16::from_le_bytes([bytes[0], bytes[1]]),
-            qs: std::array::from_fn(|l| bytes[2 + l]),
-        }
-    }
-}
-
 impl BlockMxfp4 {
-    /// A block from GGML's bytes: the E8M0 scale, then 16 bytes of nibbles (values l and
-    /// l + 16 in byte l, as this type keeps them).
-    pub fn from_ggml(bytes: &[u8]) -> BlockMxfp4 {
-        BlockMxfp4 {
-            e: bytes[0],
-            qs: std::array::from_fn(|l| bytes[1 + l]),
-        }
-    }
-
     /// A block from MXFP4 as HF checkpoints pack it: byte j holding value 2j in its low
     /// nibble and 2j + 1 in its high one; repacked to values j and j + 16.
     pub fn from_interleaved(codes: &[u8; BLOCK / 2], e: u8) -> BlockMxfp4 {
@@ -95,15 +66,42 @@ impl BlockMxfp4 {
 }
 
 /// A block format: how a row of f32 becomes blocks and back.
-pub trait QuantBlock: Copy + Send + Sync + 'static {
+///
+/// Blocks are `Pod`: plain bytes and f16s in GGML's order with no padding, so that a GGUF
+/// tensor's bytes are its blocks on a little-endian CPU (`from_ggml`, and read in place).
+pub trait QuantBlock: bytemuck::Pod + Send + Sync {
     const NAME: &'static str;
-    /// The block of 32 zeros.
+    /// Weights per block: BLOCK, or the K-quants' K_BLOCK.
+    const VALUES: usize = BLOCK;
+    /// The block of zeros.
     const ZERO: Self;
-    /// Quantizes `x` (a multiple of BLOCK long) into `out` (x.len() / BLOCK blocks).
+    /// Quantizes `x` (a multiple of VALUES long) into `out` (x.len() / VALUES blocks).
     fn quantize(x: &[f32], out: &mut [Self]);
-    /// The BLOCK values this block stands for.
-    fn dequantize(&self) -> [f32; BLOCK];
+    /// Whether every value is a bf16, so that dequantizing to bf16 loses nothing: MXFP4's
+    /// are 3 significant bits times a power of two; q8_0's and q4_0's carry an f16 scale's 11.
+    const EXACT_IN_BF16: bool = false;
+    /// The VALUES values this block stands for, into `out`.
+    fn dequantize(&self, out: &mut [f32]);
+
+    /// A block from GGML's bytes (`size_of::<Self>()` of them).
+    #[inline]
+    fn from_ggml(bytes: &[u8]) -> Self {
+        bytemuck::pod_read_unaligned(bytes)
+    }
 }
+
+/// Marks a block type as plain bytes: `#[repr(C)]`, no padding, every bit pattern a value.
+macro_rules! pod_blocks {
+    ($($t:ty),*) => {$(
+        // SAFETY: the type is #[repr(C)] of u8, i8 and f16 fields with no padding (its size
+        // is the sum of its fields', checked by the tests), and any bits are a valid value.
+        unsafe impl bytemuck::Zeroable for $t {}
+        unsafe impl bytemuck::Pod for $t {}
+    )*};
+}
+pub(crate) use pod_blocks;
+
+pod_blocks!(BlockQ8_0, BlockQ4_0, BlockMxfp4);
 
 impl QuantBlock for BlockQ8_0 {
     const NAME: &'static str = "q8_0";
@@ -125,9 +123,8 @@ impl QuantBlock for BlockQ8_0 {
     }
 
     #[inline]
-    fn dequantize(&self) -> [f32; BLOCK] {
-        let d = self.d.to_f32();
-        self.qs.map(|q| d * q as f32)
+    fn dequantize(&self, out: &mut [f32]) {
+        out.copy_from_slice(&self.values());
     }
 }
 
@@ -155,19 +152,14 @@ impl QuantBlock for BlockQ4_0 {
     }
 
     #[inline]
-    fn dequantize(&self) -> [f32; BLOCK] {
-        let d = self.d.to_f32();
-        let mut out = [0f32; BLOCK];
-        for (l, &byte) in self.qs.iter().enumerate() {
-            out[l] = d * ((byte & 0x0f) as i32 - 8) as f32;
-            out[l + BLOCK / 2] = d * ((byte >> 4) as i32 - 8) as f32;
-        }
-        out
+    fn dequantize(&self, out: &mut [f32]) {
+        out.copy_from_slice(&self.values());
     }
 }
 
 impl QuantBlock for BlockMxfp4 {
     const NAME: &'static str = "mxfp4";
+    const EXACT_IN_BF16: bool = true;
     const ZERO: Self = BlockMxfp4 {
         e: 0,
         qs: [0; BLOCK / 2],
@@ -204,14 +196,8 @@ impl QuantBlock for BlockMxfp4 {
     }
 
     #[inline]
-    fn dequantize(&self) -> [f32; BLOCK] {
-        let d = mxfp4_half_scale(self.e);
-        let mut out = [0f32; BLOCK];
-        for (l, &byte) in self.qs.iter().enumerate() {
-            out[l] = d * MXFP4_CODES[(byte & 0x0f) as usize] as f32;
-            out[l + BLOCK / 2] = d * MXFP4_CODES[(byte >> 4) as usize] as f32;
-        }
-        out
+    fn dequantize(&self, out: &mut [f32]) {
+        out.copy_from_slice(&self.values());
     }
 }
 
@@ -230,18 +216,18 @@ fn round_half_away(v: f32) -> i32 {
     }
 }
 
-/// x (a multiple of BLOCK long) as blocks.
+/// x (a multiple of B::VALUES long) as blocks.
 pub fn quantize<B: QuantBlock>(x: &[f32]) -> Vec<B> {
-    let mut out = vec![B::ZERO; x.len() / BLOCK];
+    let mut out = vec![B::ZERO; x.len() / B::VALUES];
     B::quantize(x, &mut out);
     out
 }
 
-/// The f32 values of `blocks`, into `out` (BLOCK per block).
+/// The f32 values of `blocks`, into `out` (B::VALUES per block).
 #[inline]
 pub fn dequantize_into<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {
-    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(BLOCK)) {
-        o.copy_from_slice(&b.dequantize());
+    for (b, o) in blocks.iter().zip(out.chunks_exact_mut(B::VALUES)) {
+        b.dequantize(o);
     }
 }
 
@@ -251,13 +237,15 @@ pub trait WeightBlock: QuantBlock {
     fn codes(&self) -> [i8; BLOCK];
     /// The scale the codes are multiplied by.
     fn scale(&self) -> f32;
-    /// Whether every value is a bf16, so that dequantizing to bf16 loses nothing: MXFP4's
-    /// are 3 significant bits times a power of two; q8_0's and q4_0's carry an f16 scale's 11.
-    const EXACT_IN_BF16: bool;
+    /// The BLOCK values this block stands for: each code times the scale, one f32 product.
+    #[inline]
+    fn values(&self) -> [f32; BLOCK] {
+        let d = self.scale();
+        self.codes().map(|c| d * c as f32)
+    }
 }
 
 impl WeightBlock for BlockQ8_0 {
-    const EXACT_IN_BF16: bool = false;
     #[inline]
     fn codes(&self) -> [i8; BLOCK] {
         self.qs
@@ -269,7 +257,6 @@ impl WeightBlock for BlockQ8_0 {
 }
 
 impl WeightBlock for BlockMxfp4 {
-    const EXACT_IN_BF16: bool = true;
     #[inline]
     fn codes(&self) -> [i8; BLOCK] {
         let mut c = [0i8; BLOCK];
@@ -286,7 +273,6 @@ impl WeightBlock for BlockMxfp4 {
 }
 
 impl WeightBlock for BlockQ4_0 {
-    const EXACT_IN_BF16: bool = false;
     #[inline]
     fn codes(&self) -> [i8; BLOCK] {
         let mut c = [0i8; BLOCK];
@@ -359,7 +345,7 @@ mod tests {
         x[5] = -4.0; // the extreme, negative: d = 0.5, code 0
         x[20] = 3.9;
         let b: Vec<BlockQ4_0> = quantize(&x);
-        let back = b[0].dequantize();
+        let back = b[0].values();
         assert_eq!(back[5], -4.0);
         assert_eq!(b[0].qs[5] & 0x0f, 0);
     }

@@ -6,6 +6,7 @@
 //! product), the router and the shared-expert gate (tiny, and routing is sensitive to them).
 
 mod blocks;
+mod kquants;
 mod mxfp4;
 mod slice;
 
@@ -19,6 +20,7 @@ pub use blocks::{
     dequantize_into, mxfp4_half_scale, quantize, BlockMxfp4, BlockQ4_0, BlockQ8_0, QuantBlock,
     WeightBlock, BLOCK, MXFP4_CODES,
 };
+pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, SubScales, SuperBlock, K_BLOCK};
 #[cfg(test)]
 pub use mxfp4::dequantize_mxfp4;
 pub use mxfp4::{MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
@@ -26,40 +28,106 @@ pub use slice::{with_weight_slice, WeightSlice};
 
 use crate::error::{Error, Result};
 
-/// A weight format that `--quant` converts to at load.
+/// A block format of quantized weights: what `--quant` converts to at load, and what the CPU
+/// keeps of a GGUF file's blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QuantFormat {
     Q8_0,
     Q4_0,
     Mxfp4,
+    Q4K,
+    Q5K,
+    Q6K,
+}
+
+/// Runs `$make` with the type alias `$B` set to `$format`'s block type, wrapping its result
+/// (a `Vec` of blocks) in the matching `Blocks` variant.
+macro_rules! blocks_of {
+    ($format:expr, $B:ident => $make:expr) => {
+        match $format {
+            QuantFormat::Q8_0 => {
+                type $B = BlockQ8_0;
+                Blocks::Q8_0($make)
+            }
+            QuantFormat::Q4_0 => {
+                type $B = BlockQ4_0;
+                Blocks::Q4_0($make)
+            }
+            QuantFormat::Mxfp4 => {
+                type $B = BlockMxfp4;
+                Blocks::Mxfp4($make)
+            }
+            QuantFormat::Q4K => {
+                type $B = BlockQ4K;
+                Blocks::Q4K($make)
+            }
+            QuantFormat::Q5K => {
+                type $B = BlockQ5K;
+                Blocks::Q5K($make)
+            }
+            QuantFormat::Q6K => {
+                type $B = BlockQ6K;
+                Blocks::Q6K($make)
+            }
+        }
+    };
+}
+
+/// Runs `$body` with `$b` bound to the blocks `$blocks` holds, whatever their format.
+macro_rules! with_blocks {
+    ($blocks:expr, $b:ident => $body:expr) => {
+        match $blocks {
+            Blocks::Q8_0($b) => $body,
+            Blocks::Q4_0($b) => $body,
+            Blocks::Mxfp4($b) => $body,
+            Blocks::Q4K($b) => $body,
+            Blocks::Q5K($b) => $body,
+            Blocks::Q6K($b) => $body,
+        }
+    };
 }
 
 impl QuantFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            QuantFormat::Q8_0 => BlockQ8_0::NAME,
-            QuantFormat::Q4_0 => BlockQ4_0::NAME,
-            QuantFormat::Mxfp4 => BlockMxfp4::NAME,
+    pub const ALL: [QuantFormat; 6] = [
+        QuantFormat::Q8_0,
+        QuantFormat::Q4_0,
+        QuantFormat::Mxfp4,
+        QuantFormat::Q4K,
+        QuantFormat::Q5K,
+        QuantFormat::Q6K,
+    ];
+
+    fn info(self) -> (&'static str, usize, usize) {
+        fn of<B: QuantBlock>() -> (&'static str, usize, usize) {
+            (B::NAME, B::VALUES, size_of::<B>())
         }
+        match self {
+            QuantFormat::Q8_0 => of::<BlockQ8_0>(),
+            QuantFormat::Q4_0 => of::<BlockQ4_0>(),
+            QuantFormat::Mxfp4 => of::<BlockMxfp4>(),
+            QuantFormat::Q4K => of::<BlockQ4K>(),
+            QuantFormat::Q5K => of::<BlockQ5K>(),
+            QuantFormat::Q6K => of::<BlockQ6K>(),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.info().0
+    }
+
+    /// Weights per block: 32, or 256 for the K-quants.
+    pub fn block_values(self) -> usize {
+        self.info().1
+    }
+
+    /// The bytes of a block in GGML's layout.
+    pub fn block_bytes(self) -> usize {
+        self.info().2
     }
 
     /// Bytes per weight, scales included.
-    /// The bytes of a block of BLOCK weights in GGML's layout.
-    pub fn block_bytes(self) -> usize {
-        match self {
-            QuantFormat::Q8_0 => std::mem::size_of::<BlockQ8_0>(),
-            QuantFormat::Q4_0 => std::mem::size_of::<BlockQ4_0>(),
-            QuantFormat::Mxfp4 => std::mem::size_of::<BlockMxfp4>(),
-        }
-    }
-
     pub fn bytes_per_weight(self) -> f64 {
-        let block = match self {
-            QuantFormat::Q8_0 => size_of::<BlockQ8_0>(),
-            QuantFormat::Q4_0 => size_of::<BlockQ4_0>(),
-            QuantFormat::Mxfp4 => size_of::<BlockMxfp4>(),
-        };
-        block as f64 / BLOCK as f64
+        self.block_bytes() as f64 / self.block_values() as f64
     }
 }
 
@@ -67,14 +135,17 @@ impl FromStr for QuantFormat {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "q8_0" => Ok(QuantFormat::Q8_0),
-            "q4_0" => Ok(QuantFormat::Q4_0),
-            "mxfp4" => Ok(QuantFormat::Mxfp4),
-            other => Err(Error::Input(format!(
-                "--quant {other} is not supported (q8_0, q4_0 or mxfp4)"
-            ))),
-        }
+        let name = s.to_ascii_lowercase();
+        QuantFormat::ALL
+            .into_iter()
+            .find(|f| f.name().to_ascii_lowercase() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = QuantFormat::ALL.iter().map(|f| f.name()).collect();
+                Error::Input(format!(
+                    "--quant {s} is not supported ({})",
+                    names.join(", ")
+                ))
+            })
     }
 }
 
@@ -84,6 +155,9 @@ enum Blocks {
     Q8_0(Vec<BlockQ8_0>),
     Q4_0(Vec<BlockQ4_0>),
     Mxfp4(Vec<BlockMxfp4>),
+    Q4K(Vec<BlockQ4K>),
+    Q5K(Vec<BlockQ5K>),
+    Q6K(Vec<BlockQ6K>),
 }
 
 /// A quantized tensor of two or more dims whose last dim (the one products sum over) is a
@@ -111,25 +185,18 @@ impl QMatrix {
         })
     }
 
-    /// Blocks in GGML's own layout (a GGUF tensor's bytes), rows of `dims` in order: Q8_0,
-    /// Q4_0 and MXFP4 are the formats the CPU keeps as they are. `None` for another format.
+    /// Blocks in GGML's own layout (a GGUF tensor's bytes), rows of `dims` in order.
     pub fn from_ggml(format: QuantFormat, bytes: &[u8], dims: &[usize]) -> Result<QMatrix> {
         let values: usize = dims.iter().product();
-        let k = dims.last().copied().unwrap_or(0);
-        let size = format.block_bytes();
-        if dims.len() < 2 || !k.is_multiple_of(BLOCK) || bytes.len() != values / BLOCK * size {
+        let (size, per) = (format.block_bytes(), format.block_values());
+        if !is_matrix_of(format, dims) || bytes.len() != values / per * size {
             return Err(Error::Input(format!(
                 "{} bytes of {} blocks do not make a matrix of {dims:?}",
                 bytes.len(),
                 format.name()
             )));
         }
-        let chunks = bytes.chunks_exact(size);
-        let blocks = match format {
-            QuantFormat::Q8_0 => Blocks::Q8_0(chunks.map(BlockQ8_0::from_ggml).collect()),
-            QuantFormat::Q4_0 => Blocks::Q4_0(chunks.map(BlockQ4_0::from_ggml).collect()),
-            QuantFormat::Mxfp4 => Blocks::Mxfp4(chunks.map(BlockMxfp4::from_ggml).collect()),
-        };
+        let blocks = blocks_of!(format, B => bytes.chunks_exact(size).map(B::from_ggml).collect());
         Ok(QMatrix {
             blocks,
             dims: dims.to_vec(),
@@ -149,7 +216,8 @@ impl QMatrix {
             )));
         }
         let entries = da[0];
-        let per = |d: &[usize]| d[1] * d[2] / BLOCK;
+        let per = |d: &[usize]| d[1] * d[2] / a.format().block_values();
+        let (pa, pb) = (per(da), per(db));
         fn join<B: Copy>(a: &[B], b: &[B], entries: usize, (pa, pb): (usize, usize)) -> Vec<B> {
             let mut out = Vec::with_capacity(a.len() + b.len());
             for x in 0..entries {
@@ -158,13 +226,10 @@ impl QMatrix {
             }
             out
         }
-        let parts = (per(da), per(db));
-        let blocks = match (&a.blocks, &b.blocks) {
-            (Blocks::Q8_0(x), Blocks::Q8_0(y)) => Blocks::Q8_0(join(x, y, entries, parts)),
-            (Blocks::Q4_0(x), Blocks::Q4_0(y)) => Blocks::Q4_0(join(x, y, entries, parts)),
-            (Blocks::Mxfp4(x), Blocks::Mxfp4(y)) => Blocks::Mxfp4(join(x, y, entries, parts)),
-            _ => unreachable!("formats checked equal above"),
-        };
+        let blocks = blocks_of!(a.format(), B => {
+            let (x, y): (&[B], &[B]) = (a.blocks_as(), b.blocks_as());
+            join(x, y, entries, (pa, pb))
+        });
         Ok(QMatrix {
             blocks,
             dims: vec![entries, da[1] + db[1], da[2]],
@@ -174,19 +239,16 @@ impl QMatrix {
     /// Quantizes a CPU tensor; `name` is used in errors.
     pub fn quantize(t: &Tensor, format: QuantFormat, name: &str) -> Result<QMatrix> {
         let dims = t.dims().to_vec();
-        let k = *dims.last().unwrap_or(&0);
-        if dims.len() < 2 || !k.is_multiple_of(BLOCK) {
+        if !is_matrix_of(format, &dims) {
             return Err(Error::Input(format!(
-                "{name}: {} needs rows of a multiple of {BLOCK} values, the shape is {dims:?}",
-                format.name()
+                "{name}: {} needs rows of a multiple of {} values, the shape is {dims:?}",
+                format.name(),
+                format.block_values()
             )));
         }
+        let k = dims[dims.len() - 1];
         let x = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let blocks = match format {
-            QuantFormat::Q8_0 => Blocks::Q8_0(quantize_par(&x, k)),
-            QuantFormat::Q4_0 => Blocks::Q4_0(quantize_par(&x, k)),
-            QuantFormat::Mxfp4 => Blocks::Mxfp4(quantize_par(&x, k)),
-        };
+        let blocks = blocks_of!(format, B => quantize_par::<B>(&x, k));
         Ok(QMatrix { blocks, dims })
     }
 
@@ -199,7 +261,15 @@ impl QMatrix {
             Blocks::Q8_0(_) => QuantFormat::Q8_0,
             Blocks::Q4_0(_) => QuantFormat::Q4_0,
             Blocks::Mxfp4(_) => QuantFormat::Mxfp4,
+            Blocks::Q4K(_) => QuantFormat::Q4K,
+            Blocks::Q5K(_) => QuantFormat::Q5K,
+            Blocks::Q6K(_) => QuantFormat::Q6K,
         }
+    }
+
+    /// The blocks as `B`s, which the caller has matched to the format.
+    fn blocks_as<B: QuantBlock>(&self) -> &[B] {
+        with_blocks!(&self.blocks, b => bytemuck::cast_slice(b.as_slice()))
     }
 
     /// The blocks, for the kernels.
@@ -208,6 +278,9 @@ impl QMatrix {
             Blocks::Q8_0(b) => WeightSlice::Q8_0(b),
             Blocks::Q4_0(b) => WeightSlice::Q4_0(b),
             Blocks::Mxfp4(b) => WeightSlice::Mxfp4(b),
+            Blocks::Q4K(b) => WeightSlice::Q4K(b),
+            Blocks::Q5K(b) => WeightSlice::Q5K(b),
+            Blocks::Q6K(b) => WeightSlice::Q6K(b),
         }
     }
 
@@ -232,22 +305,25 @@ impl QMatrix {
     ) -> Result<Tensor> {
         let k = self.dims[self.dims.len() - 1];
         let mut out = vec![0f32; count * k];
-        let range = first * k / BLOCK..(first + count) * k / BLOCK;
-        match &self.blocks {
-            Blocks::Q8_0(b) => dequantize_into(&b[range], &mut out),
-            Blocks::Q4_0(b) => dequantize_into(&b[range], &mut out),
-            Blocks::Mxfp4(b) => dequantize_into(&b[range], &mut out),
-        }
+        let per = self.format().block_values();
+        let range = first * k / per..(first + count) * k / per;
+        with_blocks!(&self.blocks, b => dequantize_into(&b[range], &mut out));
         Ok(Tensor::from_vec(out, shape, &Device::Cpu)?.to_dtype(dtype)?)
     }
 }
 
+/// Whether `dims` is a matrix (or a stack of them) whose rows are whole blocks of `format`.
+fn is_matrix_of(format: QuantFormat, dims: &[usize]) -> bool {
+    let k = dims.last().copied().unwrap_or(0);
+    dims.len() >= 2 && k.is_multiple_of(format.block_values())
+}
+
 /// Rows of k values quantized in parallel.
 fn quantize_par<B: QuantBlock>(x: &[f32], k: usize) -> Vec<B> {
-    let per_row = k / BLOCK;
-    let mut out = vec![B::ZERO; x.len() / BLOCK];
-    out.par_chunks_mut(per_row)
-        .zip(x.par_chunks(k))
+    let per_row = k / B::VALUES;
+    let mut out = vec![B::ZERO; x.len() / B::VALUES];
+    out.par_chunks_mut(per_row.max(1))
+        .zip(x.par_chunks(k.max(1)))
         .for_each(|(o, row)| B::quantize(row, o));
     out
 }

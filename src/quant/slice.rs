@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, Storage, Tensor};
 use half::{bf16, f16};
 
-use super::{BlockMxfp4, BlockQ4_0, BlockQ8_0, BLOCK};
+use super::{BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, BLOCK, K_BLOCK};
 use crate::error::{Error, Result};
 
 fn msg(m: String) -> Error {
@@ -12,7 +12,7 @@ fn msg(m: String) -> Error {
 }
 
 /// The contiguous CPU data of a weight matrix, in whichever format the weights are kept.
-/// Quantized rows are k / BLOCK blocks each.
+/// Quantized rows are k / BLOCK blocks each (k / K_BLOCK for the K-quants).
 #[derive(Clone, Copy)]
 pub enum WeightSlice<'a> {
     F32(&'a [f32]),
@@ -21,6 +21,9 @@ pub enum WeightSlice<'a> {
     Q8_0(&'a [BlockQ8_0]),
     Q4_0(&'a [BlockQ4_0]),
     Mxfp4(&'a [BlockMxfp4]),
+    Q4K(&'a [BlockQ4K]),
+    Q5K(&'a [BlockQ5K]),
+    Q6K(&'a [BlockQ6K]),
 }
 
 impl<'a> WeightSlice<'a> {
@@ -28,6 +31,7 @@ impl<'a> WeightSlice<'a> {
     pub fn rows(&self, first: usize, count: usize, k: usize) -> WeightSlice<'a> {
         let r = first * k..(first + count) * k;
         let b = first * k / BLOCK..(first + count) * k / BLOCK;
+        let kb = first * k / K_BLOCK..(first + count) * k / K_BLOCK;
         match *self {
             WeightSlice::F32(w) => WeightSlice::F32(&w[r]),
             WeightSlice::BF16(w) => WeightSlice::BF16(&w[r]),
@@ -35,14 +39,17 @@ impl<'a> WeightSlice<'a> {
             WeightSlice::Q8_0(w) => WeightSlice::Q8_0(&w[b]),
             WeightSlice::Q4_0(w) => WeightSlice::Q4_0(&w[b]),
             WeightSlice::Mxfp4(w) => WeightSlice::Mxfp4(&w[b]),
+            WeightSlice::Q4K(w) => WeightSlice::Q4K(&w[kb]),
+            WeightSlice::Q5K(w) => WeightSlice::Q5K(&w[kb]),
+            WeightSlice::Q6K(w) => WeightSlice::Q6K(&w[kb]),
         }
     }
 
     /// Whether the weights are quantized blocks (their products take q8_0 activations).
     pub fn is_quantized(&self) -> bool {
-        matches!(
+        !matches!(
             self,
-            WeightSlice::Q8_0(_) | WeightSlice::Q4_0(_) | WeightSlice::Mxfp4(_)
+            WeightSlice::F32(_) | WeightSlice::BF16(_) | WeightSlice::F16(_)
         )
     }
 }

@@ -62,9 +62,9 @@ impl Weights {
 
 impl Weights {
     /// Tensor `name` (of `shape`) as the CPU's quantized blocks, copied as they are, when the
-    /// GGUF stores it in a format the CPU kernels read (Q8_0, Q4_0, MXFP4), the weights live
-    /// on the CPU and `want` (a `--quant`) names that format or none. `None` otherwise: the
-    /// tensor is then read dense (dequantized) like any other.
+    /// GGUF stores it in a format the CPU kernels read (Q8_0, Q4_0, MXFP4, Q4_K, Q5_K, Q6_K),
+    /// the weights live on the CPU and `want` (a `--quant`) names that format or none. `None`
+    /// otherwise: the tensor is then read dense (dequantized) like any other.
     pub fn quantized(
         &self,
         name: &str,
@@ -158,6 +158,9 @@ fn cpu_format(t: GgmlType) -> Option<QuantFormat> {
         GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
         GgmlType::Q4_0 => Some(QuantFormat::Q4_0),
         GgmlType::Mxfp4 => Some(QuantFormat::Mxfp4),
+        GgmlType::Q4K => Some(QuantFormat::Q4K),
+        GgmlType::Q5K => Some(QuantFormat::Q5K),
+        GgmlType::Q6K => Some(QuantFormat::Q6K),
         _ => None,
     }
 }

@@ -1,4 +1,4 @@
-//! `out = x · wᵀ` for f32 activations against f32, bf16, f16, q8_0 or q4_0 weights, on the
+//! `out = x · wᵀ` for f32 activations against f32, bf16, f16 or quantized weights, on the
 //! kernels the CPU has (`Isa`): the one product behind every linear layer and every expert.
 //!
 //! Which kernel runs:
@@ -20,7 +20,9 @@ use super::quantized::{bf16_for, matmul_bt_quantized};
 pub use super::tile::{Lhs, OutView};
 use super::vector::{dot, WeightElem};
 use crate::quant::WeightSlice;
-use crate::quant::{BlockMxfp4, BlockQ4_0, BlockQ8_0, QuantBlock, BLOCK};
+use crate::quant::{
+    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QuantBlock, BLOCK,
+};
 
 /// From this many rows of x on, widened weights go through the packed matrix kernel: below it
 /// the product is a pass over the weights, bound by memory, and packing would not pay.
@@ -39,6 +41,9 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
         WeightSlice::Q8_0(_) => bf16_for::<BlockQ8_0>(isa),
         WeightSlice::Q4_0(_) => bf16_for::<BlockQ4_0>(isa),
         WeightSlice::Mxfp4(_) => bf16_for::<BlockMxfp4>(isa),
+        WeightSlice::Q4K(_) => bf16_for::<BlockQ4K>(isa),
+        WeightSlice::Q5K(_) => bf16_for::<BlockQ5K>(isa),
+        WeightSlice::Q6K(_) => bf16_for::<BlockQ6K>(isa),
         WeightSlice::F32(_) | WeightSlice::F16(_) => false,
     }
 }
@@ -114,6 +119,9 @@ pub fn matmul_bt(
         WeightSlice::Q8_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Mxfp4(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
+        WeightSlice::Q4K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
+        WeightSlice::Q5K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
+        WeightSlice::Q6K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
     }
 }
 
@@ -272,7 +280,8 @@ mod tests {
         let bf16_of =
             |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
         let (x_seen, w_seen): (Vec<f32>, Vec<f32>) = if w.is_quantized() && m < DEQUANT_MIN_ROWS {
-            let x_q8 = lhs.q8.iter().flat_map(|b| b.dequantize()).collect();
+            let mut x_q8 = vec![0f32; lhs.q8.len() * BLOCK];
+            crate::quant::dequantize_into(lhs.q8, &mut x_q8);
             (x_q8, w_f32.to_vec())
         } else if w.is_quantized() && !lhs.bf16.is_empty() {
             (bf16_of(&x), bf16_of(w_f32))
@@ -332,7 +341,8 @@ mod tests {
         slice: for<'a> fn(&'a [B]) -> WeightSlice<'a>,
     ) {
         let w: Vec<B> = crate::quant::quantize(&values(n * k, 5));
-        let w_f32: Vec<f32> = w.iter().flat_map(|b| b.dequantize()).collect();
+        let mut w_f32 = vec![0f32; n * k];
+        crate::quant::dequantize_into(&w, &mut w_f32);
         check(isa, &w_f32, slice(&w), dims);
     }
 
@@ -343,6 +353,27 @@ mod tests {
                 check_blocks(isa, dims, |w| WeightSlice::Q8_0(w));
                 check_blocks(isa, dims, |w| WeightSlice::Q4_0(w));
                 check_blocks(isa, dims, |w| WeightSlice::Mxfp4(w));
+            }
+        }
+    }
+
+    /// As BLOCK_SHAPES, with k whole super-blocks of 256 (the K-quants).
+    const K_BLOCK_SHAPES: [(usize, usize, usize); 6] = [
+        (1, 1, 256),
+        (1, 7, 512),
+        (2, 9, 256),
+        (3, 5, 768),
+        (5, 6, 256),
+        (37, 11, 512),
+    ];
+
+    #[test]
+    fn k_quant_kernels_match_the_f64_oracle_on_every_family() {
+        for isa in Isa::available() {
+            for dims in K_BLOCK_SHAPES {
+                check_blocks(isa, dims, |w| WeightSlice::Q4K(w));
+                check_blocks(isa, dims, |w| WeightSlice::Q5K(w));
+                check_blocks(isa, dims, |w| WeightSlice::Q6K(w));
             }
         }
     }

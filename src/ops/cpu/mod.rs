@@ -12,7 +12,10 @@ mod avx512;
 pub(crate) mod expert_ffn;
 #[cfg(target_arch = "x86_64")]
 mod int8;
+#[cfg(target_arch = "x86_64")]
+mod int8_k;
 mod isa;
+mod kquant;
 mod linear;
 mod matmul;
 mod quantized;

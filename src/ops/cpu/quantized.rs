@@ -1,4 +1,5 @@
-//! `out = x · wᵀ` for quantized weights (q8_0, q4_0, mxfp4).
+//! `out = x · wᵀ` for quantized weights (q8_0, q4_0, mxfp4, and the K-quants through
+//! kquant.rs).
 //!
 //! Few rows (decode): x is quantized to q8_0 blocks too and each pair of blocks is an integer
 //! dot product of 32 codes, scaled once by both block scales, as llama.cpp does: the weights
@@ -13,7 +14,54 @@ use std::cell::RefCell;
 use super::isa::Isa;
 use super::matmul::matmul_abt;
 use super::tile::{Lhs, OutView};
-use crate::quant::{dequantize_into, BlockQ8_0, WeightBlock, BLOCK};
+use crate::quant::{
+    dequantize_into, BlockMxfp4, BlockQ4_0, BlockQ8_0, QuantBlock, WeightBlock, BLOCK,
+};
+
+/// What a weight block format gives the product: integer dot products against q8_0 rows of
+/// x (few rows) and dequantization (many rows), each on the best kernels the CPU has.
+pub trait BlockKernels: QuantBlock {
+    /// out (m, n) = x (m, k) · w (n, k)ᵀ with x as q8_0 blocks.
+    fn int8(isa: Isa, x: &[BlockQ8_0], w: &[Self], dims: (usize, usize, usize), out: &mut OutView);
+
+    /// The values of `w` into `out`, bit for bit those of `QuantBlock::dequantize`.
+    fn dequantize_f32(isa: Isa, w: &[Self], out: &mut [f32]);
+
+    /// The values of `w` rounded to bf16 into `out`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512 BF16 (`Isa::Avx512Bf16` or better).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn dequantize_bf16(w: &[Self], out: &mut [half::bf16]);
+}
+
+/// The formats of 32 signed codes and one scale: the integer tiles and dequantization of
+/// int8.rs, or the portable loops.
+macro_rules! block_kernels {
+    ($($t:ty),*) => {$(
+        impl BlockKernels for $t {
+            fn int8(
+                isa: Isa,
+                x: &[BlockQ8_0],
+                w: &[Self],
+                dims: (usize, usize, usize),
+                out: &mut OutView,
+            ) {
+                int8(isa, x, w, dims, out)
+            }
+
+            fn dequantize_f32(isa: Isa, w: &[Self], out: &mut [f32]) {
+                dequantize(isa, w, out)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn dequantize_bf16(w: &[Self], out: &mut [half::bf16]) {
+                super::int8::dequantize_bf16(w, out)
+            }
+        }
+    )*};
+}
+block_kernels!(BlockQ8_0, BlockQ4_0, BlockMxfp4);
 
 /// From this many rows of x on, the weights are dequantized for a matrix kernel (AMX, bf16 or
 /// f32).
@@ -23,32 +71,30 @@ pub const DEQUANT_MIN_ROWS: usize = 4;
 /// checkpoint computes): on AMX for every format; with AVX-512 BF16 for formats whose values
 /// are all bf16 (MXFP4), where `vdpbf16ps` takes 32 products an instruction against 8 for the
 /// f32 kernel's 256-bit FMA (gpt-oss-20b's shape, 4 layers: prefill 1.3x).
-pub fn bf16_for<W: WeightBlock>(isa: Isa) -> bool {
+pub fn bf16_for<W: QuantBlock>(isa: Isa) -> bool {
     isa == Isa::Amx || (isa >= Isa::Avx512Bf16 && W::EXACT_IN_BF16)
 }
 
 /// Whether a product of m rows against `W` dequantizes it to bf16 (see `bf16_for`).
-pub fn dequantizes_to_bf16<W: WeightBlock>(isa: Isa, m: usize) -> bool {
+pub fn dequantizes_to_bf16<W: QuantBlock>(isa: Isa, m: usize) -> bool {
     m >= DEQUANT_MIN_ROWS && bf16_for::<W>(isa)
 }
 
 /// out (m, n) = x (m, k) · w (n, k)ᵀ for blocks of weights; `x` holds the f32 rows, their q8_0
 /// blocks (below DEQUANT_MIN_ROWS) and, where `bf16_for`, their bf16 rounding.
 /// Single-threaded.
-pub fn matmul_bt_quantized<W>(
+pub fn matmul_bt_quantized<W: BlockKernels>(
     isa: Isa,
     x: Lhs,
     w: &[W],
     dims: (usize, usize, usize),
     out: &mut OutView,
-) where
-    W: WeightBlock + IntCodes,
-{
+) {
     let (m, n, k) = dims;
     if m < DEQUANT_MIN_ROWS {
-        return int8(isa, x.q8, w, dims, out);
+        return W::int8(isa, x.q8, w, dims, out);
     }
-    let w = &w[..n * k / BLOCK];
+    let w = &w[..n * k / W::VALUES];
     #[cfg(target_arch = "x86_64")]
     if dequantizes_to_bf16::<W>(isa, m) {
         return SCRATCH_BF16.with_borrow_mut(|scratch| {
@@ -57,7 +103,7 @@ pub fn matmul_bt_quantized<W>(
             // and Amx only where amx::available(); quantized rows are whole blocks of 32,
             // which amx::fits.
             unsafe {
-                super::int8::dequantize_bf16(w, w_bf16);
+                W::dequantize_bf16(w, w_bf16);
                 if isa == Isa::Amx {
                     super::amx::matmul_bt_amx(x.bf16, w_bf16, dims, out);
                 } else {
@@ -68,7 +114,7 @@ pub fn matmul_bt_quantized<W>(
     }
     SCRATCH.with_borrow_mut(|scratch| {
         let scratch = reuse(scratch, n * k, 0.0);
-        dequantize(isa, w, scratch);
+        W::dequantize_f32(isa, w, scratch);
         let (data, rs, cs) = out.raw(m, n);
         matmul_abt(x.f32, scratch, (m, n, k), (data, rs, cs));
     });
@@ -84,7 +130,7 @@ thread_local! {
 }
 
 /// The first `len` elements of `buffer`, grown (with `fill`) if it is shorter.
-fn reuse<T: Copy>(buffer: &mut Vec<T>, len: usize, fill: T) -> &mut [T] {
+pub(super) fn reuse<T: Copy>(buffer: &mut Vec<T>, len: usize, fill: T) -> &mut [T] {
     if buffer.len() < len {
         buffer.resize(len, fill);
     }

@@ -85,6 +85,7 @@ fn a_batch_reports_the_whole_batch_and_quantized_weights_their_own_bytes() {
     // The bundled model's rows are whole blocks of 32.
     let q8 = bench(&["--quant", "q8_0"]);
     assert_eq!(q8["quant"], "q8_0");
+    assert_eq!(q8["weight_formats"], serde_json::json!({"q8_0": 1.0}));
     let dir = Path::new(moe_runtime::BUNDLED_MODEL);
     let reads = moe_runtime::arch::load(dir).unwrap().config.decode_reads();
     let expected = (reads.matrices + reads.head) as f64 * 34.0 / 32.0 + reads.other as f64 * 4.0;
@@ -151,4 +152,35 @@ fn several_batch_sizes_are_measured_on_one_model_a_line_each() {
     assert_eq!(roofline(0)["bandwidth_gb_s"], roofline(1)["bandwidth_gb_s"]);
     assert!(roofline(0)["fraction"].as_f64().unwrap() > 0.0);
     assert!(roofline(1)["fraction"].is_null());
+}
+
+#[test]
+fn a_gguf_reports_the_formats_it_keeps_and_their_bytes() {
+    // Q4_K_M: mostly Q4_K, some Q6_K, Q5_K and Q8_0, all kept as they are.
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/qwen3_moe-k-q4_k_m.gguf");
+    let report = bench(&["--model", path.to_str().unwrap()]);
+    let formats = report["weight_formats"].as_object().unwrap();
+    let share = |f: &str| formats.get(f).and_then(|v| v.as_f64()).unwrap_or(0.0);
+    assert!(share("q4_K") > 0.5, "{formats:?}");
+    assert!(
+        ["q6_K", "q5_K", "q8_0"].iter().all(|f| share(f) > 0.0),
+        "{formats:?}"
+    );
+    let total: f64 = formats.values().map(|v| v.as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-9);
+    // Between Q4_K's 4.5 bits and Q8_0's 8.5 bits per weight of the matrices read.
+    let bytes = report["roofline"]["bytes_per_token"].as_f64().unwrap();
+    let gguf = moe_runtime::gguf::Gguf::open(&path).unwrap();
+    let reads = moe_runtime::gguf::architecture(&gguf)
+        .unwrap()
+        .0
+        .config
+        .decode_reads();
+    let matrices = (reads.matrices + reads.head) as f64;
+    let other = reads.other as f64 * 2.0; // norms and the like, in the bf16 compute dtype
+    assert!(
+        bytes > matrices * 4.5 / 8.0 + other && bytes < matrices * 8.5 / 8.0 + other,
+        "{bytes} bytes for {matrices} matrix weights"
+    );
 }

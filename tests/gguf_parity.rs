@@ -1,6 +1,6 @@
 //! GGUF files made by llama.cpp's own converter and quantizer (tools/make_gguf_fixtures.py)
 //! against HF transformers on the weights gguf-py dequantizes from the same file: every family,
-//! F32, Q8_0, Q4_0 and MXFP4 tensors, q/k rows llama.cpp permuted, and a split set.
+//! F32, Q8_0, Q4_0, MXFP4 and K-quant tensors, q/k rows llama.cpp permuted, and a split set.
 
 mod common;
 
@@ -30,6 +30,9 @@ const FILES: &[(&str, &str, bool)] = &[
         "tiny-shakespeare-moe-q4_0",
         true,
     ),
+    // Q4_K_M with every row whole K-quant super-blocks: experts in Q4_K (and Q6_K), read in
+    // place by the K-quant kernels, attention in Q4_K, Q5_K and Q8_0, the head in Q6_K.
+    ("qwen3_moe-k-q4_k_m.gguf", "qwen3_moe-k-q4_k_m", true),
     // Q4_K_M on rows that are not all whole K-quant blocks: Q5_0, Q5_1, Q4_K, Q6_K and Q8_0.
     (
         "tiny-shakespeare-moe-q4_k_m.gguf",

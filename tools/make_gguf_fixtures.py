@@ -21,6 +21,9 @@ Writes tests/fixtures/gguf/ (about 10.6 MB; the folder is rebuilt from scratch):
                                             'model.layers.1.mlp.down_proj.weight'"); this is its
                                             spec and seed with every layer sparse, built in a
                                             temporary folder by tools/make_fixtures.py's functions.
+  qwen3_moe-k-q4_k_m.gguf                   qwen3_moe-a widened to rows of 256 (K_QUANT_CONFIG),
+                                            convert_hf_to_gguf.py --outtype f16, then
+                                            llama-quantize Q4_K_M: experts in Q4_K and Q6_K.
   gpt_oss-b-q8_0.gguf                       convert_hf_to_gguf.py --outtype q8_0 (the one tiny
                                             fixture whose rows are all multiples of 32).
   gpt_oss-b-f32-split-0000{1,2,3}-of-00003.gguf
@@ -195,18 +198,16 @@ def fixture_tokenizer(src_dir, dst_dir, vocab_size, n_merges=8):
     return [" ".join(m) for m in merges]
 
 
-def make_qwen2_moe_all_sparse(dst):
-    """qwen2_moe-a with every layer sparse (mlp_only_layers=[]): llama.cpp's qwen2moe has no
-    dense-FFN layers, so qwen2_moe-a (mlp_only_layers=[1]) and qwen2_moe-b (decoder_sparse_step
-    2) do not convert ("Can not map tensor 'model.layers.1.mlp.down_proj.weight'"). Built by
-    tools/make_fixtures.py's own functions, with qwen2_moe-a's spec and seed."""
+def make_variant(dst, base, overrides):
+    """Fixture `base` of tools/make_fixtures.py with its config changed by `overrides`, built by
+    that script's own functions with `base`'s spec and seed; returns its reference outputs."""
     sys.path.insert(0, str(ROOT / "tools"))
     import make_fixtures as mf
     names = list(mf.FIXTURES_SPEC)
-    spec = mf.FIXTURES_SPEC["qwen2_moe-a"]
-    seed = 1000 + 17 * names.index("qwen2_moe-a")
+    spec = mf.FIXTURES_SPEC[base]
+    seed = 1000 + 17 * names.index(base)
     torch.manual_seed(seed)
-    cfg = mf.make_config(spec["family"], dict(spec["config"], mlp_only_layers=[]), spec.get("rope"))
+    cfg = mf.make_config(spec["family"], dict(spec["config"], **overrides), spec.get("rope"))
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_config(
         cfg, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager").eval()
@@ -216,6 +217,22 @@ def make_qwen2_moe_all_sparse(dst):
     logits, greedy = hf_outputs(model, tokens)
     mf.save(model, dst, spec["dtype"], spec["style"])
     return {"tokens": tokens, "logits": logits, "greedy": greedy}
+
+
+def make_qwen2_moe_all_sparse(dst):
+    """qwen2_moe-a with every layer sparse (mlp_only_layers=[]): llama.cpp's qwen2moe has no
+    dense-FFN layers, so qwen2_moe-a (mlp_only_layers=[1]) and qwen2_moe-b (decoder_sparse_step
+    2) do not convert ("Can not map tensor 'model.layers.1.mlp.down_proj.weight'")."""
+    return make_variant(dst, "qwen2_moe-a", dict(mlp_only_layers=[]))
+
+
+# qwen3_moe-a widened so that every matrix row is whole K-quant super-blocks of 256 (hidden,
+# expert width and heads x head_dim all 256): llama-quantize Q4_K_M then keeps the experts in
+# Q4_K and Q6_K, as in the files users download, where the other fixtures' rows fall back to
+# 32-weight types.
+K_QUANT_FIXTURE = "qwen3_moe-k"
+K_QUANT_CONFIG = dict(hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -769,6 +786,22 @@ def main():
             assert all(p.exists() for p in split_paths(first)), sorted(out.glob(f"{name}-f32-split*"))
             jobs.append(dict(base, gguf=first, stem=f"{name}-f32-split", exact=True,
                              how=f"convert_hf_to_gguf.py --outtype f32 --split-max-tensors {per}"))
+
+    # The K-quant fixture: f16, then Q4_K_M, as users' files are made.
+    src = work / K_QUANT_FIXTURE
+    src.mkdir()
+    ref = make_variant(src, "qwen3_moe-a", K_QUANT_CONFIG)
+    vocab = json.loads((src / "config.json").read_text())["vocab_size"]
+    merges = fixture_tokenizer(BUNDLED, src, vocab)
+    f16 = work / f"{K_QUANT_FIXTURE}-f16.gguf"
+    convert(llama, src, f16, "f16")
+    dst = out / f"{K_QUANT_FIXTURE}-q4_k_m.gguf"
+    fallbacks = quantize(llama, f16, dst, "q4_k_m")
+    jobs.append(dict(gguf=dst, source="tests/fixtures/qwen3_moe-a (variant)", tokens=ref["tokens"],
+                     src_dir=src, src_ref=ref, merges=merges, fallbacks=fallbacks,
+                     how="convert_hf_to_gguf.py --outtype f16, then llama-quantize Q4_K_M",
+                     note=f"qwen3_moe-a with {K_QUANT_CONFIG} (same spec and seed, by "
+                          "tools/make_fixtures.py's functions): rows of whole K-quant super-blocks"))
 
     # References and checks.
     exe = None if args.no_llama_check else build_llama_check(llama, work)

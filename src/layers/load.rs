@@ -2,6 +2,7 @@
 //! config implies, so a misshapen or missing tensor is reported by name before any forward.
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 
 use candle_nn::RmsNorm;
 
@@ -13,7 +14,7 @@ use super::moe::{Router, SharedExpert, SparseMoe};
 use crate::arch::{join, TensorNames};
 use crate::error::Result;
 use crate::ops::{Backend, Experts};
-use crate::quant::{QuantFormat, Weight};
+use crate::quant::{QMatrix, QuantFormat, Weight};
 use crate::spec::{FfnKind, LayerSpec, ModelConfig, QkNorm};
 use crate::weights::Weights;
 
@@ -35,19 +36,44 @@ pub struct FormatTally {
     /// (bytes, weights) of the routed experts, and of every other matrix of the layers.
     experts: Cell<(f64, f64)>,
     other: Cell<(f64, f64)>,
+    /// Weights of the layers' matrices by the format they are kept in.
+    formats: std::cell::RefCell<BTreeMap<&'static str, f64>>,
 }
 
 impl FormatTally {
-    fn add(cell: &Cell<(f64, f64)>, w: &Weight) {
+    fn add(
+        cell: &Cell<(f64, f64)>,
+        formats: &std::cell::RefCell<BTreeMap<&'static str, f64>>,
+        w: &Weight,
+    ) {
         let n: usize = w.dims().iter().product();
         let (bytes, weights) = cell.get();
         cell.set((bytes + n as f64 * w.bytes_per_weight(), weights + n as f64));
+        *formats.borrow_mut().entry(w.format_name()).or_default() += n as f64;
+    }
+
+    fn add_expert(&self, w: &Weight) {
+        FormatTally::add(&self.experts, &self.formats, w);
+    }
+
+    fn add_other(&self, w: &Weight) {
+        FormatTally::add(&self.other, &self.formats, w);
     }
 
     /// Bytes per weight of (the routed experts, the other matrices); `None` for a kind absent.
     pub fn bytes_per_weight(&self) -> (Option<f64>, Option<f64>) {
         let mean = |(bytes, weights): (f64, f64)| (weights > 0.0).then(|| bytes / weights);
         (mean(self.experts.get()), mean(self.other.get()))
+    }
+
+    /// Each format the layers' matrices are kept in with its share of their weights, largest
+    /// first.
+    pub fn shares(&self) -> Vec<(&'static str, f64)> {
+        let formats = self.formats.borrow();
+        let total: f64 = formats.values().sum();
+        let mut shares: Vec<_> = formats.iter().map(|(&f, &n)| (f, n / total)).collect();
+        shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+        shares
     }
 }
 
@@ -71,7 +97,7 @@ impl LayerReader<'_> {
             Some(q) => Weight::Quantized(std::sync::Arc::new(q)),
             None => Weight::new(self.weights.get(&full, shape)?, self.quant, &full)?,
         };
-        FormatTally::add(&self.tally.other, &weight);
+        self.tally.add_other(&weight);
         Ok(weight)
     }
 
@@ -171,8 +197,11 @@ impl LayerReader<'_> {
                 )
             }
         };
-        FormatTally::add(&self.tally.experts, &experts.gate_up);
-        FormatTally::add(&self.tally.experts, &experts.down);
+        self.tally.add_expert(&experts.gate_up);
+        if let Some(up) = &experts.up {
+            self.tally.add_expert(up);
+        }
+        self.tally.add_expert(&experts.down);
         if m.expert_bias {
             // In the compute dtype's precision, as HF holds them, then in an f32 tensor, the
             // form the kernels read.
@@ -209,9 +238,10 @@ impl LayerReader<'_> {
     }
 
     /// Experts kept in the quantized format the checkpoint stores them in: gpt-oss's MXFP4 (no
-    /// upcast: gpt-oss-20b's experts stay 4.25 bits a weight) or a GGUF's Q8_0, Q4_0 or MXFP4,
-    /// where the weights live on the CPU and `--quant` asks for that format or nothing.
-    /// Elsewhere (a GPU, another `--quant`) they are dequantized.
+    /// upcast: gpt-oss-20b's experts stay 4.25 bits a weight) or a GGUF's blocks in any format
+    /// the CPU kernels read (in place from the mapped file), where the weights live on the CPU
+    /// and `--quant` asks for that format or nothing. Elsewhere (a GPU, another `--quant`)
+    /// they are dequantized.
     fn kept_experts(&self, prefix: &str, dims: (usize, usize, usize)) -> Result<Option<Experts>> {
         let keep =
             self.weights.device().is_cpu() && matches!(self.quant, None | Some(QuantFormat::Mxfp4));
@@ -219,17 +249,15 @@ impl LayerReader<'_> {
             true => self.weights.mxfp4_experts(self.names, prefix, dims)?,
             false => None,
         };
-        let kept = match mxfp4 {
-            Some(kept) => Some(kept),
-            None => self
-                .weights
-                .quantized_experts(self.names, prefix, dims, self.quant)?,
-        };
-        Ok(kept.map(|(gate_up, down)| {
-            Experts::new(
-                Weight::Quantized(std::sync::Arc::new(gate_up)),
-                Weight::Quantized(std::sync::Arc::new(down)),
-            )
+        let quantized = |m: QMatrix| Weight::Quantized(std::sync::Arc::new(m));
+        if let Some((gate_up, down)) = mxfp4 {
+            return Ok(Some(Experts::new(quantized(gate_up), quantized(down))));
+        }
+        let kept = self
+            .weights
+            .quantized_experts(self.names, prefix, dims, self.quant)?;
+        Ok(kept.map(|[gate, up, down]| {
+            Experts::separate(quantized(gate), quantized(up), quantized(down))
         }))
     }
 

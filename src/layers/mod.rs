@@ -85,6 +85,8 @@ pub struct Model {
     quant: Option<QuantFormat>,
     /// Bytes per weight of the matrices as kept, for what a decode step reads.
     read_bytes: ReadBytes,
+    /// See [`Model::weight_formats`].
+    weight_formats: Vec<(&'static str, f64)>,
     /// config.json fields nothing here reads (see [`Model::unrecognized_config_fields`]).
     unrecognized_fields: Vec<String>,
 }
@@ -196,6 +198,7 @@ impl Model {
                 other: tally.bytes_per_weight().1,
                 head: head_bytes,
             },
+            weight_formats: tally.shares(),
             unrecognized_fields,
         })
     }
@@ -205,6 +208,12 @@ impl Model {
     /// them as a warning). Empty for a config the family's reader knows whole.
     pub fn unrecognized_config_fields(&self) -> &[String] {
         &self.unrecognized_fields
+    }
+
+    /// The formats the layers' matrices are kept in (a dtype such as `bf16`, or blocks such
+    /// as `q4_K`), each with its share of their weights, largest first: a GGUF file's mix.
+    pub fn weight_formats(&self) -> &[(&'static str, f64)] {
+        &self.weight_formats
     }
 
     /// The format the weights of matrix products were converted to at load, if any.

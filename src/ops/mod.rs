@@ -31,8 +31,12 @@ use crate::quant::Weight;
 /// The routed experts of one layer, stacked at load.
 #[derive(Debug, Clone)]
 pub struct Experts {
-    /// [E, 2I, H]: for each expert the I gate rows, then the I up rows.
+    /// [E, 2I, H]: for each expert the I gate rows, then the I up rows; or, where `up` is
+    /// given, [E, I, H] of gate rows alone.
     pub gate_up: Weight,
+    /// [E, I, H]: the up rows in a stack of their own, as GGUF files keep them (read in place
+    /// from the file rather than joined into `gate_up`).
+    pub up: Option<Weight>,
     /// [E, H, I]
     pub down: Weight,
     /// [E, 2I] and [E, H], f32 whatever the compute dtype (small, and read as f32 by the
@@ -46,9 +50,27 @@ impl Experts {
     pub fn new(gate_up: Weight, down: Weight) -> Experts {
         Experts {
             gate_up,
+            up: None,
             down,
             gate_up_bias: None,
             down_bias: None,
+        }
+    }
+
+    /// Experts without biases whose gate and up rows lie in stacks of their own.
+    pub fn separate(gate: Weight, up: Weight, down: Weight) -> Experts {
+        Experts {
+            up: Some(up),
+            ..Experts::new(gate, down)
+        }
+    }
+
+    /// Expert e's gate rows, then its up rows, as one (2I, H) tensor in `dtype`.
+    pub fn gate_up_entry(&self, e: usize, dtype: candle_core::DType) -> Result<Tensor> {
+        let gate = self.gate_up.entry(e, dtype)?;
+        match &self.up {
+            None => Ok(gate),
+            Some(up) => Ok(Tensor::cat(&[gate, up.entry(e, dtype)?], 0)?),
         }
     }
 
@@ -64,12 +86,19 @@ impl Experts {
         self.down.dims()[1]
     }
 
-    /// Checks that the stacks and biases agree: gate_up [E, 2I, H], down [E, H, I], biases
-    /// [E, 2I] and [E, H] (experts built by hand are checked before any kernel reads them).
+    /// Checks that the stacks and biases agree: gate_up [E, 2I, H] (or gate and up [E, I, H]
+    /// each), down [E, H, I], biases [E, 2I] and [E, H] (experts built by hand are checked
+    /// before any kernel reads them).
     pub fn check(&self) -> Result<()> {
         let (gu, d) = (self.gate_up.dims(), self.down.dims());
-        let fits =
-            gu.len() == 3 && d.len() == 3 && gu[0] == d[0] && gu[1] == 2 * d[2] && gu[2] == d[1];
+        let parts = if self.up.is_some() { 1 } else { 2 };
+        let up_fits = self.up.as_ref().is_none_or(|u| u.dims() == gu);
+        let fits = gu.len() == 3
+            && d.len() == 3
+            && gu[0] == d[0]
+            && gu[1] == parts * d[2]
+            && gu[2] == d[1]
+            && up_fits;
         let bias_fits =
             |b: &Option<Tensor>, shape: &[usize]| b.as_ref().is_none_or(|b| b.dims() == shape);
         if !fits
@@ -77,7 +106,9 @@ impl Experts {
             || !bias_fits(&self.down_bias, &[d[0], d[1]])
         {
             return Err(Error::Input(format!(
-                "experts of gate_up {gu:?}, down {d:?} and biases {:?}, {:?} do not fit together",
+                "experts of gate_up {gu:?}, up {:?}, down {d:?} and biases {:?}, {:?} do not fit \
+                 together",
+                self.up.as_ref().map(|u| u.dims().to_vec()),
                 self.gate_up_bias.as_ref().map(|b| b.dims().to_vec()),
                 self.down_bias.as_ref().map(|b| b.dims().to_vec()),
             )));

@@ -9,6 +9,7 @@ mod blocks;
 mod kquants;
 mod mxfp4;
 mod slice;
+mod store;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -25,6 +26,8 @@ pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, SubScales, SuperBlock, K_BLOCK};
 pub use mxfp4::dequantize_mxfp4;
 pub use mxfp4::{MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
 pub use slice::{with_weight_slice, WeightSlice};
+pub use store::SharedBytes;
+use store::Store;
 
 use crate::error::{Error, Result};
 
@@ -41,7 +44,7 @@ pub enum QuantFormat {
 }
 
 /// Runs `$make` with the type alias `$B` set to `$format`'s block type, wrapping its result
-/// (a `Vec` of blocks) in the matching `Blocks` variant.
+/// (a `Store` of blocks) in the matching `Blocks` variant.
 macro_rules! blocks_of {
     ($format:expr, $B:ident => $make:expr) => {
         match $format {
@@ -152,12 +155,12 @@ impl FromStr for QuantFormat {
 /// The blocks of a quantized matrix, row after row.
 #[derive(Debug)]
 enum Blocks {
-    Q8_0(Vec<BlockQ8_0>),
-    Q4_0(Vec<BlockQ4_0>),
-    Mxfp4(Vec<BlockMxfp4>),
-    Q4K(Vec<BlockQ4K>),
-    Q5K(Vec<BlockQ5K>),
-    Q6K(Vec<BlockQ6K>),
+    Q8_0(Store<BlockQ8_0>),
+    Q4_0(Store<BlockQ4_0>),
+    Mxfp4(Store<BlockMxfp4>),
+    Q4K(Store<BlockQ4K>),
+    Q5K(Store<BlockQ5K>),
+    Q6K(Store<BlockQ6K>),
 }
 
 /// A quantized tensor of two or more dims whose last dim (the one products sum over) is a
@@ -180,7 +183,7 @@ impl QMatrix {
             )));
         }
         Ok(QMatrix {
-            blocks: Blocks::Mxfp4(blocks),
+            blocks: Blocks::Mxfp4(Store::Owned(blocks)),
             dims: dims.to_vec(),
         })
     }
@@ -190,17 +193,46 @@ impl QMatrix {
         let values: usize = dims.iter().product();
         let (size, per) = (format.block_bytes(), format.block_values());
         if !is_matrix_of(format, dims) || bytes.len() != values / per * size {
-            return Err(Error::Input(format!(
-                "{} bytes of {} blocks do not make a matrix of {dims:?}",
-                bytes.len(),
-                format.name()
-            )));
+            return Err(unfit(format, bytes.len(), dims));
         }
-        let blocks = blocks_of!(format, B => bytes.chunks_exact(size).map(B::from_ggml).collect());
+        let blocks = blocks_of!(
+            format,
+            B => Store::Owned(bytes.chunks_exact(size).map(B::from_ggml).collect())
+        );
         Ok(QMatrix {
             blocks,
             dims: dims.to_vec(),
         })
+    }
+
+    /// Blocks in GGML's own layout read in place from `bytes[range]` (a GGUF tensor in its
+    /// mapped file), rows of `dims` in order; copied only if the bytes are not aligned for
+    /// the block type.
+    pub fn mapped(
+        format: QuantFormat,
+        bytes: SharedBytes,
+        range: std::ops::Range<usize>,
+        dims: &[usize],
+    ) -> Result<QMatrix> {
+        let values: usize = dims.iter().product();
+        let (size, per) = (format.block_bytes(), format.block_values());
+        if !is_matrix_of(format, dims) || range.len() != values / per * size {
+            return Err(unfit(format, range.len(), dims));
+        }
+        let len = range.len();
+        let blocks = blocks_of!(
+            format,
+            B => Store::<B>::mapped(bytes, range).ok_or_else(|| unfit(format, len, dims))?
+        );
+        Ok(QMatrix {
+            blocks,
+            dims: dims.to_vec(),
+        })
+    }
+
+    /// Whether the blocks are read in place from a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        with_blocks!(&self.blocks, b => b.is_mapped())
     }
 
     /// `a` and `b` (of one format, the same first dim and row length) joined entry by entry
@@ -228,7 +260,7 @@ impl QMatrix {
         }
         let blocks = blocks_of!(a.format(), B => {
             let (x, y): (&[B], &[B]) = (a.blocks_as(), b.blocks_as());
-            join(x, y, entries, (pa, pb))
+            Store::Owned(join(x, y, entries, (pa, pb)))
         });
         Ok(QMatrix {
             blocks,
@@ -248,7 +280,7 @@ impl QMatrix {
         }
         let k = dims[dims.len() - 1];
         let x = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let blocks = blocks_of!(format, B => quantize_par::<B>(&x, k));
+        let blocks = blocks_of!(format, B => Store::Owned(quantize_par::<B>(&x, k)));
         Ok(QMatrix { blocks, dims })
     }
 
@@ -269,7 +301,7 @@ impl QMatrix {
 
     /// The blocks as `B`s, which the caller has matched to the format.
     fn blocks_as<B: QuantBlock>(&self) -> &[B] {
-        with_blocks!(&self.blocks, b => bytemuck::cast_slice(b.as_slice()))
+        with_blocks!(&self.blocks, b => bytemuck::cast_slice(&b[..]))
     }
 
     /// The blocks, for the kernels.
@@ -312,6 +344,13 @@ impl QMatrix {
     }
 }
 
+fn unfit(format: QuantFormat, bytes: usize, dims: &[usize]) -> Error {
+    Error::Input(format!(
+        "{bytes} bytes of {} blocks do not make a matrix of {dims:?}",
+        format.name()
+    ))
+}
+
 /// Whether `dims` is a matrix (or a stack of them) whose rows are whole blocks of `format`.
 fn is_matrix_of(format: QuantFormat, dims: &[usize]) -> bool {
     let k = dims.last().copied().unwrap_or(0);
@@ -338,18 +377,32 @@ pub enum Weight {
 }
 
 impl Weight {
-    /// `t` as it is, or quantized to `format`; `name` is used in errors.
+    /// `t` as it is, or quantized to `format`; `name` is used in errors. A K-quant falls back
+    /// to q8_0 for rows that are not whole super-blocks of 256 (but are of 32), as llama.cpp's
+    /// quantizer falls back to a format of 32-weight blocks.
     pub fn new(t: Tensor, format: Option<QuantFormat>, name: &str) -> Result<Weight> {
-        match format {
-            None => Ok(Weight::Dense(t)),
-            Some(f) => Ok(Weight::Quantized(Arc::new(QMatrix::quantize(&t, f, name)?))),
+        let Some(mut f) = format else {
+            return Ok(Weight::Dense(t));
+        };
+        let k = t.dims().last().copied().unwrap_or(0);
+        if !k.is_multiple_of(f.block_values()) && k.is_multiple_of(BLOCK) {
+            f = QuantFormat::Q8_0;
         }
+        Ok(Weight::Quantized(Arc::new(QMatrix::quantize(&t, f, name)?)))
     }
 
     pub fn dims(&self) -> &[usize] {
         match self {
             Weight::Dense(t) => t.dims(),
             Weight::Quantized(q) => q.dims(),
+        }
+    }
+
+    /// The format it is kept in: its dtype (`bf16`, ...) or its blocks' (`q4_K`, ...).
+    pub fn format_name(&self) -> &'static str {
+        match self {
+            Weight::Dense(t) => t.dtype().as_str(),
+            Weight::Quantized(q) => q.format().name(),
         }
     }
 
@@ -426,6 +479,16 @@ mod tests {
             };
             assert!(err.to_scalar::<f32>().unwrap() < bound, "{format:?}");
         }
+    }
+
+    #[test]
+    fn k_quants_fall_back_to_q8_0_for_rows_of_partial_super_blocks() {
+        let x = Tensor::ones((2, 96), DType::F32, &Device::Cpu).unwrap();
+        let w = Weight::new(x.clone(), Some(QuantFormat::Q4K), "w").unwrap();
+        assert!(matches!(&w, Weight::Quantized(q) if q.format() == QuantFormat::Q8_0));
+        let x = Tensor::ones((2, 512), DType::F32, &Device::Cpu).unwrap();
+        let w = Weight::new(x, Some(QuantFormat::Q6K), "w").unwrap();
+        assert!(matches!(&w, Weight::Quantized(q) if q.format() == QuantFormat::Q6K));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use super::{Entry, MappedFile, Weights};
 use crate::arch::{join, ExpertNames, TensorNames};
 use crate::error::{Error, Result};
 use crate::gguf::{dequant, GgmlType, Gguf};
-use crate::quant::{QMatrix, QuantFormat};
+use crate::quant::{QMatrix, QuantFormat, SharedBytes};
 
 impl Weights {
     /// The tensors of `gguf`, to come out in `dtype` on `device`; `unpermute` names those
@@ -48,7 +48,10 @@ impl Weights {
             dir,
             files: maps
                 .into_iter()
-                .map(|(path, mmap)| MappedFile { path, mmap })
+                .map(|(path, mmap)| MappedFile {
+                    path,
+                    mmap: std::sync::Arc::new(mmap),
+                })
                 .collect(),
             tensors,
             random: None,
@@ -61,10 +64,11 @@ impl Weights {
 }
 
 impl Weights {
-    /// Tensor `name` (of `shape`) as the CPU's quantized blocks, copied as they are, when the
-    /// GGUF stores it in a format the CPU kernels read (Q8_0, Q4_0, MXFP4, Q4_K, Q5_K, Q6_K),
-    /// the weights live on the CPU and `want` (a `--quant`) names that format or none. `None`
-    /// otherwise: the tensor is then read dense (dequantized) like any other.
+    /// Tensor `name` (of `shape`) as the CPU's quantized blocks, read in place from the mapped
+    /// file (copied only where llama.cpp permuted its rows), when the GGUF stores it in a
+    /// format the CPU kernels read (Q8_0, Q4_0, MXFP4, Q4_K, Q5_K, Q6_K), the weights live on
+    /// the CPU and `want` (a `--quant`) names that format or none. `None` otherwise: the
+    /// tensor is then read dense (dequantized) like any other.
     pub fn quantized(
         &self,
         name: &str,
@@ -81,19 +85,31 @@ impl Weights {
         if !self.device.is_cpu() || want.is_some_and(|w| w != format) {
             return Ok(None);
         }
-        self.packed(name, shape, format).map(Some)
+        if self.unpermute.contains_key(name) {
+            return self.packed(name, shape, format).map(Some);
+        }
+        let (entry, file) = self.entry(name, shape)?;
+        let bad = |message: String| Error::Gguf {
+            path: file.path.clone(),
+            message: format!("tensor `{name}`: {message}"),
+        };
+        check_blocks(format, &file.mmap[entry.start..entry.end]).map_err(bad)?;
+        let bytes: SharedBytes = file.mmap.clone();
+        QMatrix::mapped(format, bytes, entry.start..entry.end, shape)
+            .map(Some)
+            .map_err(|e| bad(e.to_string()))
     }
 
     /// A GGUF layer's experts kept in their quantized format (see [`Weights::quantized`]):
-    /// `(gate_up [E, 2I, H], down [E, H, I])`, each expert's gate rows then its up rows; `None`
-    /// unless all three are kept and gate and up share a format.
+    /// `(gate [E, I, H], up [E, I, H], down [E, H, I])`; `None` unless all three are kept and
+    /// gate and up share a format (the kernels prepare x once for both).
     pub fn quantized_experts(
         &self,
         names: &TensorNames,
         prefix: &str,
         (e, i, h): (usize, usize, usize),
         want: Option<QuantFormat>,
-    ) -> Result<Option<(QMatrix, QMatrix)>> {
+    ) -> Result<Option<[QMatrix; 3]>> {
         let ExpertNames::Separate { gate, up, down } = &names.experts else {
             return Ok(None);
         };
@@ -108,20 +124,14 @@ impl Weights {
         if gate.format() != up.format() {
             return Ok(None);
         }
-        Ok(Some((QMatrix::cat_entries(&gate, &up)?, down)))
+        Ok(Some([gate, up, down]))
     }
 
-    /// The packed tensor `name` read into blocks of `format`.
+    /// The packed tensor `name` read into blocks of `format`, copied (its rows restored where
+    /// llama.cpp permuted them, its mapped pages released).
     fn packed(&self, name: &str, shape: &[usize], format: QuantFormat) -> Result<QMatrix> {
         self.read_rows(name, shape, |bytes, bad| {
-            if format == QuantFormat::Mxfp4 {
-                let size = format.block_bytes();
-                if let Some(at) = bytes.chunks_exact(size).position(|b| b[0] == 255) {
-                    return Err(bad(format!(
-                        "MXFP4 block {at} has scale 255, E8M0's NaN (a corrupt file)"
-                    )));
-                }
-            }
+            check_blocks(format, bytes).map_err(bad)?;
             QMatrix::from_ggml(format, bytes, shape).map_err(|e| bad(e.to_string()))
         })
     }
@@ -150,6 +160,20 @@ impl Weights {
         })?;
         Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
     }
+}
+
+/// What the kernels cannot take from a block's bytes as they are: an MXFP4 scale of 255 (E8M0's
+/// NaN).
+fn check_blocks(format: QuantFormat, bytes: &[u8]) -> std::result::Result<(), String> {
+    if format == QuantFormat::Mxfp4 {
+        let size = format.block_bytes();
+        if let Some(at) = bytes.chunks_exact(size).position(|b| b[0] == 255) {
+            return Err(format!(
+                "MXFP4 block {at} has scale 255, E8M0's NaN (a corrupt file)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The CPU's kept format for a GGUF type, where it has one.
@@ -213,6 +237,36 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn blocks_the_cpu_reads_are_read_in_place_from_the_mapped_file() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/gguf/tiny-shakespeare-moe-q4_0.gguf");
+        let gguf = Gguf::open(&path).unwrap();
+        let w = Weights::from_gguf(gguf, HashMap::new(), DType::F32, &Device::Cpu).unwrap();
+        let gate = w
+            .quantized("blk.0.ffn_gate_exps.weight", &[8, 256, 192], None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(gate.format(), QuantFormat::Q4_0);
+        assert!(gate.is_mapped());
+        // Rows llama.cpp permuted are restored in a copy of their own.
+        let unpermute = HashMap::from([("blk.0.attn_q.weight".to_string(), 4)]);
+        let gguf = Gguf::open(&path).unwrap();
+        let w = Weights::from_gguf(gguf, unpermute, DType::F32, &Device::Cpu).unwrap();
+        let q = w
+            .quantized("blk.0.attn_q.weight", &[192, 192], None)
+            .unwrap()
+            .unwrap();
+        assert!(!q.is_mapped());
+        // Another --quant, or a GPU, takes the tensor dense.
+        let other = w.quantized(
+            "blk.0.ffn_gate_exps.weight",
+            &[8, 256, 192],
+            Some(QuantFormat::Q8_0),
+        );
+        assert!(other.unwrap().is_none());
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
@@ -44,7 +45,8 @@ pub struct Weights {
 
 struct MappedFile {
     path: PathBuf,
-    mmap: Mmap,
+    /// Shared with the quantized matrices that read their blocks in place from it.
+    mmap: Arc<Mmap>,
 }
 
 impl MappedFile {
@@ -107,7 +109,10 @@ impl Weights {
                     },
                 );
             }
-            files.push(MappedFile { path, mmap });
+            files.push(MappedFile {
+                path,
+                mmap: Arc::new(mmap),
+            });
         }
         Ok(Weights {
             dir: dir.to_path_buf(),
@@ -356,8 +361,9 @@ fn map(path: &Path) -> Result<Mmap> {
         cause,
     };
     let file = File::open(path).map_err(io)?;
-    // SAFETY: the map is read-only, and checkpoints are not modified while a model is being
-    // loaded from them; every read below is bounds-checked against the validated header.
+    // SAFETY: the map is read-only, and checkpoints are not modified while a model is loaded
+    // from them or reads blocks in place from them (as with llama.cpp's mmap, a file truncated
+    // under a running model faults it); every read is bounds-checked against the header.
     unsafe { Mmap::map(&file) }.map_err(io)
 }
 

@@ -61,6 +61,11 @@ fn report(
             "model": name,
             "dtype": format!("{:?}", model.dtype()).to_lowercase(),
             "quant": model.quant().map(|q| q.name()),
+            "weight_formats": model
+                .weight_formats()
+                .iter()
+                .map(|(f, share)| (f.to_string(), json!(share)))
+                .collect::<serde_json::Map<_, _>>(),
             "threads": threads,
             "backend": model.backend().name(),
             "cpu_kernels": bench::cpu_kernels(),
@@ -82,12 +87,16 @@ fn report(
         });
         println!("{report}");
     } else {
+        let formats: Vec<String> = model
+            .weight_formats()
+            .iter()
+            .map(|(f, share)| format!("{f} {:.0}%", 100.0 * share))
+            .collect();
         println!(
-            "model      {name}, {:?}{}, {threads} threads, {} backend ({} CPU kernels)",
+            "model      {name}, {:?} compute, weights {}, {threads} threads, {} backend ({} CPU \
+             kernels)",
             model.dtype(),
-            model
-                .quant()
-                .map_or(String::new(), |q| format!(" with {} weights", q.name())),
+            formats.join(" "),
             model.backend().name(),
             bench::cpu_kernels()
         );

@@ -41,7 +41,8 @@ pub struct Common {
     /// table's F32, BF16 or F16, or bf16 where that is quantized.
     #[arg(long)]
     dtype: Option<String>,
-    /// Convert the weights of matrix products at load: q8_0, q4_0 or mxfp4 (CPU only).
+    /// Convert the weights of matrix products at load: q8_0, q4_0, mxfp4, q4_K, q5_K or q6_K
+    /// (CPU only; the K-quants with plain min/max scales, not llama.cpp's search).
     #[arg(long)]
     quant: Option<String>,
     /// Experts per token, overriding the checkpoint's top-k.

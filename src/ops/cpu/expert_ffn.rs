@@ -23,18 +23,55 @@ const ROWS_PER_MATMUL_TASK: usize = 256;
 /// From this many tokens on an expert, its tasks take ROWS_PER_MATMUL_TASK rows.
 const MATMUL_MIN_TOKENS: usize = 4;
 
-/// Stacked expert weights: `gate_up: [E, 2I, H]` (gate rows, then up rows), `down: [E, H, I]`,
-/// each in its own format (a Q4_K_M file keeps some down projections in Q6_K); optional f32
-/// biases `[E, 2I]` and `[E, H]`.
+/// Stacked expert weights: the gate and up rows of each expert (`ExpertRows`), `down: [E, H,
+/// I]`, each stack in its own format (a Q4_K_M file keeps some down projections in Q6_K; gate
+/// and up share one); optional f32 biases `[E, 2I]` (gate, then up) and `[E, H]`.
 #[derive(Clone, Copy)]
 pub struct ExpertWeights<'a> {
-    pub gate_up: WeightSlice<'a>,
+    pub gate: ExpertRows<'a>,
+    pub up: ExpertRows<'a>,
     pub down: WeightSlice<'a>,
     pub gate_up_bias: Option<&'a [f32]>,
     pub down_bias: Option<&'a [f32]>,
     pub hidden: usize,
     pub intermediate: usize,
     pub activation: Activation,
+}
+
+/// One projection (gate or up) of every expert in a stack: expert e's I rows start at row
+/// `e · stride + first`. A joined `[E, 2I, H]` stack holds both (stride 2I, first 0 or I); a
+/// GGUF file keeps each in its own `[E, I, H]` stack (stride I), read in place.
+#[derive(Clone, Copy)]
+pub struct ExpertRows<'a> {
+    pub stack: WeightSlice<'a>,
+    pub first: usize,
+    pub stride: usize,
+}
+
+impl<'a> ExpertRows<'a> {
+    /// The gate and up rows of a joined `[E, 2I, H]` stack.
+    pub fn joined(gate_up: WeightSlice<'a>, intermediate: usize) -> [ExpertRows<'a>; 2] {
+        let rows = |first| ExpertRows {
+            stack: gate_up,
+            first,
+            stride: 2 * intermediate,
+        };
+        [rows(0), rows(intermediate)]
+    }
+
+    /// Each of `[E, I, H]` stacks of its own.
+    pub fn separate(stack: WeightSlice<'a>, intermediate: usize) -> ExpertRows<'a> {
+        ExpertRows {
+            stack,
+            first: 0,
+            stride: intermediate,
+        }
+    }
+
+    /// Rows `n0..n0 + count` of expert e's I rows (each of `k` values).
+    fn rows(&self, e: usize, n0: usize, count: usize, k: usize) -> WeightSlice<'a> {
+        self.stack.rows(e * self.stride + self.first + n0, count, k)
+    }
 }
 
 /// Every slot's expert output, y_e(x_t) = down_e(act(gate_e(x_t), up_e(x_t))), laid out expert
@@ -73,7 +110,7 @@ pub fn expert_ffn(isa: Isa, xs: &[f32], groups: &HostDispatch, w: &ExpertWeights
         .for_each(|(row, &t)| {
             row.copy_from_slice(&xs[t as usize * h..][..h]);
         });
-    let x_prepared = PreparedLhs::new(isa, &w.gate_up, &x_sorted, h);
+    let x_prepared = PreparedLhs::new(isa, &w.gate.stack, &x_sorted, h);
 
     // Phase 1, per expert: act^T (I, count) = act(Wg x^T + bg, Wu x^T + bu), transposed so
     // that a task owning a block of rows owns a contiguous piece of the buffer.
@@ -82,8 +119,8 @@ pub fn expert_ffn(isa: Isa, xs: &[f32], groups: &HostDispatch, w: &ExpertWeights
         let rows = block.len() / count;
         let first = groups.offsets[e];
         let x = x_prepared.rows(&x_sorted, first, count, h);
-        let gate = w.gate_up.rows(e * 2 * i + n0, rows, h);
-        let up = w.gate_up.rows(e * 2 * i + i + n0, rows, h);
+        let gate = w.gate.rows(e, n0, rows, h);
+        let up = w.up.rows(e, n0, rows, h);
         // g, u: (rows, count)
         let mut g = vec![0f32; rows * count];
         let mut u = vec![0f32; rows * count];
@@ -164,8 +201,8 @@ pub fn combine(rows: &ExpertBlocks, groups: &HostDispatch, out: &mut [f32]) {
         });
 }
 
-/// `expert_ffn` after checking what the kernels assume of the weights: the sizes the dispatch
-/// and the dims imply.
+/// `expert_ffn` after checking what the kernels assume of the weights: gate and up in one
+/// format (x is prepared once for both), the sizes the dispatch and the dims imply.
 pub fn expert_ffn_checked(
     isa: Isa,
     xs: &[f32],
@@ -174,6 +211,9 @@ pub fn expert_ffn_checked(
 ) -> Result<ExpertBlocks> {
     let (e, h, i) = (groups.num_experts(), w.hidden, w.intermediate);
     let fail = |m: String| Err(Error::Candle(candle_core::Error::Msg(m)));
+    if std::mem::discriminant(&w.gate.stack) != std::mem::discriminant(&w.up.stack) {
+        return fail("expert gate and up weights differ in format".into());
+    }
     if w.gate_up_bias.is_some_and(|b| b.len() != e * 2 * i)
         || w.down_bias.is_some_and(|b| b.len() != e * h)
     {
@@ -320,8 +360,10 @@ mod tests {
                 (h, i, k),
                 clamped,
             );
+            let [gate, up] = ExpertRows::joined(WeightSlice::BF16(&gate_up_b), i);
             let w = ExpertWeights {
-                gate_up: WeightSlice::BF16(&gate_up_b),
+                gate,
+                up,
                 down: WeightSlice::BF16(&down_b),
                 gate_up_bias: clamped.then_some(gate_up_bias.as_slice()),
                 down_bias: clamped.then_some(down_bias.as_slice()),

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::expert_ffn::{self, ExpertBlocks, ExpertWeights};
+use super::expert_ffn::{self, ExpertBlocks, ExpertRows, ExpertWeights};
 use super::PreparedLhs;
 use super::{causal_attention, linear as linear_kernel, with_kv_rows, AttentionDims, Isa};
 use crate::error::{Error, Result};
@@ -79,21 +79,43 @@ pub fn expert_ffn(
     with_bias(&experts.gate_up_bias, |gate_up_bias| {
         with_bias(&experts.down_bias, |down_bias| {
             experts.gate_up.with_slice(|gate_up| {
-                experts.down.with_slice(|down| {
-                    let w = ExpertWeights {
-                        gate_up,
-                        down,
-                        gate_up_bias,
-                        down_bias,
-                        hidden: h,
-                        intermediate: experts.intermediate(),
-                        activation: act,
-                    };
-                    expert_ffn::expert_ffn_checked(isa, &x, d, &w)
+                with_optional_slice(&experts.up, |up| {
+                    experts.down.with_slice(|down| {
+                        let i = experts.intermediate();
+                        let [gate, up] = match up {
+                            None => ExpertRows::joined(gate_up, i),
+                            Some(up) => [
+                                ExpertRows::separate(gate_up, i),
+                                ExpertRows::separate(up, i),
+                            ],
+                        };
+                        let w = ExpertWeights {
+                            gate,
+                            up,
+                            down,
+                            gate_up_bias,
+                            down_bias,
+                            hidden: h,
+                            intermediate: i,
+                            activation: act,
+                        };
+                        expert_ffn::expert_ffn_checked(isa, &x, d, &w)
+                    })
                 })
             })
         })
     })
+}
+
+/// Runs `f` over an optional weight's data in place.
+fn with_optional_slice<R>(
+    w: &Option<Weight>,
+    f: impl FnOnce(Option<WeightSlice<'_>>) -> Result<R>,
+) -> Result<R> {
+    match w {
+        None => f(None),
+        Some(w) => w.with_slice(|s| f(Some(s))),
+    }
 }
 
 /// Runs `f` over an f32 bias tensor's data in place (`None` when there is no bias).

@@ -21,11 +21,13 @@ pub struct DeviceDispatch {
     path: FfnPath,
 }
 
-/// Whether the CUDA kernels run these experts: dense weights, no biases, SiLU-gated.
+/// Whether the CUDA kernels run these experts: dense weights, gate and up joined, no biases,
+/// SiLU-gated.
 pub fn runs_experts(experts: &Experts, act: Activation) -> bool {
     let dense = |w: &Weight| matches!(w, Weight::Dense(_));
     act == Activation::SiluGated
         && !experts.has_bias()
+        && experts.up.is_none()
         && dense(&experts.gate_up)
         && dense(&experts.down)
 }

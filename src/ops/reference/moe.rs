@@ -27,7 +27,7 @@ pub fn expert_ffn(
         }
         let idx = Tensor::new(&d.slot_token[slots], device)?;
         let x = xs.index_select(&idx, 0)?; // (n, hidden)
-        let mut gate_up = x.matmul(&experts.gate_up.entry(e, xs.dtype())?.t()?)?; // (n, 2I)
+        let mut gate_up = x.matmul(&experts.gate_up_entry(e, xs.dtype())?.t()?)?; // (n, 2I)
         if let Some(b) = &experts.gate_up_bias {
             gate_up = gate_up.broadcast_add(&b.get(e)?.to_dtype(xs.dtype())?)?;
         }

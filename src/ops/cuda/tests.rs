@@ -358,13 +358,15 @@ struct FfnCase {
 impl FfnCase {
     /// The CPU's grouped FFN on the case, its tensors as given (already rounded by the caller).
     fn cpu(&self, x: &[f32], gate_up: &[f32], down: &[f32]) -> Vec<f32> {
-        use crate::ops::cpu::expert_ffn::{combine, expert_ffn_checked, ExpertWeights};
+        use crate::ops::cpu::expert_ffn::{combine, expert_ffn_checked, ExpertRows, ExpertWeights};
         use crate::ops::cpu::Isa;
         use crate::quant::WeightSlice;
         let groups = HostDispatch::new(&self.ids, &self.weights, self.e, self.k);
         let mut out = vec![0f32; self.tokens * self.h];
+        let [gate, up] = ExpertRows::joined(WeightSlice::F32(gate_up), self.i);
         let w = ExpertWeights {
-            gate_up: WeightSlice::F32(gate_up),
+            gate,
+            up,
             down: WeightSlice::F32(down),
             gate_up_bias: None,
             down_bias: None,

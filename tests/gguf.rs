@@ -426,18 +426,30 @@ fn tokenizers_not_read_yet_are_named() {
         .write(dir.path(), "spm.gguf");
     let err = load(&spm);
     assert!(err.contains("tokenizer.ggml.scores"), "{err}");
-    let merges = string_array(&["a b"]);
-    let odd = good()
-        .meta("tokenizer.ggml.model", typed(8, &string("gpt2")))
-        .meta("tokenizer.ggml.merges", merges)
-        .meta("tokenizer.ggml.pre", typed(8, &string("falcon")))
-        .write(dir.path(), "falcon.gguf");
-    let err = moe_runtime::tokenizer::Tokenizer::load(&odd)
-        .err()
-        .unwrap()
-        .to_string();
+    // Byte-level BPE: a pre-tokenizer not read, one that is not a string, a merge that is
+    // not two tokens.
+    let bpe = |pre: Vec<u8>, merge: &str, name: &str| {
+        let path = good()
+            .meta("tokenizer.ggml.model", typed(8, &string("gpt2")))
+            .meta("tokenizer.ggml.merges", string_array(&[merge]))
+            .meta("tokenizer.ggml.pre", pre)
+            .write(dir.path(), name);
+        load(&path)
+    };
+    let err = bpe(typed(8, &string("chameleon")), "a b", "chameleon.gguf");
     assert!(
-        err.contains("tokenizer.ggml.pre `falcon` is not read yet"),
+        err.contains("chameleon.gguf")
+            && err.contains("tokenizer.ggml.pre `chameleon` is not read yet"),
+        "{err}"
+    );
+    let err = bpe(typed(4, &7u32.to_le_bytes()), "a b", "pre-number.gguf");
+    assert!(
+        err.contains("pre-number.gguf") && err.contains("metadata `tokenizer.ggml.pre` is"),
+        "{err}"
+    );
+    let err = bpe(typed(8, &string("gpt-2")), "ab", "merge.gguf");
+    assert!(
+        err.contains("merge.gguf") && err.contains("`tokenizer.ggml.merges` entry 0 `ab`"),
         "{err}"
     );
 }

@@ -1,8 +1,8 @@
 //! Tokenizers read from GGUF files: llama.cpp's own tokenizer test suite (its
 //! `ggml-vocab-*.gguf` vocabularies with `.inp` strings and `.out` ids, committed for the
 //! pre-tokenizers read: tests/fixtures/vocab; `MOE_VOCAB_DIR` may name llama.cpp's models/
-//! folder for the rest), and the bundled model's GGUF against its tokenizer.json and chat
-//! template.
+//! folder for the rest, among them command-r and gemma-4, too large to commit), and the
+//! bundled model's GGUF against its tokenizer.json and chat template.
 
 mod common;
 
@@ -62,7 +62,7 @@ fn llama_cpp_vocabulary_tests_pass() {
             }
         }
     }
-    assert!(checked >= 6 * 47, "only {checked} strings");
+    assert!(checked >= 11 * 47, "only {checked} strings");
 }
 
 fn bundled_gguf() -> PathBuf {

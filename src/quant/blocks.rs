@@ -204,7 +204,7 @@ impl QuantBlock for BlockMxfp4 {
 /// `v.round() as i32` (halves away from zero, as C's `roundf` that GGML uses) for |v| < 2^31,
 /// without the libm call `f32::round` compiles to on baseline x86-64 (a third of the time of
 /// quantizing a model at load): the truncating conversion is exact, and so is `v - t`.
-fn round_half_away(v: f32) -> i32 {
+pub(super) fn round_half_away(v: f32) -> i32 {
     let t = v as i32;
     let rest = v - t as f32;
     if rest >= 0.5 {

@@ -51,7 +51,50 @@ pub struct BlockQ6K {
     pub d: f16,
 }
 
-pod_blocks!(BlockQ4K, BlockQ5K, BlockQ6K);
+/// Activations as the K-quant kernels take them (GGML's q8_K): one f32 scale for 256 values,
+/// their codes in -127..=127, and the sum of each 16 codes, which the min terms multiply.
+/// One scale per super-block lets the kernels sum a whole super-block in integers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; K_BLOCK],
+    pub bsums: [i16; K_BLOCK / 16],
+}
+
+pod_blocks!(BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K);
+
+impl QuantBlock for BlockQ8K {
+    const NAME: &'static str = "q8_K";
+    const VALUES: usize = K_BLOCK;
+    const ZERO: Self = BlockQ8K {
+        d: 0.0,
+        qs: [0; K_BLOCK],
+        bsums: [0; K_BLOCK / 16],
+    };
+
+    /// As q8_0 over 256 values: d = max|x| / 127, each code x / d rounded half away from 0.
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        for (xs, b) in x.chunks_exact(K_BLOCK).zip(out) {
+            let amax = xs.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+            b.d = d;
+            for (q, v) in b.qs.iter_mut().zip(xs) {
+                *q = super::blocks::round_half_away(v * inv) as i8;
+            }
+            for (sum, qs) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+                *sum = qs.iter().map(|&q| q as i16).sum();
+            }
+        }
+    }
+
+    fn dequantize(&self, out: &mut [f32]) {
+        for (o, &q) in out.iter_mut().zip(&self.qs) {
+            *o = self.d * q as f32;
+        }
+    }
+}
 
 /// The scales of one super-block's 8 runs of 32 codes, each in two halves of 16:
 /// `x = s[r][h] · (code - OFFSET) - m[r][h]`.

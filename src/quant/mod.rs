@@ -21,7 +21,7 @@ pub use blocks::{
     dequantize_into, mxfp4_half_scale, quantize, BlockMxfp4, BlockQ4_0, BlockQ8_0, QuantBlock,
     WeightBlock, BLOCK, MXFP4_CODES,
 };
-pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, SubScales, SuperBlock, K_BLOCK};
+pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SubScales, SuperBlock, K_BLOCK};
 #[cfg(test)]
 pub use mxfp4::dequantize_mxfp4;
 pub use mxfp4::{MXFP4_BLOCK, MXFP4_BLOCK_BYTES};

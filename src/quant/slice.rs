@@ -45,7 +45,16 @@ impl<'a> WeightSlice<'a> {
         }
     }
 
-    /// Whether the weights are quantized blocks (their products take q8_0 activations).
+    /// Whether the weights are K-quant super-blocks (their products take q8_K activations).
+    pub fn is_k_quant(&self) -> bool {
+        matches!(
+            self,
+            WeightSlice::Q4K(_) | WeightSlice::Q5K(_) | WeightSlice::Q6K(_)
+        )
+    }
+
+    /// Whether the weights are quantized blocks (their products take q8_0 activations, or
+    /// q8_K for the K-quants).
     pub fn is_quantized(&self) -> bool {
         !matches!(
             self,

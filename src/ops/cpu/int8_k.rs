@@ -1,15 +1,16 @@
-//! x86 tiles of `out = x · wᵀ` for q8_0 activations and K-quant weights, the sums of
-//! kquant.rs's module comment. Per run of 32 codes, `vpdpbusd` (AVX-512 VNNI), or `vpmaddubsw`
-//! then `vpmaddwd` (AVX2), of the unsigned codes by x's signed ones gives 8 i32 lanes of 4
-//! products each, lanes 0-3 the first half run and 4-7 the second, so each lane is scaled by
-//! its half's scale; x's own code sums, scaled by the half's min, are subtracted the same way.
+//! x86 tiles of `out = x · wᵀ` for q8_K activations and K-quant weights, the sums of
+//! kquant.rs's module comment in integers. Per run of 32 codes, `vpmaddubsw` multiplies the
+//! unsigned codes by x's signed ones into 16 i16 lanes (lanes 0-7 the first half run, 8-15 the
+//! second), and `vpmaddwd` (or AVX-512 VNNI's `vpdpwssd`) multiplies each lane by its half's
+//! integer scale into i32 sums for the whole super-block; the mins multiply x's code sums
+//! (`bsums`) the same way. Two float products per super-block and row: d_x · d and d_x · dmin.
 //! Also the SIMD dequantization of prefill, bit for bit the scalar one.
 
 use std::arch::x86_64::*;
 
 use super::avx512::{prefetch_ahead, tile_dispatch};
 use super::tile::{for_tiles, OutView, Tile};
-use crate::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, SuperBlock, BLOCK};
+use crate::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SuperBlock, BLOCK};
 
 /// Runs of 32 codes per super-block.
 const RUNS: usize = 8;
@@ -21,6 +22,67 @@ pub trait KCodes256: SuperBlock {
     /// # Safety
     /// The CPU has AVX2, `p` points to a block and r < 8.
     unsafe fn load(p: *const Self, r: usize) -> __m256i;
+
+    /// The block's scales as the integer kernels apply them.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C, and `p` points to a block.
+    unsafe fn int_scales(p: *const Self) -> IntScales;
+}
+
+/// A super-block's scales for the integer sums: `Σ x·w = d_x · (d · Σ_r run_r · products_r -
+/// dmin · mins · bsums)`, the products being `vpmaddubsw`'s i16 lanes.
+pub struct IntScales {
+    /// Per run, the i16 scale of each of the 16 product lanes (8 per half run).
+    run: [__m256i; RUNS],
+    /// The i16 factor of each of x's 16 code sums.
+    mins: __m256i,
+    d: f32,
+    dmin: f32,
+}
+
+/// The 6-bit scales and mins of q4_K and q5_K, unpacked from their 12 bytes all at once (as
+/// ggml does): scales in bytes 0-7, mins in bytes 8-15.
+#[inline]
+fn unpack_scale_min(q: &[u8; 12]) -> [u32; 4] {
+    const LOW6: u32 = 0x3f3f_3f3f;
+    const LOW4: u32 = 0x0f0f_0f0f;
+    const LOW2: u32 = 0x0303_0303;
+    let word = |i: usize| u32::from_le_bytes([q[4 * i], q[4 * i + 1], q[4 * i + 2], q[4 * i + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    [
+        a & LOW6,
+        (c & LOW4) | (((a >> 6) & LOW2) << 4),
+        b & LOW6,
+        ((c >> 4) & LOW4) | (((b >> 6) & LOW2) << 4),
+    ]
+}
+
+/// Each of 8 byte scales (in the low 8 bytes of `bytes`) as 16 i16 lanes, for the runs.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn run_scales(bytes: __m128i) -> [__m256i; RUNS] {
+    let words = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(bytes));
+    std::array::from_fn(|r| {
+        // Word r of each 128-bit lane, in every word.
+        let pick = _mm256_set1_epi16(((2 * r + 1) << 8 | 2 * r) as i16);
+        _mm256_shuffle_epi8(words, pick)
+    })
+}
+
+/// q4_K's and q5_K's: one scale per run, and each run's min times both of its code sums.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn affine_int_scales(d: half::f16, dmin: half::f16, packed: &[u8; 12]) -> IntScales {
+    let u = unpack_scale_min(packed);
+    let scales = _mm_set_epi32(0, 0, u[1] as i32, u[0] as i32);
+    let mins = _mm_set_epi32(0, 0, u[3] as i32, u[2] as i32);
+    IntScales {
+        run: run_scales(scales),
+        mins: _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins, mins)),
+        d: d.to_f32(),
+        dmin: dmin.to_f32(),
+    }
 }
 
 #[inline]
@@ -48,6 +110,12 @@ impl KCodes256 for BlockQ4K {
             0x0f,
         )
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn int_scales(p: *const Self) -> IntScales {
+        affine_int_scales((*p).d, (*p).dmin, &(*p).scales)
+    }
 }
 
 impl KCodes256 for BlockQ5K {
@@ -62,6 +130,12 @@ impl KCodes256 for BlockQ5K {
         let fifth = bits(load32((*p).qh.as_ptr()), r, 1);
         _mm256_or_si256(low, _mm256_slli_epi16::<4>(fifth))
     }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn int_scales(p: *const Self) -> IntScales {
+        affine_int_scales((*p).d, (*p).dmin, &(*p).scales)
+    }
 }
 
 impl KCodes256 for BlockQ6K {
@@ -74,6 +148,28 @@ impl KCodes256 for BlockQ6K {
         let top = bits(qh, 2 * k, 3);
         _mm256_or_si256(bits(ql, 4 * (k / 2), 0x0f), _mm256_slli_epi16::<4>(top))
     }
+
+    /// 16 signed scales, one per half run; the codes are offset by 32, so the min term is
+    /// 32 · d times each scale times its code sum.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn int_scales(p: *const Self) -> IntScales {
+        let bytes = _mm_loadu_si128((*p).scales.as_ptr() as *const __m128i);
+        let d = (*p).d.to_f32();
+        IntScales {
+            run: std::array::from_fn(|r| {
+                // Byte 2r in the first 8 bytes, byte 2r + 1 in the next 8.
+                let pick = _mm_set_epi64x(
+                    0x0101_0101_0101_0101 * (2 * r as i64 + 1),
+                    0x0101_0101_0101_0101 * (2 * r as i64),
+                );
+                _mm256_cvtepi8_epi16(_mm_shuffle_epi8(bytes, pick))
+            }),
+            mins: _mm256_cvtepi8_epi16(bytes),
+            d,
+            dmin: 32.0 * d,
+        }
+    }
 }
 
 /// out (m, n) = x (m, k) · w (n, k)ᵀ on AVX2.
@@ -81,7 +177,7 @@ impl KCodes256 for BlockQ6K {
 /// # Safety
 /// The CPU has AVX2, FMA and F16C (`Isa::Avx2` or better was detected).
 pub unsafe fn matmul_bt_avx2<W: KCodes256>(
-    x: &[BlockQ8_0],
+    x: &[BlockQ8K],
     w: &[W],
     dims: (usize, usize, usize),
     out: &mut OutView,
@@ -96,7 +192,7 @@ pub unsafe fn matmul_bt_avx2<W: KCodes256>(
 /// # Safety
 /// The CPU has AVX2, FMA, F16C, AVX-512 VL and VNNI.
 pub unsafe fn matmul_bt_vnni<W: KCodes256>(
-    x: &[BlockQ8_0],
+    x: &[BlockQ8K],
     w: &[W],
     dims: (usize, usize, usize),
     out: &mut OutView,
@@ -110,44 +206,37 @@ pub unsafe fn matmul_bt_vnni<W: KCodes256>(
 type TileSums = [f32; 16];
 
 fn run<W: KCodes256>(
-    x: &[BlockQ8_0],
+    x: &[BlockQ8K],
     w: &[W],
     (m, n, k): (usize, usize, usize),
     out: &mut OutView,
     mr_max: usize,
-    tile: impl Fn(*const BlockQ8_0, *const W, (usize, usize), Tile) -> TileSums,
+    tile: impl Fn(*const BlockQ8K, *const W, (usize, usize), Tile) -> TileSums,
 ) {
     let kb = k / W::VALUES;
     assert!(
-        k.is_multiple_of(W::VALUES) && x.len() >= m * kb * RUNS && w.len() >= n * kb,
+        k.is_multiple_of(W::VALUES) && x.len() >= m * kb && w.len() >= n * kb,
         "K-quant tiles: operand sizes"
     );
     for_tiles((m, n), (mr_max, 4), out, |t: Tile| {
         // The tile's rows of x and w are inside the slices (asserted above; for_tiles keeps
         // tiles inside m and n).
-        let (xp, wp) = (x[t.i0 * kb * RUNS..].as_ptr(), w[t.j0 * kb..].as_ptr());
+        let (xp, wp) = (x[t.i0 * kb..].as_ptr(), w[t.j0 * kb..].as_ptr());
         tile(xp, wp, (kb, t.step * kb), t)
     });
 }
 
+/// acc + each pair of i16 lanes of `products` times the same lanes of `scales`, in i32.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(unsigned: __m256i, signed: __m256i) -> __m256i {
-    // No pair saturates: codes <= 63 and |x| <= 127 give at most 16002 per i16.
-    _mm256_madd_epi16(_mm256_maddubs_epi16(unsigned, signed), _mm256_set1_epi16(1))
+unsafe fn scaled_avx2(acc: __m256i, products: __m256i, scales: __m256i) -> __m256i {
+    _mm256_add_epi32(acc, _mm256_madd_epi16(products, scales))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,avx512vl,avx512vnni")]
-unsafe fn dot_vnni(unsigned: __m256i, signed: __m256i) -> __m256i {
-    _mm256_dpbusd_epi32(_mm256_setzero_si256(), unsigned, signed)
-}
-
-/// `lo` in lanes 0-3 and `hi` in lanes 4-7: the two halves of a run.
-#[inline]
-#[target_feature(enable = "avx2")]
-unsafe fn halves([lo, hi]: [f32; 2]) -> __m256 {
-    _mm256_set_m128(_mm_set1_ps(hi), _mm_set1_ps(lo))
+unsafe fn scaled_vnni(acc: __m256i, products: __m256i, scales: __m256i) -> __m256i {
+    _mm256_dpwssd_epi32(acc, products, scales)
 }
 
 /// Asks for every cache line of the block PREFETCH_BYTES ahead (a super-block spans 3 or 4).
@@ -161,49 +250,42 @@ fn prefetch_block<W>(p: *const W) {
 /// One tile body per family: MR rows of x against NR rows of w (`ldw` super-blocks apart),
 /// each over all kb super-blocks, MR · NR f32 accumulators in registers.
 macro_rules! k_tile {
-    ($name:ident, $features:literal, $dot:ident) => {
+    ($name:ident, $features:literal, $scaled:ident) => {
         // Indices, not iterators: acc[i][j], the x blocks and the rows of w are one tile.
         #[allow(clippy::needless_range_loop)]
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn $name<W: KCodes256, const MR: usize, const NR: usize>(
-            x: *const BlockQ8_0,
+            x: *const BlockQ8K,
             w: *const W,
             (kb, ldw): (usize, usize),
         ) -> TileSums {
             let mut acc = [[_mm256_setzero_ps(); NR]; MR];
-            let ones = _mm256_set1_epi8(1);
             for sb in 0..kb {
-                // Each block of x under this super-block: its scale, and its codes' sums (in
-                // the lanes the products fill) times the scale, for the min terms.
-                let mut xd = [[_mm256_setzero_ps(); RUNS]; MR];
-                let mut xs = [[_mm256_setzero_ps(); RUNS]; MR];
-                for i in 0..MR {
-                    for r in 0..RUNS {
-                        let xb = x.add((i * kb + sb) * RUNS + r);
-                        let q = load32((*xb).qs.as_ptr() as *const u8);
-                        xd[i][r] = _mm256_cvtph_ps(_mm_set1_epi16((*xb).d.to_bits() as i16));
-                        xs[i][r] = _mm256_mul_ps(_mm256_cvtepi32_ps($dot(ones, q)), xd[i][r]);
-                    }
-                }
                 for j in 0..NR {
                     let wb = w.add(j * ldw + sb);
                     prefetch_block(wb);
-                    let sc = (*wb).sub_scales();
+                    let sc = W::int_scales(wb);
+                    // No i16 lane saturates: codes <= 63 and |x| <= 127 give at most 16002
+                    // per pair; nor does the i32 sum of a super-block (|scale| <= 128).
+                    let mut sums = [_mm256_setzero_si256(); MR];
                     for r in 0..RUNS {
-                        let s = halves(sc.s[r]);
-                        let [m0, m1] = sc.m[r];
-                        let offset = W::OFFSET as f32;
-                        let min = halves([sc.s[r][0] * offset + m0, sc.s[r][1] * offset + m1]);
                         let codes = W::load(wb, r);
                         for i in 0..MR {
-                            let xb = x.add((i * kb + sb) * RUNS + r);
-                            let q = load32((*xb).qs.as_ptr() as *const u8);
-                            let p = _mm256_cvtepi32_ps($dot(codes, q));
-                            let scale = _mm256_mul_ps(xd[i][r], s);
-                            acc[i][j] = _mm256_fmadd_ps(p, scale, acc[i][j]);
-                            acc[i][j] = _mm256_fnmadd_ps(xs[i][r], min, acc[i][j]);
+                            let q =
+                                load32((*x.add(i * kb + sb)).qs.as_ptr().add(32 * r) as *const u8);
+                            let products = _mm256_maddubs_epi16(codes, q);
+                            sums[i] = $scaled(sums[i], products, sc.run[r]);
                         }
+                    }
+                    for i in 0..MR {
+                        let xb = x.add(i * kb + sb);
+                        let bsums = _mm256_loadu_si256((*xb).bsums.as_ptr() as *const __m256i);
+                        let mins = _mm256_madd_epi16(bsums, sc.mins);
+                        let d = _mm256_set1_ps((*xb).d * sc.d);
+                        let dmin = _mm256_set1_ps((*xb).d * sc.dmin);
+                        acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums[i]), d, acc[i][j]);
+                        acc[i][j] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), dmin, acc[i][j]);
                     }
                 }
             }
@@ -218,9 +300,8 @@ macro_rules! k_tile {
     };
 }
 
-k_tile!(avx2_tile, "avx2,fma,f16c", dot_avx2);
-k_tile!(vnni_tile, "avx2,fma,f16c,avx512vl,avx512vnni", dot_vnni);
-
+k_tile!(avx2_tile, "avx2,fma,f16c", scaled_avx2);
+k_tile!(vnni_tile, "avx2,fma,f16c,avx512vl,avx512vnni", scaled_vnni);
 #[inline]
 #[target_feature(enable = "avx2")]
 fn hsum(v: __m256) -> f32 {

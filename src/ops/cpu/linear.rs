@@ -21,7 +21,8 @@ pub use super::tile::{Lhs, OutView};
 use super::vector::{dot, WeightElem};
 use crate::quant::WeightSlice;
 use crate::quant::{
-    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, QuantBlock, BLOCK,
+    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, QuantBlock, BLOCK,
+    K_BLOCK,
 };
 
 /// From this many rows of x on, widened weights go through the packed matrix kernel: below it
@@ -52,39 +53,50 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
 pub struct PreparedLhs {
     bf16: Vec<bf16>,
     q8: Vec<BlockQ8_0>,
+    q8k: Vec<BlockQ8K>,
 }
 
 impl PreparedLhs {
     /// x (rows of k) rounded to bf16 if the kernel for `w` wants it, quantized to q8_0 if `w`
-    /// is quantized, else nothing beside the f32 rows.
+    /// is in blocks of 32 or to q8_K if in K-quant super-blocks, else nothing beside the f32
+    /// rows.
     pub fn new(isa: Isa, w: &WeightSlice, x: &[f32], k: usize) -> Self {
         let mut bf16 = Vec::new();
         if wants_bf16(isa, w) {
             bf16 = vec![bf16::ZERO; x.len()];
             bf16.convert_from_f32_slice(x);
         }
-        let mut q8 = Vec::new();
-        if w.is_quantized() && k.is_multiple_of(BLOCK) {
-            q8 = vec![BlockQ8_0::ZERO; x.len() / BLOCK];
-            q8.par_chunks_mut(64)
-                .zip(x.par_chunks(64 * BLOCK))
-                .for_each(|(q, x)| BlockQ8_0::quantize(x, q));
+        let (mut q8, mut q8k) = (Vec::new(), Vec::new());
+        if w.is_k_quant() {
+            if k.is_multiple_of(K_BLOCK) {
+                q8k = quantize_rows(x);
+            }
+        } else if w.is_quantized() && k.is_multiple_of(BLOCK) {
+            q8 = quantize_rows(x);
         }
-        PreparedLhs { bf16, q8 }
+        PreparedLhs { bf16, q8, q8k }
     }
 
     /// Rows `first..first + count` of x (rows of k) with their prepared forms.
     pub fn rows<'a>(&'a self, x: &'a [f32], first: usize, count: usize, k: usize) -> Lhs<'a> {
         let r = first * k..(first + count) * k;
+        let blocks = |per: usize| first * k / per..(first + count) * k / per;
         Lhs {
             f32: &x[r.clone()],
             bf16: self.bf16.get(r).unwrap_or(&[]),
-            q8: self
-                .q8
-                .get(first * k / BLOCK..(first + count) * k / BLOCK)
-                .unwrap_or(&[]),
+            q8: self.q8.get(blocks(BLOCK)).unwrap_or(&[]),
+            q8k: self.q8k.get(blocks(K_BLOCK)).unwrap_or(&[]),
         }
     }
+}
+
+/// x (a multiple of B::VALUES long) quantized in parallel pieces.
+fn quantize_rows<B: QuantBlock>(x: &[f32]) -> Vec<B> {
+    let mut out = vec![B::ZERO; x.len() / B::VALUES];
+    out.par_chunks_mut(16)
+        .zip(x.par_chunks(16 * B::VALUES))
+        .for_each(|(q, x)| B::quantize(x, q));
+    out
 }
 
 /// out (m, n) = x (m, k) · w (n, k)ᵀ, accumulated in f32, single-threaded (callers split the
@@ -280,8 +292,12 @@ mod tests {
         let bf16_of =
             |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
         let (x_seen, w_seen): (Vec<f32>, Vec<f32>) = if w.is_quantized() && m < DEQUANT_MIN_ROWS {
-            let mut x_q8 = vec![0f32; lhs.q8.len() * BLOCK];
-            crate::quant::dequantize_into(lhs.q8, &mut x_q8);
+            let mut x_q8 = vec![0f32; m * k];
+            if w.is_k_quant() {
+                crate::quant::dequantize_into(lhs.q8k, &mut x_q8);
+            } else {
+                crate::quant::dequantize_into(lhs.q8, &mut x_q8);
+            }
             (x_q8, w_f32.to_vec())
         } else if w.is_quantized() && !lhs.bf16.is_empty() {
             (bf16_of(&x), bf16_of(w_f32))

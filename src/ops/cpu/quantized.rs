@@ -21,8 +21,9 @@ use crate::quant::{
 /// What a weight block format gives the product: integer dot products against q8_0 rows of
 /// x (few rows) and dequantization (many rows), each on the best kernels the CPU has.
 pub trait BlockKernels: QuantBlock {
-    /// out (m, n) = x (m, k) · w (n, k)ᵀ with x as q8_0 blocks.
-    fn int8(isa: Isa, x: &[BlockQ8_0], w: &[Self], dims: (usize, usize, usize), out: &mut OutView);
+    /// out (m, n) = x (m, k) · w (n, k)ᵀ with x's integer codes (q8_0 blocks, or q8_K for the
+    /// K-quants).
+    fn int8(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView);
 
     /// The values of `w` into `out`, bit for bit those of `QuantBlock::dequantize`.
     fn dequantize_f32(isa: Isa, w: &[Self], out: &mut [f32]);
@@ -42,12 +43,12 @@ macro_rules! block_kernels {
         impl BlockKernels for $t {
             fn int8(
                 isa: Isa,
-                x: &[BlockQ8_0],
+                x: Lhs,
                 w: &[Self],
                 dims: (usize, usize, usize),
                 out: &mut OutView,
             ) {
-                int8(isa, x, w, dims, out)
+                int8(isa, x.q8, w, dims, out)
             }
 
             fn dequantize_f32(isa: Isa, w: &[Self], out: &mut [f32]) {
@@ -81,7 +82,7 @@ pub fn dequantizes_to_bf16<W: QuantBlock>(isa: Isa, m: usize) -> bool {
 }
 
 /// out (m, n) = x (m, k) · w (n, k)ᵀ for blocks of weights; `x` holds the f32 rows, their q8_0
-/// blocks (below DEQUANT_MIN_ROWS) and, where `bf16_for`, their bf16 rounding.
+/// or q8_K blocks (below DEQUANT_MIN_ROWS) and, where `bf16_for`, their bf16 rounding.
 /// Single-threaded.
 pub fn matmul_bt_quantized<W: BlockKernels>(
     isa: Isa,
@@ -92,7 +93,7 @@ pub fn matmul_bt_quantized<W: BlockKernels>(
 ) {
     let (m, n, k) = dims;
     if m < DEQUANT_MIN_ROWS {
-        return W::int8(isa, x.q8, w, dims, out);
+        return W::int8(isa, x, w, dims, out);
     }
     let w = &w[..n * k / W::VALUES];
     #[cfg(target_arch = "x86_64")]

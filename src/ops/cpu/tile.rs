@@ -4,7 +4,7 @@
 
 use half::bf16;
 
-use crate::quant::BlockQ8_0;
+use crate::quant::{BlockQ8K, BlockQ8_0};
 
 /// An output block written through strides: element (i, j) at `i · row_stride + j · col_stride`,
 /// so a caller can take (m, n) row-major or its transpose (n, m) without another copy.
@@ -113,11 +113,13 @@ pub(super) fn for_tiles<S: AsRef<[f32]>>(
 }
 
 /// The left-hand rows of a product: f32, and, where the kernel for the weights reads them so,
-/// the same rounded to bf16 or quantized to q8_0 blocks (empty otherwise). Made by
+/// the same rounded to bf16, quantized to q8_0 blocks or to q8_K super-blocks (empty
+/// otherwise). Made by
 /// [`PreparedLhs`].
 #[derive(Clone, Copy)]
 pub struct Lhs<'a> {
     pub f32: &'a [f32],
     pub bf16: &'a [bf16],
     pub q8: &'a [BlockQ8_0],
+    pub q8k: &'a [BlockQ8K],
 }

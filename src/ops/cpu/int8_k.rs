@@ -65,7 +65,7 @@ unsafe fn run_scales(bytes: __m128i) -> [__m256i; RUNS] {
     let words = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(bytes));
     std::array::from_fn(|r| {
         // Word r of each 128-bit lane, in every word.
-        let pick = _mm256_set1_epi16(((2 * r + 1) << 8 | 2 * r) as i16);
+        let pick = _mm256_set1_epi16((((2 * r + 1) << 8) | (2 * r)) as i16);
         _mm256_shuffle_epi8(words, pick)
     })
 }

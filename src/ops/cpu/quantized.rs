@@ -76,6 +76,16 @@ pub fn bf16_for<W: QuantBlock>(isa: Isa) -> bool {
     isa == Isa::Amx || (isa >= Isa::Avx512Bf16 && W::EXACT_IN_BF16)
 }
 
+/// Whether a product of m rows against `W` multiplies integer codes (x quantized too) rather
+/// than dequantized weights: few rows, for every format; any number for the K-quants, unless
+/// they go to bf16 tiles (AMX), as their integer tiles sum a whole super-block in i32 and
+/// beat dequantizing for the f32 kernel (q3-mini Q4_K_M, prefill of 128 on AVX-512 VNNI:
+/// 1.6x). For q8_0 and q4_0 that is left for measuring across machines (first runs: q8_0
+/// 1.1-1.4x, q4_0 even).
+pub fn int8_rows<W: QuantBlock>(isa: Isa, m: usize) -> bool {
+    m < DEQUANT_MIN_ROWS || (W::VALUES == crate::quant::K_BLOCK && !bf16_for::<W>(isa))
+}
+
 /// Whether a product of m rows against `W` dequantizes it to bf16 (see `bf16_for`).
 pub fn dequantizes_to_bf16<W: QuantBlock>(isa: Isa, m: usize) -> bool {
     m >= DEQUANT_MIN_ROWS && bf16_for::<W>(isa)
@@ -92,7 +102,7 @@ pub fn matmul_bt_quantized<W: BlockKernels>(
     out: &mut OutView,
 ) {
     let (m, n, k) = dims;
-    if m < DEQUANT_MIN_ROWS {
+    if int8_rows::<W>(isa, m) {
         return W::int8(isa, x, w, dims, out);
     }
     let w = &w[..n * k / W::VALUES];

@@ -8,6 +8,8 @@
 //! Many rows (prefill): the block of weights is dequantized once and goes through the kernel
 //! dense weights would: on AMX, dequantized to bf16 (as a bf16 checkpoint holds them) with x
 //! rounded to bf16; elsewhere dequantized to f32 for the packed f32 matrix kernel, x as it is.
+//! The K-quants (x as q8_K super-blocks) stay on their integer tiles for any number of rows
+//! except on AMX (`int8_rows`).
 
 use std::cell::RefCell;
 
@@ -141,7 +143,7 @@ thread_local! {
 }
 
 /// The first `len` elements of `buffer`, grown (with `fill`) if it is shorter.
-pub(super) fn reuse<T: Copy>(buffer: &mut Vec<T>, len: usize, fill: T) -> &mut [T] {
+fn reuse<T: Copy>(buffer: &mut Vec<T>, len: usize, fill: T) -> &mut [T] {
     if buffer.len() < len {
         buffer.resize(len, fill);
     }

@@ -90,18 +90,21 @@ pub trait QuantBlock: bytemuck::Pod + Send + Sync {
     }
 }
 
-/// Marks a block type as plain bytes: `#[repr(C)]`, no padding, every bit pattern a value.
+/// Marks a block type of `$size` bytes (GGML's) as plain bytes: `#[repr(C)]`, no padding,
+/// every bit pattern a value.
 macro_rules! pod_blocks {
-    ($($t:ty),*) => {$(
-        // SAFETY: the type is #[repr(C)] of u8, i8 and f16 fields with no padding (its size
-        // is the sum of its fields', checked by the tests), and any bits are a valid value.
+    ($($t:ty = $size:expr),*) => {$(
+        // No padding: the size is GGML's, the sum of the fields', checked at compile time.
+        const _: () = assert!(size_of::<$t>() == $size);
+        // SAFETY: the type is #[repr(C)] of integer, f16 and f32 fields (arrays of them) with
+        // no padding (asserted above), and any bits are a valid value of each.
         unsafe impl bytemuck::Zeroable for $t {}
         unsafe impl bytemuck::Pod for $t {}
     )*};
 }
 pub(crate) use pod_blocks;
 
-pod_blocks!(BlockQ8_0, BlockQ4_0, BlockMxfp4);
+pod_blocks!(BlockQ8_0 = 34, BlockQ4_0 = 18, BlockMxfp4 = 17);
 
 impl QuantBlock for BlockQ8_0 {
     const NAME: &'static str = "q8_0";

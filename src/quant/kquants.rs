@@ -9,8 +9,8 @@
 //!
 //! For the kernels each format is read as 8 runs of 32 unsigned codes (`SuperBlock::codes`),
 //! each run in two halves of 16 with a scale and a min: `x = s·(code - OFFSET) - m`
-//! (`SuperBlock::sub_scales`). The integer kernels multiply the codes by q8_0 activations and
-//! subtract the min term through each activation block's sum.
+//! (`SuperBlock::sub_scales`). The integer kernels multiply the codes by q8_K activations
+//! (`BlockQ8K`) and subtract the min terms through the activations' sums of 16 codes.
 //!
 //! The quantizers are plain min/max ones (each part's range, the part scales rounded to the
 //! 6 or 8 bits), not llama.cpp's error-minimising search: files quantized by llama.cpp are
@@ -62,7 +62,12 @@ pub struct BlockQ8K {
     pub bsums: [i16; K_BLOCK / 16],
 }
 
-pod_blocks!(BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K);
+pod_blocks!(
+    BlockQ4K = 144,
+    BlockQ5K = 176,
+    BlockQ6K = 210,
+    BlockQ8K = 4 + 256 + 32
+);
 
 impl QuantBlock for BlockQ8K {
     const NAME: &'static str = "q8_K";

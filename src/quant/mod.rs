@@ -163,8 +163,8 @@ enum Blocks {
     Q6K(Store<BlockQ6K>),
 }
 
-/// A quantized tensor of two or more dims whose last dim (the one products sum over) is a
-/// multiple of BLOCK; the blocks of each row are contiguous.
+/// A quantized tensor of two or more dims whose last dim (the one products sum over) is whole
+/// blocks of its format (32 weights, or 256 for the K-quants); each row's blocks contiguous.
 #[derive(Debug)]
 pub struct QMatrix {
     blocks: Blocks,

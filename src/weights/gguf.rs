@@ -65,7 +65,8 @@ impl Weights {
 
 impl Weights {
     /// Tensor `name` (of `shape`) as the CPU's quantized blocks, read in place from the mapped
-    /// file (copied only where llama.cpp permuted its rows), when the GGUF stores it in a
+    /// file (copied only where llama.cpp permuted its rows or the bytes are not aligned for
+    /// the block type), when the GGUF stores it in a
     /// format the CPU kernels read (Q8_0, Q4_0, MXFP4, Q4_K, Q5_K, Q6_K), the weights live on
     /// the CPU and `want` (a `--quant`) names that format or none. `None` otherwise: the
     /// tensor is then read dense (dequantized) like any other.

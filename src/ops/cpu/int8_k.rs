@@ -4,16 +4,18 @@
 //! second), and `vpmaddwd` (or AVX-512 VNNI's `vpdpwssd`) multiplies each lane by its half's
 //! integer scale into i32 sums for the whole super-block; the mins multiply x's code sums
 //! (`bsums`) the same way. Two float products per super-block and row: d_x · d and d_x · dmin.
-//! Also the SIMD dequantization of prefill, bit for bit the scalar one.
+//! Also the SIMD dequantization, bit for bit the scalar one: to bf16 for AMX's prefill, to f32
+//! where the portable kernels are capped above them (`BlockKernels::dequantize_f32`).
 
 use std::arch::x86_64::*;
 
 use super::avx512::{prefetch_ahead, tile_dispatch};
 use super::tile::{for_tiles, OutView, Tile};
-use crate::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SuperBlock, BLOCK};
+use crate::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SuperBlock};
 
-/// Runs of 32 codes per super-block.
+/// Runs of RUN codes per super-block.
 const RUNS: usize = 8;
+const RUN: usize = 32;
 
 /// A K-quant super-block whose runs load as 32 unsigned bytes.
 pub trait KCodes256: SuperBlock {
@@ -329,7 +331,7 @@ unsafe fn dequantize_block<W: KCodes256>(block: *const W, out: *mut f32) {
             for (e, eight) in [half, _mm_srli_si128::<8>(half)].into_iter().enumerate() {
                 let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(eight));
                 let v = _mm256_sub_ps(_mm256_mul_ps(v, s), m);
-                _mm256_storeu_ps(out.add(BLOCK * r + 16 * h + 8 * e), v);
+                _mm256_storeu_ps(out.add(RUN * r + 16 * h + 8 * e), v);
             }
         }
     }
@@ -434,6 +436,92 @@ mod tests {
                 B::NAME
             );
         }
+    }
+
+    type Kernel<B> = unsafe fn(&[BlockQ8K], &[B], (usize, usize, usize), &mut OutView);
+
+    /// The integer tiles against the portable loop on blocks of arbitrary bytes (every packed
+    /// scale pattern, q6_K scales down to -128) and activations of arbitrary codes.
+    fn tiles_match_the_portable_loop<B: KCodes256>() {
+        let (m, n, kb) = (5, 7, 2);
+        let w: Vec<B> = blocks::<B>().into_iter().take(n * kb).collect();
+        let x: Vec<BlockQ8K> = (0..m * kb)
+            .map(|b| {
+                let qs: [i8; 256] =
+                    std::array::from_fn(|l| (((b * 31 + l * 17 + l * l) % 255) as i32 - 127) as i8);
+                let bsums =
+                    std::array::from_fn(|g| qs[16 * g..][..16].iter().map(|&q| q as i16).sum());
+                BlockQ8K {
+                    d: 0.01 + b as f32 * 1e-3,
+                    qs,
+                    bsums,
+                }
+            })
+            .collect();
+        let dims = (m, n, 256 * kb);
+        // f64 sums of the exact integer terms, and their magnitude, which bounds f32 rounding
+        // (arbitrary scales make terms up to ~1e12 that cancel).
+        let mut oracle = vec![(0f64, 0f64); m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for sb in 0..kb {
+                    let (xb, wb) = (&x[i * kb + sb], &w[j * kb + sb]);
+                    let sc = wb.sub_scales();
+                    for r in 0..RUNS {
+                        let codes = wb.codes(r);
+                        for h in 0..2 {
+                            let at = RUN * r + 16 * h;
+                            let dot: i64 = (0..16)
+                                .map(|l| xb.qs[at + l] as i64 * codes[16 * h + l] as i64)
+                                .sum();
+                            let (s, m) = (sc.s[r][h] as f64, sc.m[r][h] as f64);
+                            let min = s * B::OFFSET as f64 + m;
+                            let xsum = xb.bsums[2 * r + h] as f64;
+                            let (a, b) = (s * dot as f64, min * xsum);
+                            let o = &mut oracle[i * n + j];
+                            o.0 += xb.d as f64 * (a - b);
+                            o.1 += xb.d as f64 * (a.abs() + b.abs());
+                        }
+                    }
+                }
+            }
+        }
+        let mut portable = vec![0f32; m * n];
+        super::super::kquant::portable(&x, &w, dims, &mut OutView::rows(&mut portable, n));
+        let mut families: Vec<(&str, Kernel<B>)> = vec![("avx2", matmul_bt_avx2::<B>)];
+        if super::super::isa::Isa::vnni() {
+            families.push(("vnni", matmul_bt_vnni::<B>));
+        }
+        let mut results = vec![("portable", portable)];
+        for (name, f) in families {
+            let mut got = vec![f32::NAN; m * n];
+            // SAFETY: run only where the CPU has what the family needs (checked by callers).
+            unsafe { f(&x, &w, dims, &mut OutView::rows(&mut got, n)) };
+            results.push((name, got));
+        }
+        for (name, got) in results {
+            for (g, (want, magnitude)) in got.iter().zip(&oracle) {
+                let bound = 1e-6 * magnitude + 1e-6;
+                assert!(
+                    (*g as f64 - want).abs() <= bound,
+                    "{} {name}: {g} vs {want}",
+                    B::NAME
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn integer_tiles_match_the_portable_loop_on_arbitrary_blocks() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            return;
+        }
+        tiles_match_the_portable_loop::<BlockQ4K>();
+        tiles_match_the_portable_loop::<BlockQ5K>();
+        tiles_match_the_portable_loop::<BlockQ6K>();
     }
 
     #[test]

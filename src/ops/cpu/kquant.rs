@@ -61,10 +61,12 @@ macro_rules! k_kernels {
                 dims: (usize, usize, usize),
                 out: &mut OutView,
             ) {
+                // What makes the unsafe calls below sound, whatever a caller passes.
+                let isa = isa.min(Isa::best());
                 #[cfg(target_arch = "x86_64")]
                 if isa != Isa::Portable {
-                    // SAFETY: callers cap isa at Isa::best(), so the CPU has what each family
-                    // needs; VNNI is checked on its own (it is not part of any Isa level).
+                    // SAFETY: isa is at most Isa::best() (capped above), so the CPU has what
+                    // each family needs; VNNI is checked on its own (no Isa level has it).
                     return unsafe {
                         if isa >= Isa::Avx512 && Isa::vnni() {
                             super::int8_k::matmul_bt_vnni(x.q8k, w, dims, out)
@@ -78,6 +80,7 @@ macro_rules! k_kernels {
             }
 
             fn dequantize_f32(isa: Isa, w: &[Self], out: &mut [f32]) {
+                let isa = isa.min(Isa::best());
                 #[cfg(target_arch = "x86_64")]
                 if isa != Isa::Portable {
                     // SAFETY: every Isa above Portable has AVX2 and F16C.

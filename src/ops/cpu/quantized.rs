@@ -20,8 +20,9 @@ use crate::quant::{
     dequantize_into, BlockMxfp4, BlockQ4_0, BlockQ8_0, QuantBlock, WeightBlock, BLOCK,
 };
 
-/// What a weight block format gives the product: integer dot products against q8_0 rows of
-/// x (few rows) and dequantization (many rows), each on the best kernels the CPU has.
+/// What a weight block format gives the product: integer dot products against x's codes
+/// (q8_0 blocks, q8_K for the K-quants; `int8_rows` says when) and dequantization otherwise,
+/// each on the best kernels the CPU has.
 pub trait BlockKernels: QuantBlock {
     /// out (m, n) = x (m, k) · w (n, k)ᵀ with x's integer codes (q8_0 blocks, or q8_K for the
     /// K-quants).
@@ -67,7 +68,7 @@ macro_rules! block_kernels {
 block_kernels!(BlockQ8_0, BlockQ4_0, BlockMxfp4);
 
 /// From this many rows of x on, the weights are dequantized for a matrix kernel (AMX, bf16 or
-/// f32).
+/// f32), except where the K-quants' integer tiles keep them (`int8_rows`).
 pub const DEQUANT_MIN_ROWS: usize = 4;
 
 /// Whether many rows against `W` dequantize it to bf16 (with x rounded to bf16, as a bf16
@@ -94,7 +95,7 @@ pub fn dequantizes_to_bf16<W: QuantBlock>(isa: Isa, m: usize) -> bool {
 }
 
 /// out (m, n) = x (m, k) · w (n, k)ᵀ for blocks of weights; `x` holds the f32 rows, their q8_0
-/// or q8_K blocks (below DEQUANT_MIN_ROWS) and, where `bf16_for`, their bf16 rounding.
+/// or q8_K blocks (where `int8_rows`) and, where `bf16_for`, their bf16 rounding.
 /// Single-threaded.
 pub fn matmul_bt_quantized<W: BlockKernels>(
     isa: Isa,

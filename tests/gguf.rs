@@ -453,3 +453,29 @@ fn tokenizers_not_read_yet_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn inspect_counts_the_blocks_read_in_place_at_their_stored_size() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gguf/qwen3_moe-k-q4_k_m.gguf");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_moe"))
+        .args(["inspect", "--model", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text.lines().find(|l| l.starts_with("memory")).unwrap();
+    // Q4_K, Q5_K, Q6_K and Q8_0 tensors (2.2 MiB in the file) stay as stored; the norms and
+    // router (F32) are read into the compute dtype.
+    assert!(line.contains("MiB of blocks read in place"), "{line}");
+    let kept: f64 = line
+        .split(": ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((2.0..2.3).contains(&kept), "{line}");
+}

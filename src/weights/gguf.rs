@@ -177,8 +177,8 @@ fn check_blocks(format: QuantFormat, bytes: &[u8]) -> std::result::Result<(), St
     Ok(())
 }
 
-/// The CPU's kept format for a GGUF type, where it has one.
-fn cpu_format(t: GgmlType) -> Option<QuantFormat> {
+/// The CPU's kept format for a GGUF type, where it has one (its tensors are read in place).
+pub fn cpu_format(t: GgmlType) -> Option<QuantFormat> {
     match t {
         GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
         GgmlType::Q4_0 => Some(QuantFormat::Q4_0),

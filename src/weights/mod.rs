@@ -22,6 +22,8 @@ use crate::gguf::GgmlType;
 mod experts;
 mod gguf;
 
+pub use gguf::cpu_format;
+
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
 

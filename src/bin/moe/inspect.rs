@@ -122,12 +122,33 @@ pub fn run(common: &Common) -> Result<()> {
         0
     };
     let memory = (total - expert_params) as f64 * bytes + expert_params as f64 * 17.0 / 32.0;
-    println!(
-        "memory         {:.1} MiB of weights in {:?}{}",
-        memory / (1 << 20) as f64,
-        opts.dtype,
-        if mxfp4 { ", experts in MXFP4" } else { "" }
-    );
+    match &file {
+        // On the CPU a GGUF's blocks of the kernels' formats stay as stored; the rest is read
+        // into the compute dtype.
+        Some(file) if opts.device.is_cpu() && opts.quant.is_none() => {
+            let (kept, numbers): (Vec<_>, Vec<_>) = file
+                .tensors()
+                .iter()
+                .partition(|t| moe_runtime::weights::cpu_format(t.ggml_type).is_some());
+            let kept: usize = kept.iter().map(|t| t.bytes()).sum();
+            let numbers: usize = numbers.iter().map(|t| t.elements()).sum();
+            let mib = |b: f64| b / (1 << 20) as f64;
+            println!(
+                "memory         {:.1} MiB of weights: {:.1} MiB of blocks read in place, {:.1} \
+                 MiB in {:?}",
+                mib(kept as f64 + numbers as f64 * bytes),
+                mib(kept as f64),
+                mib(numbers as f64 * bytes),
+                opts.dtype
+            );
+        }
+        _ => println!(
+            "memory         {:.1} MiB of weights in {:?}{}",
+            memory / (1 << 20) as f64,
+            opts.dtype,
+            if mxfp4 { ", experts in MXFP4" } else { "" }
+        ),
+    }
     if !arch.unrecognized_fields.is_empty() {
         println!("unused fields  {}", arch.unrecognized_fields.join(", "));
     }

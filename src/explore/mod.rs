@@ -148,6 +148,9 @@ pub struct RunEnergy {
 pub struct Run {
     pub experts_per_token: usize,
     pub format: &'static str,
+    /// What the matrices were kept in, which differs from `format` where the checkpoint's own
+    /// blocks are kept (a GGUF file's `q4_K 84% q6_K 16%` under `f32` or `bf16`).
+    pub weights: String,
     pub compute_dtype: String,
     pub batch: usize,
     /// The setting every other is scored against.
@@ -214,6 +217,18 @@ pub struct Exploration {
     pub runs: Vec<Run>,
 }
 
+/// `f32`, or the shares of a mix: `q4_K 84% q6_K 16%`.
+fn describe_formats(formats: &[(&'static str, f64)]) -> String {
+    match formats {
+        [(one, _)] => one.to_string(),
+        mix => mix
+            .iter()
+            .map(|(f, share)| format!("{f} {:.0}%", 100.0 * share))
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
 /// Loads one setting's model; explore calls it once per experts-per-token, format and round.
 pub type Loader<'a> = dyn FnMut(&LoadOptions) -> Result<Model> + 'a;
 
@@ -267,6 +282,7 @@ pub fn run(
     let mut quality: Vec<(Agreement, f64)> = Vec::new();
     let mut measured: Vec<Vec<Measured>> = Vec::new();
     let mut bytes: Vec<f64> = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
     let settings: Vec<(usize, Format)> = experts
         .iter()
         .flat_map(|&k| opts.formats.iter().map(move |&f| (k, f)))
@@ -279,6 +295,7 @@ pub fn run(
                 quality.push(score(&reference, &logits, &chunks)?);
                 measured.push(vec![Measured::default(); opts.batches.len()]);
                 bytes.push(model.decode_read_bytes());
+                kept.push(describe_formats(model.weight_formats()));
             }
             for (b, &batch) in opts.batches.iter().enumerate() {
                 log(format!(
@@ -304,6 +321,7 @@ pub fn run(
             runs.push(Run {
                 experts_per_token: k,
                 format: format.name(),
+                weights: kept[i].clone(),
                 compute_dtype: format!("{:?}", format.compute_dtype()).to_lowercase(),
                 batch,
                 reference: k == top_k && format == Format::F32,
@@ -429,6 +447,13 @@ mod tests {
         );
         assert_eq!(default_experts(2, 3), [1, 2, 3]);
         assert_eq!(default_experts(4, 4), [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn kept_formats_read_as_one_name_or_a_mix() {
+        assert_eq!(describe_formats(&[("bf16", 1.0)]), "bf16");
+        let mix = describe_formats(&[("q4_K", 0.8412), ("q6_K", 0.1588)]);
+        assert_eq!(mix, "q4_K 84% q6_K 16%");
     }
 
     #[test]

@@ -85,8 +85,13 @@ impl Exploration {
             };
             let _ = writeln!(
                 md,
-                "| {k} | {}{} | {} | {:.1} | {:.1} | {:.2} | {} | {:.4} | {:.3} | {:.3} |",
+                "| {k} | {}{}{} | {} | {:.1} | {:.1} | {:.2} | {} | {:.4} | {:.3} | {:.3} |",
                 r.format,
+                if r.weights != r.format {
+                    format!(" (weights {})", r.weights)
+                } else {
+                    String::new()
+                },
                 if r.reference { " (reference)" } else { "" },
                 r.batch,
                 r.decode_tokens_per_s,
@@ -321,6 +326,7 @@ mod tests {
         Run {
             experts_per_token: k,
             format: "f32",
+            weights: "f32".into(),
             compute_dtype: "f32".into(),
             batch,
             reference: k == 2,
@@ -402,6 +408,18 @@ mod tests {
             "{worse}"
         );
         assert!(claim(900.0, 900.0).contains("cannot be judged on quality"));
+    }
+
+    #[test]
+    fn weights_kept_in_another_format_than_the_one_named_are_shown() {
+        let mut r = run(2, 1, 10.0, 5.0);
+        r.weights = "q4_K 84% q6_K 16%".into();
+        let md = exploration(vec![r, run(2, 4, 10.0, 5.0)]).markdown();
+        assert!(
+            md.contains("| f32 (weights q4_K 84% q6_K 16%) (reference) | 1 |"),
+            "{md}"
+        );
+        assert!(md.contains("| f32 (reference) | 4 |"), "{md}");
     }
 
     #[test]

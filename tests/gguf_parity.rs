@@ -100,9 +100,11 @@ fn gguf_logits_match_hf_on_the_same_weights() {
 
 /// Quantized files through the fast kernels (activations quantized too): next-token
 /// distributions against HF's on the same dequantized weights at every prompt position.
-/// Measured (Xeon, AVX-512 VNNI): mean KL 5.7e-5 nats on the K-quant file (x as q8_K, one
-/// scale per 256 values), at most 6.8e-6 on the others, every top-1 equal; asserted at 3e-4
-/// with one position of top-1 allowed to flip (random weights give near-ties).
+/// Measured (Xeon, AVX-512 VNNI): mean KL 2.1e-4 nats and one top-1 flip in 12 on
+/// tiny-shakespeare Q4_K_M (Q5_0 experts, Q4_K and Q6_K down projections whose 256-wide rows
+/// take x as q8_K: one scale per row), 5.7e-5 on qwen3_moe-k, at most 6.8e-6 on the others;
+/// asserted at 1e-3 with one position of top-1 allowed to flip (random weights give
+/// near-ties). llama.cpp's own forward is further from HF on both Q4_K_M files (manifest).
 #[test]
 fn quantized_gguf_next_token_distributions_match_hf() {
     for &(file, stem, quantized) in FILES {
@@ -118,7 +120,7 @@ fn quantized_gguf_next_token_distributions_match_hf() {
             a.kl_mean, a.kl_max, a.top1
         );
         let flips = (1.0 - a.top1) * a.positions as f64;
-        assert!(a.kl_mean < 3e-4 && flips <= 1.0 + 1e-9, "{file}: {a:?}");
+        assert!(a.kl_mean < 1e-3 && flips <= 1.0 + 1e-9, "{file}: {a:?}");
     }
 }
 

@@ -1,12 +1,12 @@
 //! GGML block formats dequantized to f32 as ggml does (ggml-quants.c's `dequantize_row_*`):
-//! Q4_1, Q5_0 and Q5_1 (blocks of 32), which the CPU kernels do not read yet, and the K-quants
-//! Q4_K, Q5_K and Q6_K (super-blocks of 256, decoded by `quant`'s block types, which the
-//! kernels read) for tensors kept dense. Tests compare them with gguf-py's dequantization.
+//! Q4_1 and Q5_1 (blocks of 32 with a min), which the CPU kernels do not read yet, and Q5_0
+//! and the K-quants Q4_K, Q5_K and Q6_K (decoded by `quant`'s block types, which the kernels
+//! read) for tensors kept dense. Tests compare them with gguf-py's dequantization.
 
 use half::f16;
 
 use super::GgmlType;
-use crate::quant::{BlockQ4K, BlockQ5K, BlockQ6K, QuantBlock};
+use crate::quant::{BlockQ4K, BlockQ5K, BlockQ5_0, BlockQ6K, QuantBlock};
 
 /// Whether `dequantize` reads `t`.
 pub fn supported(t: GgmlType) -> bool {
@@ -23,11 +23,11 @@ pub fn dequantize(t: GgmlType, bytes: &[u8], out: &mut [f32]) -> Option<()> {
     }
     let block: fn(&[u8], &mut [f32]) = match t {
         GgmlType::Q4_1 => q4_1,
-        GgmlType::Q5_0 => q5_0,
+        GgmlType::Q5_0 => block::<BlockQ5_0>,
         GgmlType::Q5_1 => q5_1,
-        GgmlType::Q4K => k_quant::<BlockQ4K>,
-        GgmlType::Q5K => k_quant::<BlockQ5K>,
-        GgmlType::Q6K => k_quant::<BlockQ6K>,
+        GgmlType::Q4K => block::<BlockQ4K>,
+        GgmlType::Q5K => block::<BlockQ5K>,
+        GgmlType::Q6K => block::<BlockQ6K>,
         _ => return None,
     };
     for (b, o) in bytes.chunks_exact(size).zip(out.chunks_exact_mut(n)) {
@@ -54,17 +54,6 @@ fn fifth_bits(qh: &[u8]) -> u32 {
     u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]])
 }
 
-/// d, 4 bytes of fifth bits, 16 bytes of nibbles; values (nibble | bit << 4) - 16.
-fn q5_0(b: &[u8], y: &mut [f32]) {
-    let (d, qh, qs) = (half(b, 0), fifth_bits(&b[2..6]), &b[6..22]);
-    for (l, &q) in qs.iter().enumerate() {
-        let hi0 = ((qh >> l) & 1) << 4;
-        let hi1 = ((qh >> (l + 16)) & 1) << 4;
-        y[l] = (((q & 0x0f) as u32 | hi0) as i32 - 16) as f32 * d;
-        y[l + 16] = (((q >> 4) as u32 | hi1) as i32 - 16) as f32 * d;
-    }
-}
-
 /// d, m, 4 bytes of fifth bits, 16 bytes of nibbles; values (nibble | bit << 4) · d + m.
 fn q5_1(b: &[u8], y: &mut [f32]) {
     let (d, m, qh, qs) = (half(b, 0), half(b, 2), fifth_bits(&b[4..8]), &b[8..24]);
@@ -76,8 +65,8 @@ fn q5_1(b: &[u8], y: &mut [f32]) {
     }
 }
 
-/// A K-quant super-block's values, through the block types the CPU kernels read.
-fn k_quant<B: QuantBlock>(b: &[u8], y: &mut [f32]) {
+/// A block's values, through the block types the CPU kernels read.
+fn block<B: QuantBlock>(b: &[u8], y: &mut [f32]) {
     B::from_ggml(b).dequantize(y)
 }
 

@@ -31,6 +31,17 @@ pub struct BlockQ4_0 {
     pub qs: [u8; BLOCK / 2],
 }
 
+/// q5_0: `x ≈ d · (q - 16)`, q in 0..=31: q4_0's nibbles plus a fifth bit per weight (bit l
+/// of `qh` for weight l). 22 bytes per 32 weights; what Q4_K_M files use where rows are not
+/// whole K-quant super-blocks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ5_0 {
+    pub d: f16,
+    pub qh: [u8; 4],
+    pub qs: [u8; BLOCK / 2],
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C)]
 pub struct BlockMxfp4 {
@@ -104,7 +115,64 @@ macro_rules! pod_blocks {
 }
 pub(crate) use pod_blocks;
 
-pod_blocks!(BlockQ8_0 = 34, BlockQ4_0 = 18, BlockMxfp4 = 17);
+pod_blocks!(
+    BlockQ8_0 = 34,
+    BlockQ4_0 = 18,
+    BlockQ5_0 = 22,
+    BlockMxfp4 = 17
+);
+
+impl QuantBlock for BlockQ5_0 {
+    const NAME: &'static str = "q5_0";
+    const ZERO: Self = BlockQ5_0 {
+        d: f16::ZERO,
+        qh: [0xff; 4],
+        qs: [0; BLOCK / 2],
+    };
+
+    /// GGML's `quantize_row_q5_0_ref`: as q4_0 with 32 levels, the extreme value at -16.
+    fn quantize(x: &[f32], out: &mut [Self]) {
+        for (xs, b) in x.chunks_exact(BLOCK).zip(out) {
+            let extreme = xs
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let d = extreme / -16.0;
+            let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+            b.d = f16::from_f32(d);
+            let q = |v: f32| ((v * inv + 16.5) as u8).min(31);
+            let mut qh = 0u32;
+            for l in 0..BLOCK / 2 {
+                let (lo, hi) = (q(xs[l]), q(xs[l + BLOCK / 2]));
+                b.qs[l] = (lo & 0x0f) | ((hi & 0x0f) << 4);
+                qh |= ((lo as u32 >> 4) << l) | ((hi as u32 >> 4) << (l + BLOCK / 2));
+            }
+            b.qh = qh.to_le_bytes();
+        }
+    }
+
+    #[inline]
+    fn dequantize(&self, out: &mut [f32]) {
+        out.copy_from_slice(&self.values());
+    }
+}
+
+impl WeightBlock for BlockQ5_0 {
+    #[inline]
+    fn codes(&self) -> [i8; BLOCK] {
+        let qh = u32::from_le_bytes(self.qh);
+        let mut c = [0i8; BLOCK];
+        for (l, &byte) in self.qs.iter().enumerate() {
+            let fifth = |v: usize| (((qh >> v) & 1) << 4) as u8;
+            c[l] = ((byte & 0x0f) | fifth(l)) as i8 - 16;
+            c[l + BLOCK / 2] = ((byte >> 4) | fifth(l + BLOCK / 2)) as i8 - 16;
+        }
+        c
+    }
+    #[inline]
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
+    }
+}
 
 impl QuantBlock for BlockQ8_0 {
     const NAME: &'static str = "q8_0";

@@ -18,8 +18,8 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
 pub use blocks::{
-    dequantize_into, mxfp4_half_scale, quantize, BlockMxfp4, BlockQ4_0, BlockQ8_0, QuantBlock,
-    WeightBlock, BLOCK, MXFP4_CODES,
+    dequantize_into, mxfp4_half_scale, quantize, BlockMxfp4, BlockQ4_0, BlockQ5_0, BlockQ8_0,
+    QuantBlock, WeightBlock, BLOCK, MXFP4_CODES,
 };
 pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SubScales, SuperBlock, K_BLOCK};
 #[cfg(test)]
@@ -37,6 +37,7 @@ use crate::error::{Error, Result};
 pub enum QuantFormat {
     Q8_0,
     Q4_0,
+    Q5_0,
     Mxfp4,
     Q4K,
     Q5K,
@@ -55,6 +56,10 @@ macro_rules! blocks_of {
             QuantFormat::Q4_0 => {
                 type $B = BlockQ4_0;
                 Blocks::Q4_0($make)
+            }
+            QuantFormat::Q5_0 => {
+                type $B = BlockQ5_0;
+                Blocks::Q5_0($make)
             }
             QuantFormat::Mxfp4 => {
                 type $B = BlockMxfp4;
@@ -82,6 +87,7 @@ macro_rules! with_blocks {
         match $blocks {
             Blocks::Q8_0($b) => $body,
             Blocks::Q4_0($b) => $body,
+            Blocks::Q5_0($b) => $body,
             Blocks::Mxfp4($b) => $body,
             Blocks::Q4K($b) => $body,
             Blocks::Q5K($b) => $body,
@@ -91,9 +97,10 @@ macro_rules! with_blocks {
 }
 
 impl QuantFormat {
-    pub const ALL: [QuantFormat; 6] = [
+    pub const ALL: [QuantFormat; 7] = [
         QuantFormat::Q8_0,
         QuantFormat::Q4_0,
+        QuantFormat::Q5_0,
         QuantFormat::Mxfp4,
         QuantFormat::Q4K,
         QuantFormat::Q5K,
@@ -107,6 +114,7 @@ impl QuantFormat {
         match self {
             QuantFormat::Q8_0 => of::<BlockQ8_0>(),
             QuantFormat::Q4_0 => of::<BlockQ4_0>(),
+            QuantFormat::Q5_0 => of::<BlockQ5_0>(),
             QuantFormat::Mxfp4 => of::<BlockMxfp4>(),
             QuantFormat::Q4K => of::<BlockQ4K>(),
             QuantFormat::Q5K => of::<BlockQ5K>(),
@@ -157,6 +165,7 @@ impl FromStr for QuantFormat {
 enum Blocks {
     Q8_0(Store<BlockQ8_0>),
     Q4_0(Store<BlockQ4_0>),
+    Q5_0(Store<BlockQ5_0>),
     Mxfp4(Store<BlockMxfp4>),
     Q4K(Store<BlockQ4K>),
     Q5K(Store<BlockQ5K>),
@@ -292,6 +301,7 @@ impl QMatrix {
         match self.blocks {
             Blocks::Q8_0(_) => QuantFormat::Q8_0,
             Blocks::Q4_0(_) => QuantFormat::Q4_0,
+            Blocks::Q5_0(_) => QuantFormat::Q5_0,
             Blocks::Mxfp4(_) => QuantFormat::Mxfp4,
             Blocks::Q4K(_) => QuantFormat::Q4K,
             Blocks::Q5K(_) => QuantFormat::Q5K,
@@ -309,6 +319,7 @@ impl QMatrix {
         match &self.blocks {
             Blocks::Q8_0(b) => WeightSlice::Q8_0(b),
             Blocks::Q4_0(b) => WeightSlice::Q4_0(b),
+            Blocks::Q5_0(b) => WeightSlice::Q5_0(b),
             Blocks::Mxfp4(b) => WeightSlice::Mxfp4(b),
             Blocks::Q4K(b) => WeightSlice::Q4K(b),
             Blocks::Q5K(b) => WeightSlice::Q5K(b),

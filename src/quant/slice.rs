@@ -4,7 +4,9 @@
 use candle_core::{CpuStorage, Storage, Tensor};
 use half::{bf16, f16};
 
-use super::{BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8_0, BLOCK, K_BLOCK};
+use super::{
+    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0, BLOCK, K_BLOCK,
+};
 use crate::error::{Error, Result};
 
 fn msg(m: String) -> Error {
@@ -20,6 +22,7 @@ pub enum WeightSlice<'a> {
     F16(&'a [f16]),
     Q8_0(&'a [BlockQ8_0]),
     Q4_0(&'a [BlockQ4_0]),
+    Q5_0(&'a [BlockQ5_0]),
     Mxfp4(&'a [BlockMxfp4]),
     Q4K(&'a [BlockQ4K]),
     Q5K(&'a [BlockQ5K]),
@@ -38,6 +41,7 @@ impl<'a> WeightSlice<'a> {
             WeightSlice::F16(w) => WeightSlice::F16(&w[r]),
             WeightSlice::Q8_0(w) => WeightSlice::Q8_0(&w[b]),
             WeightSlice::Q4_0(w) => WeightSlice::Q4_0(&w[b]),
+            WeightSlice::Q5_0(w) => WeightSlice::Q5_0(&w[b]),
             WeightSlice::Mxfp4(w) => WeightSlice::Mxfp4(&w[b]),
             WeightSlice::Q4K(w) => WeightSlice::Q4K(&w[kb]),
             WeightSlice::Q5K(w) => WeightSlice::Q5K(&w[kb]),

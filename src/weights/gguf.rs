@@ -182,6 +182,7 @@ pub fn cpu_format(t: GgmlType) -> Option<QuantFormat> {
     match t {
         GgmlType::Q8_0 => Some(QuantFormat::Q8_0),
         GgmlType::Q4_0 => Some(QuantFormat::Q4_0),
+        GgmlType::Q5_0 => Some(QuantFormat::Q5_0),
         GgmlType::Mxfp4 => Some(QuantFormat::Mxfp4),
         GgmlType::Q4K => Some(QuantFormat::Q4K),
         GgmlType::Q5K => Some(QuantFormat::Q5K),

@@ -41,7 +41,7 @@ pub struct Common {
     /// table's F32, BF16 or F16, or bf16 where that is quantized.
     #[arg(long)]
     dtype: Option<String>,
-    /// Convert the weights of matrix products at load: q8_0, q4_0, mxfp4, q4_K, q5_K or q6_K
+    /// Convert the weights of matrix products at load: q8_0, q4_0, q5_0, mxfp4, q4_K, q5_K or q6_K
     /// (CPU only; the K-quants with plain min/max scales, not llama.cpp's search, and q8_0 for
     /// rows that are not whole super-blocks of 256).
     #[arg(long)]

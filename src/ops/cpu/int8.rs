@@ -9,7 +9,7 @@ use std::arch::x86_64::*;
 use super::avx512::{prefetch_ahead, tile_dispatch};
 use super::tile::{for_tiles, OutView, Tile};
 use crate::quant::WeightBlock;
-use crate::quant::{BlockMxfp4, BlockQ4_0, BlockQ8_0, BLOCK};
+use crate::quant::{BlockMxfp4, BlockQ4_0, BlockQ5_0, BlockQ8_0, BLOCK};
 
 /// A weight block whose 32 codes load as 32 signed bytes.
 pub trait Codes256: WeightBlock {
@@ -67,6 +67,41 @@ impl Codes256 for BlockQ4_0 {
         let lo = _mm_and_si128(bytes, low);
         let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), low);
         _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn splat_scale(p: *const Self) -> __m256 {
+        splat_scale((*p).d.to_bits())
+    }
+}
+
+impl Codes256 for BlockQ5_0 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load(p: *const Self) -> __m256i {
+        // As q4_0's nibbles, then bit l of qh as the fifth bit of weight l: each byte takes
+        // the qh byte holding its bit (a 128-bit lane holds 16 weights, 2 qh bytes), keeps
+        // that bit, and turns it into 16.
+        let bytes = _mm_loadu_si128((*p).qs.as_ptr() as *const __m128i);
+        let low = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(bytes, low);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), low);
+        let nibbles = _mm256_set_m128i(hi, lo);
+        let qh = _mm256_set1_epi32(i32::from_le_bytes((*p).qh));
+        let spread = _mm256_shuffle_epi8(
+            qh,
+            _mm256_setr_epi64x(
+                0,
+                0x0101_0101_0101_0101,
+                0x0202_0202_0202_0202,
+                0x0303_0303_0303_0303,
+            ),
+        );
+        let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+        let fifth = _mm256_and_si256(set, _mm256_set1_epi8(16));
+        _mm256_sub_epi8(_mm256_or_si256(nibbles, fifth), _mm256_set1_epi8(16))
     }
 
     #[inline]
@@ -304,6 +339,11 @@ mod tests {
         }));
         check(&every_code_and_scale(|b| BlockQ4_0 {
             d: f16_scale(b),
+            qs: std::array::from_fn(|l| byte(b, l)),
+        }));
+        check(&every_code_and_scale(|b| BlockQ5_0 {
+            d: f16_scale(b),
+            qh: std::array::from_fn(|l| byte(b, l + 77)),
             qs: std::array::from_fn(|l| byte(b, l)),
         }));
     }

@@ -21,8 +21,8 @@ pub use super::tile::{Lhs, OutView};
 use super::vector::{dot, WeightElem};
 use crate::quant::WeightSlice;
 use crate::quant::{
-    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, QuantBlock, BLOCK,
-    K_BLOCK,
+    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
+    QuantBlock, BLOCK, K_BLOCK,
 };
 
 /// From this many rows of x on, widened weights go through the packed matrix kernel: below it
@@ -41,6 +41,7 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
         WeightSlice::BF16(_) => isa >= Isa::Avx512Bf16,
         WeightSlice::Q8_0(_) => bf16_for::<BlockQ8_0>(isa),
         WeightSlice::Q4_0(_) => bf16_for::<BlockQ4_0>(isa),
+        WeightSlice::Q5_0(_) => bf16_for::<BlockQ5_0>(isa),
         WeightSlice::Mxfp4(_) => bf16_for::<BlockMxfp4>(isa),
         WeightSlice::Q4K(_) => bf16_for::<BlockQ4K>(isa),
         WeightSlice::Q5K(_) => bf16_for::<BlockQ5K>(isa),
@@ -130,6 +131,7 @@ pub fn matmul_bt(
         WeightSlice::F16(w) => widen(isa, x.f32, w, (m, n, k), out),
         WeightSlice::Q8_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
+        WeightSlice::Q5_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Mxfp4(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q5K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
@@ -374,6 +376,7 @@ mod tests {
             for dims in BLOCK_SHAPES {
                 check_blocks(isa, dims, |w| WeightSlice::Q8_0(w));
                 check_blocks(isa, dims, |w| WeightSlice::Q4_0(w));
+                check_blocks(isa, dims, |w| WeightSlice::Q5_0(w));
                 check_blocks(isa, dims, |w| WeightSlice::Mxfp4(w));
             }
         }

@@ -17,7 +17,7 @@ use super::isa::Isa;
 use super::matmul::matmul_abt;
 use super::tile::{Lhs, OutView};
 use crate::quant::{
-    dequantize_into, BlockMxfp4, BlockQ4_0, BlockQ8_0, QuantBlock, WeightBlock, BLOCK,
+    dequantize_into, BlockMxfp4, BlockQ4_0, BlockQ5_0, BlockQ8_0, QuantBlock, WeightBlock, BLOCK,
 };
 
 /// What a weight block format gives the product: integer dot products against x's codes
@@ -65,7 +65,7 @@ macro_rules! block_kernels {
         }
     )*};
 }
-block_kernels!(BlockQ8_0, BlockQ4_0, BlockMxfp4);
+block_kernels!(BlockQ8_0, BlockQ4_0, BlockQ5_0, BlockMxfp4);
 
 /// From this many rows of x on, the weights are dequantized for a matrix kernel (AMX, bf16 or
 /// f32), except where the K-quants' integer tiles keep them (`int8_rows`).

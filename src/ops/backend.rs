@@ -242,9 +242,11 @@ impl Backend {
             Backend::Cuda(_) => {
                 if !super::cuda::moe::runs_experts(experts, act) {
                     return Err(Error::Input(format!(
-                        "the CUDA kernels run dense SiLU-gated experts without biases, not \
-                         {act:?} ones with biases {}: run these on `Backend::for_experts`",
-                        experts.has_bias()
+                        "the CUDA kernels run dense SiLU-gated experts without biases, gate and \
+                         up joined, not {act:?} ones with biases {}, gate and up apart {}: run \
+                         these on `Backend::for_experts`",
+                        experts.has_bias(),
+                        experts.up.is_some()
                     )));
                 }
                 let DispatchData::Cuda(d) = &dispatch.0 else {

@@ -88,7 +88,9 @@ fn gguf_logits_match_hf_on_the_same_weights() {
         let r = reference(stem);
         for kernels in [Kernels::Reference, Kernels::Fast] {
             let bound = match (kernels, quantized) {
-                (Kernels::Fast, true) => QUANTIZED_BOUND.max(llama_cpp_error(stem, &r)),
+                // llama.cpp's distance, with room for summation order: ours quantizes x as
+                // its kernels do (the K file: 0.0155294 here, 0.0155294 there).
+                (Kernels::Fast, true) => QUANTIZED_BOUND.max(1.05 * llama_cpp_error(stem, &r)),
                 _ => F32_BOUND,
             };
             let err = relative_error(&load(file, kernels), &r);

@@ -54,6 +54,8 @@ pub fn portable<W: SuperBlock>(
 macro_rules! k_kernels {
     ($($t:ty),*) => {$(
         impl BlockKernels for $t {
+            const INT8_MANY_ROWS: bool = true;
+
             fn int8(
                 isa: Isa,
                 x: Lhs,

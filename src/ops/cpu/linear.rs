@@ -246,7 +246,7 @@ fn portable<W: WeightElem>(
 mod tests {
     use half::f16;
 
-    use super::super::quantized::{int8_rows, DEQUANT_MIN_ROWS};
+    use super::super::quantized::DEQUANT_MIN_ROWS;
     use super::*;
 
     /// The f64 oracle: each product term in f64, with the weights (and the activations, for a
@@ -293,12 +293,8 @@ mod tests {
         // bf16 (a bf16 kernel), or as they are.
         let bf16_of =
             |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
-        let int8 = match w {
-            WeightSlice::Q4K(_) | WeightSlice::Q5K(_) | WeightSlice::Q6K(_) => {
-                int8_rows::<BlockQ4K>(isa, m)
-            }
-            _ => m < DEQUANT_MIN_ROWS,
-        };
+        let int8 = m < DEQUANT_MIN_ROWS
+            || (w.is_k_quant() && isa != Isa::Portable && !wants_bf16(isa, &w));
         let (x_seen, w_seen): (Vec<f32>, Vec<f32>) = if w.is_quantized() && int8 {
             let mut x_q8 = vec![0f32; m * k];
             if w.is_k_quant() {

@@ -7,9 +7,9 @@
 //! integer products are AVX2 `vpmaddubsw` or AVX-512 VNNI `vpdpbusd` (int8.rs).
 //! Many rows (prefill): the block of weights is dequantized once and goes through the kernel
 //! dense weights would: on AMX, dequantized to bf16 (as a bf16 checkpoint holds them) with x
-//! rounded to bf16; elsewhere dequantized to f32 for the packed f32 matrix kernel, x as it is.
-//! The K-quants (x as q8_K super-blocks) stay on their integer tiles for any number of rows
-//! except on AMX (`int8_rows`).
+//! rounded to bf16; elsewhere dequantized to f32 for the packed f32 matrix kernel, x as it is;
+//! except for the K-quants, whose integer tiles outran that on x86 (x as q8_K super-blocks:
+//! `int8_rows`).
 
 use std::cell::RefCell;
 
@@ -24,6 +24,9 @@ use crate::quant::{
 /// (q8_0 blocks, q8_K for the K-quants; `int8_rows` says when) and dequantization otherwise,
 /// each on the best kernels the CPU has.
 pub trait BlockKernels: QuantBlock {
+    /// Whether many rows take the integer tiles too (see `int8_rows`).
+    const INT8_MANY_ROWS: bool;
+
     /// out (m, n) = x (m, k) · w (n, k)ᵀ with x's integer codes (q8_0 blocks, or q8_K for the
     /// K-quants).
     fn int8(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView);
@@ -42,8 +45,10 @@ pub trait BlockKernels: QuantBlock {
 /// The formats of 32 signed codes and one scale: the integer tiles and dequantization of
 /// int8.rs, or the portable loops.
 macro_rules! block_kernels {
-    ($($t:ty),*) => {$(
+    ($($t:ty: $many:expr),*) => {$(
         impl BlockKernels for $t {
+            const INT8_MANY_ROWS: bool = $many;
+
             fn int8(
                 isa: Isa,
                 x: Lhs,
@@ -65,10 +70,10 @@ macro_rules! block_kernels {
         }
     )*};
 }
-block_kernels!(BlockQ8_0, BlockQ4_0, BlockQ5_0, BlockMxfp4);
+block_kernels!(BlockQ8_0: false, BlockQ4_0: false, BlockQ5_0: false, BlockMxfp4: false);
 
-/// From this many rows of x on, the weights are dequantized for a matrix kernel (AMX, bf16 or
-/// f32), except where the K-quants' integer tiles keep them (`int8_rows`).
+/// Below this many rows of x, products of every format multiply integer codes; from it on,
+/// `int8_rows` decides.
 pub const DEQUANT_MIN_ROWS: usize = 4;
 
 /// Whether many rows against `W` dequantize it to bf16 (with x rounded to bf16, as a bf16
@@ -79,14 +84,18 @@ pub fn bf16_for<W: QuantBlock>(isa: Isa) -> bool {
     isa == Isa::Amx || (isa >= Isa::Avx512Bf16 && W::EXACT_IN_BF16)
 }
 
-/// Whether a product of m rows against `W` multiplies integer codes (x quantized too) rather
-/// than dequantized weights: few rows, for every format; any number for the K-quants, unless
-/// they go to bf16 tiles (AMX), as their integer tiles sum a whole super-block in i32 and
-/// beat dequantizing for the f32 kernel (q3-mini Q4_K_M, prefill of 128 on AVX-512 VNNI:
-/// 1.6x). For q8_0 and q4_0 that is left for measuring across machines (first runs: q8_0
-/// 1.1-1.4x, q4_0 even).
-pub fn int8_rows<W: QuantBlock>(isa: Isa, m: usize) -> bool {
-    m < DEQUANT_MIN_ROWS || (W::VALUES == crate::quant::K_BLOCK && !bf16_for::<W>(isa))
+/// Whether a product of m rows against `W` multiplies integer codes (x quantized too, as
+/// llama.cpp does) rather than dequantized weights: few rows, for every format; any number
+/// for the formats whose integer tiles outran dequantizing for the f32 kernel
+/// (`INT8_MANY_ROWS`), where the x86 tiles run and the weights do not go to bf16 tiles (AMX).
+/// Measured (q3-mini GGUFs, prefill of 128, AVX-512 VNNI, interleaved): Q4_K_M 1.6x (the
+/// K-quants sum a super-block in i32). Q8_0 would gain 1.23x (306 -> 378 tokens/s) but its
+/// quantized activations move the GGUF fixtures' logits about twice as far from HF (gpt-oss
+/// Q8_0: 3.8e-3 -> 7.0e-3 of the largest), so it waits for a measured accuracy budget; Q4_0
+/// is even (324 -> 324). The portable loop is scalar: without SIMD many rows dequantize for
+/// the vectorised f32 kernel.
+pub fn int8_rows<W: BlockKernels>(isa: Isa, m: usize) -> bool {
+    m < DEQUANT_MIN_ROWS || (W::INT8_MANY_ROWS && isa != Isa::Portable && !bf16_for::<W>(isa))
 }
 
 /// Whether a product of m rows against `W` dequantizes it to bf16 (see `bf16_for`).

@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 use half::{bf16, f16};
 
 use super::avx512::prefetch_ahead;
-use super::tile::{for_tiles, OutView, Tile};
+use super::tile::{for_tiles, OutView, Tile, TileSums};
 
 /// A weight element type that loads as 8 f32 lanes.
 pub trait Widen8: Copy {
@@ -105,7 +105,7 @@ unsafe fn tile<W: Widen8, const MR: usize, const NR: usize>(
     x: *const f32,
     w: *const W,
     (k, ldw): (usize, usize),
-) -> [f32; 8] {
+) -> TileSums {
     let mut acc = [[_mm256_setzero_ps(); NR]; MR];
     let mut l = 0;
     while l + 8 <= k {
@@ -122,7 +122,14 @@ unsafe fn tile<W: Widen8, const MR: usize, const NR: usize>(
         }
         l += 8;
     }
-    let mut sums = [0f32; 8];
+    reduce(&acc)
+}
+
+/// A tile's accumulators summed lane by lane, row-major.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) fn reduce<const MR: usize, const NR: usize>(acc: &[[__m256; NR]; MR]) -> TileSums {
+    let mut sums = [0f32; 16];
     for i in 0..MR {
         for j in 0..NR {
             sums[i * NR + j] = hsum(acc[i][j]);
@@ -132,7 +139,7 @@ unsafe fn tile<W: Widen8, const MR: usize, const NR: usize>(
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = "avx2")]
 fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));

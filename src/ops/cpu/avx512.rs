@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use half::{bf16, f16};
 
-use super::tile::{for_tiles, OutView, Tile};
+use super::tile::{for_tiles, OutView, Tile, TileSums};
 
 /// A weight element type that loads as 16 f32 lanes.
 pub trait Widen16: Copy {
@@ -124,9 +124,6 @@ pub(super) fn prefetch_ahead<T>(p: *const T) {
         _mm_prefetch::<_MM_HINT_T0>((p as *const i8).wrapping_add(PREFETCH_BYTES));
     }
 }
-
-/// Sums of one tile, row-major (mr, nr) in the first mr · nr entries.
-type TileSums = [f32; 16];
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
 unsafe fn widen_tile_any<W: Widen16>(

@@ -6,8 +6,9 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::reduce;
 use super::avx512::{prefetch_ahead, tile_dispatch};
-use super::tile::{for_tiles, OutView, Tile};
+use super::tile::{for_block_tiles, OutView, TileSums};
 use crate::quant::WeightBlock;
 use crate::quant::{BlockMxfp4, BlockQ4_0, BlockQ5_0, BlockQ8_0, BLOCK};
 
@@ -42,18 +43,27 @@ impl Codes256 for BlockQ8_0 {
     }
 }
 
+/// The 32 nibbles of a block's 16 bytes as (low, high): byte l holds weight l in its low
+/// nibble and weight l + 16 in its high one (the packing of q4_0, q5_0 and MXFP4).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibbles(qs: *const u8) -> (__m128i, __m128i) {
+    let bytes = _mm_loadu_si128(qs as *const __m128i);
+    let low = _mm_set1_epi8(0x0f);
+    (
+        _mm_and_si128(bytes, low),
+        _mm_and_si128(_mm_srli_epi16::<4>(bytes), low),
+    )
+}
+
 impl Codes256 for BlockMxfp4 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn load(p: *const Self) -> __m256i {
-        // Byte l: code l in the low nibble, code l + 16 in the high one; each code looks up
-        // its doubled FP4 value in a 16-entry byte table.
+        // Each code looks up its doubled FP4 value in a 16-entry byte table.
         let table = _mm_loadu_si128(crate::quant::MXFP4_CODES.as_ptr() as *const __m128i);
-        let bytes = _mm_loadu_si128((*p).qs.as_ptr() as *const __m128i);
-        let low = _mm_set1_epi8(0x0f);
-        let lo = _mm_shuffle_epi8(table, _mm_and_si128(bytes, low));
-        let hi = _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16::<4>(bytes), low));
-        _mm256_set_m128i(hi, lo)
+        let (lo, hi) = nibbles((*p).qs.as_ptr());
+        _mm256_set_m128i(_mm_shuffle_epi8(table, hi), _mm_shuffle_epi8(table, lo))
     }
 }
 
@@ -61,11 +71,7 @@ impl Codes256 for BlockQ4_0 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn load(p: *const Self) -> __m256i {
-        // Byte l: weight l in the low nibble, weight l + 16 in the high one.
-        let bytes = _mm_loadu_si128((*p).qs.as_ptr() as *const __m128i);
-        let low = _mm_set1_epi8(0x0f);
-        let lo = _mm_and_si128(bytes, low);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), low);
+        let (lo, hi) = nibbles((*p).qs.as_ptr());
         _mm256_sub_epi8(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(8))
     }
 
@@ -83,11 +89,7 @@ impl Codes256 for BlockQ5_0 {
         // As q4_0's nibbles, then bit l of qh as the fifth bit of weight l: each byte takes
         // the qh byte holding its bit (a 128-bit lane holds 16 weights, 2 qh bytes), keeps
         // that bit, and turns it into 16.
-        let bytes = _mm_loadu_si128((*p).qs.as_ptr() as *const __m128i);
-        let low = _mm_set1_epi8(0x0f);
-        let lo = _mm_and_si128(bytes, low);
-        let hi = _mm_and_si128(_mm_srli_epi16::<4>(bytes), low);
-        let nibbles = _mm256_set_m128i(hi, lo);
+        let (lo, hi) = nibbles((*p).qs.as_ptr());
         let qh = _mm256_set1_epi32(i32::from_le_bytes((*p).qh));
         let spread = _mm256_shuffle_epi8(
             qh,
@@ -101,7 +103,8 @@ impl Codes256 for BlockQ5_0 {
         let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
         let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
         let fifth = _mm256_and_si256(set, _mm256_set1_epi8(16));
-        _mm256_sub_epi8(_mm256_or_si256(nibbles, fifth), _mm256_set1_epi8(16))
+        let low4 = _mm256_set_m128i(hi, lo);
+        _mm256_sub_epi8(_mm256_or_si256(low4, fifth), _mm256_set1_epi8(16))
     }
 
     #[inline]
@@ -122,7 +125,7 @@ pub unsafe fn matmul_bt_avx2<W: Codes256>(
     out: &mut OutView,
 ) {
     // 16 ymm registers: 2 x 4 accumulators and the loaded blocks fit.
-    run(x, w, dims, out, 2, |x, w, kb, t| unsafe {
+    for_block_tiles((x, w), dims, W::VALUES, out, 2, |x, w, kb, t| unsafe {
         tile_dispatch!(avx2_tile, [W], (x, w, kb), t.mr, t.nr)
     });
 }
@@ -138,32 +141,8 @@ pub unsafe fn matmul_bt_vnni<W: Codes256>(
     out: &mut OutView,
 ) {
     // 32 ymm registers with AVX-512 VL: 4 x 4 accumulators fit.
-    run(x, w, dims, out, 4, |x, w, kb, t| unsafe {
+    for_block_tiles((x, w), dims, W::VALUES, out, 4, |x, w, kb, t| unsafe {
         tile_dispatch!(vnni_tile, [W], (x, w, kb), t.mr, t.nr)
-    });
-}
-
-/// Sums of one tile, row-major (mr, nr) in the first mr · nr entries.
-type TileSums = [f32; 16];
-
-fn run<W: Codes256>(
-    x: &[BlockQ8_0],
-    w: &[W],
-    (m, n, k): (usize, usize, usize),
-    out: &mut OutView,
-    mr_max: usize,
-    tile: impl Fn(*const BlockQ8_0, *const W, (usize, usize), Tile) -> TileSums,
-) {
-    let kb = k / BLOCK;
-    assert!(
-        k.is_multiple_of(BLOCK) && x.len() >= m * kb && w.len() >= n * kb,
-        "int8 tiles: operand sizes"
-    );
-    for_tiles((m, n), (mr_max, 4), out, |t: Tile| {
-        // The tile's rows of x and w are inside the slices (asserted above; for_tiles keeps
-        // tiles inside m and n).
-        let (xp, wp) = (x[t.i0 * kb..].as_ptr(), w[t.j0 * kb..].as_ptr());
-        tile(xp, wp, (kb, t.step * kb), t)
     });
 }
 
@@ -224,27 +203,13 @@ macro_rules! int8_tile {
                     }
                 }
             }
-            let mut sums = [0f32; 16];
-            for i in 0..MR {
-                for j in 0..NR {
-                    sums[i * NR + j] = hsum(acc[i][j]);
-                }
-            }
-            sums
+            reduce(&acc)
         }
     };
 }
 
 int8_tile!(avx2_tile, "avx2,fma,f16c", dot_avx2);
 int8_tile!(vnni_tile, "avx2,fma,f16c,avx512vl,avx512vnni", dot_vnni);
-
-#[inline]
-#[target_feature(enable = "avx2")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
 
 /// The f32 values of `blocks` into `out` (32 per block), 8 lanes at a time: the codes widened
 /// to f32, times the scale. One f32 product per value, as `quant::dequantize_into`'s: equal

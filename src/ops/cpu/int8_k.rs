@@ -9,8 +9,9 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::reduce;
 use super::avx512::{prefetch_ahead, tile_dispatch};
-use super::tile::{for_tiles, OutView, Tile};
+use super::tile::{for_block_tiles, OutView, TileSums};
 use crate::quant::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SuperBlock};
 
 /// Runs of RUN codes per super-block.
@@ -184,7 +185,7 @@ pub unsafe fn matmul_bt_avx2<W: KCodes256>(
     dims: (usize, usize, usize),
     out: &mut OutView,
 ) {
-    run(x, w, dims, out, 2, |x, w, kb, t| unsafe {
+    for_block_tiles((x, w), dims, W::VALUES, out, 2, |x, w, kb, t| unsafe {
         tile_dispatch!(avx2_tile, [W], (x, w, kb), t.mr, t.nr)
     });
 }
@@ -199,32 +200,8 @@ pub unsafe fn matmul_bt_vnni<W: KCodes256>(
     dims: (usize, usize, usize),
     out: &mut OutView,
 ) {
-    run(x, w, dims, out, 4, |x, w, kb, t| unsafe {
+    for_block_tiles((x, w), dims, W::VALUES, out, 4, |x, w, kb, t| unsafe {
         tile_dispatch!(vnni_tile, [W], (x, w, kb), t.mr, t.nr)
-    });
-}
-
-/// Sums of one tile, row-major (mr, nr) in the first mr · nr entries.
-type TileSums = [f32; 16];
-
-fn run<W: KCodes256>(
-    x: &[BlockQ8K],
-    w: &[W],
-    (m, n, k): (usize, usize, usize),
-    out: &mut OutView,
-    mr_max: usize,
-    tile: impl Fn(*const BlockQ8K, *const W, (usize, usize), Tile) -> TileSums,
-) {
-    let kb = k / W::VALUES;
-    assert!(
-        k.is_multiple_of(W::VALUES) && x.len() >= m * kb && w.len() >= n * kb,
-        "K-quant tiles: operand sizes"
-    );
-    for_tiles((m, n), (mr_max, 4), out, |t: Tile| {
-        // The tile's rows of x and w are inside the slices (asserted above; for_tiles keeps
-        // tiles inside m and n).
-        let (xp, wp) = (x[t.i0 * kb..].as_ptr(), w[t.j0 * kb..].as_ptr());
-        tile(xp, wp, (kb, t.step * kb), t)
     });
 }
 
@@ -291,27 +268,13 @@ macro_rules! k_tile {
                     }
                 }
             }
-            let mut sums = [0f32; 16];
-            for i in 0..MR {
-                for j in 0..NR {
-                    sums[i * NR + j] = hsum(acc[i][j]);
-                }
-            }
-            sums
+            reduce(&acc)
         }
     };
 }
 
 k_tile!(avx2_tile, "avx2,fma,f16c", scaled_avx2);
 k_tile!(vnni_tile, "avx2,fma,f16c,avx512vl,avx512vnni", scaled_vnni);
-#[inline]
-#[target_feature(enable = "avx2")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
-}
-
 /// One super-block's values into `out` (256 of them), 8 lanes at a time: `s · (code -
 /// OFFSET) - m` with a product and a difference, as `SuperBlock`'s scalar dequantization
 /// computes them (no fused multiply-add), so equal to it bit for bit.

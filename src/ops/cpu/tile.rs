@@ -112,6 +112,34 @@ pub(super) fn for_tiles<S: AsRef<[f32]>>(
     }
 }
 
+/// Sums of one tile, row-major (mr, nr) in the first mr · nr entries.
+pub(super) type TileSums = [f32; 16];
+
+/// `for_tiles` over blocks of quantized rows: x (m rows) and w (n rows) each hold k /
+/// `per_block` blocks a row; `tile` gets a tile's first blocks of x and w, (blocks per row, w
+/// rows' distance in blocks) and the tile. Asserts the operands hold the rows the dims say,
+/// so that the tile's pointer arithmetic stays inside them.
+pub(super) fn for_block_tiles<X, W>(
+    (x, w): (&[X], &[W]),
+    (m, n, k): (usize, usize, usize),
+    per_block: usize,
+    out: &mut OutView,
+    mr_max: usize,
+    tile: impl Fn(*const X, *const W, (usize, usize), Tile) -> TileSums,
+) {
+    let kb = k / per_block;
+    assert!(
+        k.is_multiple_of(per_block) && x.len() >= m * kb && w.len() >= n * kb,
+        "block tiles: operand sizes"
+    );
+    for_tiles((m, n), (mr_max, 4), out, |t: Tile| {
+        // The tile's rows of x and w are inside the slices (asserted above; for_tiles keeps
+        // tiles inside m and n).
+        let (xp, wp) = (x[t.i0 * kb..].as_ptr(), w[t.j0 * kb..].as_ptr());
+        tile(xp, wp, (kb, t.step * kb), t)
+    });
+}
+
 /// The left-hand rows of a product: f32, and, where the kernel for the weights reads them so,
 /// the same rounded to bf16, quantized to q8_0 blocks or to q8_K super-blocks (empty
 /// otherwise). Made by

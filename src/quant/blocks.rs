@@ -294,6 +294,17 @@ pub fn quantize<B: QuantBlock>(x: &[f32]) -> Vec<B> {
     out
 }
 
+/// x (a multiple of B::VALUES long) as blocks, quantized in parallel pieces of 64 blocks
+/// (a block never depends on another, so the pieces are any whole blocks).
+pub fn quantize_par<B: QuantBlock>(x: &[f32]) -> Vec<B> {
+    use rayon::prelude::*;
+    let mut out = vec![B::ZERO; x.len() / B::VALUES];
+    out.par_chunks_mut(64)
+        .zip(x.par_chunks(64 * B::VALUES))
+        .for_each(|(q, x)| B::quantize(x, q));
+    out
+}
+
 /// The f32 values of `blocks`, into `out` (B::VALUES per block).
 #[inline]
 pub fn dequantize_into<B: QuantBlock>(blocks: &[B], out: &mut [f32]) {

@@ -15,11 +15,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 
 pub use blocks::{
-    dequantize_into, mxfp4_half_scale, quantize, BlockMxfp4, BlockQ4_0, BlockQ5_0, BlockQ8_0,
-    QuantBlock, WeightBlock, BLOCK, MXFP4_CODES,
+    dequantize_into, mxfp4_half_scale, quantize, quantize_par, BlockMxfp4, BlockQ4_0, BlockQ5_0,
+    BlockQ8_0, QuantBlock, WeightBlock, BLOCK, MXFP4_CODES,
 };
 pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SubScales, SuperBlock, K_BLOCK};
 #[cfg(test)]
@@ -244,39 +243,6 @@ impl QMatrix {
         with_blocks!(&self.blocks, b => b.is_mapped())
     }
 
-    /// `a` and `b` (of one format, the same first dim and row length) joined entry by entry
-    /// along the second dim: each entry's rows of `a`, then its rows of `b`.
-    pub fn cat_entries(a: &QMatrix, b: &QMatrix) -> Result<QMatrix> {
-        let (da, db) = (&a.dims, &b.dims);
-        let same = da.len() == 3 && db.len() == 3 && da[0] == db[0] && da[2] == db[2];
-        if !same || a.format() != b.format() {
-            return Err(Error::Input(format!(
-                "cannot join {} {da:?} and {} {db:?} entry by entry",
-                a.format().name(),
-                b.format().name()
-            )));
-        }
-        let entries = da[0];
-        let per = |d: &[usize]| d[1] * d[2] / a.format().block_values();
-        let (pa, pb) = (per(da), per(db));
-        fn join<B: Copy>(a: &[B], b: &[B], entries: usize, (pa, pb): (usize, usize)) -> Vec<B> {
-            let mut out = Vec::with_capacity(a.len() + b.len());
-            for x in 0..entries {
-                out.extend_from_slice(&a[x * pa..][..pa]);
-                out.extend_from_slice(&b[x * pb..][..pb]);
-            }
-            out
-        }
-        let blocks = blocks_of!(a.format(), B => {
-            let (x, y): (&[B], &[B]) = (a.blocks_as(), b.blocks_as());
-            Store::Owned(join(x, y, entries, (pa, pb)))
-        });
-        Ok(QMatrix {
-            blocks,
-            dims: vec![entries, da[1] + db[1], da[2]],
-        })
-    }
-
     /// Quantizes a CPU tensor; `name` is used in errors.
     pub fn quantize(t: &Tensor, format: QuantFormat, name: &str) -> Result<QMatrix> {
         let dims = t.dims().to_vec();
@@ -287,9 +253,8 @@ impl QMatrix {
                 format.block_values()
             )));
         }
-        let k = dims[dims.len() - 1];
         let x = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let blocks = blocks_of!(format, B => Store::Owned(quantize_par::<B>(&x, k)));
+        let blocks = blocks_of!(format, B => Store::Owned(quantize_par::<B>(&x)));
         Ok(QMatrix { blocks, dims })
     }
 
@@ -307,11 +272,6 @@ impl QMatrix {
             Blocks::Q5K(_) => QuantFormat::Q5K,
             Blocks::Q6K(_) => QuantFormat::Q6K,
         }
-    }
-
-    /// The blocks as `B`s, which the caller has matched to the format.
-    fn blocks_as<B: QuantBlock>(&self) -> &[B] {
-        with_blocks!(&self.blocks, b => bytemuck::cast_slice(&b[..]))
     }
 
     /// The blocks, for the kernels.
@@ -366,16 +326,6 @@ fn unfit(format: QuantFormat, bytes: usize, dims: &[usize]) -> Error {
 fn is_matrix_of(format: QuantFormat, dims: &[usize]) -> bool {
     let k = dims.last().copied().unwrap_or(0);
     dims.len() >= 2 && k.is_multiple_of(format.block_values())
-}
-
-/// Rows of k values quantized in parallel.
-fn quantize_par<B: QuantBlock>(x: &[f32], k: usize) -> Vec<B> {
-    let per_row = k / B::VALUES;
-    let mut out = vec![B::ZERO; x.len() / B::VALUES];
-    out.par_chunks_mut(per_row.max(1))
-        .zip(x.par_chunks(k.max(1)))
-        .for_each(|(o, row)| B::quantize(row, o));
-    out
 }
 
 /// The weight matrix of a linear layer or a stack of experts, as the products read it.

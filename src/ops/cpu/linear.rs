@@ -19,10 +19,9 @@ use super::matmul::matmul_abt;
 use super::quantized::{bf16_for, matmul_bt_quantized};
 pub use super::tile::{Lhs, OutView};
 use super::vector::{dot, WeightElem};
-use crate::quant::WeightSlice;
 use crate::quant::{
-    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
-    QuantBlock, BLOCK, K_BLOCK,
+    quantize_par, BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K,
+    BlockQ8_0, WeightSlice, BLOCK, K_BLOCK,
 };
 
 /// From this many rows of x on, widened weights go through the packed matrix kernel: below it
@@ -70,10 +69,10 @@ impl PreparedLhs {
         let (mut q8, mut q8k) = (Vec::new(), Vec::new());
         if w.is_k_quant() {
             if k.is_multiple_of(K_BLOCK) {
-                q8k = quantize_rows(x);
+                q8k = quantize_par(x);
             }
         } else if w.is_quantized() && k.is_multiple_of(BLOCK) {
-            q8 = quantize_rows(x);
+            q8 = quantize_par(x);
         }
         PreparedLhs { bf16, q8, q8k }
     }
@@ -89,15 +88,6 @@ impl PreparedLhs {
             q8k: self.q8k.get(blocks(K_BLOCK)).unwrap_or(&[]),
         }
     }
-}
-
-/// x (a multiple of B::VALUES long) quantized in parallel pieces.
-fn quantize_rows<B: QuantBlock>(x: &[f32]) -> Vec<B> {
-    let mut out = vec![B::ZERO; x.len() / B::VALUES];
-    out.par_chunks_mut(16)
-        .zip(x.par_chunks(16 * B::VALUES))
-        .for_each(|(q, x)| B::quantize(x, q));
-    out
 }
 
 /// out (m, n) = x (m, k) · w (n, k)ᵀ, accumulated in f32, single-threaded (callers split the
@@ -248,6 +238,7 @@ mod tests {
 
     use super::super::quantized::DEQUANT_MIN_ROWS;
     use super::*;
+    use crate::quant::QuantBlock;
 
     /// The f64 oracle: each product term in f64, with the weights (and the activations, for a
     /// kernel that multiplies in bf16) rounded exactly as the kernel sees them.

@@ -9,7 +9,7 @@ use safetensors::Dtype;
 
 use super::{Entry, MappedFile, Weights};
 use crate::arch::{join, ExpertNames, TensorNames};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::gguf::{dequant, GgmlType, Gguf};
 use crate::quant::{QMatrix, QuantFormat, SharedBytes};
 
@@ -90,10 +90,7 @@ impl Weights {
             return self.packed(name, shape, format).map(Some);
         }
         let (entry, file) = self.entry(name, shape)?;
-        let bad = |message: String| Error::Gguf {
-            path: file.path.clone(),
-            message: format!("tensor `{name}`: {message}"),
-        };
+        let bad = |message: String| file.tensor_error(name, message);
         check_blocks(format, &file.mmap[entry.start..entry.end]).map_err(bad)?;
         let bytes: SharedBytes = file.mmap.clone();
         QMatrix::mapped(format, bytes, entry.start..entry.end, shape)
@@ -145,13 +142,13 @@ impl Weights {
         }
         if !dequant::supported(packed) {
             let (_, file) = self.entry(name, shape)?;
-            return Err(Error::Gguf {
-                path: file.path.clone(),
-                message: format!(
-                    "tensor `{name}`: {packed} is a type not read yet (F32, F16, BF16, Q8_0, \
-                     Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K and MXFP4 are)"
+            return Err(file.tensor_error(
+                name,
+                format!(
+                    "{packed} is a type not read yet (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, \
+                     Q5_1, Q4_K, Q5_K, Q6_K and MXFP4 are)"
                 ),
-            });
+            ));
         }
         let values = self.read_rows(name, shape, |bytes, bad| {
             let mut values = vec![0f32; shape.iter().product()];

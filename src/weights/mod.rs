@@ -52,6 +52,14 @@ struct MappedFile {
 }
 
 impl MappedFile {
+    /// An error about tensor `name` of this (GGUF) file.
+    fn tensor_error(&self, name: &str, message: String) -> Error {
+        Error::Gguf {
+            path: self.path.clone(),
+            message: format!("tensor `{name}`: {message}"),
+        }
+    }
+
     /// Hands the mapped pages of bytes [start, end) back to the page cache once they are
     /// copied into the model: otherwise each loaded tensor counts twice in the process's
     /// memory until the load ends (gpt-oss-20b, 13 GB: a peak of 26 GB). Pages shared with a
@@ -263,10 +271,7 @@ impl Weights {
         read: impl FnOnce(&[u8], &dyn Fn(String) -> Error) -> Result<T>,
     ) -> Result<T> {
         let (entry, file) = self.entry(name, shape)?;
-        let bad = |message: String| Error::Gguf {
-            path: file.path.clone(),
-            message: format!("tensor `{name}`: {message}"),
-        };
+        let bad = |message: String| file.tensor_error(name, message);
         let mut bytes = Cow::Borrowed(&file.mmap[entry.start..entry.end]);
         if let Some(&heads) = self.unpermute.get(name) {
             bytes = Cow::Owned(gguf::unpermute_byte_rows(&bytes, shape[0], heads).map_err(bad)?);

@@ -86,15 +86,24 @@ fn quantized_weights_stay_within_their_documented_accuracy_cost() {
     assert!(q8.kl_mean < q4.kl_mean / 10.0, "q8_0 {q8:?} vs q4_0 {q4:?}");
 }
 
-/// The reference experts dequantize the weights and multiply f32 activations; the fast path
-/// quantizes the activations of experts with few tokens to q8_0 too: close, not equal (KL
-/// ~8e-5; the flat distributions of random weights let a top token flip now and then).
+/// The reference kernels dequantize the weights and multiply f32 activations; the fast ones
+/// quantize the activations to q8_0 where they multiply integer codes (experts with few tokens
+/// for every format; any number of rows for interleaved q4_0, as llama.cpp does): close, not
+/// equal. The budget: 8-bit activations may cost at most half what the format's weights cost,
+/// the fast path's distance from the reference (mean KL) under half the reference's from f32
+/// weights. Measured on the dev VM (AVX-512 VNNI): q8_0 5.8e-4 against 1.4e-3 (its codes are
+/// as fine as x's, so x's rounding shows), q4_0 2.5e-3 against 4.9e-2.
 #[test]
 fn quantized_fast_experts_agree_with_the_reference_loop() {
+    let exact = logits(&model(DType::F32, None, Kernels::Fast));
     for quant in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
         let slow = logits(&model(DType::F32, Some(quant), Kernels::Reference));
         let fast = logits(&model(DType::F32, Some(quant), Kernels::Fast));
+        let cost = compare(&exact, &slow).unwrap();
         let a = compare(&slow, &fast).unwrap();
-        assert!(a.kl_mean < 1e-3 && a.top1 >= 0.9, "{quant:?}: {a:?}");
+        assert!(
+            a.kl_mean < cost.kl_mean / 2.0 && a.top1 >= 0.9,
+            "{quant:?}: {a:?} against the format's own {cost:?}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! product), the router and the shared-expert gate (tiny, and routing is sensitive to them).
 
 mod blocks;
+mod interleaved;
 mod kquants;
 mod mxfp4;
 mod slice;
@@ -20,6 +21,8 @@ pub use blocks::{
     dequantize_into, mxfp4_half_scale, quantize, quantize_par, BlockMxfp4, BlockQ4_0, BlockQ5_0,
     BlockQ8_0, QuantBlock, WeightBlock, BLOCK, MXFP4_CODES,
 };
+use interleaved::interleaves;
+pub use interleaved::{deinterleave, interleave, BlockQ4_0x8, Interleaved, GROUP_ROWS};
 pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SubScales, SuperBlock, K_BLOCK};
 #[cfg(test)]
 pub use mxfp4::dequantize_mxfp4;
@@ -80,12 +83,14 @@ macro_rules! blocks_of {
     };
 }
 
-/// Runs `$body` with `$b` bound to the blocks `$blocks` holds, whatever their format.
+/// Runs `$body` with `$b` bound to the blocks `$blocks` holds in row order, whatever their
+/// format, or `$grouped` with `$g` bound to interleaved groups.
 macro_rules! with_blocks {
-    ($blocks:expr, $b:ident => $body:expr) => {
+    ($blocks:expr, $b:ident => $body:expr, $g:ident => $grouped:expr) => {
         match $blocks {
             Blocks::Q8_0($b) => $body,
             Blocks::Q4_0($b) => $body,
+            Blocks::Q4_0x8($g) => $grouped,
             Blocks::Q5_0($b) => $body,
             Blocks::Mxfp4($b) => $body,
             Blocks::Q4K($b) => $body,
@@ -159,11 +164,13 @@ impl FromStr for QuantFormat {
     }
 }
 
-/// The blocks of a quantized matrix, row after row.
+/// The blocks of a quantized matrix, row after row, or in groups of rows interleaved for the
+/// x86 tiles (see interleaved.rs).
 #[derive(Debug)]
 enum Blocks {
     Q8_0(Store<BlockQ8_0>),
     Q4_0(Store<BlockQ4_0>),
+    Q4_0x8(Vec<BlockQ4_0x8>),
     Q5_0(Store<BlockQ5_0>),
     Mxfp4(Store<BlockMxfp4>),
     Q4K(Store<BlockQ4K>),
@@ -180,6 +187,22 @@ pub struct QMatrix {
 }
 
 impl QMatrix {
+    /// `blocks` in row order as a matrix of `dims`, interleaved where the CPU kernels read
+    /// them so (`interleaves`): a copy at load, of the file's size.
+    fn new(blocks: Blocks, dims: &[usize]) -> QMatrix {
+        let kb = dims.last().copied().unwrap_or(0) / BLOCK;
+        let blocks = match blocks {
+            Blocks::Q4_0(b) if interleaves(QuantFormat::Q4_0, dims) => {
+                Blocks::Q4_0x8(interleave(&b, kb))
+            }
+            b => b,
+        };
+        QMatrix {
+            blocks,
+            dims: dims.to_vec(),
+        }
+    }
+
     /// MXFP4 blocks as they are: `dims` with a last dim of `blocks.len()` / rows · 32.
     pub fn from_mxfp4(blocks: Vec<BlockMxfp4>, dims: &[usize]) -> Result<QMatrix> {
         let values: usize = dims.iter().product();
@@ -190,10 +213,7 @@ impl QMatrix {
                 blocks.len()
             )));
         }
-        Ok(QMatrix {
-            blocks: Blocks::Mxfp4(Store::Owned(blocks)),
-            dims: dims.to_vec(),
-        })
+        Ok(QMatrix::new(Blocks::Mxfp4(Store::Owned(blocks)), dims))
     }
 
     /// Blocks in GGML's own layout (a GGUF tensor's bytes), rows of `dims` in order.
@@ -207,10 +227,7 @@ impl QMatrix {
             format,
             B => Store::Owned(bytes.chunks_exact(size).map(B::from_ggml).collect())
         );
-        Ok(QMatrix {
-            blocks,
-            dims: dims.to_vec(),
-        })
+        Ok(QMatrix::new(blocks, dims))
     }
 
     /// Blocks in GGML's own layout read in place from `bytes[range]` (a GGUF tensor in its
@@ -232,15 +249,17 @@ impl QMatrix {
             format,
             B => Store::<B>::mapped(bytes, range).ok_or_else(|| unfit(format, len, dims))?
         );
-        Ok(QMatrix {
-            blocks,
-            dims: dims.to_vec(),
-        })
+        Ok(QMatrix::new(blocks, dims))
+    }
+
+    /// Whether the rows are interleaved in groups for the x86 tiles (see interleaved.rs).
+    pub fn is_interleaved(&self) -> bool {
+        self.slice().is_interleaved()
     }
 
     /// Whether the blocks are read in place from a mapped file.
     pub fn is_mapped(&self) -> bool {
-        with_blocks!(&self.blocks, b => b.is_mapped())
+        with_blocks!(&self.blocks, b => b.is_mapped(), _g => false)
     }
 
     /// Quantizes a CPU tensor; `name` is used in errors.
@@ -255,7 +274,7 @@ impl QMatrix {
         }
         let x = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let blocks = blocks_of!(format, B => Store::Owned(quantize_par::<B>(&x)));
-        Ok(QMatrix { blocks, dims })
+        Ok(QMatrix::new(blocks, &dims))
     }
 
     pub fn dims(&self) -> &[usize] {
@@ -265,7 +284,7 @@ impl QMatrix {
     pub fn format(&self) -> QuantFormat {
         match self.blocks {
             Blocks::Q8_0(_) => QuantFormat::Q8_0,
-            Blocks::Q4_0(_) => QuantFormat::Q4_0,
+            Blocks::Q4_0(_) | Blocks::Q4_0x8(_) => QuantFormat::Q4_0,
             Blocks::Q5_0(_) => QuantFormat::Q5_0,
             Blocks::Mxfp4(_) => QuantFormat::Mxfp4,
             Blocks::Q4K(_) => QuantFormat::Q4K,
@@ -279,6 +298,7 @@ impl QMatrix {
         match &self.blocks {
             Blocks::Q8_0(b) => WeightSlice::Q8_0(b),
             Blocks::Q4_0(b) => WeightSlice::Q4_0(b),
+            Blocks::Q4_0x8(g) => WeightSlice::Q4_0x8(g),
             Blocks::Q5_0(b) => WeightSlice::Q5_0(b),
             Blocks::Mxfp4(b) => WeightSlice::Mxfp4(b),
             Blocks::Q4K(b) => WeightSlice::Q4K(b),
@@ -310,7 +330,11 @@ impl QMatrix {
         let mut out = vec![0f32; count * k];
         let per = self.format().block_values();
         let range = first * k / per..(first + count) * k / per;
-        with_blocks!(&self.blocks, b => dequantize_into(&b[range], &mut out));
+        with_blocks!(
+            &self.blocks,
+            b => dequantize_into(&b[range], &mut out),
+            g => dequantize_into(&deinterleave(g, k / per, first, count), &mut out)
+        );
         Ok(Tensor::from_vec(out, shape, &Device::Cpu)?.to_dtype(dtype)?)
     }
 }

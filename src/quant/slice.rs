@@ -5,7 +5,8 @@ use candle_core::{CpuStorage, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::{
-    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0, BLOCK, K_BLOCK,
+    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ4_0x8, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0, BLOCK,
+    GROUP_ROWS, K_BLOCK,
 };
 use crate::error::{Error, Result};
 
@@ -22,6 +23,9 @@ pub enum WeightSlice<'a> {
     F16(&'a [f16]),
     Q8_0(&'a [BlockQ8_0]),
     Q4_0(&'a [BlockQ4_0]),
+    /// q4_0 rows interleaved in groups of eight (quant/interleaved.rs): k / BLOCK groups per
+    /// eight rows.
+    Q4_0x8(&'a [BlockQ4_0x8]),
     Q5_0(&'a [BlockQ5_0]),
     Mxfp4(&'a [BlockMxfp4]),
     Q4K(&'a [BlockQ4K]),
@@ -30,7 +34,9 @@ pub enum WeightSlice<'a> {
 }
 
 impl<'a> WeightSlice<'a> {
-    /// Rows `first..first + count` of a row-major matrix with rows of `k` elements.
+    /// Rows `first..first + count` of a row-major matrix with rows of `k` elements. Of
+    /// interleaved rows, whole groups of eight (`first` and `count` multiples of eight): callers
+    /// split matrices whose row counts are (`interleaves`) at multiples of eight.
     pub fn rows(&self, first: usize, count: usize, k: usize) -> WeightSlice<'a> {
         let r = first * k..(first + count) * k;
         let b = first * k / BLOCK..(first + count) * k / BLOCK;
@@ -41,6 +47,15 @@ impl<'a> WeightSlice<'a> {
             WeightSlice::F16(w) => WeightSlice::F16(&w[r]),
             WeightSlice::Q8_0(w) => WeightSlice::Q8_0(&w[b]),
             WeightSlice::Q4_0(w) => WeightSlice::Q4_0(&w[b]),
+            WeightSlice::Q4_0x8(w) => {
+                assert!(
+                    first.is_multiple_of(GROUP_ROWS) && count.is_multiple_of(GROUP_ROWS),
+                    "interleaved rows are taken in whole groups"
+                );
+                let groups =
+                    first * k / (GROUP_ROWS * BLOCK)..(first + count) * k / (GROUP_ROWS * BLOCK);
+                WeightSlice::Q4_0x8(&w[groups])
+            }
             WeightSlice::Q5_0(w) => WeightSlice::Q5_0(&w[b]),
             WeightSlice::Mxfp4(w) => WeightSlice::Mxfp4(&w[b]),
             WeightSlice::Q4K(w) => WeightSlice::Q4K(&w[kb]),
@@ -55,6 +70,11 @@ impl<'a> WeightSlice<'a> {
             self,
             WeightSlice::Q4K(_) | WeightSlice::Q5K(_) | WeightSlice::Q6K(_)
         )
+    }
+
+    /// Whether the weights are rows interleaved in groups (their products want x's block sums).
+    pub fn is_interleaved(&self) -> bool {
+        matches!(self, WeightSlice::Q4_0x8(_))
     }
 
     /// Whether the weights are quantized blocks (their products take q8_0 activations, or

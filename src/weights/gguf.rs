@@ -249,7 +249,16 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(gate.format(), QuantFormat::Q4_0);
-        assert!(gate.is_mapped());
+        // q4_0 rows are interleaved for the x86 tiles where the CPU runs them: a copy.
+        assert_eq!(gate.is_mapped(), !gate.is_interleaved());
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(gate.is_interleaved(), is_x86_feature_detected!("avx2"));
+        let v = w
+            .quantized("blk.0.attn_v.weight", &[64, 192], None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.format(), QuantFormat::Q8_0);
+        assert!(v.is_mapped());
         // Rows llama.cpp permuted are restored in a copy of their own.
         let unpermute = HashMap::from([("blk.0.attn_q.weight".to_string(), 4)]);
         let gguf = Gguf::open(&path).unwrap();

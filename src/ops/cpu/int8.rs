@@ -163,7 +163,7 @@ unsafe fn dot_vnni(x_abs: __m256i, w_signed: __m256i) -> __m256i {
 /// The f16 scale `bits` in all 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-unsafe fn splat_scale(bits: u16) -> __m256 {
+pub(super) unsafe fn splat_scale(bits: u16) -> __m256 {
     _mm256_cvtph_ps(_mm_set1_epi16(bits as i16))
 }
 

@@ -16,12 +16,12 @@ use rayon::prelude::*;
 
 use super::isa::Isa;
 use super::matmul::matmul_abt;
-use super::quantized::{bf16_for, matmul_bt_quantized};
+use super::quantized::{bf16_for, matmul_bt_interleaved, matmul_bt_quantized};
 pub use super::tile::{Lhs, OutView};
 use super::vector::{dot, WeightElem};
 use crate::quant::{
     quantize_par, BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K,
-    BlockQ8_0, WeightSlice, BLOCK, K_BLOCK,
+    BlockQ8_0, WeightSlice, BLOCK, GROUP_ROWS, K_BLOCK,
 };
 
 /// From this many rows of x on, widened weights go through the packed matrix kernel: below it
@@ -39,7 +39,7 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
     match w {
         WeightSlice::BF16(_) => isa >= Isa::Avx512Bf16,
         WeightSlice::Q8_0(_) => bf16_for::<BlockQ8_0>(isa),
-        WeightSlice::Q4_0(_) => bf16_for::<BlockQ4_0>(isa),
+        WeightSlice::Q4_0(_) | WeightSlice::Q4_0x8(_) => bf16_for::<BlockQ4_0>(isa),
         WeightSlice::Q5_0(_) => bf16_for::<BlockQ5_0>(isa),
         WeightSlice::Mxfp4(_) => bf16_for::<BlockMxfp4>(isa),
         WeightSlice::Q4K(_) => bf16_for::<BlockQ4K>(isa),
@@ -53,6 +53,7 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
 pub struct PreparedLhs {
     bf16: Vec<bf16>,
     q8: Vec<BlockQ8_0>,
+    q8_sums: Vec<i32>,
     q8k: Vec<BlockQ8K>,
 }
 
@@ -74,7 +75,19 @@ impl PreparedLhs {
         } else if w.is_quantized() && k.is_multiple_of(BLOCK) {
             q8 = quantize_par(x);
         }
-        PreparedLhs { bf16, q8, q8k }
+        let mut q8_sums = Vec::new();
+        if w.is_interleaved() {
+            q8_sums = q8
+                .iter()
+                .map(|b: &BlockQ8_0| b.qs.iter().map(|&q| q as i32).sum())
+                .collect();
+        }
+        PreparedLhs {
+            bf16,
+            q8,
+            q8_sums,
+            q8k,
+        }
     }
 
     /// Rows `first..first + count` of x (rows of k) with their prepared forms.
@@ -85,6 +98,7 @@ impl PreparedLhs {
             f32: &x[r.clone()],
             bf16: self.bf16.get(r).unwrap_or(&[]),
             q8: self.q8.get(blocks(BLOCK)).unwrap_or(&[]),
+            q8_sums: self.q8_sums.get(blocks(BLOCK)).unwrap_or(&[]),
             q8k: self.q8k.get(blocks(K_BLOCK)).unwrap_or(&[]),
         }
     }
@@ -121,6 +135,7 @@ pub fn matmul_bt(
         WeightSlice::F16(w) => widen(isa, x.f32, w, (m, n, k), out),
         WeightSlice::Q8_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
+        WeightSlice::Q4_0x8(w) => matmul_bt_interleaved(isa, x, w, (m, n, k), out),
         WeightSlice::Q5_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Mxfp4(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
@@ -138,8 +153,9 @@ pub fn linear(
     out: &mut [f32],
 ) {
     let threads = rayon::current_num_threads();
-    // Enough blocks that a slow core does not hold up the rest, each a multiple of the tile.
-    let per_task = n.div_ceil(threads * 4).next_multiple_of(4).max(16);
+    // Enough blocks that a slow core does not hold up the rest, each a multiple of the tile and
+    // of a group of interleaved rows.
+    let per_task = n.div_ceil(threads * 4).next_multiple_of(GROUP_ROWS).max(16);
     if m == 1 {
         // One row: (1, n) and its transpose are the same buffer; blocks are contiguous.
         out[..n]
@@ -238,7 +254,7 @@ mod tests {
 
     use super::super::quantized::DEQUANT_MIN_ROWS;
     use super::*;
-    use crate::quant::QuantBlock;
+    use crate::quant::{BlockQ4_0x8, QuantBlock};
 
     /// The f64 oracle: each product term in f64, with the weights (and the activations, for a
     /// kernel that multiplies in bf16) rounded exactly as the kernel sees them.
@@ -285,7 +301,9 @@ mod tests {
         let bf16_of =
             |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
         let int8 = m < DEQUANT_MIN_ROWS
-            || (w.is_k_quant() && isa != Isa::Portable && !wants_bf16(isa, &w));
+            || ((w.is_k_quant() || w.is_interleaved())
+                && isa != Isa::Portable
+                && !wants_bf16(isa, &w));
         let (x_seen, w_seen): (Vec<f32>, Vec<f32>) = if w.is_quantized() && int8 {
             let mut x_q8 = vec![0f32; m * k];
             if w.is_k_quant() {
@@ -365,6 +383,28 @@ mod tests {
                 check_blocks(isa, dims, |w| WeightSlice::Q4_0(w));
                 check_blocks(isa, dims, |w| WeightSlice::Q5_0(w));
                 check_blocks(isa, dims, |w| WeightSlice::Mxfp4(w));
+            }
+        }
+    }
+
+    /// Rows interleaved in groups of eight (n a multiple of eight), through every path: the
+    /// group tiles, and the rows given back for the portable loop and bf16 tiles.
+    #[test]
+    fn interleaved_kernels_match_the_f64_oracle() {
+        for isa in Isa::available() {
+            for dims @ (_, n, k) in [
+                (1, 8, 32),
+                (2, 16, 64),
+                (3, 8, 96),
+                (1, 64, 1024),
+                (5, 24, 128),
+                (37, 16, 96),
+            ] {
+                let w: Vec<BlockQ4_0> = crate::quant::quantize(&values(n * k, 5));
+                let mut w_f32 = vec![0f32; n * k];
+                crate::quant::dequantize_into(&w, &mut w_f32);
+                let groups = crate::quant::interleave::<BlockQ4_0x8>(&w, k / BLOCK);
+                check(isa, &w_f32, WeightSlice::Q4_0x8(&groups), dims);
             }
         }
     }

@@ -14,6 +14,8 @@ pub(crate) mod expert_ffn;
 mod int8;
 #[cfg(target_arch = "x86_64")]
 mod int8_k;
+#[cfg(target_arch = "x86_64")]
+mod int8_x8;
 mod isa;
 mod kquant;
 mod linear;

@@ -149,5 +149,8 @@ pub struct Lhs<'a> {
     pub f32: &'a [f32],
     pub bf16: &'a [bf16],
     pub q8: &'a [BlockQ8_0],
+    /// The sum of each q8_0 block's codes, where the weights are interleaved (their tiles
+    /// take codes offset to unsigned and subtract the offset through these).
+    pub q8_sums: &'a [i32],
     pub q8k: &'a [BlockQ8K],
 }

@@ -1,0 +1,284 @@
+//! x86 tiles of `out = x · wᵀ` for q8_0 activations and weights interleaved in groups of
+//! eight rows (quant/interleaved.rs). Per group and block of 32, eight registers each hold four
+//! codes of every row; one `vpdpbusd` (or `vpmaddubsw` + `vpmaddwd`) of such a register against
+//! four of x's codes broadcast adds to all eight rows' dot products, so the scales, the
+//! conversion and the float sums are paid once per eight rows, not once per row as in int8.rs.
+//!
+//! The stored codes are unsigned (q4_0's nibbles as they are), which both instructions want
+//! for one operand; the offset comes back through x's block sums, exactly:
+//! Σ (q - 8) x = Σ q x - 8 Σ x. Each block's integer sum is then scaled and added as the
+//! portable loop adds it, so the result equals that loop's bit for bit (tested below).
+
+use std::arch::x86_64::*;
+
+use super::avx512::prefetch_ahead;
+use super::int8::splat_scale;
+use super::tile::OutView;
+use crate::quant::{BlockQ4_0x8, BlockQ8_0, Interleaved, BLOCK, GROUP_ROWS};
+
+/// A group of eight rows' blocks whose codes load as unsigned bytes, four per row per register.
+pub trait Codes8: Interleaved {
+    /// A stored code minus OFFSET is the signed code. Stored codes are at most 127, so that
+    /// `vpmaddubsw`'s pairs of products cannot saturate an i16.
+    const OFFSET: i32;
+
+    /// The eight rows' scales, row r in lane r.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and F16C, and `g` points to a group.
+    unsafe fn scales(g: *const Self) -> __m256;
+
+    /// Register t holds codes 4t..4t + 4 of row r in its 32-bit lane r.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, and `g` points to a group.
+    unsafe fn codes(g: *const Self) -> [__m256i; 8];
+}
+
+impl Codes8 for BlockQ4_0x8 {
+    const OFFSET: i32 = 8;
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales(g: *const Self) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128((*g).d.as_ptr() as *const __m128i))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn codes(g: *const Self) -> [__m256i; 8] {
+        let low = _mm256_set1_epi8(0x0f);
+        let mut out = [_mm256_setzero_si256(); 8];
+        for c in 0..4 {
+            let raw = _mm256_loadu_si256((*g).qs.as_ptr().add(32 * c) as *const __m256i);
+            out[c] = _mm256_and_si256(raw, low);
+            out[c + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low);
+        }
+        out
+    }
+}
+
+/// out (m, n) = x (m, k) · w (n, k)ᵀ on AVX2, `sums` holding the sum of each of x's blocks'
+/// codes.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C (`Isa::Avx2` or better was detected).
+pub unsafe fn matmul_bt_avx2<G: Codes8>(
+    x: (&[BlockQ8_0], &[i32]),
+    w: &[G],
+    dims: (usize, usize, usize),
+    out: &mut OutView,
+) {
+    // 16 ymm registers: the eight codes, the scales and two rows' sums.
+    for_groups(x, w, dims, out, 2, |x, w, kb, mr| unsafe {
+        match mr {
+            1 => avx2_tile::<G, 1>(x, w, kb),
+            _ => avx2_tile::<G, 2>(x, w, kb),
+        }
+    });
+}
+
+/// As `matmul_bt_avx2`, on AVX-512 VNNI (256-bit lanes).
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C, AVX-512 VL and VNNI.
+pub unsafe fn matmul_bt_vnni<G: Codes8>(
+    x: (&[BlockQ8_0], &[i32]),
+    w: &[G],
+    dims: (usize, usize, usize),
+    out: &mut OutView,
+) {
+    // 32 ymm registers with AVX-512 VL: four rows' sums beside the codes.
+    for_groups(x, w, dims, out, 4, |x, w, kb, mr| unsafe {
+        match mr {
+            1 => vnni_tile::<G, 1>(x, w, kb),
+            2 => vnni_tile::<G, 2>(x, w, kb),
+            3 => vnni_tile::<G, 3>(x, w, kb),
+            _ => vnni_tile::<G, 4>(x, w, kb),
+        }
+    });
+}
+
+/// Up to four rows of x against one group, over all k: row i's eight sums in `[i]`.
+type GroupSums = [[f32; GROUP_ROWS]; 4];
+
+/// Pointers to a tile's x blocks and their sums.
+type XTile = (*const BlockQ8_0, *const i32);
+
+/// Each group of eight rows of w in turn, every row of x passing it (at most mr_max at a time)
+/// while its kb blocks stay in L1. Asserts the operands hold what the dims say, so that the
+/// tiles' pointer arithmetic stays inside them.
+fn for_groups<G>(
+    (x, sums): (&[BlockQ8_0], &[i32]),
+    w: &[G],
+    (m, n, k): (usize, usize, usize),
+    out: &mut OutView,
+    mr_max: usize,
+    tile: impl Fn(XTile, *const G, usize, usize) -> GroupSums,
+) {
+    let kb = k / BLOCK;
+    assert!(
+        k.is_multiple_of(BLOCK)
+            && n.is_multiple_of(GROUP_ROWS)
+            && x.len() >= m * kb
+            && sums.len() >= m * kb
+            && w.len() >= n / GROUP_ROWS * kb,
+        "interleaved tiles: operand sizes"
+    );
+    for g in 0..n / GROUP_ROWS {
+        let wg = w[g * kb..].as_ptr();
+        for i0 in (0..m).step_by(mr_max) {
+            let mr = mr_max.min(m - i0);
+            let xt = (x[i0 * kb..].as_ptr(), sums[i0 * kb..].as_ptr());
+            let s = tile(xt, wg, kb, mr);
+            for (i, row) in s.iter().take(mr).enumerate() {
+                for (r, &v) in row.iter().enumerate() {
+                    out.set(i0 + i, g * GROUP_ROWS + r, v);
+                }
+            }
+        }
+    }
+}
+
+/// x's four codes at `p` in every 32-bit lane.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn broadcast4(p: *const i8) -> __m256i {
+    _mm256_set1_epi32((p as *const i32).read_unaligned())
+}
+
+/// acc + the four products of each lane's unsigned `w` and signed `x` bytes: `vpmaddubsw`
+/// (pairs, exact: see `Codes8::OFFSET`) then `vpmaddwd` by ones.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn dot_avx2(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    let pairs = _mm256_maddubs_epi16(w, x);
+    _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,avx512vl,avx512vnni")]
+unsafe fn dot_vnni(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(acc, w, x)
+}
+
+/// One tile body per family: MR rows of x against one group, each over all kb blocks.
+macro_rules! group_tile {
+    ($name:ident, $features:literal, $dot:ident) => {
+        // Indices, not iterators: acc[i] and codes[t] are registers.
+        #[allow(clippy::needless_range_loop)]
+        #[inline]
+        #[target_feature(enable = $features)]
+        unsafe fn $name<G: Codes8, const MR: usize>(
+            (x, sums): XTile,
+            w: *const G,
+            kb: usize,
+        ) -> GroupSums {
+            let mut acc = [_mm256_setzero_ps(); MR];
+            for b in 0..kb {
+                let wb = w.add(b);
+                prefetch_ahead(wb);
+                let codes = G::codes(wb);
+                let wd = G::scales(wb);
+                for i in 0..MR {
+                    let xb = x.add(i * kb + b);
+                    let xs = (*xb).qs.as_ptr();
+                    // Two chains, so that the adds of one wait less on the other's.
+                    let mut p0 = _mm256_set1_epi32(-G::OFFSET * *sums.add(i * kb + b));
+                    let mut p1 = _mm256_setzero_si256();
+                    for t in (0..8).step_by(2) {
+                        p0 = $dot(p0, codes[t], broadcast4(xs.add(4 * t)));
+                        p1 = $dot(p1, codes[t + 1], broadcast4(xs.add(4 * t + 4)));
+                    }
+                    let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1));
+                    // As the portable loop: (dot · (d_x · d_w)), then added; no fused step.
+                    let scale = _mm256_mul_ps(splat_scale((*xb).d.to_bits()), wd);
+                    acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(dot, scale));
+                }
+            }
+            let mut out = [[0f32; GROUP_ROWS]; 4];
+            for i in 0..MR {
+                _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]);
+            }
+            out
+        }
+    };
+}
+
+group_tile!(avx2_tile, "avx2,fma,f16c", dot_avx2);
+group_tile!(vnni_tile, "avx2,fma,f16c,avx512vl,avx512vnni", dot_vnni);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::cpu::quantized::portable;
+    use crate::quant::{interleave, BlockQ4_0};
+
+    /// The group tiles against the portable loop on the same blocks in row order, bit for bit:
+    /// every code byte, x's codes to -128, scales from subnormal to large, every row count
+    /// of a tile and a remainder of rows of x.
+    #[test]
+    fn group_tiles_equal_the_portable_loop_bit_for_bit() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            return;
+        }
+        let vnni = is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni");
+        let f16_of = |i: usize| half::f16::from_bits([0x0001, 0x3c00, 0x5bff, 0xb555][i % 4]);
+        for (m, n, k) in [
+            (1, 8, 32),
+            (2, 16, 64),
+            (3, 8, 96),
+            (5, 24, 128),
+            (9, 8, 1024),
+        ] {
+            let kb = k / BLOCK;
+            let w: Vec<BlockQ4_0> = (0..n * kb)
+                .map(|b| BlockQ4_0 {
+                    d: f16_of(b),
+                    qs: std::array::from_fn(|l| ((b * 7 + l * 13) % 256) as u8),
+                })
+                .collect();
+            let x: Vec<BlockQ8_0> = (0..m * kb)
+                .map(|b| BlockQ8_0 {
+                    d: f16_of(b + 1),
+                    qs: std::array::from_fn(|l| ((b * 11 + l * 29) % 256) as u8 as i8),
+                })
+                .collect();
+            let sums: Vec<i32> = x
+                .iter()
+                .map(|b| b.qs.iter().map(|&q| q as i32).sum())
+                .collect();
+            let groups = interleave::<BlockQ4_0x8>(&w, kb);
+            let mut want = vec![0f32; m * n];
+            portable(&x, &w, (m, n, k), &mut OutView::rows(&mut want, n));
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let mut got = vec![f32::NAN; m * n];
+            // SAFETY: the features were detected above.
+            unsafe {
+                matmul_bt_avx2(
+                    (&x, &sums),
+                    &groups,
+                    (m, n, k),
+                    &mut OutView::rows(&mut got, n),
+                );
+            }
+            assert_eq!(bits(&got), bits(&want), "avx2 {m}x{n}x{k}");
+            if vnni {
+                let mut got = vec![f32::NAN; m * n];
+                // SAFETY: as above, and VNNI was detected.
+                unsafe {
+                    matmul_bt_vnni(
+                        (&x, &sums),
+                        &groups,
+                        (m, n, k),
+                        &mut OutView::rows(&mut got, n),
+                    );
+                }
+                assert_eq!(bits(&got), bits(&want), "vnni {m}x{n}x{k}");
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Weights interleaved at load for the x86 integer tiles: the blocks of eight rows at one
+//! position of k side by side, so that one 256-bit register holds four codes of each of the
+//! eight rows and one `vpdpbusd` advances eight dot products at once, the scales of the eight
+//! rows one load (llama.cpp repacks Q4_0 so, as `q4_0_8x8`). The bytes per weight are the
+//! file's; only their order changes. A matrix is interleaved only where the CPU kernels read
+//! it so (x86 with AVX2) and its rows come in whole groups (`interleaves`).
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::blocks::pod_blocks;
+use super::{BlockQ4_0, QuantFormat, WeightBlock, BLOCK};
+
+/// Rows per group.
+pub const GROUP_ROWS: usize = 8;
+
+/// Eight rows' blocks of 32 weights at one position of k.
+pub trait Interleaved: bytemuck::Pod + Send + Sync {
+    type Block: WeightBlock;
+    /// The group of `rows[r]` as row r.
+    fn gather(rows: [&Self::Block; GROUP_ROWS]) -> Self;
+    /// Row r's block, as it was.
+    fn row(&self, r: usize) -> Self::Block;
+}
+
+/// Eight q4_0 blocks: the scales, then four chunks of 32 bytes in which chunk c holds bytes
+/// 4c..4c + 4 of row r at 4r..4r + 4. A q4_0 byte l holds weight l in its low nibble and
+/// weight l + 16 in its high one, so chunk c's low nibbles are weights 4c.. of every row and
+/// its high nibbles weights 16 + 4c.. .
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ4_0x8 {
+    pub d: [f16; GROUP_ROWS],
+    pub qs: [u8; GROUP_ROWS * BLOCK / 2],
+}
+
+pod_blocks!(BlockQ4_0x8 = 144);
+
+impl Interleaved for BlockQ4_0x8 {
+    type Block = BlockQ4_0;
+
+    fn gather(rows: [&BlockQ4_0; GROUP_ROWS]) -> Self {
+        BlockQ4_0x8 {
+            d: rows.map(|b| b.d),
+            qs: std::array::from_fn(|i| {
+                let (c, r, byte) = (i / 32, i % 32 / 4, i % 4);
+                rows[r].qs[4 * c + byte]
+            }),
+        }
+    }
+
+    fn row(&self, r: usize) -> BlockQ4_0 {
+        BlockQ4_0 {
+            d: self.d[r],
+            qs: std::array::from_fn(|l| self.qs[32 * (l / 4) + 4 * r + l % 4]),
+        }
+    }
+}
+
+/// Whether a matrix of `format` and `dims` is kept interleaved: the x86 tiles read q4_0 so,
+/// given rows in whole groups per matrix of the stack (so that an expert's rows, and any
+/// multiple of eight of them, are whole groups).
+pub fn interleaves(format: QuantFormat, dims: &[usize]) -> bool {
+    let rows = dims.len().checked_sub(2).map(|d| dims[d]);
+    format == QuantFormat::Q4_0 && rows.is_some_and(|r| r.is_multiple_of(GROUP_ROWS)) && x86_tiles()
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x86_tiles() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_tiles() -> bool {
+    false
+}
+
+/// Rows of `kb` blocks each (a whole number of groups) into groups: group g's kb groups (rows
+/// 8g..8g + 8) contiguous, in order of k.
+pub fn interleave<G: Interleaved>(blocks: &[G::Block], kb: usize) -> Vec<G> {
+    let groups = blocks.len() / (kb * GROUP_ROWS).max(1);
+    let mut out = vec![G::zeroed(); groups * kb];
+    out.par_chunks_mut(kb.max(1))
+        .enumerate()
+        .for_each(|(g, group)| {
+            let rows = &blocks[g * GROUP_ROWS * kb..][..GROUP_ROWS * kb];
+            for (b, o) in group.iter_mut().enumerate() {
+                *o = G::gather(std::array::from_fn(|r| &rows[r * kb + b]));
+            }
+        });
+    out
+}
+
+/// Rows `first..first + count` (of `kb` blocks each) of interleaved `groups` back in row order.
+/// `first` and `count` are whole groups.
+pub fn deinterleave<G: Interleaved>(
+    groups: &[G],
+    kb: usize,
+    first: usize,
+    count: usize,
+) -> Vec<G::Block> {
+    debug_assert!(first.is_multiple_of(GROUP_ROWS) && count.is_multiple_of(GROUP_ROWS));
+    let groups = &groups[first / GROUP_ROWS * kb..(first + count) / GROUP_ROWS * kb];
+    let mut out = Vec::with_capacity(count * kb);
+    for group in groups.chunks_exact(kb.max(1)) {
+        for r in 0..GROUP_ROWS {
+            out.extend(group.iter().map(|g| g.row(r)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interleaving_keeps_every_block_and_undoing_it_gives_them_back() {
+        let kb = 3;
+        let blocks: Vec<BlockQ4_0> = (0..16 * kb)
+            .map(|b| BlockQ4_0 {
+                d: f16::from_f32(b as f32),
+                qs: std::array::from_fn(|l| (b * 16 + l) as u8),
+            })
+            .collect();
+        let groups = interleave::<BlockQ4_0x8>(&blocks, kb);
+        assert_eq!(groups.len(), 2 * kb);
+        // Row 11 (group 1, row 3), block 2.
+        assert_eq!(groups[kb + 2].row(3), blocks[11 * kb + 2]);
+        // Chunk 1 of that group: row 3's bytes 4..8 at 32 + 12.
+        assert_eq!(groups[kb + 2].qs[44..48], blocks[11 * kb + 2].qs[4..8]);
+        assert_eq!(deinterleave(&groups, kb, 0, 16), blocks);
+        assert_eq!(deinterleave(&groups, kb, 8, 8), blocks[8 * kb..]);
+    }
+}

@@ -119,7 +119,7 @@ pub trait SuperBlock: QuantBlock {
 }
 
 /// Run j's 6-bit scale and min from the 12 packed bytes of q4_K and q5_K.
-fn scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {
+pub(super) fn scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -131,7 +131,7 @@ fn scale_min(j: usize, q: &[u8; 12]) -> (u8, u8) {
 }
 
 /// The inverse of `scale_min`: 8 scales and 8 mins of 6 bits into 12 bytes.
-fn pack_scale_min(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
+pub(super) fn pack_scale_min(sc: &[u8; 8], m: &[u8; 8]) -> [u8; 12] {
     let mut q = [0u8; 12];
     for j in 0..4 {
         q[j] = sc[j] | ((sc[j + 4] >> 4) << 6);

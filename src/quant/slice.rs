@@ -5,8 +5,8 @@ use candle_core::{CpuStorage, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::{
-    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ4_0x8, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8_0, BLOCK,
-    GROUP_ROWS, K_BLOCK,
+    BlockMxfp4, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ5K, BlockQ5_0, BlockQ6K,
+    BlockQ8_0, BLOCK, GROUP_ROWS, K_BLOCK,
 };
 use crate::error::{Error, Result};
 
@@ -29,14 +29,15 @@ pub enum WeightSlice<'a> {
     Q5_0(&'a [BlockQ5_0]),
     Mxfp4(&'a [BlockMxfp4]),
     Q4K(&'a [BlockQ4K]),
+    /// q4_K rows interleaved in groups of eight: k / K_BLOCK groups per eight rows.
+    Q4Kx8(&'a [BlockQ4Kx8]),
     Q5K(&'a [BlockQ5K]),
     Q6K(&'a [BlockQ6K]),
 }
 
 impl<'a> WeightSlice<'a> {
     /// Rows `first..first + count` of a row-major matrix with rows of `k` elements. Of
-    /// interleaved rows, whole groups of eight (`first` and `count` multiples of eight): callers
-    /// split matrices whose row counts are (`interleaves`) at multiples of eight.
+    /// interleaved rows, whole groups of eight (`groups`).
     pub fn rows(&self, first: usize, count: usize, k: usize) -> WeightSlice<'a> {
         let r = first * k..(first + count) * k;
         let b = first * k / BLOCK..(first + count) * k / BLOCK;
@@ -47,18 +48,11 @@ impl<'a> WeightSlice<'a> {
             WeightSlice::F16(w) => WeightSlice::F16(&w[r]),
             WeightSlice::Q8_0(w) => WeightSlice::Q8_0(&w[b]),
             WeightSlice::Q4_0(w) => WeightSlice::Q4_0(&w[b]),
-            WeightSlice::Q4_0x8(w) => {
-                assert!(
-                    first.is_multiple_of(GROUP_ROWS) && count.is_multiple_of(GROUP_ROWS),
-                    "interleaved rows are taken in whole groups"
-                );
-                let groups =
-                    first * k / (GROUP_ROWS * BLOCK)..(first + count) * k / (GROUP_ROWS * BLOCK);
-                WeightSlice::Q4_0x8(&w[groups])
-            }
+            WeightSlice::Q4_0x8(w) => WeightSlice::Q4_0x8(&w[groups(first, count, k / BLOCK)]),
             WeightSlice::Q5_0(w) => WeightSlice::Q5_0(&w[b]),
             WeightSlice::Mxfp4(w) => WeightSlice::Mxfp4(&w[b]),
             WeightSlice::Q4K(w) => WeightSlice::Q4K(&w[kb]),
+            WeightSlice::Q4Kx8(w) => WeightSlice::Q4Kx8(&w[groups(first, count, k / K_BLOCK)]),
             WeightSlice::Q5K(w) => WeightSlice::Q5K(&w[kb]),
             WeightSlice::Q6K(w) => WeightSlice::Q6K(&w[kb]),
         }
@@ -68,13 +62,13 @@ impl<'a> WeightSlice<'a> {
     pub fn is_k_quant(&self) -> bool {
         matches!(
             self,
-            WeightSlice::Q4K(_) | WeightSlice::Q5K(_) | WeightSlice::Q6K(_)
+            WeightSlice::Q4K(_) | WeightSlice::Q4Kx8(_) | WeightSlice::Q5K(_) | WeightSlice::Q6K(_)
         )
     }
 
     /// Whether the weights are rows interleaved in groups (their products want x's block sums).
     pub fn is_interleaved(&self) -> bool {
-        matches!(self, WeightSlice::Q4_0x8(_))
+        matches!(self, WeightSlice::Q4_0x8(_) | WeightSlice::Q4Kx8(_))
     }
 
     /// Whether the weights are quantized blocks (their products take q8_0 activations, or
@@ -85,6 +79,17 @@ impl<'a> WeightSlice<'a> {
             WeightSlice::F32(_) | WeightSlice::BF16(_) | WeightSlice::F16(_)
         )
     }
+}
+
+/// The groups holding rows `first..first + count` of interleaved rows of `blocks` blocks
+/// each: whole groups only (callers split matrices whose row counts are, at multiples of
+/// eight).
+fn groups(first: usize, count: usize, blocks: usize) -> std::ops::Range<usize> {
+    assert!(
+        first.is_multiple_of(GROUP_ROWS) && count.is_multiple_of(GROUP_ROWS),
+        "interleaved rows are taken in whole groups"
+    );
+    first / GROUP_ROWS * blocks..(first + count) / GROUP_ROWS * blocks
 }
 
 /// Runs `f` over the data of `t` without copying it. Fails for a tensor that is not on the

@@ -70,7 +70,8 @@ pub unsafe fn matmul_bt_avx2<G: Codes8>(
     out: &mut OutView,
 ) {
     // 16 ymm registers: the eight codes, the scales and two rows' sums.
-    for_groups(x, w, dims, out, 2, |x, w, kb, mr| unsafe {
+    for_groups(w, dims, BLOCK, out, 2, |i0, w, kb, mr| unsafe {
+        let x = x_rows(x, i0, kb, mr);
         match mr {
             1 => avx2_tile::<G, 1>(x, w, kb),
             _ => avx2_tile::<G, 2>(x, w, kb),
@@ -89,7 +90,8 @@ pub unsafe fn matmul_bt_vnni<G: Codes8>(
     out: &mut OutView,
 ) {
     // 32 ymm registers with AVX-512 VL: four rows' sums beside the codes.
-    for_groups(x, w, dims, out, 4, |x, w, kb, mr| unsafe {
+    for_groups(w, dims, BLOCK, out, 4, |i0, w, kb, mr| unsafe {
+        let x = x_rows(x, i0, kb, mr);
         match mr {
             1 => vnni_tile::<G, 1>(x, w, kb),
             2 => vnni_tile::<G, 2>(x, w, kb),
@@ -100,28 +102,24 @@ pub unsafe fn matmul_bt_vnni<G: Codes8>(
 }
 
 /// Up to four rows of x against one group, over all k: row i's eight sums in `[i]`.
-type GroupSums = [[f32; GROUP_ROWS]; 4];
-
-/// Pointers to a tile's x blocks and their sums.
-type XTile = (*const BlockQ8_0, *const i32);
+pub(super) type GroupSums = [[f32; GROUP_ROWS]; 4];
 
 /// Each group of eight rows of w in turn, every row of x passing it (at most mr_max at a time)
-/// while its kb blocks stay in L1. Asserts the operands hold what the dims say, so that the
-/// tiles' pointer arithmetic stays inside them.
-fn for_groups<G>(
-    (x, sums): (&[BlockQ8_0], &[i32]),
+/// while its blocks stay in L1: `tile` gets the first row of x, the group's first block, the
+/// blocks per row and the rows of x in the tile. Asserts that w holds the rows the dims say
+/// and that n is whole groups; each tile asserts its x (the forms differ).
+pub(super) fn for_groups<G>(
     w: &[G],
     (m, n, k): (usize, usize, usize),
+    per_block: usize,
     out: &mut OutView,
     mr_max: usize,
-    tile: impl Fn(XTile, *const G, usize, usize) -> GroupSums,
+    mut tile: impl FnMut(usize, *const G, usize, usize) -> GroupSums,
 ) {
-    let kb = k / BLOCK;
+    let kb = k / per_block;
     assert!(
-        k.is_multiple_of(BLOCK)
+        k.is_multiple_of(per_block)
             && n.is_multiple_of(GROUP_ROWS)
-            && x.len() >= m * kb
-            && sums.len() >= m * kb
             && w.len() >= n / GROUP_ROWS * kb,
         "interleaved tiles: operand sizes"
     );
@@ -129,8 +127,7 @@ fn for_groups<G>(
         let wg = w[g * kb..].as_ptr();
         for i0 in (0..m).step_by(mr_max) {
             let mr = mr_max.min(m - i0);
-            let xt = (x[i0 * kb..].as_ptr(), sums[i0 * kb..].as_ptr());
-            let s = tile(xt, wg, kb, mr);
+            let s = tile(i0, wg, kb, mr);
             for (i, row) in s.iter().take(mr).enumerate() {
                 for (r, &v) in row.iter().enumerate() {
                     out.set(i0 + i, g * GROUP_ROWS + r, v);
@@ -140,10 +137,21 @@ fn for_groups<G>(
     }
 }
 
+/// The tile's rows of x (i0.. of kb blocks each) and their sums, checked to hold mr rows.
+fn x_rows(
+    (x, sums): (&[BlockQ8_0], &[i32]),
+    i0: usize,
+    kb: usize,
+    mr: usize,
+) -> (*const BlockQ8_0, *const i32) {
+    let rows = i0 * kb..(i0 + mr) * kb;
+    (x[rows.clone()].as_ptr(), sums[rows].as_ptr())
+}
+
 /// x's four codes at `p` in every 32-bit lane.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn broadcast4(p: *const i8) -> __m256i {
+pub(super) unsafe fn broadcast4(p: *const i8) -> __m256i {
     _mm256_set1_epi32((p as *const i32).read_unaligned())
 }
 
@@ -151,14 +159,14 @@ unsafe fn broadcast4(p: *const i8) -> __m256i {
 /// (pairs, exact: see `Codes8::OFFSET`) then `vpmaddwd` by ones.
 #[inline]
 #[target_feature(enable = "avx2")]
-unsafe fn dot_avx2(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+pub(super) unsafe fn dot_avx2(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
     let pairs = _mm256_maddubs_epi16(w, x);
     _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
 }
 
 #[inline]
 #[target_feature(enable = "avx2,avx512vl,avx512vnni")]
-unsafe fn dot_vnni(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+pub(super) unsafe fn dot_vnni(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, w, x)
 }
 
@@ -170,7 +178,7 @@ macro_rules! group_tile {
         #[inline]
         #[target_feature(enable = $features)]
         unsafe fn $name<G: Codes8, const MR: usize>(
-            (x, sums): XTile,
+            (x, sums): (*const BlockQ8_0, *const i32),
             w: *const G,
             kb: usize,
         ) -> GroupSums {

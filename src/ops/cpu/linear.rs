@@ -42,7 +42,7 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
         WeightSlice::Q4_0(_) | WeightSlice::Q4_0x8(_) => bf16_for::<BlockQ4_0>(isa),
         WeightSlice::Q5_0(_) => bf16_for::<BlockQ5_0>(isa),
         WeightSlice::Mxfp4(_) => bf16_for::<BlockMxfp4>(isa),
-        WeightSlice::Q4K(_) => bf16_for::<BlockQ4K>(isa),
+        WeightSlice::Q4K(_) | WeightSlice::Q4Kx8(_) => bf16_for::<BlockQ4K>(isa),
         WeightSlice::Q5K(_) => bf16_for::<BlockQ5K>(isa),
         WeightSlice::Q6K(_) => bf16_for::<BlockQ6K>(isa),
         WeightSlice::F32(_) | WeightSlice::F16(_) => false,
@@ -139,6 +139,7 @@ pub fn matmul_bt(
         WeightSlice::Q5_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Mxfp4(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
+        WeightSlice::Q4Kx8(w) => matmul_bt_interleaved(isa, x, w, (m, n, k), out),
         WeightSlice::Q5K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q6K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
     }
@@ -254,7 +255,7 @@ mod tests {
 
     use super::super::quantized::DEQUANT_MIN_ROWS;
     use super::*;
-    use crate::quant::{BlockQ4_0x8, QuantBlock};
+    use crate::quant::{BlockQ4Kx8, BlockQ4_0x8, QuantBlock};
 
     /// The f64 oracle: each product term in f64, with the weights (and the activations, for a
     /// kernel that multiplies in bf16) rounded exactly as the kernel sees them.
@@ -391,20 +392,28 @@ mod tests {
     /// group tiles, and the rows given back for the portable loop and bf16 tiles.
     #[test]
     fn interleaved_kernels_match_the_f64_oracle() {
+        fn check_groups<G: crate::quant::Interleaved>(
+            isa: Isa,
+            dims @ (_, n, k): (usize, usize, usize),
+            slice: for<'a> fn(&'a [G]) -> WeightSlice<'a>,
+        ) {
+            let w: Vec<G::Block> = crate::quant::quantize(&values(n * k, 5));
+            let mut w_f32 = vec![0f32; n * k];
+            crate::quant::dequantize_into(&w, &mut w_f32);
+            let groups = crate::quant::interleave::<G>(&w, k / G::Block::VALUES);
+            check(isa, &w_f32, slice(&groups), dims);
+        }
         for isa in Isa::available() {
-            for dims @ (_, n, k) in [
-                (1, 8, 32),
-                (2, 16, 64),
-                (3, 8, 96),
-                (1, 64, 1024),
-                (5, 24, 128),
-                (37, 16, 96),
+            for (m, n, k) in [
+                (1, 8, 1),
+                (2, 16, 2),
+                (3, 8, 3),
+                (1, 64, 4),
+                (5, 24, 1),
+                (37, 16, 2),
             ] {
-                let w: Vec<BlockQ4_0> = crate::quant::quantize(&values(n * k, 5));
-                let mut w_f32 = vec![0f32; n * k];
-                crate::quant::dequantize_into(&w, &mut w_f32);
-                let groups = crate::quant::interleave::<BlockQ4_0x8>(&w, k / BLOCK);
-                check(isa, &w_f32, WeightSlice::Q4_0x8(&groups), dims);
+                check_groups::<BlockQ4_0x8>(isa, (m, n, 32 * k), |w| WeightSlice::Q4_0x8(w));
+                check_groups::<BlockQ4Kx8>(isa, (m, n, 256 * k), |w| WeightSlice::Q4Kx8(w));
             }
         }
     }

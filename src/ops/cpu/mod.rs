@@ -15,6 +15,8 @@ mod int8;
 #[cfg(target_arch = "x86_64")]
 mod int8_k;
 #[cfg(target_arch = "x86_64")]
+mod int8_kx8;
+#[cfg(target_arch = "x86_64")]
 mod int8_x8;
 mod isa;
 mod kquant;

@@ -18,8 +18,8 @@ use super::isa::Isa;
 use super::matmul::matmul_abt;
 use super::tile::{Lhs, OutView};
 use crate::quant::{
-    deinterleave, dequantize_into, BlockMxfp4, BlockQ4_0, BlockQ5_0, BlockQ8_0, QuantBlock,
-    WeightBlock, BLOCK,
+    deinterleave, dequantize_into, BlockMxfp4, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ5_0,
+    BlockQ8_0, Interleaved, QuantBlock, WeightBlock, BLOCK,
 };
 
 /// What a weight block format gives the product: integer dot products against x's codes
@@ -152,7 +152,7 @@ pub fn matmul_bt_quantized<W: BlockKernels>(
 /// dequantizing path (283 -> 504 tokens/s), decode 1.19x the per-row tiles (124 -> 148).
 /// Where many rows go to bf16 tiles (AMX), or no SIMD exists, the blocks go back in row order
 /// through `matmul_bt_quantized`. Single-threaded.
-pub fn matmul_bt_interleaved<G: GroupCodes>(
+pub fn matmul_bt_interleaved<G: GroupTiles>(
     isa: Isa,
     x: Lhs,
     w: &[G],
@@ -164,31 +164,51 @@ pub fn matmul_bt_interleaved<G: GroupCodes>(
     let (m, n, k) = dims;
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Portable && !dequantizes_to_bf16::<G::Block>(isa, m) {
-        let x = (x.q8, x.q8_sums);
-        // SAFETY: callers cap isa at Isa::best(), so the CPU has AVX2, FMA and F16C; VNNI is
-        // checked on its own (it is not part of any Isa level).
-        return unsafe {
-            if isa >= Isa::Avx512 && Isa::vnni() {
-                super::int8_x8::matmul_bt_vnni(x, w, dims, out)
-            } else {
-                super::int8_x8::matmul_bt_avx2(x, w, dims, out)
-            }
-        };
+        // SAFETY: callers cap isa at Isa::best(), and it is not Portable.
+        return unsafe { G::tiles(isa, x, w, dims, out) };
     }
     let _ = m;
-    let blocks = deinterleave(w, k / BLOCK, 0, n);
+    let blocks = deinterleave(w, k / G::Block::VALUES, 0, n);
     matmul_bt_quantized(isa, x, &blocks, dims, out)
 }
 
-/// Interleaved groups the x86 group tiles can load; everywhere else they go back to rows.
-#[cfg(target_arch = "x86_64")]
-pub trait GroupCodes: super::int8_x8::Codes8 {}
-#[cfg(target_arch = "x86_64")]
-impl<G: super::int8_x8::Codes8> GroupCodes for G {}
-#[cfg(not(target_arch = "x86_64"))]
-pub trait GroupCodes: crate::quant::Interleaved {}
-#[cfg(not(target_arch = "x86_64"))]
-impl<G: crate::quant::Interleaved> GroupCodes for G {}
+/// Interleaved groups with x86 group tiles; everywhere else they go back to rows.
+pub trait GroupTiles: Interleaved {
+    /// out (m, n) = x (m, k) · w (n, k)ᵀ on the group tiles (int8_x8.rs, int8_kx8.rs).
+    ///
+    /// # Safety
+    /// `isa` is at most `Isa::best()` and not `Portable`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tiles(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView);
+}
+
+impl GroupTiles for BlockQ4_0x8 {
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tiles(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView) {
+        use super::int8_x8::{matmul_bt_avx2, matmul_bt_vnni};
+        // Every Isa above Portable has AVX2, FMA and F16C; VNNI is checked on its own (it is
+        // not part of any Isa level).
+        let x = (x.q8, x.q8_sums);
+        if isa >= Isa::Avx512 && Isa::vnni() {
+            matmul_bt_vnni(x, w, dims, out)
+        } else {
+            matmul_bt_avx2(x, w, dims, out)
+        }
+    }
+}
+
+impl GroupTiles for BlockQ4Kx8 {
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tiles(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView) {
+        use super::int8_kx8::{matmul_bt_avx2, matmul_bt_vnni};
+        // As for q4_0 above.
+        if isa >= Isa::Avx512 && Isa::vnni() {
+            matmul_bt_vnni(x.q8k, w, dims, out)
+        } else {
+            matmul_bt_avx2(x.q8k, w, dims, out)
+        }
+    }
+}
 
 thread_local! {
     /// The dequantized weights of a product, kept for the next one on this thread: a prefill

@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 
 use super::avx512::prefetch_ahead;
-use super::int8_x8::{broadcast4, dot_avx2, dot_vnni, for_groups, GroupSums};
+use super::int8_x8::{broadcast4, dot_avx2, dot_vnni, for_groups, GroupSums, DECODE_STREAMS};
 use super::tile::OutView;
 use crate::quant::{BlockQ4Kx8, BlockQ8K, GROUP_ROWS, K_BLOCK};
 
@@ -27,11 +27,13 @@ pub unsafe fn matmul_bt_avx2(
     out: &mut OutView,
 ) {
     // 16 ymm registers: four sums per row of x, so two rows.
-    for_groups(w, dims, K_BLOCK, out, 2, |i0, w, kb, mr| unsafe {
+    for_groups(w, dims, K_BLOCK, out, 2, |i0, w, groups, kb, mr| unsafe {
         let x = x[i0 * kb..(i0 + mr) * kb].as_ptr();
-        match mr {
-            1 => avx2_tile::<1>(x, w, kb),
-            _ => avx2_tile::<2>(x, w, kb),
+        let w = (w, groups.stride * kb);
+        match (mr, groups.count) {
+            (1, 1) => avx2_tile::<1, 1>(x, w, kb),
+            (1, _) => avx2_tile::<1, DECODE_STREAMS>(x, w, kb),
+            _ => avx2_tile::<2, 1>(x, w, kb),
         }
     });
 }
@@ -47,13 +49,15 @@ pub unsafe fn matmul_bt_vnni(
     out: &mut OutView,
 ) {
     // 32 ymm registers with AVX-512 VL: four rows of x.
-    for_groups(w, dims, K_BLOCK, out, 4, |i0, w, kb, mr| unsafe {
+    for_groups(w, dims, K_BLOCK, out, 4, |i0, w, groups, kb, mr| unsafe {
         let x = x[i0 * kb..(i0 + mr) * kb].as_ptr();
-        match mr {
-            1 => vnni_tile::<1>(x, w, kb),
-            2 => vnni_tile::<2>(x, w, kb),
-            3 => vnni_tile::<3>(x, w, kb),
-            _ => vnni_tile::<4>(x, w, kb),
+        let w = (w, groups.stride * kb);
+        match (mr, groups.count) {
+            (1, 1) => vnni_tile::<1, 1>(x, w, kb),
+            (1, _) => vnni_tile::<1, DECODE_STREAMS>(x, w, kb),
+            (2, _) => vnni_tile::<2, 1>(x, w, kb),
+            (3, _) => vnni_tile::<3, 1>(x, w, kb),
+            _ => vnni_tile::<4, 1>(x, w, kb),
         }
     });
 }
@@ -65,62 +69,76 @@ unsafe fn widen8(p: *const u8) -> __m256i {
     _mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i))
 }
 
-/// One tile body per family: MR rows of x against one group, each over all kb super-blocks.
+/// One tile body per family: MR rows of x against NG groups (`ldg` super-blocks apart), each
+/// over all kb super-blocks; MR · NG <= 4.
 macro_rules! q4k_tile {
     ($name:ident, $features:literal, $dot:ident) => {
         // Indices, not iterators: the arrays are registers.
         #[allow(clippy::needless_range_loop)]
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn $name<const MR: usize>(
+        unsafe fn $name<const MR: usize, const NG: usize>(
             x: *const BlockQ8K,
-            w: *const BlockQ4Kx8,
+            (w, ldg): (*const BlockQ4Kx8, usize),
             kb: usize,
         ) -> GroupSums {
             let low = _mm256_set1_epi8(0x0f);
-            let mut acc = [_mm256_setzero_ps(); MR];
+            let mut acc = [[_mm256_setzero_ps(); MR]; NG];
             for b in 0..kb {
-                let g = w.add(b);
                 let xb = |i: usize| x.add(i * kb + b);
-                // Per row of x: Σ sc · dot and Σ m · bsum over the runs, exact in i32.
-                let mut dots = [_mm256_setzero_si256(); MR];
-                let mut mins = [_mm256_setzero_si256(); MR];
-                for run in 0..8 {
-                    let (pair, shift) = (run / 2, 4 * (run % 2) as i32);
-                    let mut p = [_mm256_setzero_si256(); MR];
-                    for c in 0..8 {
-                        let at = (*g).qs.as_ptr().add(256 * pair + 32 * c);
-                        prefetch_ahead(at);
-                        let raw = _mm256_loadu_si256(at as *const __m256i);
-                        let codes =
-                            _mm256_and_si256(_mm256_srl_epi16(raw, _mm_cvtsi32_si128(shift)), low);
-                        for i in 0..MR {
-                            let xq = (*xb(i)).qs.as_ptr().add(32 * run + 4 * c);
-                            p[i] = $dot(p[i], codes, broadcast4(xq));
+                for t in 0..NG {
+                    let g = w.add(t * ldg + b);
+                    // Per row of x: Σ sc · dot and Σ m · bsum over the runs, exact in i32.
+                    let mut dots = [_mm256_setzero_si256(); MR];
+                    let mut mins = [_mm256_setzero_si256(); MR];
+                    // Pairs of runs share their bytes: low nibbles run 2p, high ones 2p + 1.
+                    for pair in 0..4 {
+                        let mut p = [[_mm256_setzero_si256(); MR]; 2];
+                        for c in 0..8 {
+                            let at = (*g).qs.as_ptr().add(256 * pair + 32 * c);
+                            if c % 2 == 0 {
+                                prefetch_ahead(at);
+                            }
+                            let raw = _mm256_loadu_si256(at as *const __m256i);
+                            let codes = [
+                                _mm256_and_si256(raw, low),
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low),
+                            ];
+                            for i in 0..MR {
+                                let xq = (*xb(i)).qs.as_ptr().add(64 * pair + 4 * c);
+                                p[0][i] = $dot(p[0][i], codes[0], broadcast4(xq));
+                                p[1][i] = $dot(p[1][i], codes[1], broadcast4(xq.add(32)));
+                            }
+                        }
+                        for (h, p) in p.iter().enumerate() {
+                            let run = 2 * pair + h;
+                            let sc = widen8((*g).scales[run].as_ptr());
+                            // The min in both i16 halves of its lane, for x's two sums of 16.
+                            let m = widen8((*g).mins[run].as_ptr());
+                            let m = _mm256_or_si256(m, _mm256_slli_epi32::<16>(m));
+                            for i in 0..MR {
+                                dots[i] = _mm256_add_epi32(dots[i], _mm256_mullo_epi32(p[i], sc));
+                                let bsums = (*xb(i)).bsums.as_ptr().add(2 * run) as *const i8;
+                                let min_sums = _mm256_madd_epi16(m, broadcast4(bsums));
+                                mins[i] = _mm256_add_epi32(mins[i], min_sums);
+                            }
                         }
                     }
-                    let sc = widen8((*g).scales[run].as_ptr());
-                    // The min in both i16 halves of its lane, for x's two sums of 16.
-                    let m = widen8((*g).mins[run].as_ptr());
-                    let m = _mm256_or_si256(m, _mm256_slli_epi32::<16>(m));
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128((*g).d.as_ptr() as *const __m128i));
+                    let dmin =
+                        _mm256_cvtph_ps(_mm_loadu_si128((*g).dmin.as_ptr() as *const __m128i));
                     for i in 0..MR {
-                        dots[i] = _mm256_add_epi32(dots[i], _mm256_mullo_epi32(p[i], sc));
-                        let bsums = (*xb(i)).bsums.as_ptr().add(2 * run) as *const i8;
-                        mins[i] =
-                            _mm256_add_epi32(mins[i], _mm256_madd_epi16(m, broadcast4(bsums)));
+                        let part_mins = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mins[i]));
+                        let t_sum = _mm256_fmsub_ps(d, _mm256_cvtepi32_ps(dots[i]), part_mins);
+                        acc[t][i] = _mm256_fmadd_ps(_mm256_set1_ps((*xb(i)).d), t_sum, acc[t][i]);
                     }
-                }
-                let d = _mm256_cvtph_ps(_mm_loadu_si128((*g).d.as_ptr() as *const __m128i));
-                let dmin = _mm256_cvtph_ps(_mm_loadu_si128((*g).dmin.as_ptr() as *const __m128i));
-                for i in 0..MR {
-                    let part_mins = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mins[i]));
-                    let t = _mm256_fmsub_ps(d, _mm256_cvtepi32_ps(dots[i]), part_mins);
-                    acc[i] = _mm256_fmadd_ps(_mm256_set1_ps((*xb(i)).d), t, acc[i]);
                 }
             }
             let mut out = [[0f32; GROUP_ROWS]; 4];
-            for i in 0..MR {
-                _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]);
+            for t in 0..NG {
+                for i in 0..MR {
+                    _mm256_storeu_ps(out[t * MR + i].as_mut_ptr(), acc[t][i]);
+                }
             }
             out
         }
@@ -153,6 +171,8 @@ mod tests {
         let scales = [0x0001u16, 0x3c00, 0x2e66, 0xb555];
         for (m, n, k) in [
             (1, 8, 256),
+            (1, 40, 512),
+            (1, 96, 256),
             (2, 16, 512),
             (3, 8, 768),
             (5, 24, 256),

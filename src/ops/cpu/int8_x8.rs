@@ -70,11 +70,13 @@ pub unsafe fn matmul_bt_avx2<G: Codes8>(
     out: &mut OutView,
 ) {
     // 16 ymm registers: the eight codes, the scales and two rows' sums.
-    for_groups(w, dims, BLOCK, out, 2, |i0, w, kb, mr| unsafe {
+    for_groups(w, dims, BLOCK, out, 2, |i0, w, groups, kb, mr| unsafe {
         let x = x_rows(x, i0, kb, mr);
-        match mr {
-            1 => avx2_tile::<G, 1>(x, w, kb),
-            _ => avx2_tile::<G, 2>(x, w, kb),
+        let w = (w, groups.stride * kb);
+        match (mr, groups.count) {
+            (1, 1) => avx2_tile::<G, 1, 1>(x, w, kb),
+            (1, _) => avx2_tile::<G, 1, DECODE_STREAMS>(x, w, kb),
+            _ => avx2_tile::<G, 2, 1>(x, w, kb),
         }
     });
 }
@@ -90,50 +92,90 @@ pub unsafe fn matmul_bt_vnni<G: Codes8>(
     out: &mut OutView,
 ) {
     // 32 ymm registers with AVX-512 VL: four rows' sums beside the codes.
-    for_groups(w, dims, BLOCK, out, 4, |i0, w, kb, mr| unsafe {
+    for_groups(w, dims, BLOCK, out, 4, |i0, w, groups, kb, mr| unsafe {
         let x = x_rows(x, i0, kb, mr);
-        match mr {
-            1 => vnni_tile::<G, 1>(x, w, kb),
-            2 => vnni_tile::<G, 2>(x, w, kb),
-            3 => vnni_tile::<G, 3>(x, w, kb),
-            _ => vnni_tile::<G, 4>(x, w, kb),
+        let w = (w, groups.stride * kb);
+        match (mr, groups.count) {
+            (1, 1) => vnni_tile::<G, 1, 1>(x, w, kb),
+            (1, _) => vnni_tile::<G, 1, DECODE_STREAMS>(x, w, kb),
+            (2, _) => vnni_tile::<G, 2, 1>(x, w, kb),
+            (3, _) => vnni_tile::<G, 3, 1>(x, w, kb),
+            _ => vnni_tile::<G, 4, 1>(x, w, kb),
         }
     });
 }
 
-/// Up to four rows of x against one group, over all k: row i's eight sums in `[i]`.
+/// A tile's sums: entry `t · mr + i` holds row i of x against group t's eight rows (at most
+/// four pairs).
 pub(super) type GroupSums = [[f32; GROUP_ROWS]; 4];
 
-/// Each group of eight rows of w in turn, every row of x passing it (at most mr_max at a time)
-/// while its blocks stay in L1: `tile` gets the first row of x, the group's first block, the
-/// blocks per row and the rows of x in the tile. Asserts that w holds the rows the dims say
-/// and that n is whole groups; each tile asserts its x (the forms differ).
+/// Groups walked side by side when x is one row (decode): each is the head of its own long
+/// sequential stream, and several streams keep the prefetchers busier than one (the reason
+/// `tile::for_tiles` reads rows far apart).
+pub(super) const DECODE_STREAMS: usize = 4;
+
+/// Where a tile's groups are: the first, how many, and their distance in groups.
+#[derive(Clone, Copy)]
+pub(super) struct Groups {
+    pub first: usize,
+    pub count: usize,
+    pub stride: usize,
+}
+
+/// Every group of eight rows of w against every row of x: one group at a time with up to
+/// mr_max rows of x passing it while its blocks stay in L1, or, for one row of x,
+/// DECODE_STREAMS groups far apart at once. `tile` gets the first row of x, the tile's groups,
+/// the blocks per row and the rows of x in the tile. Asserts that w holds the rows the dims
+/// say and that n is whole groups; each tile asserts its x (the forms differ).
 pub(super) fn for_groups<G>(
     w: &[G],
     (m, n, k): (usize, usize, usize),
     per_block: usize,
     out: &mut OutView,
     mr_max: usize,
-    mut tile: impl FnMut(usize, *const G, usize, usize) -> GroupSums,
+    mut tile: impl FnMut(usize, *const G, Groups, usize, usize) -> GroupSums,
 ) {
     let kb = k / per_block;
+    let groups = n / GROUP_ROWS;
     assert!(
-        k.is_multiple_of(per_block)
-            && n.is_multiple_of(GROUP_ROWS)
-            && w.len() >= n / GROUP_ROWS * kb,
+        k.is_multiple_of(per_block) && n.is_multiple_of(GROUP_ROWS) && w.len() >= groups * kb,
         "interleaved tiles: operand sizes"
     );
-    for g in 0..n / GROUP_ROWS {
-        let wg = w[g * kb..].as_ptr();
+    let streams = if m == 1 && groups >= DECODE_STREAMS {
+        DECODE_STREAMS
+    } else {
+        1
+    };
+    let step = groups / streams;
+    let mut run = |tile_groups: Groups| {
+        // The tile's groups lie inside w: first + (count - 1) · stride < groups.
+        let wg = w[tile_groups.first * kb..].as_ptr();
         for i0 in (0..m).step_by(mr_max) {
             let mr = mr_max.min(m - i0);
-            let s = tile(i0, wg, kb, mr);
-            for (i, row) in s.iter().take(mr).enumerate() {
-                for (r, &v) in row.iter().enumerate() {
-                    out.set(i0 + i, g * GROUP_ROWS + r, v);
+            let s = tile(i0, wg, tile_groups, kb, mr);
+            for t in 0..tile_groups.count {
+                let g = tile_groups.first + t * tile_groups.stride;
+                for i in 0..mr {
+                    for (r, &v) in s[t * mr + i].iter().enumerate() {
+                        out.set(i0 + i, g * GROUP_ROWS + r, v);
+                    }
                 }
             }
         }
+    };
+    for first in 0..step {
+        run(Groups {
+            first,
+            count: streams,
+            stride: step,
+        });
+    }
+    for first in streams * step..groups {
+        run(Groups {
+            first,
+            count: 1,
+            stride: 1,
+        });
     }
 }
 
@@ -170,43 +212,48 @@ pub(super) unsafe fn dot_vnni(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
     _mm256_dpbusd_epi32(acc, w, x)
 }
 
-/// One tile body per family: MR rows of x against one group, each over all kb blocks.
+/// One tile body per family: MR rows of x against NG groups (`ldg` blocks apart), each over
+/// all kb blocks; MR · NG <= 4.
 macro_rules! group_tile {
     ($name:ident, $features:literal, $dot:ident) => {
-        // Indices, not iterators: acc[i] and codes[t] are registers.
+        // Indices, not iterators: acc[t][i] and the codes are registers.
         #[allow(clippy::needless_range_loop)]
         #[inline]
         #[target_feature(enable = $features)]
-        unsafe fn $name<G: Codes8, const MR: usize>(
+        unsafe fn $name<G: Codes8, const MR: usize, const NG: usize>(
             (x, sums): (*const BlockQ8_0, *const i32),
-            w: *const G,
+            (w, ldg): (*const G, usize),
             kb: usize,
         ) -> GroupSums {
-            let mut acc = [_mm256_setzero_ps(); MR];
+            let mut acc = [[_mm256_setzero_ps(); MR]; NG];
             for b in 0..kb {
-                let wb = w.add(b);
-                prefetch_ahead(wb);
-                let codes = G::codes(wb);
-                let wd = G::scales(wb);
-                for i in 0..MR {
-                    let xb = x.add(i * kb + b);
-                    let xs = (*xb).qs.as_ptr();
-                    // Two chains, so that the adds of one wait less on the other's.
-                    let mut p0 = _mm256_set1_epi32(-G::OFFSET * *sums.add(i * kb + b));
-                    let mut p1 = _mm256_setzero_si256();
-                    for t in (0..8).step_by(2) {
-                        p0 = $dot(p0, codes[t], broadcast4(xs.add(4 * t)));
-                        p1 = $dot(p1, codes[t + 1], broadcast4(xs.add(4 * t + 4)));
+                for t in 0..NG {
+                    let wb = w.add(t * ldg + b);
+                    prefetch_ahead(wb);
+                    let codes = G::codes(wb);
+                    let wd = G::scales(wb);
+                    for i in 0..MR {
+                        let xb = x.add(i * kb + b);
+                        let xs = (*xb).qs.as_ptr();
+                        // Two chains, so that the adds of one wait less on the other's.
+                        let mut p0 = _mm256_set1_epi32(-G::OFFSET * *sums.add(i * kb + b));
+                        let mut p1 = _mm256_setzero_si256();
+                        for c in (0..8).step_by(2) {
+                            p0 = $dot(p0, codes[c], broadcast4(xs.add(4 * c)));
+                            p1 = $dot(p1, codes[c + 1], broadcast4(xs.add(4 * c + 4)));
+                        }
+                        let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1));
+                        // As the portable loop: (dot · (d_x · d_w)), then added; no fused step.
+                        let scale = _mm256_mul_ps(splat_scale((*xb).d.to_bits()), wd);
+                        acc[t][i] = _mm256_add_ps(acc[t][i], _mm256_mul_ps(dot, scale));
                     }
-                    let dot = _mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1));
-                    // As the portable loop: (dot · (d_x · d_w)), then added; no fused step.
-                    let scale = _mm256_mul_ps(splat_scale((*xb).d.to_bits()), wd);
-                    acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(dot, scale));
                 }
             }
             let mut out = [[0f32; GROUP_ROWS]; 4];
-            for i in 0..MR {
-                _mm256_storeu_ps(out[i].as_mut_ptr(), acc[i]);
+            for t in 0..NG {
+                for i in 0..MR {
+                    _mm256_storeu_ps(out[t * MR + i].as_mut_ptr(), acc[t][i]);
+                }
             }
             out
         }
@@ -237,6 +284,8 @@ mod tests {
         let f16_of = |i: usize| half::f16::from_bits([0x0001, 0x3c00, 0x5bff, 0xb555][i % 4]);
         for (m, n, k) in [
             (1, 8, 32),
+            (1, 40, 64),
+            (1, 96, 32),
             (2, 16, 64),
             (3, 8, 96),
             (5, 24, 128),

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::blocks::pod_blocks;
 use super::kquants::{pack_scale_min, scale_min};
-use super::{BlockQ4K, BlockQ4_0, QuantBlock, QuantFormat, BLOCK, K_BLOCK};
+use super::{BlockMxfp4, BlockQ4K, BlockQ4_0, QuantBlock, QuantFormat, BLOCK, K_BLOCK};
 
 /// Rows per group.
 pub const GROUP_ROWS: usize = 8;
@@ -50,7 +50,47 @@ pub struct BlockQ4Kx8 {
     pub qs: [u8; GROUP_ROWS * K_BLOCK / 2],
 }
 
-pod_blocks!(BlockQ4_0x8 = 144, BlockQ4Kx8 = 1184);
+/// Eight MXFP4 blocks: the exponents, then q4_0x8's chunks (MXFP4 packs its codes as q4_0
+/// does: byte l holds weight l and weight l + 16).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockMxfp4x8 {
+    pub e: [u8; GROUP_ROWS],
+    pub qs: [u8; GROUP_ROWS * BLOCK / 2],
+}
+
+pod_blocks!(BlockQ4_0x8 = 144, BlockQ4Kx8 = 1184, BlockMxfp4x8 = 136);
+
+/// Chunk c of a group of 16-byte code arrays holds bytes 4c..4c + 4 of row r at 4r.
+fn chunk_bytes(rows: [&[u8; 16]; GROUP_ROWS]) -> [u8; GROUP_ROWS * 16] {
+    std::array::from_fn(|i| {
+        let (c, r, byte) = (i / 32, i % 32 / 4, i % 4);
+        rows[r][4 * c + byte]
+    })
+}
+
+/// Row r's 16 bytes back from `chunk_bytes`.
+fn row_bytes(qs: &[u8; GROUP_ROWS * 16], r: usize) -> [u8; 16] {
+    std::array::from_fn(|l| qs[32 * (l / 4) + 4 * r + l % 4])
+}
+
+impl Interleaved for BlockMxfp4x8 {
+    type Block = BlockMxfp4;
+
+    fn gather(rows: [&BlockMxfp4; GROUP_ROWS]) -> Self {
+        BlockMxfp4x8 {
+            e: rows.map(|b| b.e),
+            qs: chunk_bytes(rows.map(|b| &b.qs)),
+        }
+    }
+
+    fn row(&self, r: usize) -> BlockMxfp4 {
+        BlockMxfp4 {
+            e: self.e[r],
+            qs: row_bytes(&self.qs, r),
+        }
+    }
+}
 
 impl Interleaved for BlockQ4Kx8 {
     type Block = BlockQ4K;
@@ -90,29 +130,28 @@ impl Interleaved for BlockQ4_0x8 {
     fn gather(rows: [&BlockQ4_0; GROUP_ROWS]) -> Self {
         BlockQ4_0x8 {
             d: rows.map(|b| b.d),
-            qs: std::array::from_fn(|i| {
-                let (c, r, byte) = (i / 32, i % 32 / 4, i % 4);
-                rows[r].qs[4 * c + byte]
-            }),
+            qs: chunk_bytes(rows.map(|b| &b.qs)),
         }
     }
 
     fn row(&self, r: usize) -> BlockQ4_0 {
         BlockQ4_0 {
             d: self.d[r],
-            qs: std::array::from_fn(|l| self.qs[32 * (l / 4) + 4 * r + l % 4]),
+            qs: row_bytes(&self.qs, r),
         }
     }
 }
 
-/// Whether a matrix of `format` and `dims` is kept interleaved: the x86 tiles read q4_0 and
-/// q4_K so,
+/// Whether a matrix of `format` and `dims` is kept interleaved: the x86 tiles read q4_0, MXFP4
+/// and q4_K so,
 /// given rows in whole groups per matrix of the stack (so that an expert's rows, and any
 /// multiple of eight of them, are whole groups).
 pub fn interleaves(format: QuantFormat, dims: &[usize]) -> bool {
     let rows = dims.len().checked_sub(2).map(|d| dims[d]);
-    matches!(format, QuantFormat::Q4_0 | QuantFormat::Q4K)
-        && rows.is_some_and(|r| r.is_multiple_of(GROUP_ROWS))
+    matches!(
+        format,
+        QuantFormat::Q4_0 | QuantFormat::Mxfp4 | QuantFormat::Q4K
+    ) && rows.is_some_and(|r| r.is_multiple_of(GROUP_ROWS))
         && x86_tiles()
 }
 

@@ -22,7 +22,9 @@ pub use blocks::{
     BlockQ8_0, QuantBlock, WeightBlock, BLOCK, MXFP4_CODES,
 };
 use interleaved::interleaves;
-pub use interleaved::{deinterleave, interleave, BlockQ4Kx8, BlockQ4_0x8, Interleaved, GROUP_ROWS};
+pub use interleaved::{
+    deinterleave, interleave, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, Interleaved, GROUP_ROWS,
+};
 pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SubScales, SuperBlock, K_BLOCK};
 #[cfg(test)]
 pub use mxfp4::dequantize_mxfp4;
@@ -92,6 +94,7 @@ macro_rules! with_blocks {
             Blocks::Q4_0($b) => $body,
             Blocks::Q4_0x8($g) => $grouped,
             Blocks::Q4Kx8($g) => $grouped,
+            Blocks::Mxfp4x8($g) => $grouped,
             Blocks::Q5_0($b) => $body,
             Blocks::Mxfp4($b) => $body,
             Blocks::Q4K($b) => $body,
@@ -174,6 +177,7 @@ enum Blocks {
     Q4_0x8(Vec<BlockQ4_0x8>),
     Q5_0(Store<BlockQ5_0>),
     Mxfp4(Store<BlockMxfp4>),
+    Mxfp4x8(Vec<BlockMxfp4x8>),
     Q4K(Store<BlockQ4K>),
     Q4Kx8(Vec<BlockQ4Kx8>),
     Q5K(Store<BlockQ5K>),
@@ -196,6 +200,9 @@ impl QMatrix {
         let blocks = match blocks {
             Blocks::Q4_0(b) if interleaves(QuantFormat::Q4_0, dims) => {
                 Blocks::Q4_0x8(interleave(&b, k / BLOCK))
+            }
+            Blocks::Mxfp4(b) if interleaves(QuantFormat::Mxfp4, dims) => {
+                Blocks::Mxfp4x8(interleave(&b, k / BLOCK))
             }
             Blocks::Q4K(b) if interleaves(QuantFormat::Q4K, dims) => {
                 Blocks::Q4Kx8(interleave(&b, k / K_BLOCK))
@@ -291,7 +298,7 @@ impl QMatrix {
             Blocks::Q8_0(_) => QuantFormat::Q8_0,
             Blocks::Q4_0(_) | Blocks::Q4_0x8(_) => QuantFormat::Q4_0,
             Blocks::Q5_0(_) => QuantFormat::Q5_0,
-            Blocks::Mxfp4(_) => QuantFormat::Mxfp4,
+            Blocks::Mxfp4(_) | Blocks::Mxfp4x8(_) => QuantFormat::Mxfp4,
             Blocks::Q4K(_) | Blocks::Q4Kx8(_) => QuantFormat::Q4K,
             Blocks::Q5K(_) => QuantFormat::Q5K,
             Blocks::Q6K(_) => QuantFormat::Q6K,
@@ -306,6 +313,7 @@ impl QMatrix {
             Blocks::Q4_0x8(g) => WeightSlice::Q4_0x8(g),
             Blocks::Q5_0(b) => WeightSlice::Q5_0(b),
             Blocks::Mxfp4(b) => WeightSlice::Mxfp4(b),
+            Blocks::Mxfp4x8(g) => WeightSlice::Mxfp4x8(g),
             Blocks::Q4K(b) => WeightSlice::Q4K(b),
             Blocks::Q4Kx8(g) => WeightSlice::Q4Kx8(g),
             Blocks::Q5K(b) => WeightSlice::Q5K(b),

@@ -5,8 +5,8 @@ use candle_core::{CpuStorage, Storage, Tensor};
 use half::{bf16, f16};
 
 use super::{
-    BlockMxfp4, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ5K, BlockQ5_0, BlockQ6K,
-    BlockQ8_0, BLOCK, GROUP_ROWS, K_BLOCK,
+    BlockMxfp4, BlockMxfp4x8, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ5K, BlockQ5_0,
+    BlockQ6K, BlockQ8_0, BLOCK, GROUP_ROWS, K_BLOCK,
 };
 use crate::error::{Error, Result};
 
@@ -28,6 +28,8 @@ pub enum WeightSlice<'a> {
     Q4_0x8(&'a [BlockQ4_0x8]),
     Q5_0(&'a [BlockQ5_0]),
     Mxfp4(&'a [BlockMxfp4]),
+    /// MXFP4 rows interleaved in groups of eight: k / BLOCK groups per eight rows.
+    Mxfp4x8(&'a [BlockMxfp4x8]),
     Q4K(&'a [BlockQ4K]),
     /// q4_K rows interleaved in groups of eight: k / K_BLOCK groups per eight rows.
     Q4Kx8(&'a [BlockQ4Kx8]),
@@ -51,6 +53,7 @@ impl<'a> WeightSlice<'a> {
             WeightSlice::Q4_0x8(w) => WeightSlice::Q4_0x8(&w[groups(first, count, k / BLOCK)]),
             WeightSlice::Q5_0(w) => WeightSlice::Q5_0(&w[b]),
             WeightSlice::Mxfp4(w) => WeightSlice::Mxfp4(&w[b]),
+            WeightSlice::Mxfp4x8(w) => WeightSlice::Mxfp4x8(&w[groups(first, count, k / BLOCK)]),
             WeightSlice::Q4K(w) => WeightSlice::Q4K(&w[kb]),
             WeightSlice::Q4Kx8(w) => WeightSlice::Q4Kx8(&w[groups(first, count, k / K_BLOCK)]),
             WeightSlice::Q5K(w) => WeightSlice::Q5K(&w[kb]),
@@ -68,7 +71,10 @@ impl<'a> WeightSlice<'a> {
 
     /// Whether the weights are rows interleaved in groups (their products want x's block sums).
     pub fn is_interleaved(&self) -> bool {
-        matches!(self, WeightSlice::Q4_0x8(_) | WeightSlice::Q4Kx8(_))
+        matches!(
+            self,
+            WeightSlice::Q4_0x8(_) | WeightSlice::Mxfp4x8(_) | WeightSlice::Q4Kx8(_)
+        )
     }
 
     /// Whether the weights are quantized blocks (their products take q8_0 activations, or

@@ -14,7 +14,9 @@ use std::arch::x86_64::*;
 use super::avx512::prefetch_ahead;
 use super::int8::splat_scale;
 use super::tile::OutView;
-use crate::quant::{BlockQ4_0x8, BlockQ8_0, Interleaved, BLOCK, GROUP_ROWS};
+use crate::quant::{
+    BlockMxfp4x8, BlockQ4_0x8, BlockQ8_0, Interleaved, BLOCK, GROUP_ROWS, MXFP4_CODES,
+};
 
 /// A group of eight rows' blocks whose codes load as unsigned bytes, four per row per register.
 pub trait Codes8: Interleaved {
@@ -47,14 +49,63 @@ impl Codes8 for BlockQ4_0x8 {
     #[inline]
     #[target_feature(enable = "avx2")]
     unsafe fn codes(g: *const Self) -> [__m256i; 8] {
-        let low = _mm256_set1_epi8(0x0f);
-        let mut out = [_mm256_setzero_si256(); 8];
-        for c in 0..4 {
-            let raw = _mm256_loadu_si256((*g).qs.as_ptr().add(32 * c) as *const __m256i);
-            out[c] = _mm256_and_si256(raw, low);
-            out[c + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low);
+        nibble_chunks((*g).qs.as_ptr())
+    }
+}
+
+/// The four chunks of a group's 16-byte code arrays (q4_0x8's layout), each as its low and
+/// high nibbles: register c holds codes 4c.. of every row, register c + 4 codes 16 + 4c.. .
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn nibble_chunks(qs: *const u8) -> [__m256i; 8] {
+    let low = _mm256_set1_epi8(0x0f);
+    let mut out = [_mm256_setzero_si256(); 8];
+    for c in 0..4 {
+        let raw = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+        out[c] = _mm256_and_si256(raw, low);
+        out[c + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low);
+    }
+    out
+}
+
+/// MXFP4's doubled values plus its OFFSET, by code.
+const MXFP4_STORED: [u8; 16] = {
+    let mut t = [0u8; 16];
+    let mut i = 0;
+    while i < 16 {
+        t[i] = (MXFP4_CODES[i] + 12) as u8;
+        i += 1;
+    }
+    t
+};
+
+impl Codes8 for BlockMxfp4x8 {
+    /// The doubled FP4 values run from -12 to 12: stored as value + 12.
+    const OFFSET: i32 = 12;
+
+    /// 2^(e - 128) (`mxfp4_half_scale`) from the exponent bits: (e - 1) << 23 for e >= 2, the
+    /// subnormals 1 << 21 and 1 << 22 for e = 0 and 1.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales(g: *const Self) -> __m256 {
+        let e = _mm256_cvtepu8_epi32(_mm_loadl_epi64((*g).e.as_ptr() as *const __m128i));
+        let one = _mm256_set1_epi32(1);
+        let normal = _mm256_slli_epi32::<23>(_mm256_sub_epi32(e, one));
+        let subnormal = _mm256_sllv_epi32(_mm256_set1_epi32(1 << 21), e);
+        let bits = _mm256_blendv_epi8(subnormal, normal, _mm256_cmpgt_epi32(e, one));
+        _mm256_castsi256_ps(bits)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn codes(g: *const Self) -> [__m256i; 8] {
+        let table =
+            _mm256_broadcastsi128_si256(_mm_loadu_si128(MXFP4_STORED.as_ptr() as *const __m128i));
+        let mut codes = nibble_chunks((*g).qs.as_ptr());
+        for c in codes.iter_mut() {
+            *c = _mm256_shuffle_epi8(table, *c);
         }
-        out
+        codes
     }
 }
 
@@ -267,21 +318,26 @@ group_tile!(vnni_tile, "avx2,fma,f16c,avx512vl,avx512vnni", dot_vnni);
 mod tests {
     use super::*;
     use crate::ops::cpu::quantized::portable;
-    use crate::quant::{interleave, BlockQ4_0};
+    use crate::quant::{interleave, BlockMxfp4, BlockQ4_0, WeightBlock};
 
-    /// The group tiles against the portable loop on the same blocks in row order, bit for bit:
-    /// every code byte, x's codes to -128, scales from subnormal to large, every row count
-    /// of a tile and a remainder of rows of x.
-    #[test]
-    fn group_tiles_equal_the_portable_loop_bit_for_bit() {
-        if !(is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c"))
-        {
-            return;
-        }
+    /// Arbitrary bytes: every code byte over the blocks.
+    fn byte(b: usize, l: usize) -> u8 {
+        ((b * 7 + l * 13) % 256) as u8
+    }
+
+    /// Scales from subnormal to large, of both signs.
+    fn f16_of(i: usize) -> half::f16 {
+        half::f16::from_bits([0x0001, 0x3c00, 0x5bff, 0xb555][i % 4])
+    }
+
+    /// `G`'s group tiles against the portable loop on the same blocks (`block(b)`) in row
+    /// order, bit for bit, for every row count of a tile, a remainder of rows of x and the
+    /// decode walk of several groups at once.
+    fn check<G: Codes8>(block: impl Fn(usize) -> G::Block)
+    where
+        G::Block: WeightBlock,
+    {
         let vnni = is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni");
-        let f16_of = |i: usize| half::f16::from_bits([0x0001, 0x3c00, 0x5bff, 0xb555][i % 4]);
         for (m, n, k) in [
             (1, 8, 32),
             (1, 40, 64),
@@ -292,50 +348,54 @@ mod tests {
             (9, 8, 1024),
         ] {
             let kb = k / BLOCK;
-            let w: Vec<BlockQ4_0> = (0..n * kb)
-                .map(|b| BlockQ4_0 {
-                    d: f16_of(b),
-                    qs: std::array::from_fn(|l| ((b * 7 + l * 13) % 256) as u8),
-                })
-                .collect();
+            let w: Vec<G::Block> = (0..n * kb).map(&block).collect();
+            // x's codes run to -128.
             let x: Vec<BlockQ8_0> = (0..m * kb)
                 .map(|b| BlockQ8_0 {
                     d: f16_of(b + 1),
-                    qs: std::array::from_fn(|l| ((b * 11 + l * 29) % 256) as u8 as i8),
+                    qs: std::array::from_fn(|l| byte(b + 3, 2 * l) as i8),
                 })
                 .collect();
             let sums: Vec<i32> = x
                 .iter()
                 .map(|b| b.qs.iter().map(|&q| q as i32).sum())
                 .collect();
-            let groups = interleave::<BlockQ4_0x8>(&w, kb);
+            let groups = interleave::<G>(&w, kb);
             let mut want = vec![0f32; m * n];
             portable(&x, &w, (m, n, k), &mut OutView::rows(&mut want, n));
             let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            let mut got = vec![f32::NAN; m * n];
-            // SAFETY: the features were detected above.
-            unsafe {
-                matmul_bt_avx2(
-                    (&x, &sums),
-                    &groups,
-                    (m, n, k),
-                    &mut OutView::rows(&mut got, n),
-                );
-            }
-            assert_eq!(bits(&got), bits(&want), "avx2 {m}x{n}x{k}");
+            let mut runs: Vec<(&str, Product<G>)> = vec![("avx2", matmul_bt_avx2::<G>)];
             if vnni {
+                runs.push(("vnni", matmul_bt_vnni::<G>));
+            }
+            for (name, run) in runs {
                 let mut got = vec![f32::NAN; m * n];
-                // SAFETY: as above, and VNNI was detected.
-                unsafe {
-                    matmul_bt_vnni(
-                        (&x, &sums),
-                        &groups,
-                        (m, n, k),
-                        &mut OutView::rows(&mut got, n),
-                    );
-                }
-                assert_eq!(bits(&got), bits(&want), "vnni {m}x{n}x{k}");
+                let out = &mut OutView::rows(&mut got, n);
+                // SAFETY: the caller detected AVX2, FMA and F16C; VNNI was detected above.
+                unsafe { run((&x, &sums), &groups, (m, n, k), out) };
+                assert_eq!(bits(&got), bits(&want), "{name} {m}x{n}x{k}");
             }
         }
+    }
+
+    type Product<G> = unsafe fn((&[BlockQ8_0], &[i32]), &[G], (usize, usize, usize), &mut OutView);
+
+    #[test]
+    fn group_tiles_equal_the_portable_loop_bit_for_bit() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            return;
+        }
+        check::<BlockQ4_0x8>(|b| BlockQ4_0 {
+            d: f16_of(b),
+            qs: std::array::from_fn(|l| byte(b, l)),
+        });
+        // Every exponent, the subnormal scales of 0 and 1 and the largest of 254 among them.
+        check::<BlockMxfp4x8>(|b| BlockMxfp4 {
+            e: (b * 37 % 255) as u8,
+            qs: std::array::from_fn(|l| byte(b, l)),
+        });
     }
 }

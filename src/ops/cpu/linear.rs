@@ -16,7 +16,9 @@ use rayon::prelude::*;
 
 use super::isa::Isa;
 use super::matmul::matmul_abt;
-use super::quantized::{bf16_for, matmul_bt_interleaved, matmul_bt_quantized};
+use super::quantized::{
+    bf16_for, interleaved_to_bf16, matmul_bt_interleaved, matmul_bt_quantized, DEQUANT_MIN_ROWS,
+};
 pub use super::tile::{Lhs, OutView};
 use super::vector::{dot, WeightElem};
 use crate::quant::{
@@ -39,10 +41,13 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
     match w {
         WeightSlice::BF16(_) => isa >= Isa::Avx512Bf16,
         WeightSlice::Q8_0(_) => bf16_for::<BlockQ8_0>(isa),
-        WeightSlice::Q4_0(_) | WeightSlice::Q4_0x8(_) => bf16_for::<BlockQ4_0>(isa),
+        WeightSlice::Q4_0(_) => bf16_for::<BlockQ4_0>(isa),
         WeightSlice::Q5_0(_) => bf16_for::<BlockQ5_0>(isa),
         WeightSlice::Mxfp4(_) => bf16_for::<BlockMxfp4>(isa),
-        WeightSlice::Q4K(_) | WeightSlice::Q4Kx8(_) => bf16_for::<BlockQ4K>(isa),
+        WeightSlice::Q4K(_) => bf16_for::<BlockQ4K>(isa),
+        WeightSlice::Q4_0x8(_) | WeightSlice::Mxfp4x8(_) | WeightSlice::Q4Kx8(_) => {
+            interleaved_to_bf16(isa, DEQUANT_MIN_ROWS)
+        }
         WeightSlice::Q5K(_) => bf16_for::<BlockQ5K>(isa),
         WeightSlice::Q6K(_) => bf16_for::<BlockQ6K>(isa),
         WeightSlice::F32(_) | WeightSlice::F16(_) => false,
@@ -136,6 +141,7 @@ pub fn matmul_bt(
         WeightSlice::Q8_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4_0x8(w) => matmul_bt_interleaved(isa, x, w, (m, n, k), out),
+        WeightSlice::Mxfp4x8(w) => matmul_bt_interleaved(isa, x, w, (m, n, k), out),
         WeightSlice::Q5_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Mxfp4(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
@@ -255,7 +261,7 @@ mod tests {
 
     use super::super::quantized::DEQUANT_MIN_ROWS;
     use super::*;
-    use crate::quant::{BlockQ4Kx8, BlockQ4_0x8, QuantBlock};
+    use crate::quant::{BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, QuantBlock};
 
     /// The f64 oracle: each product term in f64, with the weights (and the activations, for a
     /// kernel that multiplies in bf16) rounded exactly as the kernel sees them.
@@ -413,6 +419,7 @@ mod tests {
                 (37, 16, 2),
             ] {
                 check_groups::<BlockQ4_0x8>(isa, (m, n, 32 * k), |w| WeightSlice::Q4_0x8(w));
+                check_groups::<BlockMxfp4x8>(isa, (m, n, 32 * k), |w| WeightSlice::Mxfp4x8(w));
                 check_groups::<BlockQ4Kx8>(isa, (m, n, 256 * k), |w| WeightSlice::Q4Kx8(w));
             }
         }

@@ -18,8 +18,8 @@ use super::isa::Isa;
 use super::matmul::matmul_abt;
 use super::tile::{Lhs, OutView};
 use crate::quant::{
-    deinterleave, dequantize_into, BlockMxfp4, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ5_0,
-    BlockQ8_0, Interleaved, QuantBlock, WeightBlock, BLOCK,
+    deinterleave, dequantize_into, BlockMxfp4, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8,
+    BlockQ5_0, BlockQ8_0, Interleaved, QuantBlock, WeightBlock, BLOCK,
 };
 
 /// What a weight block format gives the product: integer dot products against x's codes
@@ -163,13 +163,21 @@ pub fn matmul_bt_interleaved<G: GroupTiles>(
 {
     let (m, n, k) = dims;
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable && !dequantizes_to_bf16::<G::Block>(isa, m) {
+    if isa != Isa::Portable && !interleaved_to_bf16(isa, m) {
         // SAFETY: callers cap isa at Isa::best(), and it is not Portable.
         return unsafe { G::tiles(isa, x, w, dims, out) };
     }
     let _ = m;
     let blocks = deinterleave(w, k / G::Block::VALUES, 0, n);
     matmul_bt_quantized(isa, x, &blocks, dims, out)
+}
+
+/// Whether m rows against interleaved weights go to bf16 tiles instead of the group tiles:
+/// AMX's, from DEQUANT_MIN_ROWS on (x rounded to bf16). Elsewhere the group tiles outran the
+/// dequantizing paths of every format, MXFP4's `vdpbf16ps` one included (see
+/// `matmul_bt_interleaved`).
+pub fn interleaved_to_bf16(isa: Isa, m: usize) -> bool {
+    isa == Isa::Amx && m >= DEQUANT_MIN_ROWS
 }
 
 /// Interleaved groups with x86 group tiles; everywhere else they go back to rows.
@@ -182,20 +190,32 @@ pub trait GroupTiles: Interleaved {
     unsafe fn tiles(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView);
 }
 
-impl GroupTiles for BlockQ4_0x8 {
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn tiles(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView) {
-        use super::int8_x8::{matmul_bt_avx2, matmul_bt_vnni};
-        // Every Isa above Portable has AVX2, FMA and F16C; VNNI is checked on its own (it is
-        // not part of any Isa level).
-        let x = (x.q8, x.q8_sums);
-        if isa >= Isa::Avx512 && Isa::vnni() {
-            matmul_bt_vnni(x, w, dims, out)
-        } else {
-            matmul_bt_avx2(x, w, dims, out)
+/// The group tiles of int8_x8.rs, for groups of 32-weight blocks.
+macro_rules! group_tiles_32 {
+    ($($t:ty),*) => {$(
+        impl GroupTiles for $t {
+            #[cfg(target_arch = "x86_64")]
+            unsafe fn tiles(
+                isa: Isa,
+                x: Lhs,
+                w: &[Self],
+                dims: (usize, usize, usize),
+                out: &mut OutView,
+            ) {
+                use super::int8_x8::{matmul_bt_avx2, matmul_bt_vnni};
+                // Every Isa above Portable has AVX2, FMA and F16C; VNNI is checked on its own
+                // (it is not part of any Isa level).
+                let x = (x.q8, x.q8_sums);
+                if isa >= Isa::Avx512 && Isa::vnni() {
+                    matmul_bt_vnni(x, w, dims, out)
+                } else {
+                    matmul_bt_avx2(x, w, dims, out)
+                }
+            }
         }
-    }
+    )*};
 }
+group_tiles_32!(BlockQ4_0x8, BlockMxfp4x8);
 
 impl GroupTiles for BlockQ4Kx8 {
     #[cfg(target_arch = "x86_64")]

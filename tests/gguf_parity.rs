@@ -4,6 +4,7 @@
 
 mod common;
 
+use candle_core::{DType, Tensor};
 use common::Reference;
 use moe_runtime::{generate, Kernels, LoadOptions, Model};
 
@@ -43,11 +44,51 @@ const FILES: &[(&str, &str, bool)] = &[
 
 /// As the safetensors fixtures: f32 logits within 1e-4 of the largest reference logit.
 const F32_BOUND: f32 = 1e-4;
-/// The fast CPU kernels quantize the activations against quantized weights, as llama.cpp's do:
-/// to q8_0 at decode (measured here: at most 4.5e-3), to q8_K for K-quants at prefill too
-/// (one scale per 256 values: 1.3e-2 on qwen3_moe-k). Within this of the largest logit, or
-/// no further from HF than llama.cpp's own forward on the same file (manifest.json).
+/// The fast CPU kernels quantize the activations against quantized weights, as llama.cpp's do
+/// (q8_0, or q8_K for the K-quants, at decode and prefill alike). Within this of the largest
+/// logit, or within LLAMA_CPP_NOISE of llama.cpp's own distance from HF on the same file
+/// (manifest.json); and over all quantized files no further than llama.cpp (geometric mean).
 const QUANTIZED_BOUND: f32 = 1e-2;
+
+/// Room over llama.cpp's distance on one file: the same integer products summed in another
+/// order, and x's codes rounded half away from zero where its AVX2 quantizer rounds half to
+/// even, move a random-weight model's largest logit error by some percent either way. Measured
+/// (Xeon, AVX-512 VNNI), ours / llama.cpp's: gpt_oss f32 1.00, gpt_oss q8_0 0.77, qwen3_moe-k
+/// Q4_K_M 1.00, tiny-shakespeare Q4_0 0.54, tiny-shakespeare Q4_K_M 1.09 (the one file whose
+/// Q5_1 llama.cpp multiplies in q8_1 and ours dequantizes at load).
+const LLAMA_CPP_NOISE: f32 = 1.25;
+
+/// The largest |logit| of `t`.
+fn largest(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Positions (rows of `reference` and `ours`) where the two pick different top tokens and the
+/// reference's logits of the two lie more than `tie` apart.
+fn decided_flips(reference: &Tensor, ours: &Tensor, tie: f32) -> usize {
+    let rows = |t: &Tensor| t.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap();
+    let top =
+        |row: &[f32]| (0..row.len()).fold(0, |best, i| if row[i] > row[best] { i } else { best });
+    rows(reference)
+        .iter()
+        .zip(rows(ours))
+        .filter(|(hf, ours)| {
+            let (a, b) = (top(hf), top(ours));
+            if a != b {
+                println!(
+                    "  top-1 flip: HF's logits {} apart (a tie within {tie})",
+                    hf[a] - hf[b]
+                );
+            }
+            a != b && hf[a] - hf[b] > tie
+        })
+        .count()
+}
 
 /// How far llama.cpp's forward on `stem`'s file is from HF, over the largest HF logit.
 fn llama_cpp_error(stem: &str, r: &Reference) -> f32 {
@@ -84,30 +125,41 @@ fn relative_error(model: &Model, r: &Reference) -> f32 {
 
 #[test]
 fn gguf_logits_match_hf_on_the_same_weights() {
+    // ln(ours / llama.cpp's) over the quantized files.
+    let mut log_ratios = Vec::new();
     for &(file, stem, quantized) in FILES {
         let r = reference(stem);
         for kernels in [Kernels::Reference, Kernels::Fast] {
+            let llama = llama_cpp_error(stem, &r);
             let bound = match (kernels, quantized) {
-                // llama.cpp's distance, with room for summation order: where ours quantizes x
-                // exactly as its kernels do, the two land together (with Q8_0 prefill on the
-                // integer tiles too, the K file gave 0.0155294 here and 0.0155294 there).
-                (Kernels::Fast, true) => QUANTIZED_BOUND.max(1.05 * llama_cpp_error(stem, &r)),
+                (Kernels::Fast, true) => QUANTIZED_BOUND.max(LLAMA_CPP_NOISE * llama),
                 _ => F32_BOUND,
             };
             let err = relative_error(&load(file, kernels), &r);
-            println!("{file} {kernels:?}: {err:.2e}");
+            println!("{file} {kernels:?}: {err:.2e} (llama.cpp {llama:.2e})");
             assert!(err <= bound, "{file} {kernels:?}: {err} > {bound}");
+            if kernels == Kernels::Fast && quantized && llama > 0.0 {
+                log_ratios.push((err / llama).ln());
+            }
         }
     }
+    let mean = log_ratios.iter().sum::<f32>() / log_ratios.len().max(1) as f32;
+    assert!(
+        mean <= 0.0,
+        "quantized files: on the geometric mean {:.3}x llama.cpp's distance from HF",
+        mean.exp()
+    );
 }
 
 /// Quantized files through the fast kernels (activations quantized too): next-token
 /// distributions against HF's on the same dequantized weights at every prompt position.
-/// Measured (Xeon, AVX-512 VNNI): mean KL 2.1e-4 nats and one top-1 flip in 12 on
-/// tiny-shakespeare Q4_K_M (Q5_0 experts, Q4_K and Q6_K down projections whose 256-wide rows
-/// take x as q8_K: one scale per row), 5.7e-5 on qwen3_moe-k, at most 6.8e-6 on the others;
-/// asserted at 1e-3 with one position of top-1 allowed to flip (random weights give
-/// near-ties). llama.cpp's own forward is further from HF on both Q4_K_M files (manifest).
+/// Measured (Xeon, AVX-512 VNNI): mean KL 2.2e-4 nats on tiny-shakespeare Q4_K_M (Q5_0
+/// experts, Q4_K and Q6_K down projections whose 256-wide rows take x as q8_K: one scale per
+/// row), 7.6e-5 on qwen3_moe-k, at most 6.2e-5 on the others; asserted at 1e-3. A top-1 flip
+/// counts where HF's own top two lie further apart than twice llama.cpp's largest logit error
+/// on the file: random weights give near-ties that llama.cpp's forward could flip as well
+/// (tiny-shakespeare Q4_K_M has two, HF's top two 0.009 and 0.004 apart against llama.cpp's
+/// error of 0.16), and none may.
 #[test]
 fn quantized_gguf_next_token_distributions_match_hf() {
     for &(file, stem, quantized) in FILES {
@@ -122,8 +174,12 @@ fn quantized_gguf_next_token_distributions_match_hf() {
             "{file}: KL mean {:.2e}, max {:.2e}, top-1 {:.3}",
             a.kl_mean, a.kl_max, a.top1
         );
-        let flips = (1.0 - a.top1) * a.positions as f64;
-        assert!(a.kl_mean < 1e-3 && flips <= 1.0 + 1e-9, "{file}: {a:?}");
+        let tie = 2.0 * llama_cpp_error(stem, &r) * largest(&r.logits);
+        let flips = decided_flips(&r.logits, &ours, tie);
+        assert!(
+            a.kl_mean < 1e-3 && flips == 0,
+            "{file}: {a:?}, {flips} decided flips"
+        );
     }
 }
 

@@ -87,23 +87,26 @@ fn quantized_weights_stay_within_their_documented_accuracy_cost() {
 }
 
 /// The reference kernels dequantize the weights and multiply f32 activations; the fast ones
-/// quantize the activations to q8_0 where they multiply integer codes (experts with few tokens
-/// for every format; any number of rows for interleaved q4_0, as llama.cpp does): close, not
-/// equal. The budget: 8-bit activations may cost at most half what the format's weights cost,
-/// the fast path's distance from the reference (mean KL) under half the reference's from f32
-/// weights. Measured on the dev VM (AVX-512 VNNI): q8_0 5.8e-4 against 1.4e-3 (its codes are
-/// as fine as x's, so x's rounding shows), q4_0 2.5e-3 against 4.9e-2.
+/// quantize the activations to q8_0 where they multiply integer codes (as llama.cpp does:
+/// experts with few tokens for every format, any number of rows against interleaved weights):
+/// close, not equal. The budget (mean KL of fast against reference): never more than what the
+/// format's own rounding of the weights costs (reference against f32 weights), and at most
+/// twice what was measured on the dev VM (AVX-512 VNNI, x as q8_0 at prefill too): q8_0 8.4e-4
+/// (its own cost 1.4e-3: the same quantizer on the other operand costs about as much), q4_0
+/// 2.5e-3 (its own 4.9e-2). llama.cpp's distance on real files is the other check
+/// (gguf_parity.rs).
 #[test]
 fn quantized_fast_experts_agree_with_the_reference_loop() {
     let exact = logits(&model(DType::F32, None, Kernels::Fast));
-    for quant in [QuantFormat::Q8_0, QuantFormat::Q4_0] {
+    for (quant, measured) in [(QuantFormat::Q8_0, 8.4e-4), (QuantFormat::Q4_0, 2.5e-3)] {
         let slow = logits(&model(DType::F32, Some(quant), Kernels::Reference));
         let fast = logits(&model(DType::F32, Some(quant), Kernels::Fast));
-        let cost = compare(&exact, &slow).unwrap();
+        let own = compare(&exact, &slow).unwrap();
         let a = compare(&slow, &fast).unwrap();
+        let budget = own.kl_mean.min(2.0 * measured);
         assert!(
-            a.kl_mean < cost.kl_mean / 2.0 && a.top1 >= 0.9,
-            "{quant:?}: {a:?} against the format's own {cost:?}"
+            a.kl_mean < budget && a.top1 >= 0.9,
+            "{quant:?}: {a:?} over {budget:e} (the format's own cost: {own:?})"
         );
     }
 }

@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::blocks::pod_blocks;
 use super::kquants::{pack_scale_min, scale_min};
-use super::{BlockMxfp4, BlockQ4K, BlockQ4_0, QuantBlock, QuantFormat, BLOCK, K_BLOCK};
+use super::{BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ8_0, QuantBlock, QuantFormat, BLOCK, K_BLOCK};
 
 /// Rows per group.
 pub const GROUP_ROWS: usize = 8;
@@ -59,7 +59,42 @@ pub struct BlockMxfp4x8 {
     pub qs: [u8; GROUP_ROWS * BLOCK / 2],
 }
 
-pod_blocks!(BlockQ4_0x8 = 144, BlockQ4Kx8 = 1184, BlockMxfp4x8 = 136);
+/// Eight q8_0 blocks: the scales, then eight chunks of 32 bytes in which chunk c holds codes
+/// 4c..4c + 4 of row r at 4r, each stored as code + 128 (unsigned, as `vpdpbusd` takes it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct BlockQ8_0x8 {
+    pub d: [f16; GROUP_ROWS],
+    pub qs: [u8; GROUP_ROWS * BLOCK],
+}
+
+pod_blocks!(
+    BlockQ4_0x8 = 144,
+    BlockQ4Kx8 = 1184,
+    BlockMxfp4x8 = 136,
+    BlockQ8_0x8 = 272
+);
+
+impl Interleaved for BlockQ8_0x8 {
+    type Block = BlockQ8_0;
+
+    fn gather(rows: [&BlockQ8_0; GROUP_ROWS]) -> Self {
+        BlockQ8_0x8 {
+            d: rows.map(|b| b.d),
+            qs: std::array::from_fn(|i| {
+                let (c, r, byte) = (i / 32, i % 32 / 4, i % 4);
+                (rows[r].qs[4 * c + byte] as u8) ^ 0x80
+            }),
+        }
+    }
+
+    fn row(&self, r: usize) -> BlockQ8_0 {
+        BlockQ8_0 {
+            d: self.d[r],
+            qs: std::array::from_fn(|l| (self.qs[32 * (l / 4) + 4 * r + l % 4] ^ 0x80) as i8),
+        }
+    }
+}
 
 /// Chunk c of a group of 16-byte code arrays holds bytes 4c..4c + 4 of row r at 4r.
 fn chunk_bytes(rows: [&[u8; 16]; GROUP_ROWS]) -> [u8; GROUP_ROWS * 16] {
@@ -143,16 +178,18 @@ impl Interleaved for BlockQ4_0x8 {
 }
 
 /// Whether a matrix of `format` and `dims` is kept interleaved: the x86 tiles read q4_0, MXFP4
-/// and q4_K so,
+/// and q4_K so, and q8_0 where they have AVX-512 VNNI (its codes as stored are too large for
+/// AVX2's `vpmaddubsw`, whose pairs of products saturate),
 /// given rows in whole groups per matrix of the stack (so that an expert's rows, and any
 /// multiple of eight of them, are whole groups).
 pub fn interleaves(format: QuantFormat, dims: &[usize]) -> bool {
     let rows = dims.len().checked_sub(2).map(|d| dims[d]);
-    matches!(
-        format,
-        QuantFormat::Q4_0 | QuantFormat::Mxfp4 | QuantFormat::Q4K
-    ) && rows.is_some_and(|r| r.is_multiple_of(GROUP_ROWS))
-        && x86_tiles()
+    let read = match format {
+        QuantFormat::Q4_0 | QuantFormat::Mxfp4 | QuantFormat::Q4K => x86_tiles(),
+        QuantFormat::Q8_0 => x86_tiles() && x86_vnni(),
+        _ => false,
+    };
+    read && rows.is_some_and(|r| r.is_multiple_of(GROUP_ROWS))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -160,8 +197,18 @@ fn x86_tiles() -> bool {
     is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
 }
 
+#[cfg(target_arch = "x86_64")]
+fn x86_vnni() -> bool {
+    is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni")
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn x86_tiles() -> bool {
+    false
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn x86_vnni() -> bool {
     false
 }
 

@@ -23,7 +23,8 @@ pub use blocks::{
 };
 use interleaved::interleaves;
 pub use interleaved::{
-    deinterleave, interleave, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, Interleaved, GROUP_ROWS,
+    deinterleave, interleave, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, BlockQ8_0x8, Interleaved,
+    GROUP_ROWS,
 };
 pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SubScales, SuperBlock, K_BLOCK};
 #[cfg(test)]
@@ -92,6 +93,7 @@ macro_rules! with_blocks {
         match $blocks {
             Blocks::Q8_0($b) => $body,
             Blocks::Q4_0($b) => $body,
+            Blocks::Q8_0x8($g) => $grouped,
             Blocks::Q4_0x8($g) => $grouped,
             Blocks::Q4Kx8($g) => $grouped,
             Blocks::Mxfp4x8($g) => $grouped,
@@ -173,6 +175,7 @@ impl FromStr for QuantFormat {
 #[derive(Debug)]
 enum Blocks {
     Q8_0(Store<BlockQ8_0>),
+    Q8_0x8(Vec<BlockQ8_0x8>),
     Q4_0(Store<BlockQ4_0>),
     Q4_0x8(Vec<BlockQ4_0x8>),
     Q5_0(Store<BlockQ5_0>),
@@ -198,6 +201,9 @@ impl QMatrix {
     fn new(blocks: Blocks, dims: &[usize]) -> QMatrix {
         let k = dims.last().copied().unwrap_or(0);
         let blocks = match blocks {
+            Blocks::Q8_0(b) if interleaves(QuantFormat::Q8_0, dims) => {
+                Blocks::Q8_0x8(interleave(&b, k / BLOCK))
+            }
             Blocks::Q4_0(b) if interleaves(QuantFormat::Q4_0, dims) => {
                 Blocks::Q4_0x8(interleave(&b, k / BLOCK))
             }
@@ -295,7 +301,7 @@ impl QMatrix {
 
     pub fn format(&self) -> QuantFormat {
         match self.blocks {
-            Blocks::Q8_0(_) => QuantFormat::Q8_0,
+            Blocks::Q8_0(_) | Blocks::Q8_0x8(_) => QuantFormat::Q8_0,
             Blocks::Q4_0(_) | Blocks::Q4_0x8(_) => QuantFormat::Q4_0,
             Blocks::Q5_0(_) => QuantFormat::Q5_0,
             Blocks::Mxfp4(_) | Blocks::Mxfp4x8(_) => QuantFormat::Mxfp4,
@@ -309,6 +315,7 @@ impl QMatrix {
     pub(crate) fn slice(&self) -> WeightSlice<'_> {
         match &self.blocks {
             Blocks::Q8_0(b) => WeightSlice::Q8_0(b),
+            Blocks::Q8_0x8(g) => WeightSlice::Q8_0x8(g),
             Blocks::Q4_0(b) => WeightSlice::Q4_0(b),
             Blocks::Q4_0x8(g) => WeightSlice::Q4_0x8(g),
             Blocks::Q5_0(b) => WeightSlice::Q5_0(b),

@@ -6,7 +6,7 @@ use half::{bf16, f16};
 
 use super::{
     BlockMxfp4, BlockMxfp4x8, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ5K, BlockQ5_0,
-    BlockQ6K, BlockQ8_0, BLOCK, GROUP_ROWS, K_BLOCK,
+    BlockQ6K, BlockQ8_0, BlockQ8_0x8, BLOCK, GROUP_ROWS, K_BLOCK,
 };
 use crate::error::{Error, Result};
 
@@ -22,6 +22,8 @@ pub enum WeightSlice<'a> {
     BF16(&'a [bf16]),
     F16(&'a [f16]),
     Q8_0(&'a [BlockQ8_0]),
+    /// q8_0 rows interleaved in groups of eight: k / BLOCK groups per eight rows.
+    Q8_0x8(&'a [BlockQ8_0x8]),
     Q4_0(&'a [BlockQ4_0]),
     /// q4_0 rows interleaved in groups of eight (quant/interleaved.rs): k / BLOCK groups per
     /// eight rows.
@@ -49,6 +51,7 @@ impl<'a> WeightSlice<'a> {
             WeightSlice::BF16(w) => WeightSlice::BF16(&w[r]),
             WeightSlice::F16(w) => WeightSlice::F16(&w[r]),
             WeightSlice::Q8_0(w) => WeightSlice::Q8_0(&w[b]),
+            WeightSlice::Q8_0x8(w) => WeightSlice::Q8_0x8(&w[groups(first, count, k / BLOCK)]),
             WeightSlice::Q4_0(w) => WeightSlice::Q4_0(&w[b]),
             WeightSlice::Q4_0x8(w) => WeightSlice::Q4_0x8(&w[groups(first, count, k / BLOCK)]),
             WeightSlice::Q5_0(w) => WeightSlice::Q5_0(&w[b]),
@@ -73,7 +76,10 @@ impl<'a> WeightSlice<'a> {
     pub fn is_interleaved(&self) -> bool {
         matches!(
             self,
-            WeightSlice::Q4_0x8(_) | WeightSlice::Mxfp4x8(_) | WeightSlice::Q4Kx8(_)
+            WeightSlice::Q8_0x8(_)
+                | WeightSlice::Q4_0x8(_)
+                | WeightSlice::Mxfp4x8(_)
+                | WeightSlice::Q4Kx8(_)
         )
     }
 

@@ -253,12 +253,21 @@ mod tests {
         assert_eq!(gate.is_mapped(), !gate.is_interleaved());
         #[cfg(target_arch = "x86_64")]
         assert_eq!(gate.is_interleaved(), is_x86_feature_detected!("avx2"));
-        let v = w
-            .quantized("blk.0.attn_v.weight", &[64, 192], None)
+        // Blocks no tile interleaves (q5_0) are read in place.
+        let k_path = path.with_file_name("tiny-shakespeare-moe-q4_k_m.gguf");
+        let k_quants = Weights::from_gguf(
+            Gguf::open(&k_path).unwrap(),
+            HashMap::new(),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let up = k_quants
+            .quantized("blk.0.ffn_up_exps.weight", &[8, 256, 192], None)
             .unwrap()
             .unwrap();
-        assert_eq!(v.format(), QuantFormat::Q8_0);
-        assert!(v.is_mapped());
+        assert_eq!(up.format(), QuantFormat::Q5_0);
+        assert!(up.is_mapped());
         // Rows llama.cpp permuted are restored in a copy of their own.
         let unpermute = HashMap::from([("blk.0.attn_q.weight".to_string(), 4)]);
         let gguf = Gguf::open(&path).unwrap();

@@ -15,14 +15,17 @@ use super::avx512::prefetch_ahead;
 use super::int8::splat_scale;
 use super::tile::OutView;
 use crate::quant::{
-    BlockMxfp4x8, BlockQ4_0x8, BlockQ8_0, Interleaved, BLOCK, GROUP_ROWS, MXFP4_CODES,
+    BlockMxfp4x8, BlockQ4_0x8, BlockQ8_0, BlockQ8_0x8, Interleaved, BLOCK, GROUP_ROWS, MXFP4_CODES,
 };
 
 /// A group of eight rows' blocks whose codes load as unsigned bytes, four per row per register.
 pub trait Codes8: Interleaved {
-    /// A stored code minus OFFSET is the signed code. Stored codes are at most 127, so that
-    /// `vpmaddubsw`'s pairs of products cannot saturate an i16.
+    /// A stored code minus OFFSET is the signed code.
     const OFFSET: i32;
+
+    /// The largest stored code: the AVX2 tiles take only groups whose codes are at most 127,
+    /// so that `vpmaddubsw`'s pairs of products cannot saturate an i16.
+    const MAX_STORED: u8;
 
     /// The eight rows' scales, row r in lane r.
     ///
@@ -39,6 +42,7 @@ pub trait Codes8: Interleaved {
 
 impl Codes8 for BlockQ4_0x8 {
     const OFFSET: i32 = 8;
+    const MAX_STORED: u8 = 15;
 
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
@@ -82,6 +86,7 @@ const MXFP4_STORED: [u8; 16] = {
 impl Codes8 for BlockMxfp4x8 {
     /// The doubled FP4 values run from -12 to 12: stored as value + 12.
     const OFFSET: i32 = 12;
+    const MAX_STORED: u8 = 24;
 
     /// 2^(e - 128) (`mxfp4_half_scale`) from the exponent bits: (e - 1) << 23 for e >= 2, the
     /// subnormals 1 << 21 and 1 << 22 for e = 0 and 1.
@@ -109,6 +114,26 @@ impl Codes8 for BlockMxfp4x8 {
     }
 }
 
+impl Codes8 for BlockQ8_0x8 {
+    const OFFSET: i32 = 128;
+    const MAX_STORED: u8 = 255;
+
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    unsafe fn scales(g: *const Self) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128((*g).d.as_ptr() as *const __m128i))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn codes(g: *const Self) -> [__m256i; 8] {
+        std::array::from_fn(|c| {
+            // SAFETY: in bounds of the group's 256 bytes; the caller has AVX2.
+            unsafe { _mm256_loadu_si256((*g).qs.as_ptr().add(32 * c) as *const __m256i) }
+        })
+    }
+}
+
 /// out (m, n) = x (m, k) · w (n, k)ᵀ on AVX2, `sums` holding the sum of each of x's blocks'
 /// codes.
 ///
@@ -120,6 +145,7 @@ pub unsafe fn matmul_bt_avx2<G: Codes8>(
     dims: (usize, usize, usize),
     out: &mut OutView,
 ) {
+    const { assert!(G::MAX_STORED <= 127, "vpmaddubsw would saturate") };
     // 16 ymm registers: the eight codes, the scales and two rows' sums.
     for_groups(w, dims, BLOCK, out, 2, |i0, w, groups, kb, mr| unsafe {
         let x = x_rows(x, i0, kb, mr);
@@ -333,11 +359,10 @@ mod tests {
     /// `G`'s group tiles against the portable loop on the same blocks (`block(b)`) in row
     /// order, bit for bit, for every row count of a tile, a remainder of rows of x and the
     /// decode walk of several groups at once.
-    fn check<G: Codes8>(block: impl Fn(usize) -> G::Block)
+    fn check<G: Codes8>(block: impl Fn(usize) -> G::Block, runs: &[(&str, Product<G>)])
     where
         G::Block: WeightBlock,
     {
-        let vnni = is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni");
         for (m, n, k) in [
             (1, 8, 32),
             (1, 40, 64),
@@ -364,14 +389,10 @@ mod tests {
             let mut want = vec![0f32; m * n];
             portable(&x, &w, (m, n, k), &mut OutView::rows(&mut want, n));
             let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            let mut runs: Vec<(&str, Product<G>)> = vec![("avx2", matmul_bt_avx2::<G>)];
-            if vnni {
-                runs.push(("vnni", matmul_bt_vnni::<G>));
-            }
-            for (name, run) in runs {
+            for &(name, run) in runs {
                 let mut got = vec![f32::NAN; m * n];
                 let out = &mut OutView::rows(&mut got, n);
-                // SAFETY: the caller detected AVX2, FMA and F16C; VNNI was detected above.
+                // SAFETY: the caller passes only tiles whose features it detected.
                 unsafe { run((&x, &sums), &groups, (m, n, k), out) };
                 assert_eq!(bits(&got), bits(&want), "{name} {m}x{n}x{k}");
             }
@@ -388,14 +409,38 @@ mod tests {
         {
             return;
         }
-        check::<BlockQ4_0x8>(|b| BlockQ4_0 {
-            d: f16_of(b),
-            qs: std::array::from_fn(|l| byte(b, l)),
-        });
+        let vnni = is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni");
+        fn runs<G: Codes8>(vnni: bool) -> Vec<(&'static str, Product<G>)> {
+            let mut runs: Vec<(&str, Product<G>)> = vec![("avx2", matmul_bt_avx2::<G>)];
+            if vnni {
+                runs.push(("vnni", matmul_bt_vnni::<G>));
+            }
+            runs
+        }
+        check::<BlockQ4_0x8>(
+            |b| BlockQ4_0 {
+                d: f16_of(b),
+                qs: std::array::from_fn(|l| byte(b, l)),
+            },
+            &runs(vnni),
+        );
         // Every exponent, the subnormal scales of 0 and 1 and the largest of 254 among them.
-        check::<BlockMxfp4x8>(|b| BlockMxfp4 {
-            e: (b * 37 % 255) as u8,
-            qs: std::array::from_fn(|l| byte(b, l)),
-        });
+        check::<BlockMxfp4x8>(
+            |b| BlockMxfp4 {
+                e: (b * 37 % 255) as u8,
+                qs: std::array::from_fn(|l| byte(b, l)),
+            },
+            &runs(vnni),
+        );
+        // q8_0's stored codes are VNNI's alone; its codes run to -128.
+        if vnni {
+            check::<BlockQ8_0x8>(
+                |b| BlockQ8_0 {
+                    d: f16_of(b),
+                    qs: std::array::from_fn(|l| byte(b, l) as i8),
+                },
+                &[("vnni", matmul_bt_vnni::<BlockQ8_0x8>)],
+            );
+        }
     }
 }

@@ -45,9 +45,10 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
         WeightSlice::Q5_0(_) => bf16_for::<BlockQ5_0>(isa),
         WeightSlice::Mxfp4(_) => bf16_for::<BlockMxfp4>(isa),
         WeightSlice::Q4K(_) => bf16_for::<BlockQ4K>(isa),
-        WeightSlice::Q4_0x8(_) | WeightSlice::Mxfp4x8(_) | WeightSlice::Q4Kx8(_) => {
-            interleaved_to_bf16(isa, DEQUANT_MIN_ROWS)
-        }
+        WeightSlice::Q8_0x8(_)
+        | WeightSlice::Q4_0x8(_)
+        | WeightSlice::Mxfp4x8(_)
+        | WeightSlice::Q4Kx8(_) => interleaved_to_bf16(isa, DEQUANT_MIN_ROWS),
         WeightSlice::Q5K(_) => bf16_for::<BlockQ5K>(isa),
         WeightSlice::Q6K(_) => bf16_for::<BlockQ6K>(isa),
         WeightSlice::F32(_) | WeightSlice::F16(_) => false,
@@ -140,6 +141,7 @@ pub fn matmul_bt(
         WeightSlice::F16(w) => widen(isa, x.f32, w, (m, n, k), out),
         WeightSlice::Q8_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
+        WeightSlice::Q8_0x8(w) => matmul_bt_interleaved(isa, x, w, (m, n, k), out),
         WeightSlice::Q4_0x8(w) => matmul_bt_interleaved(isa, x, w, (m, n, k), out),
         WeightSlice::Mxfp4x8(w) => matmul_bt_interleaved(isa, x, w, (m, n, k), out),
         WeightSlice::Q5_0(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
@@ -261,7 +263,7 @@ mod tests {
 
     use super::super::quantized::DEQUANT_MIN_ROWS;
     use super::*;
-    use crate::quant::{BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, QuantBlock};
+    use crate::quant::{BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, BlockQ8_0x8, QuantBlock};
 
     /// The f64 oracle: each product term in f64, with the weights (and the activations, for a
     /// kernel that multiplies in bf16) rounded exactly as the kernel sees them.
@@ -308,7 +310,7 @@ mod tests {
         let bf16_of =
             |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
         let int8 = m < DEQUANT_MIN_ROWS
-            || ((w.is_k_quant() || w.is_interleaved())
+            || ((w.is_k_quant() || w.is_interleaved() || matches!(w, WeightSlice::Q8_0(_)))
                 && isa != Isa::Portable
                 && !wants_bf16(isa, &w));
         let (x_seen, w_seen): (Vec<f32>, Vec<f32>) = if w.is_quantized() && int8 {
@@ -420,6 +422,7 @@ mod tests {
             ] {
                 check_groups::<BlockQ4_0x8>(isa, (m, n, 32 * k), |w| WeightSlice::Q4_0x8(w));
                 check_groups::<BlockMxfp4x8>(isa, (m, n, 32 * k), |w| WeightSlice::Mxfp4x8(w));
+                check_groups::<BlockQ8_0x8>(isa, (m, n, 32 * k), |w| WeightSlice::Q8_0x8(w));
                 check_groups::<BlockQ4Kx8>(isa, (m, n, 256 * k), |w| WeightSlice::Q4Kx8(w));
             }
         }

@@ -19,7 +19,7 @@ use super::matmul::matmul_abt;
 use super::tile::{Lhs, OutView};
 use crate::quant::{
     deinterleave, dequantize_into, BlockMxfp4, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8,
-    BlockQ5_0, BlockQ8_0, Interleaved, QuantBlock, WeightBlock, BLOCK,
+    BlockQ5_0, BlockQ8_0, BlockQ8_0x8, Interleaved, QuantBlock, WeightBlock, BLOCK,
 };
 
 /// What a weight block format gives the product: integer dot products against x's codes
@@ -72,7 +72,7 @@ macro_rules! block_kernels {
         }
     )*};
 }
-block_kernels!(BlockQ8_0: false, BlockQ4_0: false, BlockQ5_0: false, BlockMxfp4: false);
+block_kernels!(BlockQ8_0: true, BlockQ4_0: false, BlockQ5_0: false, BlockMxfp4: false);
 
 /// Below this many rows of x, products of every format multiply integer codes; from it on,
 /// `int8_rows` decides.
@@ -91,11 +91,11 @@ pub fn bf16_for<W: QuantBlock>(isa: Isa) -> bool {
 /// for the formats whose integer tiles outran dequantizing for the f32 kernel
 /// (`INT8_MANY_ROWS`), where the x86 tiles run and the weights do not go to bf16 tiles (AMX).
 /// Measured (q3-mini GGUFs, prefill of 128, AVX-512 VNNI, interleaved): Q4_K_M 1.6x (the
-/// K-quants sum a super-block in i32). Q8_0 would gain 1.23x (306 -> 378 tokens/s) but its
-/// quantized activations move the GGUF fixtures' logits about twice as far from HF (gpt-oss
-/// Q8_0: 3.8e-3 -> 7.0e-3 of the largest), so it waits for a measured accuracy budget; Q4_0
-/// was even (324 -> 324) in these tiles, and outran them interleaved (`matmul_bt_interleaved`). The portable loop is scalar: without SIMD many rows dequantize for
-/// the vectorised f32 kernel.
+/// K-quants sum a super-block in i32), Q8_0 1.23x (306 -> 378 tokens/s; its activations as
+/// q8_0 stay within the accuracy budgets of tests/quantization.rs and gguf_parity.rs, as
+/// llama.cpp's do); Q4_0 was even (324 -> 324). Where the rows are interleaved
+/// (`matmul_bt_interleaved`) the group tiles take every format's many rows. The portable
+/// loop is scalar: without SIMD many rows dequantize for the vectorised f32 kernel.
 pub fn int8_rows<W: BlockKernels>(isa: Isa, m: usize) -> bool {
     m < DEQUANT_MIN_ROWS || (W::INT8_MANY_ROWS && isa != Isa::Portable && !bf16_for::<W>(isa))
 }
@@ -216,6 +216,21 @@ macro_rules! group_tiles_32 {
     )*};
 }
 group_tiles_32!(BlockQ4_0x8, BlockMxfp4x8);
+
+impl GroupTiles for BlockQ8_0x8 {
+    /// VNNI's alone (`Codes8::MAX_STORED`): q8_0 is interleaved only where the CPU has it; a
+    /// lower `isa` asked for takes the rows back to int8.rs's AVX2 tiles, x still as q8_0.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn tiles(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView) {
+        if isa >= Isa::Avx512 && Isa::vnni() {
+            super::int8_x8::matmul_bt_vnni((x.q8, x.q8_sums), w, dims, out)
+        } else {
+            let (_, n, k) = dims;
+            let blocks = deinterleave(w, k / BLOCK, 0, n);
+            BlockQ8_0::int8(isa, x, &blocks, dims, out)
+        }
+    }
+}
 
 impl GroupTiles for BlockQ4Kx8 {
     #[cfg(target_arch = "x86_64")]

@@ -15,6 +15,7 @@ are decisive: HF's default 0.02 init gives near-ties that would test nothing.
     pip install -r tools/requirements.txt
     python tools/make_fixtures.py                      # all fixtures
     python tools/make_fixtures.py --q3-mini DIR        # the benchmark checkpoint (DESIGN.md s5)
+    python tools/make_fixtures.py --q3-30b-4l DIR      # Qwen3-30B-A3B's shape, 4 layers
 """
 
 import argparse
@@ -318,25 +319,38 @@ def write_mxfp4(out_dir, packed):
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-def make_q3_mini(out_dir):
+# Qwen3-30B-A3B's layer at 4 of its 48 layers, with q3-mini's vocabulary (its made-up
+# tokenizer): experts far larger than any cache, as users' are (issue 20's second shape).
+Q3_30B_4L = dict(Q3_MINI, hidden_size=2048, intermediate_size=6144, num_hidden_layers=4,
+                 num_attention_heads=32, num_key_value_heads=4, head_dim=128, num_experts=128,
+                 moe_intermediate_size=768)
+
+
+def make_bench_model(name, shape, out_dir, dtype=torch.float32):
     torch.manual_seed(0)
-    cfg = make_config("qwen3_moe", Q3_MINI)
+    cfg = make_config("qwen3_moe", shape)
     model = AutoModelForCausalLM.from_config(
-        cfg, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
+        cfg, dtype=dtype, attn_implementation="eager", experts_implementation="eager"
     ).eval()
     init_weights(model, 0)
     n = sum(p.numel() for p in model.parameters())
     save(model, Path(out_dir), torch.bfloat16, "published", shard="2GB")
-    print(f"q3-mini: {n / 1e6:.0f}M parameters written to {out_dir}")
+    print(f"{name}: {n / 1e6:.0f}M parameters written to {out_dir}")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="fixture names to rebuild (default: all)")
     ap.add_argument("--q3-mini", metavar="DIR", help="write the q3-mini benchmark checkpoint to DIR")
+    ap.add_argument("--q3-30b-4l", metavar="DIR",
+                    help="write Qwen3-30B-A3B's shape at 4 layers (random weights, bf16) to DIR")
     args = ap.parse_args()
     if args.q3_mini:
-        make_q3_mini(args.q3_mini)
+        make_bench_model("q3-mini", Q3_MINI, args.q3_mini)
+        return
+    if args.q3_30b_4l:
+        # Made in bf16: 2.6 G parameters would take 10 GB as f32.
+        make_bench_model("q3-30b-4l", Q3_30B_4L, args.q3_30b_4l, torch.bfloat16)
         return
     for i, (name, spec) in enumerate(FIXTURES_SPEC.items()):
         if not args.only or name in args.only:

@@ -10,9 +10,7 @@ use rayon::prelude::*;
 
 use super::blocks::pod_blocks;
 use super::kquants::{pack_scale_min, scale_min};
-use super::{
-    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ6K, BlockQ8_0, QuantBlock, QuantFormat, BLOCK, K_BLOCK,
-};
+use super::{BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ8_0, QuantBlock, QuantFormat, BLOCK, K_BLOCK};
 
 /// Rows per group.
 pub const GROUP_ROWS: usize = 8;
@@ -98,57 +96,17 @@ impl Interleaved for BlockQ8_0x8 {
     }
 }
 
-/// Eight q6_K super-blocks: the scales, the 16 part scales of every row (`scales[part][row]`),
-/// then `ql` and `qh` each chunked as q4_0x8's bytes are (chunk u holds bytes 4u..4u + 4 of
-/// every row): a chunk of `ql` and one of `qh` give four codes of every row for each of the
-/// four quarters of a half.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[repr(C)]
-pub struct BlockQ6Kx8 {
-    pub d: [f16; GROUP_ROWS],
-    pub scales: [[i8; GROUP_ROWS]; K_BLOCK / 16],
-    pub ql: [u8; GROUP_ROWS * K_BLOCK / 2],
-    pub qh: [u8; GROUP_ROWS * K_BLOCK / 4],
-}
-
-pod_blocks!(BlockQ6Kx8 = 1680);
-
-impl Interleaved for BlockQ6Kx8 {
-    type Block = BlockQ6K;
-
-    fn gather(rows: [&BlockQ6K; GROUP_ROWS]) -> Self {
-        BlockQ6Kx8 {
-            d: rows.map(|b| b.d),
-            scales: std::array::from_fn(|part| rows.map(|b| b.scales[part])),
-            ql: chunk_bytes(rows.map(|b| &b.ql)),
-            qh: chunk_bytes(rows.map(|b| &b.qh)),
-        }
-    }
-
-    fn row(&self, r: usize) -> BlockQ6K {
-        BlockQ6K {
-            ql: row_bytes(&self.ql, r),
-            qh: row_bytes(&self.qh, r),
-            scales: std::array::from_fn(|part| self.scales[part][r]),
-            d: self.d[r],
-        }
-    }
-}
-
-/// Eight rows' byte arrays of N in chunks of 32 bytes: chunk u holds bytes 4u..4u + 4 of row
-/// r at 4r. `M` is 8 · N.
-fn chunk_bytes<const N: usize, const M: usize>(rows: [&[u8; N]; GROUP_ROWS]) -> [u8; M] {
-    const { assert!(M == GROUP_ROWS * N && N.is_multiple_of(4)) };
+/// Chunk c of a group of 16-byte code arrays holds bytes 4c..4c + 4 of row r at 4r.
+fn chunk_bytes(rows: [&[u8; 16]; GROUP_ROWS]) -> [u8; GROUP_ROWS * 16] {
     std::array::from_fn(|i| {
-        let (u, r, byte) = (i / 32, i % 32 / 4, i % 4);
-        rows[r][4 * u + byte]
+        let (c, r, byte) = (i / 32, i % 32 / 4, i % 4);
+        rows[r][4 * c + byte]
     })
 }
 
-/// Row r's N bytes back from `chunk_bytes`.
-fn row_bytes<const N: usize, const M: usize>(chunks: &[u8; M], r: usize) -> [u8; N] {
-    const { assert!(M == GROUP_ROWS * N && N.is_multiple_of(4)) };
-    std::array::from_fn(|l| chunks[32 * (l / 4) + 4 * r + l % 4])
+/// Row r's 16 bytes back from `chunk_bytes`.
+fn row_bytes(qs: &[u8; GROUP_ROWS * 16], r: usize) -> [u8; 16] {
+    std::array::from_fn(|l| qs[32 * (l / 4) + 4 * r + l % 4])
 }
 
 impl Interleaved for BlockMxfp4x8 {
@@ -219,15 +177,15 @@ impl Interleaved for BlockQ4_0x8 {
     }
 }
 
-/// Whether a matrix of `format` and `dims` is kept interleaved: the x86 tiles read q4_0, MXFP4,
-/// q4_K and q6_K so, and q8_0 where they have AVX-512 VNNI (its codes as stored are too large for
+/// Whether a matrix of `format` and `dims` is kept interleaved: the x86 tiles read q4_0, MXFP4
+/// and q4_K so, and q8_0 where they have AVX-512 VNNI (its codes as stored are too large for
 /// AVX2's `vpmaddubsw`, whose pairs of products saturate),
 /// given rows in whole groups per matrix of the stack (so that an expert's rows, and any
 /// multiple of eight of them, are whole groups).
 pub fn interleaves(format: QuantFormat, dims: &[usize]) -> bool {
     let rows = dims.len().checked_sub(2).map(|d| dims[d]);
     let read = match format {
-        QuantFormat::Q4_0 | QuantFormat::Mxfp4 | QuantFormat::Q4K | QuantFormat::Q6K => x86_tiles(),
+        QuantFormat::Q4_0 | QuantFormat::Mxfp4 | QuantFormat::Q4K => x86_tiles(),
         QuantFormat::Q8_0 => x86_tiles() && x86_vnni(),
         _ => false,
     };
@@ -303,22 +261,6 @@ mod tests {
         let groups = interleave::<BlockQ4Kx8>(&blocks, 2);
         // As bytes: some scales are NaNs.
         let back = deinterleave(&groups, 2, 0, 8);
-        assert_eq!(
-            bytemuck::cast_slice::<_, u8>(&back),
-            bytemuck::cast_slice::<_, u8>(&blocks)
-        );
-    }
-
-    #[test]
-    fn q6_k_groups_keep_every_byte_of_every_row() {
-        let blocks: Vec<BlockQ6K> = (0..24)
-            .map(|b| {
-                let bytes: Vec<u8> = (0..210).map(|i| (b * 31 + i * 7) as u8).collect();
-                BlockQ6K::from_ggml(&bytes)
-            })
-            .collect();
-        let groups = interleave::<BlockQ6Kx8>(&blocks, 3);
-        let back = deinterleave(&groups, 3, 0, 8);
         assert_eq!(
             bytemuck::cast_slice::<_, u8>(&back),
             bytemuck::cast_slice::<_, u8>(&blocks)

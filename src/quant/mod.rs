@@ -23,8 +23,8 @@ pub use blocks::{
 };
 use interleaved::interleaves;
 pub use interleaved::{
-    deinterleave, interleave, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, BlockQ6Kx8, BlockQ8_0x8,
-    Interleaved, GROUP_ROWS,
+    deinterleave, interleave, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, BlockQ8_0x8, Interleaved,
+    GROUP_ROWS,
 };
 pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SubScales, SuperBlock, K_BLOCK};
 #[cfg(test)]
@@ -97,7 +97,6 @@ macro_rules! with_blocks {
             Blocks::Q4_0x8($g) => $grouped,
             Blocks::Q4Kx8($g) => $grouped,
             Blocks::Mxfp4x8($g) => $grouped,
-            Blocks::Q6Kx8($g) => $grouped,
             Blocks::Q5_0($b) => $body,
             Blocks::Mxfp4($b) => $body,
             Blocks::Q4K($b) => $body,
@@ -186,7 +185,6 @@ enum Blocks {
     Q4Kx8(Vec<BlockQ4Kx8>),
     Q5K(Store<BlockQ5K>),
     Q6K(Store<BlockQ6K>),
-    Q6Kx8(Vec<BlockQ6Kx8>),
 }
 
 /// A quantized tensor of two or more dims whose last dim (the one products sum over) is whole
@@ -214,9 +212,6 @@ impl QMatrix {
             }
             Blocks::Q4K(b) if interleaves(QuantFormat::Q4K, dims) => {
                 Blocks::Q4Kx8(interleave(&b, k / K_BLOCK))
-            }
-            Blocks::Q6K(b) if interleaves(QuantFormat::Q6K, dims) => {
-                Blocks::Q6Kx8(interleave(&b, k / K_BLOCK))
             }
             b => b,
         };
@@ -312,7 +307,7 @@ impl QMatrix {
             Blocks::Mxfp4(_) | Blocks::Mxfp4x8(_) => QuantFormat::Mxfp4,
             Blocks::Q4K(_) | Blocks::Q4Kx8(_) => QuantFormat::Q4K,
             Blocks::Q5K(_) => QuantFormat::Q5K,
-            Blocks::Q6K(_) | Blocks::Q6Kx8(_) => QuantFormat::Q6K,
+            Blocks::Q6K(_) => QuantFormat::Q6K,
         }
     }
 
@@ -330,7 +325,6 @@ impl QMatrix {
             Blocks::Q4Kx8(g) => WeightSlice::Q4Kx8(g),
             Blocks::Q5K(b) => WeightSlice::Q5K(b),
             Blocks::Q6K(b) => WeightSlice::Q6K(b),
-            Blocks::Q6Kx8(g) => WeightSlice::Q6Kx8(g),
         }
     }
 

@@ -6,7 +6,7 @@ use half::{bf16, f16};
 
 use super::{
     BlockMxfp4, BlockMxfp4x8, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ5K, BlockQ5_0,
-    BlockQ6K, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8, BLOCK, GROUP_ROWS, K_BLOCK,
+    BlockQ6K, BlockQ8_0, BlockQ8_0x8, BLOCK, GROUP_ROWS, K_BLOCK,
 };
 use crate::error::{Error, Result};
 
@@ -37,8 +37,6 @@ pub enum WeightSlice<'a> {
     Q4Kx8(&'a [BlockQ4Kx8]),
     Q5K(&'a [BlockQ5K]),
     Q6K(&'a [BlockQ6K]),
-    /// q6_K rows interleaved in groups of eight: k / K_BLOCK groups per eight rows.
-    Q6Kx8(&'a [BlockQ6Kx8]),
 }
 
 impl<'a> WeightSlice<'a> {
@@ -63,7 +61,6 @@ impl<'a> WeightSlice<'a> {
             WeightSlice::Q4Kx8(w) => WeightSlice::Q4Kx8(&w[groups(first, count, k / K_BLOCK)]),
             WeightSlice::Q5K(w) => WeightSlice::Q5K(&w[kb]),
             WeightSlice::Q6K(w) => WeightSlice::Q6K(&w[kb]),
-            WeightSlice::Q6Kx8(w) => WeightSlice::Q6Kx8(&w[groups(first, count, k / K_BLOCK)]),
         }
     }
 
@@ -71,11 +68,7 @@ impl<'a> WeightSlice<'a> {
     pub fn is_k_quant(&self) -> bool {
         matches!(
             self,
-            WeightSlice::Q4K(_)
-                | WeightSlice::Q4Kx8(_)
-                | WeightSlice::Q5K(_)
-                | WeightSlice::Q6K(_)
-                | WeightSlice::Q6Kx8(_)
+            WeightSlice::Q4K(_) | WeightSlice::Q4Kx8(_) | WeightSlice::Q5K(_) | WeightSlice::Q6K(_)
         )
     }
 
@@ -87,7 +80,6 @@ impl<'a> WeightSlice<'a> {
                 | WeightSlice::Q4_0x8(_)
                 | WeightSlice::Mxfp4x8(_)
                 | WeightSlice::Q4Kx8(_)
-                | WeightSlice::Q6Kx8(_)
         )
     }
 

@@ -1,5 +1,5 @@
-//! x86 tiles of `out = x · wᵀ` for q8_K activations and q4_K or q6_K weights interleaved in
-//! groups of eight rows (`BlockQ4Kx8`, `BlockQ6Kx8`): int8_x8.rs's registers of four codes of every row, over the
+//! x86 tiles of `out = x · wᵀ` for q8_K activations and q4_K weights interleaved in groups of
+//! eight rows (`BlockQ4Kx8`): int8_x8.rs's registers of four codes of every row, over the
 //! super-block's 8 runs of 32. Per run, each row's dot product with x's codes sums exactly in
 //! an i32 lane, is multiplied by the row's 6-bit run scale, and the run's min meets x's code
 //! sums (`bsums`) in one `vpmaddwd`; a super-block then costs two float products per row:
@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 use super::avx512::prefetch_ahead;
 use super::int8_x8::{broadcast4, dot_avx2, dot_vnni, for_groups, GroupSums, DECODE_STREAMS};
 use super::tile::OutView;
-use crate::quant::{BlockQ4Kx8, BlockQ6Kx8, BlockQ8K, GROUP_ROWS, K_BLOCK};
+use crate::quant::{BlockQ4Kx8, BlockQ8K, GROUP_ROWS, K_BLOCK};
 
 /// out (m, n) = x (m, k) · w (n, k)ᵀ on AVX2.
 ///
@@ -148,212 +148,16 @@ macro_rules! q4k_tile {
 q4k_tile!(avx2_tile, "avx2,fma,f16c", dot_avx2);
 q4k_tile!(vnni_tile, "avx2,fma,f16c,avx512vl,avx512vnni", dot_vnni);
 
-/// out (m, n) = x (m, k) · w (n, k)ᵀ for q6_K groups on AVX2.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C (`Isa::Avx2` or better was detected).
-pub unsafe fn q6k_matmul_bt_avx2(
-    x: &[BlockQ8K],
-    w: &[BlockQ6Kx8],
-    dims: (usize, usize, usize),
-    out: &mut OutView,
-) {
-    // 16 ymm registers: four quarters' sums per row of x, so one row.
-    for_groups(w, dims, K_BLOCK, out, 1, |i0, w, groups, kb, mr| unsafe {
-        let x = x[i0 * kb..(i0 + mr) * kb].as_ptr();
-        let w = (w, groups.stride * kb);
-        match groups.count {
-            1 => q6k_avx2_tile::<1, 1>(x, w, kb),
-            _ => q6k_avx2_tile::<1, DECODE_STREAMS>(x, w, kb),
-        }
-    });
-}
-
-/// As `q6k_matmul_bt_avx2`, on AVX-512 VNNI (256-bit lanes).
-///
-/// # Safety
-/// The CPU has AVX2, FMA, F16C, AVX-512 VL and VNNI.
-pub unsafe fn q6k_matmul_bt_vnni(
-    x: &[BlockQ8K],
-    w: &[BlockQ6Kx8],
-    dims: (usize, usize, usize),
-    out: &mut OutView,
-) {
-    // 32 ymm registers with AVX-512 VL: two rows of x.
-    for_groups(w, dims, K_BLOCK, out, 2, |i0, w, groups, kb, mr| unsafe {
-        let x = x[i0 * kb..(i0 + mr) * kb].as_ptr();
-        let w = (w, groups.stride * kb);
-        match (mr, groups.count) {
-            (1, 1) => q6k_vnni_tile::<1, 1>(x, w, kb),
-            (1, _) => q6k_vnni_tile::<1, DECODE_STREAMS>(x, w, kb),
-            _ => q6k_vnni_tile::<2, 1>(x, w, kb),
-        }
-    });
-}
-
-/// One q6_K tile body per family: MR rows of x against NG groups (`ldg` super-blocks apart).
-/// A super-block is two halves of 128; chunk c of a half gives, from one chunk of `ql` at
-/// each of two places and one of `qh`, codes 4c.. of each quarter (32 weights) of every row:
-/// the low 4 bits from the low or high nibbles, the top 2 from bits 2q of `qh`. Each part of
-/// 16 weights sums from x's `-32 · bsum` (the codes' offset) and is multiplied by its scale.
-macro_rules! q6k_tile {
-    ($name:ident, $features:literal, $dot:ident) => {
-        // Indices, not iterators: the arrays are registers.
-        #[allow(clippy::needless_range_loop)]
-        #[inline]
-        #[target_feature(enable = $features)]
-        unsafe fn $name<const MR: usize, const NG: usize>(
-            x: *const BlockQ8K,
-            (w, ldg): (*const BlockQ6Kx8, usize),
-            kb: usize,
-        ) -> GroupSums {
-            let low = _mm256_set1_epi8(0x0f);
-            let top = _mm256_set1_epi8(0x30);
-            let mut acc = [[_mm256_setzero_ps(); MR]; NG];
-            for b in 0..kb {
-                let xb = |i: usize| x.add(i * kb + b);
-                for t in 0..NG {
-                    let g = w.add(t * ldg + b);
-                    let chunk = |p: *const u8, u: usize| unsafe {
-                        _mm256_loadu_si256(p.add(32 * u) as *const __m256i)
-                    };
-                    // Per row of x: Σ scale · Σ (code - 32) · x over the parts, exact in i32.
-                    let mut dots = [_mm256_setzero_si256(); MR];
-                    for half in 0..2 {
-                        // Chunks 0..4 make parts 2q of the quarters q, chunks 4..8 parts 2q + 1.
-                        for j in 0..2 {
-                            let part = |q: usize| 8 * half + 2 * q + j;
-                            let mut p: [[__m256i; MR]; 4] = std::array::from_fn(|q| {
-                                std::array::from_fn(|i| unsafe {
-                                    _mm256_set1_epi32(-32 * (*xb(i)).bsums[part(q)] as i32)
-                                })
-                            });
-                            for c in 4 * j..4 * j + 4 {
-                                let ql0 = chunk((*g).ql.as_ptr(), 16 * half + c);
-                                let ql1 = chunk((*g).ql.as_ptr(), 16 * half + 8 + c);
-                                let qh = chunk((*g).qh.as_ptr(), 8 * half + c);
-                                prefetch_ahead((*g).ql.as_ptr().add(32 * (16 * half + c)));
-                                let codes = [
-                                    _mm256_or_si256(
-                                        _mm256_and_si256(ql0, low),
-                                        _mm256_and_si256(_mm256_slli_epi16::<4>(qh), top),
-                                    ),
-                                    _mm256_or_si256(
-                                        _mm256_and_si256(ql1, low),
-                                        _mm256_and_si256(_mm256_slli_epi16::<2>(qh), top),
-                                    ),
-                                    _mm256_or_si256(
-                                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low),
-                                        _mm256_and_si256(qh, top),
-                                    ),
-                                    _mm256_or_si256(
-                                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low),
-                                        _mm256_and_si256(_mm256_srli_epi16::<2>(qh), top),
-                                    ),
-                                ];
-                                for q in 0..4 {
-                                    for i in 0..MR {
-                                        let xq =
-                                            (*xb(i)).qs.as_ptr().add(128 * half + 32 * q + 4 * c);
-                                        p[q][i] = $dot(p[q][i], codes[q], broadcast4(xq));
-                                    }
-                                }
-                            }
-                            for q in 0..4 {
-                                let sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
-                                    (*g).scales[part(q)].as_ptr() as *const __m128i,
-                                ));
-                                for i in 0..MR {
-                                    dots[i] =
-                                        _mm256_add_epi32(dots[i], _mm256_mullo_epi32(p[q][i], sc));
-                                }
-                            }
-                        }
-                    }
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128((*g).d.as_ptr() as *const __m128i));
-                    for i in 0..MR {
-                        let scale = _mm256_mul_ps(d, _mm256_set1_ps((*xb(i)).d));
-                        acc[t][i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[i]), scale, acc[t][i]);
-                    }
-                }
-            }
-            let mut out = [[0f32; GROUP_ROWS]; 4];
-            for t in 0..NG {
-                for i in 0..MR {
-                    _mm256_storeu_ps(out[t * MR + i].as_mut_ptr(), acc[t][i]);
-                }
-            }
-            out
-        }
-    };
-}
-
-q6k_tile!(q6k_avx2_tile, "avx2,fma,f16c", dot_avx2);
-q6k_tile!(q6k_vnni_tile, "avx2,fma,f16c,avx512vl,avx512vnni", dot_vnni);
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ops::cpu::kquant::portable;
-    use crate::quant::{
-        interleave, quantize_par, BlockQ4K, BlockQ6K, Interleaved, QuantBlock, SuperBlock,
-    };
+    use crate::quant::{interleave, quantize_par, BlockQ4K, QuantBlock};
 
-    type Product<G> = unsafe fn(&[BlockQ8K], &[G], (usize, usize, usize), &mut OutView);
-
-    /// `G`'s group tiles (`runs`) against the portable loop on the same super-blocks in row
-    /// order, made from arbitrary bytes (`block(b, bytes)` sets the f16 scales, large and
-    /// subnormal, of both signs), for every row count of a tile, a remainder of rows of x and
-    /// the decode walk of several groups at once: equal up to f32 rounding of sums of the
-    /// same terms.
-    fn check<G: Interleaved>(
-        block: impl Fn(usize, Vec<u8>) -> G::Block,
-        runs: &[(&str, Product<G>)],
-    ) where
-        G::Block: SuperBlock,
-    {
-        for (m, n, k) in [
-            (1, 8, 256),
-            (1, 40, 512),
-            (1, 96, 256),
-            (2, 16, 512),
-            (3, 8, 768),
-            (5, 24, 256),
-            (9, 8, 1024),
-        ] {
-            let kb = k / K_BLOCK;
-            let size = std::mem::size_of::<G::Block>();
-            let w: Vec<G::Block> = (0..n * kb)
-                .map(|b| {
-                    block(
-                        b,
-                        (0..size).map(|i| ((b * 7 + i * 13) % 256) as u8).collect(),
-                    )
-                })
-                .collect();
-            let xs: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7919 % 1999) as f32 - 999.0) / 97.0)
-                .collect();
-            let x: Vec<BlockQ8K> = quantize_par(&xs);
-            let groups = interleave::<G>(&w, kb);
-            let mut want = vec![0f32; m * n];
-            portable(&x, &w, (m, n, k), &mut OutView::rows(&mut want, n));
-            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-            for &(name, run) in runs {
-                let mut got = vec![f32::NAN; m * n];
-                // SAFETY: the caller passes only tiles whose features it detected.
-                unsafe { run(&x, &groups, (m, n, k), &mut OutView::rows(&mut got, n)) };
-                for (j, (&g, &e)) in got.iter().zip(&want).enumerate() {
-                    // The same terms summed in another order (parts in i32 here, in f32
-                    // there): f32 rounding of the largest sums.
-                    assert!(
-                        (g - e).abs() <= 1e-5 * scale,
-                        "{name} {m}x{n}x{k} [{j}]: {g} vs {e}"
-                    );
-                }
-            }
-        }
-    }
+    /// The group tiles against the portable loop on the same super-blocks in row order, on
+    /// blocks of arbitrary bytes (every packed scale and min, large and subnormal f16 scales)
+    /// and every row count of a tile: equal up to f32 rounding of sums of the same terms.
+    type Product = unsafe fn(&[BlockQ8K], &[BlockQ4Kx8], (usize, usize, usize), &mut OutView);
 
     #[test]
     fn group_tiles_match_the_portable_loop() {
@@ -365,28 +169,50 @@ mod tests {
         }
         let vnni = is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512vnni");
         let scales = [0x0001u16, 0x3c00, 0x2e66, 0xb555];
-        let mut q4: Vec<(&str, Product<BlockQ4Kx8>)> = vec![("avx2", matmul_bt_avx2)];
-        let mut q6: Vec<(&str, Product<BlockQ6Kx8>)> = vec![("avx2", q6k_matmul_bt_avx2)];
-        if vnni {
-            q4.push(("vnni", matmul_bt_vnni));
-            q6.push(("vnni", q6k_matmul_bt_vnni));
+        for (m, n, k) in [
+            (1, 8, 256),
+            (1, 40, 512),
+            (1, 96, 256),
+            (2, 16, 512),
+            (3, 8, 768),
+            (5, 24, 256),
+            (9, 8, 1024),
+        ] {
+            let kb = k / K_BLOCK;
+            let w: Vec<BlockQ4K> = (0..n * kb)
+                .map(|b| {
+                    let mut bytes: Vec<u8> =
+                        (0..144).map(|i| ((b * 7 + i * 13) % 256) as u8).collect();
+                    bytes[..2].copy_from_slice(&scales[b % 4].to_le_bytes());
+                    bytes[2..4].copy_from_slice(&scales[(b + 1) % 4].to_le_bytes());
+                    BlockQ4K::from_ggml(&bytes)
+                })
+                .collect();
+            let xs: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7919 % 1999) as f32 - 999.0) / 97.0)
+                .collect();
+            let x: Vec<BlockQ8K> = quantize_par(&xs);
+            let groups = interleave::<BlockQ4Kx8>(&w, kb);
+            let mut want = vec![0f32; m * n];
+            portable(&x, &w, (m, n, k), &mut OutView::rows(&mut want, n));
+            let mut runs: Vec<(&str, Product)> = vec![("avx2", matmul_bt_avx2)];
+            if vnni {
+                runs.push(("vnni", matmul_bt_vnni));
+            }
+            let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+            for (name, run) in runs {
+                let mut got = vec![f32::NAN; m * n];
+                // SAFETY: the features were detected above.
+                unsafe { run(&x, &groups, (m, n, k), &mut OutView::rows(&mut got, n)) };
+                for (j, (&g, &e)) in got.iter().zip(&want).enumerate() {
+                    // The same terms summed in another order (runs in i32 here, halves of
+                    // runs in f32 there): f32 rounding of the largest sums.
+                    assert!(
+                        (g - e).abs() <= 1e-5 * scale,
+                        "{name} {m}x{n}x{k} [{j}]: {g} vs {e}"
+                    );
+                }
+            }
         }
-        // Every packed scale and min of q4_K.
-        check::<BlockQ4Kx8>(
-            |b, mut bytes| {
-                bytes[..2].copy_from_slice(&scales[b % 4].to_le_bytes());
-                bytes[2..4].copy_from_slice(&scales[(b + 1) % 4].to_le_bytes());
-                BlockQ4K::from_ggml(&bytes)
-            },
-            &q4,
-        );
-        // q6_K's part scales from -128 to 127.
-        check::<BlockQ6Kx8>(
-            |b, mut bytes| {
-                bytes[208..].copy_from_slice(&scales[b % 4].to_le_bytes());
-                BlockQ6K::from_ggml(&bytes)
-            },
-            &q6,
-        );
     }
 }

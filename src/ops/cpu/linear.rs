@@ -48,8 +48,7 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
         WeightSlice::Q8_0x8(_)
         | WeightSlice::Q4_0x8(_)
         | WeightSlice::Mxfp4x8(_)
-        | WeightSlice::Q4Kx8(_)
-        | WeightSlice::Q6Kx8(_) => interleaved_to_bf16(isa, DEQUANT_MIN_ROWS),
+        | WeightSlice::Q4Kx8(_) => interleaved_to_bf16(isa, DEQUANT_MIN_ROWS),
         WeightSlice::Q5K(_) => bf16_for::<BlockQ5K>(isa),
         WeightSlice::Q6K(_) => bf16_for::<BlockQ6K>(isa),
         WeightSlice::F32(_) | WeightSlice::F16(_) => false,
@@ -149,7 +148,6 @@ pub fn matmul_bt(
         WeightSlice::Mxfp4(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q4Kx8(w) => matmul_bt_interleaved(isa, x, w, (m, n, k), out),
-        WeightSlice::Q6Kx8(w) => matmul_bt_interleaved(isa, x, w, (m, n, k), out),
         WeightSlice::Q5K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
         WeightSlice::Q6K(w) => matmul_bt_quantized(isa, x, w, (m, n, k), out),
     }
@@ -265,9 +263,7 @@ mod tests {
 
     use super::super::quantized::DEQUANT_MIN_ROWS;
     use super::*;
-    use crate::quant::{
-        BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, BlockQ6Kx8, BlockQ8_0x8, QuantBlock,
-    };
+    use crate::quant::{BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, BlockQ8_0x8, QuantBlock};
 
     /// The f64 oracle: each product term in f64, with the weights (and the activations, for a
     /// kernel that multiplies in bf16) rounded exactly as the kernel sees them.
@@ -428,7 +424,6 @@ mod tests {
                 check_groups::<BlockMxfp4x8>(isa, (m, n, 32 * k), |w| WeightSlice::Mxfp4x8(w));
                 check_groups::<BlockQ8_0x8>(isa, (m, n, 32 * k), |w| WeightSlice::Q8_0x8(w));
                 check_groups::<BlockQ4Kx8>(isa, (m, n, 256 * k), |w| WeightSlice::Q4Kx8(w));
-                check_groups::<BlockQ6Kx8>(isa, (m, n, 256 * k), |w| WeightSlice::Q6Kx8(w));
             }
         }
     }

@@ -19,7 +19,7 @@ use super::matmul::matmul_abt;
 use super::tile::{Lhs, OutView};
 use crate::quant::{
     deinterleave, dequantize_into, BlockMxfp4, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8,
-    BlockQ5_0, BlockQ6Kx8, BlockQ8_0, BlockQ8_0x8, Interleaved, QuantBlock, WeightBlock, BLOCK,
+    BlockQ5_0, BlockQ8_0, BlockQ8_0x8, Interleaved, QuantBlock, WeightBlock, BLOCK,
 };
 
 /// What a weight block format gives the product: integer dot products against x's codes
@@ -228,19 +228,6 @@ impl GroupTiles for BlockQ8_0x8 {
             let (_, n, k) = dims;
             let blocks = deinterleave(w, k / BLOCK, 0, n);
             BlockQ8_0::int8(isa, x, &blocks, dims, out)
-        }
-    }
-}
-
-impl GroupTiles for BlockQ6Kx8 {
-    #[cfg(target_arch = "x86_64")]
-    unsafe fn tiles(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView) {
-        use super::int8_kx8::{q6k_matmul_bt_avx2, q6k_matmul_bt_vnni};
-        // As for q4_0 above.
-        if isa >= Isa::Avx512 && Isa::vnni() {
-            q6k_matmul_bt_vnni(x.q8k, w, dims, out)
-        } else {
-            q6k_matmul_bt_avx2(x.q8k, w, dims, out)
         }
     }
 }

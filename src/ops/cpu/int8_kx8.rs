@@ -12,7 +12,9 @@
 use std::arch::x86_64::*;
 
 use super::avx512::prefetch_ahead;
-use super::int8_x8::{broadcast4, dot_avx2, dot_vnni, for_groups, GroupSums, DECODE_STREAMS};
+use super::int8_x8::{
+    broadcast4, dot_avx2, dot_vnni, f16x8, for_groups, GroupSums, DECODE_STREAMS,
+};
 use super::tile::OutView;
 use crate::quant::{BlockQ4Kx8, BlockQ8K, GROUP_ROWS, K_BLOCK};
 
@@ -124,9 +126,7 @@ macro_rules! q4k_tile {
                             }
                         }
                     }
-                    let d = _mm256_cvtph_ps(_mm_loadu_si128((*g).d.as_ptr() as *const __m128i));
-                    let dmin =
-                        _mm256_cvtph_ps(_mm_loadu_si128((*g).dmin.as_ptr() as *const __m128i));
+                    let (d, dmin) = (f16x8(&(*g).d), f16x8(&(*g).dmin));
                     for i in 0..MR {
                         let part_mins = _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mins[i]));
                         let t_sum = _mm256_fmsub_ps(d, _mm256_cvtepi32_ps(dots[i]), part_mins);

@@ -47,7 +47,7 @@ impl Codes8 for BlockQ4_0x8 {
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn scales(g: *const Self) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128((*g).d.as_ptr() as *const __m128i))
+        f16x8(&(*g).d)
     }
 
     #[inline]
@@ -55,6 +55,13 @@ impl Codes8 for BlockQ4_0x8 {
     unsafe fn codes(g: *const Self) -> [__m256i; 8] {
         nibble_chunks((*g).qs.as_ptr())
     }
+}
+
+/// Eight f16 scales (a group's, row r in lane r) as f32.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn f16x8(d: &[half::f16; GROUP_ROWS]) -> __m256 {
+    _mm256_cvtph_ps(_mm_loadu_si128(d.as_ptr() as *const __m128i))
 }
 
 /// The four chunks of a group's 16-byte code arrays (q4_0x8's layout), each as its low and
@@ -121,7 +128,7 @@ impl Codes8 for BlockQ8_0x8 {
     #[inline]
     #[target_feature(enable = "avx2,f16c")]
     unsafe fn scales(g: *const Self) -> __m256 {
-        _mm256_cvtph_ps(_mm_loadu_si128((*g).d.as_ptr() as *const __m128i))
+        f16x8(&(*g).d)
     }
 
     #[inline]

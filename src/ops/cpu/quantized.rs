@@ -9,8 +9,9 @@
 //! dense weights would: on AMX, dequantized to bf16 (as a bf16 checkpoint holds them) with x
 //! rounded to bf16; elsewhere dequantized to f32 for the packed f32 matrix kernel, x as it is;
 //! except for the K-quants, whose integer tiles outran that on x86 (x as q8_K super-blocks:
-//! `int8_rows`), and q4_0 interleaved at load in groups of eight rows, whose group tiles
-//! (int8_x8.rs) outran both at any number of rows (`matmul_bt_interleaved`).
+//! `int8_rows`). On x86, q8_0 (with VNNI), q4_0, MXFP4 and q4_K rows are interleaved at load
+//! in groups of eight (quant/interleaved.rs), and their group tiles (int8_x8.rs, int8_kx8.rs)
+//! outran all of these at any number of rows (`matmul_bt_interleaved`).
 
 use std::cell::RefCell;
 

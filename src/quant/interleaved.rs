@@ -236,15 +236,30 @@ pub fn deinterleave<G: Interleaved>(
     first: usize,
     count: usize,
 ) -> Vec<G::Block> {
-    debug_assert!(first.is_multiple_of(GROUP_ROWS) && count.is_multiple_of(GROUP_ROWS));
     let groups = &groups[first / GROUP_ROWS * kb..(first + count) / GROUP_ROWS * kb];
-    let mut out = Vec::with_capacity(count * kb);
-    for group in groups.chunks_exact(kb.max(1)) {
-        for r in 0..GROUP_ROWS {
-            out.extend(group.iter().map(|g| g.row(r)));
+    let mut out = vec![G::Block::ZERO; count * kb];
+    deinterleave_into(groups, kb, &mut out);
+    out
+}
+
+/// Every row of `groups` (of `kb` blocks each) into `out`, in row order: `out` holds
+/// `groups.len() · 8` blocks.
+pub fn deinterleave_into<G: Interleaved>(groups: &[G], kb: usize, out: &mut [G::Block]) {
+    assert_eq!(
+        out.len(),
+        groups.len() * GROUP_ROWS,
+        "deinterleave: output size"
+    );
+    for (group, rows) in groups
+        .chunks_exact(kb.max(1))
+        .zip(out.chunks_exact_mut(GROUP_ROWS * kb.max(1)))
+    {
+        for (r, row) in rows.chunks_exact_mut(kb.max(1)).enumerate() {
+            for (o, g) in row.iter_mut().zip(group) {
+                *o = g.row(r);
+            }
         }
     }
-    out
 }
 
 #[cfg(test)]

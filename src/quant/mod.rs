@@ -23,8 +23,8 @@ pub use blocks::{
 };
 use interleaved::interleaves;
 pub use interleaved::{
-    deinterleave, interleave, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, BlockQ8_0x8, Interleaved,
-    GROUP_ROWS,
+    deinterleave, deinterleave_into, interleave, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8,
+    BlockQ8_0x8, Interleaved, GROUP_ROWS,
 };
 pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SubScales, SuperBlock, K_BLOCK};
 #[cfg(test)]

@@ -19,8 +19,9 @@ use super::isa::Isa;
 use super::matmul::matmul_abt;
 use super::tile::{Lhs, OutView};
 use crate::quant::{
-    deinterleave, dequantize_into, BlockMxfp4, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8,
-    BlockQ5_0, BlockQ8_0, BlockQ8_0x8, Interleaved, QuantBlock, WeightBlock, BLOCK,
+    deinterleave_into, dequantize_into, BlockMxfp4, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0,
+    BlockQ4_0x8, BlockQ5_0, BlockQ8_0, BlockQ8_0x8, Interleaved, QuantBlock, WeightBlock, BLOCK,
+    GROUP_ROWS,
 };
 
 /// What a weight block format gives the product: integer dot products against x's codes
@@ -169,8 +170,24 @@ pub fn matmul_bt_interleaved<G: GroupTiles>(
         return unsafe { G::tiles(isa, x, w, dims, out) };
     }
     let _ = m;
-    let blocks = deinterleave(w, k / G::Block::VALUES, 0, n);
-    matmul_bt_quantized(isa, x, &blocks, dims, out)
+    let kb = k / G::Block::VALUES;
+    in_rows(&w[..n / GROUP_ROWS * kb], kb, |blocks| {
+        matmul_bt_quantized(isa, x, blocks, dims, out)
+    })
+}
+
+/// Runs `f` on the rows of interleaved `w` (of `kb` blocks each) back in row order, in a
+/// buffer this thread keeps (a fresh one per product cost page faults, as `SCRATCH` notes).
+fn in_rows<G: Interleaved, R>(w: &[G], kb: usize, f: impl FnOnce(&[G::Block]) -> R) -> R {
+    SCRATCH_ROWS.with_borrow_mut(|buffer| {
+        let bytes = w.len() * GROUP_ROWS * size_of::<G::Block>();
+        // u64 words: aligned for every block type.
+        let words = reuse(buffer, bytes.div_ceil(8), 0);
+        let blocks: &mut [G::Block] =
+            bytemuck::cast_slice_mut(&mut bytemuck::cast_slice_mut::<u64, u8>(words)[..bytes]);
+        deinterleave_into(w, kb, blocks);
+        f(blocks)
+    })
 }
 
 /// Whether m rows against interleaved weights go to bf16 tiles instead of the group tiles:
@@ -226,9 +243,9 @@ impl GroupTiles for BlockQ8_0x8 {
         if isa >= Isa::Avx512 && Isa::vnni() {
             super::int8_x8::matmul_bt_vnni((x.q8, x.q8_sums), w, dims, out)
         } else {
-            let (_, n, k) = dims;
-            let blocks = deinterleave(w, k / BLOCK, 0, n);
-            BlockQ8_0::int8(isa, x, &blocks, dims, out)
+            in_rows(w, dims.2 / BLOCK, |blocks| {
+                BlockQ8_0::int8(isa, x, blocks, dims, out)
+            })
         }
     }
 }
@@ -253,6 +270,8 @@ thread_local! {
     /// alone, so no call nests inside another.
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SCRATCH_BF16: RefCell<Vec<half::bf16>> = const { RefCell::new(Vec::new()) };
+    /// Interleaved weights back in row order (`in_rows`): bytes of blocks in u64 words.
+    static SCRATCH_ROWS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The first `len` elements of `buffer`, grown (with `fill`) if it is shorter.

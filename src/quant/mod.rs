@@ -21,10 +21,9 @@ pub use blocks::{
     dequantize_into, mxfp4_half_scale, quantize, quantize_par, BlockMxfp4, BlockQ4_0, BlockQ5_0,
     BlockQ8_0, QuantBlock, WeightBlock, BLOCK, MXFP4_CODES,
 };
-use interleaved::interleaves;
 pub use interleaved::{
-    deinterleave, deinterleave_into, interleave, BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8,
-    BlockQ8_0x8, Interleaved, GROUP_ROWS,
+    deinterleave, deinterleave_into, interleave, interleaves, BlockMxfp4x8, BlockQ4Kx8,
+    BlockQ4_0x8, BlockQ8_0x8, Interleaved, GROUP_ROWS,
 };
 pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SubScales, SuperBlock, K_BLOCK};
 #[cfg(test)]

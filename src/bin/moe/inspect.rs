@@ -123,21 +123,30 @@ pub fn run(common: &Common) -> Result<()> {
     };
     let memory = (total - expert_params) as f64 * bytes + expert_params as f64 * 17.0 / 32.0;
     match &file {
-        // On the CPU a GGUF's blocks of the kernels' formats stay as stored; the rest is read
-        // into the compute dtype.
+        // On the CPU a GGUF's blocks of the kernels' formats stay as stored, read in place or
+        // (on x86) interleaved for the group tiles in a copy; the rest is read into the
+        // compute dtype.
         Some(file) if opts.device.is_cpu() && opts.quant.is_none() => {
             let (kept, numbers): (Vec<_>, Vec<_>) = file
                 .tensors()
                 .iter()
                 .partition(|t| moe_runtime::weights::cpu_format(t.ggml_type).is_some());
-            let kept: usize = kept.iter().map(|t| t.bytes()).sum();
+            let (copied, mapped): (Vec<_>, Vec<_>) = kept.iter().partition(|t| {
+                moe_runtime::weights::cpu_format(t.ggml_type)
+                    .is_some_and(|f| moe_runtime::quant::interleaves(f, &t.shape()))
+            });
+            let bytes_of = |ts: &[&&moe_runtime::gguf::TensorInfo]| -> usize {
+                ts.iter().map(|t| t.bytes()).sum()
+            };
+            let (copied, mapped) = (bytes_of(&copied), bytes_of(&mapped));
             let numbers: usize = numbers.iter().map(|t| t.elements()).sum();
             let mib = |b: f64| b / (1 << 20) as f64;
             println!(
                 "memory         {:.1} MiB of weights: {:.1} MiB of blocks read in place, {:.1} \
-                 MiB in {:?}",
-                mib(kept as f64 + numbers as f64 * bytes),
-                mib(kept as f64),
+                 MiB interleaved in groups of rows (a copy), {:.1} MiB in {:?}",
+                mib((copied + mapped) as f64 + numbers as f64 * bytes),
+                mib(mapped as f64),
+                mib(copied as f64),
                 mib(numbers as f64 * bytes),
                 opts.dtype
             );

@@ -83,7 +83,9 @@ pub const DEQUANT_MIN_ROWS: usize = 4;
 /// Whether many rows against `W` dequantize it to bf16 (with x rounded to bf16, as a bf16
 /// checkpoint computes): on AMX for every format; with AVX-512 BF16 for formats whose values
 /// are all bf16 (MXFP4), where `vdpbf16ps` takes 32 products an instruction against 8 for the
-/// f32 kernel's 256-bit FMA (gpt-oss-20b's shape, 4 layers: prefill 1.3x).
+/// f32 kernel's 256-bit FMA (gpt-oss-20b's shape, 4 layers: prefill 1.3x). Rows in row order
+/// only: interleaved ones decide by `interleaved_to_bf16` (on x86 MXFP4 rows are interleaved
+/// wherever a matrix's row count is a multiple of eight, and the group tiles outran this).
 pub fn bf16_for<W: QuantBlock>(isa: Isa) -> bool {
     isa == Isa::Amx || (isa >= Isa::Avx512Bf16 && W::EXACT_IN_BF16)
 }

@@ -82,6 +82,12 @@ impl Isa {
         })
     }
 
+    /// Whether kernels chosen at this level take the AVX-512 VNNI tiles: the level is `Avx512`
+    /// or better and the CPU has VNNI. The one test every integer product makes.
+    pub fn runs_vnni(self) -> bool {
+        self >= Isa::Avx512 && Isa::vnni()
+    }
+
     /// The best kernels this CPU can run (detected once).
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();

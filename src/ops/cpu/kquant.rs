@@ -70,7 +70,7 @@ macro_rules! k_kernels {
                     // SAFETY: isa is at most Isa::best() (capped above), so the CPU has what
                     // each family needs; VNNI is checked on its own (no Isa level has it).
                     return unsafe {
-                        if isa >= Isa::Avx512 && Isa::vnni() {
+                        if isa.runs_vnni() {
                             super::int8_k::matmul_bt_vnni(x.q8k, w, dims, out)
                         } else {
                             super::int8_k::matmul_bt_avx2(x.q8k, w, dims, out)

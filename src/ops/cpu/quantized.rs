@@ -226,7 +226,7 @@ macro_rules! group_tiles_32 {
                 // Every Isa above Portable has AVX2, FMA and F16C; VNNI is checked on its own
                 // (it is not part of any Isa level).
                 let x = (x.q8, x.q8_sums);
-                if isa >= Isa::Avx512 && Isa::vnni() {
+                if isa.runs_vnni() {
                     matmul_bt_vnni(x, w, dims, out)
                 } else {
                     matmul_bt_avx2(x, w, dims, out)
@@ -242,7 +242,7 @@ impl GroupTiles for BlockQ8_0x8 {
     /// lower `isa` asked for takes the rows back to int8.rs's AVX2 tiles, x still as q8_0.
     #[cfg(target_arch = "x86_64")]
     unsafe fn tiles(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView) {
-        if isa >= Isa::Avx512 && Isa::vnni() {
+        if isa.runs_vnni() {
             super::int8_x8::matmul_bt_vnni((x.q8, x.q8_sums), w, dims, out)
         } else {
             in_rows(w, dims.2 / BLOCK, |blocks| {
@@ -257,7 +257,7 @@ impl GroupTiles for BlockQ4Kx8 {
     unsafe fn tiles(isa: Isa, x: Lhs, w: &[Self], dims: (usize, usize, usize), out: &mut OutView) {
         use super::int8_kx8::{matmul_bt_avx2, matmul_bt_vnni};
         // As for q4_0 above.
-        if isa >= Isa::Avx512 && Isa::vnni() {
+        if isa.runs_vnni() {
             matmul_bt_vnni(x.q8k, w, dims, out)
         } else {
             matmul_bt_avx2(x.q8k, w, dims, out)
@@ -317,13 +317,9 @@ fn int8<W: WeightBlock + IntCodes>(
     // SAFETY: callers cap isa at Isa::best(), so the CPU has the features each family needs;
     // VNNI is checked on its own (it is not part of any Isa level).
     match isa {
-        Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx if Isa::vnni() => unsafe {
-            super::int8::matmul_bt_vnni(x, w, dims, out)
-        },
-        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Bf16 | Isa::Amx => unsafe {
-            super::int8::matmul_bt_avx2(x, w, dims, out)
-        },
+        _ if isa.runs_vnni() => unsafe { super::int8::matmul_bt_vnni(x, w, dims, out) },
         Isa::Portable => portable(x, w, dims, out),
+        _ => unsafe { super::int8::matmul_bt_avx2(x, w, dims, out) },
     }
 }
 

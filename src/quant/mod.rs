@@ -198,25 +198,25 @@ impl QMatrix {
     /// `blocks` in row order as a matrix of `dims`, interleaved where the CPU kernels read
     /// them so (`interleaves`): a copy at load, of the file's size.
     fn new(blocks: Blocks, dims: &[usize]) -> QMatrix {
-        let k = dims.last().copied().unwrap_or(0);
-        let blocks = match blocks {
-            Blocks::Q8_0(b) if interleaves(QuantFormat::Q8_0, dims) => {
-                Blocks::Q8_0x8(interleave(&b, k / BLOCK))
-            }
-            Blocks::Q4_0(b) if interleaves(QuantFormat::Q4_0, dims) => {
-                Blocks::Q4_0x8(interleave(&b, k / BLOCK))
-            }
-            Blocks::Mxfp4(b) if interleaves(QuantFormat::Mxfp4, dims) => {
-                Blocks::Mxfp4x8(interleave(&b, k / BLOCK))
-            }
-            Blocks::Q4K(b) if interleaves(QuantFormat::Q4K, dims) => {
-                Blocks::Q4Kx8(interleave(&b, k / K_BLOCK))
-            }
+        let plain = QMatrix {
+            blocks,
+            dims: dims.to_vec(),
+        };
+        let format = plain.format();
+        if !interleaves(format, dims) {
+            return plain;
+        }
+        let kb = dims.last().copied().unwrap_or(0) / format.block_values();
+        let blocks = match plain.blocks {
+            Blocks::Q8_0(b) => Blocks::Q8_0x8(interleave(&b, kb)),
+            Blocks::Q4_0(b) => Blocks::Q4_0x8(interleave(&b, kb)),
+            Blocks::Mxfp4(b) => Blocks::Mxfp4x8(interleave(&b, kb)),
+            Blocks::Q4K(b) => Blocks::Q4Kx8(interleave(&b, kb)),
             b => b,
         };
         QMatrix {
             blocks,
-            dims: dims.to_vec(),
+            dims: plain.dims,
         }
     }
 

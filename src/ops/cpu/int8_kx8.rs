@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 
 use super::avx512::prefetch_ahead;
 use super::int8_x8::{
-    broadcast4, dot_avx2, dot_vnni, f16x8, for_groups, GroupSums, DECODE_STREAMS,
+    broadcast4, dot_avx2, dot_vnni, f16x8, for_groups, nibbles32, GroupSums, DECODE_STREAMS,
 };
 use super::tile::OutView;
 use crate::quant::{BlockQ4Kx8, BlockQ8K, GROUP_ROWS, K_BLOCK};
@@ -84,7 +84,6 @@ macro_rules! q4k_tile {
             (w, ldg): (*const BlockQ4Kx8, usize),
             kb: usize,
         ) -> GroupSums {
-            let low = _mm256_set1_epi8(0x0f);
             let mut acc = [[_mm256_setzero_ps(); MR]; NG];
             for b in 0..kb {
                 let xb = |i: usize| x.add(i * kb + b);
@@ -101,11 +100,7 @@ macro_rules! q4k_tile {
                             if c % 2 == 0 {
                                 prefetch_ahead(at);
                             }
-                            let raw = _mm256_loadu_si256(at as *const __m256i);
-                            let codes = [
-                                _mm256_and_si256(raw, low),
-                                _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low),
-                            ];
+                            let codes = nibbles32(at);
                             for i in 0..MR {
                                 let xq = (*xb(i)).qs.as_ptr().add(64 * pair + 4 * c);
                                 p[0][i] = $dot(p[0][i], codes[0], broadcast4(xq));

@@ -69,14 +69,23 @@ pub(super) unsafe fn f16x8(d: &[half::f16; GROUP_ROWS]) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn nibble_chunks(qs: *const u8) -> [__m256i; 8] {
-    let low = _mm256_set1_epi8(0x0f);
     let mut out = [_mm256_setzero_si256(); 8];
     for c in 0..4 {
-        let raw = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-        out[c] = _mm256_and_si256(raw, low);
-        out[c + 4] = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low);
+        [out[c], out[c + 4]] = nibbles32(qs.add(32 * c));
     }
     out
+}
+
+/// The 32 bytes at `p` as their low and high nibbles, each a byte.
+#[inline]
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn nibbles32(p: *const u8) -> [__m256i; 2] {
+    let raw = _mm256_loadu_si256(p as *const __m256i);
+    let low = _mm256_set1_epi8(0x0f);
+    [
+        _mm256_and_si256(raw, low),
+        _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low),
+    ]
 }
 
 /// MXFP4's doubled values plus its OFFSET, by code.

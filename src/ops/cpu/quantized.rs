@@ -165,22 +165,25 @@ pub fn matmul_bt_interleaved<G: GroupTiles>(
 ) where
     G::Block: BlockKernels,
 {
-    let (m, n, k) = dims;
     #[cfg(target_arch = "x86_64")]
-    if isa != Isa::Portable && !interleaved_to_bf16(isa, m) {
+    if isa != Isa::Portable && !interleaved_to_bf16(isa, dims.0) {
         // SAFETY: callers cap isa at Isa::best(), and it is not Portable.
         return unsafe { G::tiles(isa, x, w, dims, out) };
     }
-    let _ = m;
-    let kb = k / G::Block::VALUES;
-    in_rows(&w[..n / GROUP_ROWS * kb], kb, |blocks| {
+    in_rows(w, dims, |blocks| {
         matmul_bt_quantized(isa, x, blocks, dims, out)
     })
 }
 
-/// Runs `f` on the rows of interleaved `w` (of `kb` blocks each) back in row order, in a
-/// buffer this thread keeps (a fresh one per product cost page faults, as `SCRATCH` notes).
-fn in_rows<G: Interleaved, R>(w: &[G], kb: usize, f: impl FnOnce(&[G::Block]) -> R) -> R {
+/// Runs `f` on the n rows (of k values) of interleaved `w` back in row order, in a buffer this
+/// thread keeps (a fresh one per product cost page faults, as `SCRATCH` notes).
+fn in_rows<G: Interleaved, R>(
+    w: &[G],
+    (_, n, k): (usize, usize, usize),
+    f: impl FnOnce(&[G::Block]) -> R,
+) -> R {
+    let kb = k / G::Block::VALUES;
+    let w = &w[..n / GROUP_ROWS * kb];
     SCRATCH_ROWS.with_borrow_mut(|buffer| {
         let bytes = w.len() * GROUP_ROWS * size_of::<G::Block>();
         // u64 words: aligned for every block type.
@@ -245,9 +248,7 @@ impl GroupTiles for BlockQ8_0x8 {
         if isa.runs_vnni() {
             super::int8_x8::matmul_bt_vnni((x.q8, x.q8_sums), w, dims, out)
         } else {
-            in_rows(w, dims.2 / BLOCK, |blocks| {
-                BlockQ8_0::int8(isa, x, blocks, dims, out)
-            })
+            in_rows(w, dims, |blocks| BlockQ8_0::int8(isa, x, blocks, dims, out))
         }
     }
 }

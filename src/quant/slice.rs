@@ -72,7 +72,7 @@ impl<'a> WeightSlice<'a> {
         )
     }
 
-    /// Whether the weights are rows interleaved in groups (their products want x's block sums).
+    /// Whether the weights are rows interleaved in groups of eight (quant/interleaved.rs).
     pub fn is_interleaved(&self) -> bool {
         matches!(
             self,

@@ -81,6 +81,7 @@ impl PreparedLhs {
         } else if w.is_quantized() && k.is_multiple_of(BLOCK) {
             q8 = quantize_par(x);
         }
+        // Groups of 32-weight blocks take their codes' offsets back through x's block sums.
         let mut q8_sums = Vec::new();
         if w.is_interleaved() {
             q8_sums = q8
@@ -261,7 +262,7 @@ fn portable<W: WeightElem>(
 mod tests {
     use half::f16;
 
-    use super::super::quantized::DEQUANT_MIN_ROWS;
+    use super::super::quantized::int8_rows;
     use super::*;
     use crate::quant::{BlockMxfp4x8, BlockQ4Kx8, BlockQ4_0x8, BlockQ8_0x8, QuantBlock};
 
@@ -283,6 +284,28 @@ mod tests {
         (0..len)
             .map(|i| (((i * 7919 + seed * 104729) % 1999) as f32 - 999.0) / 577.0)
             .collect()
+    }
+
+    /// Whether the kernel for `w` multiplies x's integer codes at m rows, by quantized.rs's
+    /// own policy: `int8_rows` for rows in row order, the group tiles (or few rows) for
+    /// interleaved ones unless their rows go to bf16 tiles.
+    fn takes_int8(isa: Isa, w: &WeightSlice, m: usize) -> bool {
+        match w {
+            WeightSlice::Q8_0(_) => int8_rows::<BlockQ8_0>(isa, m),
+            WeightSlice::Q4_0(_) => int8_rows::<BlockQ4_0>(isa, m),
+            WeightSlice::Q5_0(_) => int8_rows::<BlockQ5_0>(isa, m),
+            WeightSlice::Mxfp4(_) => int8_rows::<BlockMxfp4>(isa, m),
+            WeightSlice::Q4K(_) => int8_rows::<BlockQ4K>(isa, m),
+            WeightSlice::Q5K(_) => int8_rows::<BlockQ5K>(isa, m),
+            WeightSlice::Q6K(_) => int8_rows::<BlockQ6K>(isa, m),
+            WeightSlice::Q8_0x8(_)
+            | WeightSlice::Q4_0x8(_)
+            | WeightSlice::Mxfp4x8(_)
+            | WeightSlice::Q4Kx8(_) => {
+                !interleaved_to_bf16(isa, m) && (isa != Isa::Portable || m < DEQUANT_MIN_ROWS)
+            }
+            WeightSlice::F32(_) | WeightSlice::BF16(_) | WeightSlice::F16(_) => false,
+        }
     }
 
     /// Shapes that hit every tile remainder (m, n mod 4), every tail (k mod 8, 16 and 32), both
@@ -309,10 +332,7 @@ mod tests {
         // bf16 (a bf16 kernel), or as they are.
         let bf16_of =
             |v: &[f32]| -> Vec<f32> { v.iter().map(|&v| bf16::from_f32(v).to_f32()).collect() };
-        let int8 = m < DEQUANT_MIN_ROWS
-            || ((w.is_k_quant() || w.is_interleaved() || matches!(w, WeightSlice::Q8_0(_)))
-                && isa != Isa::Portable
-                && !wants_bf16(isa, &w));
+        let int8 = takes_int8(isa, &w, m);
         let (x_seen, w_seen): (Vec<f32>, Vec<f32>) = if w.is_quantized() && int8 {
             let mut x_q8 = vec![0f32; m * k];
             if w.is_k_quant() {

@@ -127,19 +127,17 @@ pub fn run(common: &Common) -> Result<()> {
         // (on x86) interleaved for the group tiles in a copy; the rest is read into the
         // compute dtype.
         Some(file) if opts.device.is_cpu() && opts.quant.is_none() => {
-            let (kept, numbers): (Vec<_>, Vec<_>) = file
-                .tensors()
-                .iter()
-                .partition(|t| moe_runtime::weights::cpu_format(t.ggml_type).is_some());
-            let (copied, mapped): (Vec<_>, Vec<_>) = kept.iter().partition(|t| {
-                moe_runtime::weights::cpu_format(t.ggml_type)
-                    .is_some_and(|f| moe_runtime::quant::interleaves(f, &t.shape()))
-            });
-            let bytes_of = |ts: &[&&moe_runtime::gguf::TensorInfo]| -> usize {
-                ts.iter().map(|t| t.bytes()).sum()
-            };
-            let (copied, mapped) = (bytes_of(&copied), bytes_of(&mapped));
-            let numbers: usize = numbers.iter().map(|t| t.elements()).sum();
+            // Bytes read in place, bytes interleaved in a copy, values read as numbers.
+            let (mut mapped, mut copied, mut numbers) = (0usize, 0usize, 0usize);
+            for t in file.tensors() {
+                match moe_runtime::weights::cpu_format(t.ggml_type) {
+                    Some(f) if moe_runtime::quant::interleaves(f, &t.shape()) => {
+                        copied += t.bytes()
+                    }
+                    Some(_) => mapped += t.bytes(),
+                    None => numbers += t.elements(),
+                }
+            }
             let mib = |b: f64| b / (1 << 20) as f64;
             println!(
                 "memory         {:.1} MiB of weights: {:.1} MiB of blocks read in place, {:.1} \

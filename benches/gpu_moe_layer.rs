@@ -61,10 +61,7 @@ impl Layer {
         // FusedMoe reads one tensor per expert and projection by hub name and stacks them
         // itself. On a GPU a random name read twice gives new values, so its tensors are cut
         // from ours: the same values, each in storage of its own as a checkpoint's would be.
-        let dense = |w: &Weight| match w {
-            Weight::Dense(t) => t.clone(),
-            Weight::Quantized(_) => unreachable!("the bench builds bf16 experts"),
-        };
+        let dense = |w: &Weight| w.dense(dtype).expect("the bench builds bf16 experts");
         let (gate_up, down) = (dense(&ours.experts.gate_up), dense(&ours.experts.down));
         let own = |t: Tensor| t.contiguous().and_then(|t| t.copy()).expect("a copy");
         let router = dense(ours.router.linear.weight());

@@ -13,7 +13,8 @@
 //! - `linear/prefill128/<format>`: 128 rows against one such matrix (it stays in cache: prefill
 //!   is bound by arithmetic). Throughput is in multiply-adds (criterion's "elements").
 //!
-//! Formats: bf16 weights (x rounded to bf16 where the CPU has AVX-512 BF16), and the blocks
+//! Formats: bf16 weights (in panels of 16 rows on AVX-512 without AMX, else rows with x
+//! rounded to bf16 where the CPU has AVX-512 BF16), and the blocks
 //! `--quant` converts to (q8_0, q4_0, MXFP4, q4_K, q6_K; on x86 all but q6_K interleaved in
 //! groups of eight rows at load). Weights are random normal, converted at load as `--quant`
 //! converts them.
@@ -47,7 +48,7 @@ fn formats() -> Vec<(&'static str, Option<QuantFormat>, f64)> {
 
 fn layer(w: &Tensor, format: Option<QuantFormat>) -> Linear {
     let weight = match format {
-        None => Weight::Dense(w.to_dtype(DType::BF16).unwrap()),
+        None => Weight::new(w.to_dtype(DType::BF16).unwrap(), None, "w").unwrap(),
         Some(f) => Weight::new(w.clone(), Some(f), "w").unwrap(),
     };
     Linear::from_weight(weight, None)

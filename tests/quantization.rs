@@ -110,3 +110,23 @@ fn quantized_fast_experts_agree_with_the_reference_loop() {
         );
     }
 }
+
+/// bf16 weights (in panels of rows where the CPU reads them so, quant/panels.rs) through the
+/// fast kernels against candle's bf16 matmul: both round the activations between ops to bf16,
+/// and differ where the fast product keeps them f32 inside (the reference rounds them too). The
+/// budget: what bf16 itself costs against f32 (a wrong row or panel would cost far more), and
+/// at most twice what was measured on the dev VM (AVX-512 without AMX, panels): 2.2e-4
+/// (bf16's own cost 7.7e-4).
+#[test]
+fn bf16_fast_kernels_agree_with_the_reference_loop() {
+    let exact = logits(&model(DType::F32, None, Kernels::Fast));
+    let slow = logits(&model(DType::BF16, None, Kernels::Reference));
+    let fast = logits(&model(DType::BF16, None, Kernels::Fast));
+    let own = compare(&exact, &slow).unwrap();
+    let a = compare(&slow, &fast).unwrap();
+    let budget = own.kl_mean.min(2.0 * 2.2e-4);
+    assert!(
+        a.kl_mean < budget && a.top1 >= 0.9,
+        "bf16: {a:?} over {budget:e} (bf16's own cost: {own:?})"
+    );
+}

@@ -434,6 +434,32 @@ fn quantized_experts() {
 }
 
 #[test]
+fn bf16_experts_in_panels_or_rows() {
+    // bf16 stacks go into panels of 16 rows where the CPU reads them so (AVX-512, no AMX) and
+    // each matrix has a multiple of 32 rows: both stacks (64, 32), only down (64, 40: gate/up
+    // has 80 rows, whose halves would split a panel), neither (40, 24).
+    for (h, i) in [(64, 32), (64, 40), (40, 24)] {
+        let gate_up = (values(&[EXPERTS, 2 * i, h], 18) * 0.125).unwrap();
+        let down = (values(&[EXPERTS, h, i], 19) * 0.17).unwrap();
+        let bf16 = |t: Tensor| Weight::new(t.to_dtype(DType::BF16).unwrap(), None, "w").unwrap();
+        let e = Experts::new(bf16(gate_up), bf16(down));
+        let in_panels = |w: &Weight| matches!(w, Weight::Panels(_));
+        let packs = crate::quant::packs_panels(&[1, 32, 2]);
+        assert_eq!(in_panels(&e.gate_up), packs && i == 32);
+        assert_eq!(in_panels(&e.down), packs && h == 64);
+        let routing = by_hand(&[vec![(1, 0.6), (4, 0.4)], vec![(1, 0.5), (0, 0.5)]]);
+        let x = values(&[2, h], 20);
+        let act = Activation::SiluGated;
+        let want = run_experts(&Backend::Reference, &x, &e, &routing, act);
+        for isa in super::cpu::Isa::available() {
+            let got = run_experts(&Backend::Cpu(isa), &x, &e, &routing, act);
+            let err = relative_error(&got, &want);
+            assert!(err <= tolerance(DType::BF16), "{isa:?} ({h}, {i}): {err:e}");
+        }
+    }
+}
+
+#[test]
 fn a_routing_that_names_a_missing_expert_is_an_error() {
     let x = values(&[1, HIDDEN], 21);
     // A routing over one expert more than the layer has: consistent in itself, so only the

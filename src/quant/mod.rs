@@ -9,6 +9,7 @@ mod blocks;
 mod interleaved;
 mod kquants;
 mod mxfp4;
+mod panels;
 mod slice;
 mod store;
 
@@ -29,6 +30,7 @@ pub use kquants::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K, SubScales, SuperBlock,
 #[cfg(test)]
 pub use mxfp4::dequantize_mxfp4;
 pub use mxfp4::{MXFP4_BLOCK, MXFP4_BLOCK_BYTES};
+pub use panels::{packs_panels, Bf16Panels, PanelStep, PANEL_ROWS};
 pub use slice::{with_weight_slice, WeightSlice};
 pub use store::SharedBytes;
 use store::Store;
@@ -377,17 +379,20 @@ fn is_matrix_of(format: QuantFormat, dims: &[usize]) -> bool {
 pub enum Weight {
     /// In the compute dtype, on the model's device.
     Dense(Tensor),
+    /// bf16 on the CPU, packed into panels of rows for the AVX-512 product (quant/panels.rs).
+    Panels(Arc<Bf16Panels>),
     /// Quantized blocks on the CPU, shared by clones of the model.
     Quantized(Arc<QMatrix>),
 }
 
 impl Weight {
-    /// `t` as it is, or quantized to `format`; `name` is used in errors. A K-quant falls back
-    /// to q8_0 for rows that are not whole super-blocks of 256 (but are of 32), as llama.cpp's
-    /// quantizer falls back to a format of 32-weight blocks.
+    /// `t` as it is (bf16 on the CPU packed into panels where the kernels read it so), or
+    /// quantized to `format`; `name` is used in errors. A K-quant falls back to q8_0 for rows
+    /// that are not whole super-blocks of 256 (but are of 32), as llama.cpp's quantizer falls
+    /// back to a format of 32-weight blocks.
     pub fn new(t: Tensor, format: Option<QuantFormat>, name: &str) -> Result<Weight> {
         let Some(mut f) = format else {
-            return Ok(Weight::Dense(t));
+            return Weight::dense_for_cpu(t);
         };
         let k = t.dims().last().copied().unwrap_or(0);
         if !k.is_multiple_of(f.block_values()) && k.is_multiple_of(BLOCK) {
@@ -396,9 +401,21 @@ impl Weight {
         Ok(Weight::Quantized(Arc::new(QMatrix::quantize(&t, f, name)?)))
     }
 
+    /// `t` as it is, or in panels where it is bf16 on the CPU and `packs_panels` says so.
+    fn dense_for_cpu(t: Tensor) -> Result<Weight> {
+        let packs = t.device().is_cpu() && t.dtype() == DType::BF16 && packs_panels(t.dims());
+        if !packs {
+            return Ok(Weight::Dense(t));
+        }
+        let values = t.flatten_all()?.to_vec1::<half::bf16>()?;
+        let panels = Bf16Panels::pack(&values, t.dims())?;
+        Ok(Weight::Panels(Arc::new(panels)))
+    }
+
     pub fn dims(&self) -> &[usize] {
         match self {
             Weight::Dense(t) => t.dims(),
+            Weight::Panels(p) => p.dims(),
             Weight::Quantized(q) => q.dims(),
         }
     }
@@ -407,6 +424,7 @@ impl Weight {
     pub fn format_name(&self) -> &'static str {
         match self {
             Weight::Dense(t) => t.dtype().as_str(),
+            Weight::Panels(_) => DType::BF16.as_str(),
             Weight::Quantized(q) => q.format().name(),
         }
     }
@@ -415,18 +433,19 @@ impl Weight {
     pub fn bytes_per_weight(&self) -> f64 {
         match self {
             Weight::Dense(t) => t.dtype().size_in_bytes() as f64,
+            Weight::Panels(_) => DType::BF16.size_in_bytes() as f64,
             Weight::Quantized(q) => q.format().bytes_per_weight(),
         }
     }
 
     /// Whether the CPU kernels can read it in place (`with_slice` succeeds): quantized
-    /// blocks, or a dense CPU tensor of a float dtype they read.
+    /// blocks, panels, or a dense CPU tensor of a float dtype they read.
     pub fn cpu_kernels_read(&self) -> bool {
         match self {
             Weight::Dense(t) => {
                 t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F16)
             }
-            Weight::Quantized(_) => true,
+            Weight::Panels(_) | Weight::Quantized(_) => true,
         }
     }
 
@@ -434,6 +453,7 @@ impl Weight {
     pub fn dense(&self, dtype: DType) -> Result<Tensor> {
         match self {
             Weight::Dense(t) => Ok(t.to_dtype(dtype)?),
+            Weight::Panels(p) => panel_rows(p, 0, p.dims(), dtype),
             Weight::Quantized(q) => q.dequantize(dtype),
         }
     }
@@ -442,6 +462,7 @@ impl Weight {
     pub fn entry(&self, index: usize, dtype: DType) -> Result<Tensor> {
         match self {
             Weight::Dense(t) => Ok(t.get(index)?.to_dtype(dtype)?),
+            Weight::Panels(p) => panel_rows(p, index, &p.dims()[1..], dtype),
             Weight::Quantized(q) => q.dequantize_entry(index, dtype),
         }
     }
@@ -450,9 +471,18 @@ impl Weight {
     pub(crate) fn with_slice<R>(&self, f: impl FnOnce(WeightSlice<'_>) -> Result<R>) -> Result<R> {
         match self {
             Weight::Dense(t) => with_weight_slice(t, f),
+            Weight::Panels(p) => f(WeightSlice::BF16x16(p.steps())),
             Weight::Quantized(q) => f(q.slice()),
         }
     }
+}
+
+/// Entry `index` of `shape` (one matrix of a stack, or all of `shape` at index 0) back in rows,
+/// as a tensor in `dtype`.
+fn panel_rows(p: &Bf16Panels, index: usize, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let rows: usize = shape[..shape.len() - 1].iter().product();
+    let values = p.rows(index * rows, rows);
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?.to_dtype(dtype)?)
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use half::{bf16, f16};
 
 use super::{
     BlockMxfp4, BlockMxfp4x8, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ5K, BlockQ5_0,
-    BlockQ6K, BlockQ8_0, BlockQ8_0x8, BLOCK, GROUP_ROWS, K_BLOCK,
+    BlockQ6K, BlockQ8_0, BlockQ8_0x8, PanelStep, BLOCK, GROUP_ROWS, K_BLOCK,
 };
 use crate::error::{Error, Result};
 
@@ -20,6 +20,8 @@ fn msg(m: String) -> Error {
 pub enum WeightSlice<'a> {
     F32(&'a [f32]),
     BF16(&'a [bf16]),
+    /// bf16 rows in panels of sixteen (quant/panels.rs): k / 2 steps per sixteen rows.
+    BF16x16(&'a [PanelStep]),
     F16(&'a [f16]),
     Q8_0(&'a [BlockQ8_0]),
     /// q8_0 rows interleaved in groups of eight: k / BLOCK groups per eight rows.
@@ -49,6 +51,9 @@ impl<'a> WeightSlice<'a> {
         match *self {
             WeightSlice::F32(w) => WeightSlice::F32(&w[r]),
             WeightSlice::BF16(w) => WeightSlice::BF16(&w[r]),
+            WeightSlice::BF16x16(w) => {
+                WeightSlice::BF16x16(&w[super::panels::panels(first, count, k)])
+            }
             WeightSlice::F16(w) => WeightSlice::F16(&w[r]),
             WeightSlice::Q8_0(w) => WeightSlice::Q8_0(&w[b]),
             WeightSlice::Q8_0x8(w) => WeightSlice::Q8_0x8(&w[groups(first, count, k / BLOCK)]),
@@ -88,7 +93,10 @@ impl<'a> WeightSlice<'a> {
     pub fn is_quantized(&self) -> bool {
         !matches!(
             self,
-            WeightSlice::F32(_) | WeightSlice::BF16(_) | WeightSlice::F16(_)
+            WeightSlice::F32(_)
+                | WeightSlice::BF16(_)
+                | WeightSlice::BF16x16(_)
+                | WeightSlice::F16(_)
         )
     }
 }

@@ -4,7 +4,10 @@
 //! Which kernel runs:
 //! - bf16 weights on `Amx`, AMX_MIN_ROWS rows or more: activations rounded to bf16 (what a bf16
 //!   model computes in anyway) and AMX tiles (amx.rs).
-//! - bf16 weights on `Avx512Bf16` (and fewer rows on `Amx`): the same rounding and `vdpbf16ps`.
+//! - bf16 weights in panels (AVX-512 without AMX, quant/panels.rs): f32 FMAs on the weights
+//!   widened in registers (panel.rs), x as it is.
+//! - bf16 weights in rows on `Avx512Bf16` (and fewer rows on `Amx`): the same rounding and
+//!   `vdpbf16ps`.
 //! - quantized weights: quantized.rs (integer dot products at decode, dequantized for many
 //!   rows).
 //! - otherwise, few rows (decode): weights widened to f32 in registers, one pass over them.
@@ -16,6 +19,7 @@ use rayon::prelude::*;
 
 use super::isa::Isa;
 use super::matmul::matmul_abt;
+use super::panel::matmul_bt_panels;
 use super::quantized::{
     bf16_for, interleaved_to_bf16, matmul_bt_interleaved, matmul_bt_quantized, DEQUANT_MIN_ROWS,
 };
@@ -23,7 +27,7 @@ pub use super::tile::{Lhs, OutView};
 use super::vector::{dot, WeightElem};
 use crate::quant::{
     quantize_par, BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K,
-    BlockQ8_0, WeightSlice, BLOCK, GROUP_ROWS, K_BLOCK,
+    BlockQ8_0, WeightSlice, BLOCK, GROUP_ROWS, K_BLOCK, PANEL_ROWS,
 };
 
 /// From this many rows of x on, widened weights go through the packed matrix kernel: below it
@@ -51,7 +55,7 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
         | WeightSlice::Q4Kx8(_) => interleaved_to_bf16(isa, DEQUANT_MIN_ROWS),
         WeightSlice::Q5K(_) => bf16_for::<BlockQ5K>(isa),
         WeightSlice::Q6K(_) => bf16_for::<BlockQ6K>(isa),
-        WeightSlice::F32(_) | WeightSlice::F16(_) => false,
+        WeightSlice::F32(_) | WeightSlice::BF16x16(_) | WeightSlice::F16(_) => false,
     }
 }
 
@@ -136,6 +140,7 @@ pub fn matmul_bt(
             // SAFETY: isa is at most Isa::best(), so the CPU has the features.
             unsafe { super::avx512::matmul_bt_bf16(x.bf16, w, (m, n, k), out) }
         }
+        WeightSlice::BF16x16(w) => matmul_bt_panels(isa, x.f32, w, (m, n, k), out),
         WeightSlice::BF16(w) if m >= GEMM_MIN_ROWS => widen_gemm(x.f32, w, (m, n, k), out),
         WeightSlice::BF16(w) => widen(isa, x.f32, w, (m, n, k), out),
         WeightSlice::F16(w) if m >= GEMM_MIN_ROWS => widen_gemm(x.f32, w, (m, n, k), out),
@@ -163,9 +168,13 @@ pub fn linear(
     out: &mut [f32],
 ) {
     let threads = rayon::current_num_threads();
-    // Enough blocks that a slow core does not hold up the rest, each a multiple of the tile and
-    // of a group of interleaved rows.
-    let per_task = n.div_ceil(threads * 4).next_multiple_of(GROUP_ROWS).max(16);
+    // Enough blocks that a slow core does not hold up the rest, each a multiple of the tile, of
+    // a group of interleaved rows and of a panel.
+    const { assert!(PANEL_ROWS.is_multiple_of(GROUP_ROWS)) };
+    let per_task = n
+        .div_ceil(threads * 4)
+        .next_multiple_of(PANEL_ROWS)
+        .max(PANEL_ROWS);
     if m == 1 {
         // One row: (1, n) and its transpose are the same buffer; blocks are contiguous.
         out[..n]
@@ -304,7 +313,10 @@ mod tests {
             | WeightSlice::Q4Kx8(_) => {
                 !interleaved_to_bf16(isa, m) && (isa != Isa::Portable || m < DEQUANT_MIN_ROWS)
             }
-            WeightSlice::F32(_) | WeightSlice::BF16(_) | WeightSlice::F16(_) => false,
+            WeightSlice::F32(_)
+            | WeightSlice::BF16(_)
+            | WeightSlice::BF16x16(_)
+            | WeightSlice::F16(_) => false,
         }
     }
 
@@ -465,6 +477,32 @@ mod tests {
                 check_blocks(isa, dims, |w| WeightSlice::Q4K(w));
                 check_blocks(isa, dims, |w| WeightSlice::Q5K(w));
                 check_blocks(isa, dims, |w| WeightSlice::Q6K(w));
+            }
+        }
+    }
+
+    /// bf16 rows in panels of sixteen (n a multiple of 16, k even): every tile shape of the
+    /// walk (few rows against four panels apart and the remainder, more rows against pairs of
+    /// adjacent panels), whatever the CPU packs.
+    #[test]
+    fn panel_kernels_match_the_f64_oracle() {
+        for isa in Isa::available() {
+            for (m, n, k) in [
+                (1, 16, 2),
+                (2, 80, 6),
+                (3, 112, 64),
+                (4, 64, 130),
+                (5, 48, 32),
+                (9, 16, 64),
+                (37, 112, 18),
+            ] {
+                let w: Vec<bf16> = values(n * k, 5)
+                    .iter()
+                    .map(|&v| bf16::from_f32(v))
+                    .collect();
+                let w_f32: Vec<f32> = w.iter().map(|v| v.to_f32()).collect();
+                let panels = crate::quant::Bf16Panels::pack(&w, &[n, k]).unwrap();
+                check(isa, &w_f32, WeightSlice::BF16x16(panels.steps()), (m, n, k));
             }
         }
     }

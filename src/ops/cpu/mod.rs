@@ -22,6 +22,7 @@ mod isa;
 mod kquant;
 mod linear;
 mod matmul;
+mod panel;
 mod quantized;
 mod storage;
 mod stream;

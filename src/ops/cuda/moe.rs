@@ -92,5 +92,6 @@ fn dense(w: &Weight) -> Result<&Tensor> {
     match w {
         Weight::Dense(t) => Ok(t),
         Weight::Quantized(_) => Err(Error::Input("quantized experts run on the CPU only".into())),
+        Weight::Panels(_) => Err(Error::Input("bf16 panels are read on the CPU only".into())),
     }
 }

@@ -219,7 +219,7 @@ unsafe fn bf16_tile<const MR: usize, const NR: usize>(
 }
 
 #[inline]
-fn as_bh(v: __m512i) -> __m512bh {
+pub(super) fn as_bh(v: __m512i) -> __m512bh {
     // SAFETY: both are 512 plain bits; __m512bh is __m512i read as 32 bf16 lanes.
     unsafe { std::mem::transmute::<__m512i, __m512bh>(v) }
 }

@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::isa::Isa;
 use super::matmul::matmul_abt;
-use super::panel::matmul_bt_panels;
+use super::panel::{matmul_bt_panels, PanelProduct};
 use super::quantized::{
     bf16_for, interleaved_to_bf16, matmul_bt_interleaved, matmul_bt_quantized, DEQUANT_MIN_ROWS,
 };
@@ -55,7 +55,8 @@ pub fn wants_bf16(isa: Isa, w: &WeightSlice) -> bool {
         | WeightSlice::Q4Kx8(_) => interleaved_to_bf16(isa, DEQUANT_MIN_ROWS),
         WeightSlice::Q5K(_) => bf16_for::<BlockQ5K>(isa),
         WeightSlice::Q6K(_) => bf16_for::<BlockQ6K>(isa),
-        WeightSlice::F32(_) | WeightSlice::BF16x16(_) | WeightSlice::F16(_) => false,
+        WeightSlice::BF16x16(_) => PanelProduct::for_isa(isa) == PanelProduct::Bf16Pairs,
+        WeightSlice::F32(_) | WeightSlice::F16(_) => false,
     }
 }
 
@@ -140,7 +141,7 @@ pub fn matmul_bt(
             // SAFETY: isa is at most Isa::best(), so the CPU has the features.
             unsafe { super::avx512::matmul_bt_bf16(x.bf16, w, (m, n, k), out) }
         }
-        WeightSlice::BF16x16(w) => matmul_bt_panels(isa, x.f32, w, (m, n, k), out),
+        WeightSlice::BF16x16(w) => matmul_bt_panels(isa, x, w, (m, n, k), out),
         WeightSlice::BF16(w) if m >= GEMM_MIN_ROWS => widen_gemm(x.f32, w, (m, n, k), out),
         WeightSlice::BF16(w) => widen(isa, x.f32, w, (m, n, k), out),
         WeightSlice::F16(w) if m >= GEMM_MIN_ROWS => widen_gemm(x.f32, w, (m, n, k), out),

@@ -407,8 +407,11 @@ impl Weight {
         if !packs {
             return Ok(Weight::Dense(t));
         }
-        let values = t.flatten_all()?.to_vec1::<half::bf16>()?;
-        let panels = Bf16Panels::pack(&values, t.dims())?;
+        // Packed from the tensor's storage in place: a copy less of every matrix at load.
+        let panels = with_weight_slice(&t.contiguous()?, |w| match w {
+            WeightSlice::BF16(values) => Bf16Panels::pack(values, t.dims()),
+            _ => unreachable!("a bf16 tensor's storage is bf16"),
+        })?;
         Ok(Weight::Panels(Arc::new(panels)))
     }
 

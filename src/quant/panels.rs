@@ -87,10 +87,10 @@ impl Bf16Panels {
             .par_chunks_mut(k / 2)
             .zip(values.par_chunks(PANEL_ROWS * k))
             .for_each(|(panel, rows)| {
-                for (r, row) in rows.chunks_exact(k).enumerate() {
-                    for (step, pair) in panel.iter_mut().zip(row.chunks_exact(2)) {
-                        step.pairs[r] = [pair[0], pair[1]];
-                    }
+                // Step by step: each step's 64 bytes written whole, from 16 row streams.
+                let rows: [&[bf16]; PANEL_ROWS] = std::array::from_fn(|r| &rows[r * k..][..k]);
+                for (s, step) in panel.iter_mut().enumerate() {
+                    step.pairs = std::array::from_fn(|r| [rows[r][2 * s], rows[r][2 * s + 1]]);
                 }
             });
         Ok(Bf16Panels {

@@ -268,7 +268,7 @@ impl Model {
     /// Runs `tokens` after whatever `cache` holds; returns f32 logits for every one of them,
     /// (tokens, vocab).
     pub fn forward(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        self.backend.run(|| {
+        self.backend.run(tokens.len(), || {
             let hidden = self.hidden(tokens, cache)?;
             self.logits(&hidden)
         })
@@ -276,7 +276,7 @@ impl Model {
 
     /// Like `forward`, but computes the head for the last token only: (vocab,).
     pub fn forward_last(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        self.backend.run(|| {
+        self.backend.run(tokens.len(), || {
             let hidden = self.hidden(tokens, cache)?;
             let last = hidden.narrow(0, tokens.len() - 1, 1)?;
             Ok(self.logits(&last)?.squeeze(0)?)
@@ -296,7 +296,7 @@ impl Model {
             )));
         }
         let mut seqs: Vec<(&[u32], &mut Cache)> = tokens.chunks(1).zip(caches.iter_mut()).collect();
-        self.backend.run(|| {
+        self.backend.run(tokens.len(), || {
             let hidden = self.hidden_many(&mut seqs)?;
             self.logits(&hidden)
         })

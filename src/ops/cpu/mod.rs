@@ -9,6 +9,7 @@ mod attention;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod awake;
 pub(crate) mod expert_ffn;
 #[cfg(target_arch = "x86_64")]
 mod int8;
@@ -31,6 +32,7 @@ mod tile;
 mod vector;
 
 pub use attention::{causal_attention, AttentionDims};
+pub use awake::run_awake;
 pub use expert_ffn::ExpertBlocks;
 pub use isa::Isa;
 pub use linear::{linear, PreparedLhs};

@@ -6,7 +6,7 @@
 //! worker instead runs a helper for the length of the pass that takes pending work as soon as
 //! it appears (`rayon::yield_now`) and spins between, as llama.cpp's threads spin between
 //! graph nodes. Measured (q3-mini, decode at batch 1, Intel Xeon without AMX, 2 threads,
-//! three interleaved rounds): BF16 69.7 -> 80.1 tokens/s, Q4_K_M 135 -> 175.
+//! five interleaved rounds): BF16 75.9 -> 82.5 tokens/s, Q4_K_M 162.6 -> 190.6.
 //!
 //! The cost is the spin itself: the other cores stay busy for the whole pass (core-seconds
 //! and energy count it, honestly).

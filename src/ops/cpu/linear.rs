@@ -20,14 +20,15 @@ use rayon::prelude::*;
 use super::isa::Isa;
 use super::matmul::matmul_abt;
 use super::panel::{matmul_bt_panels, PanelProduct};
+use super::quantize::quantize_rows;
 use super::quantized::{
     bf16_for, interleaved_to_bf16, matmul_bt_interleaved, matmul_bt_quantized, DEQUANT_MIN_ROWS,
 };
 pub use super::tile::{Lhs, OutView};
 use super::vector::{dot, WeightElem};
 use crate::quant::{
-    quantize_par, BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K,
-    BlockQ8_0, WeightSlice, BLOCK, GROUP_ROWS, K_BLOCK, PANEL_ROWS,
+    BlockMxfp4, BlockQ4K, BlockQ4_0, BlockQ5K, BlockQ5_0, BlockQ6K, BlockQ8K, BlockQ8_0,
+    WeightSlice, BLOCK, GROUP_ROWS, K_BLOCK, PANEL_ROWS,
 };
 
 /// From this many rows of x on, widened weights go through the packed matrix kernel: below it
@@ -81,10 +82,10 @@ impl PreparedLhs {
         let (mut q8, mut q8k) = (Vec::new(), Vec::new());
         if w.is_k_quant() {
             if k.is_multiple_of(K_BLOCK) {
-                q8k = quantize_par(x);
+                q8k = quantize_rows(isa, x);
             }
         } else if w.is_quantized() && k.is_multiple_of(BLOCK) {
-            q8 = quantize_par(x);
+            q8 = quantize_rows(isa, x);
         }
         // Groups of 32-weight blocks take their codes' offsets back through x's block sums.
         let mut q8_sums = Vec::new();

@@ -24,6 +24,7 @@ mod kquant;
 mod linear;
 mod matmul;
 mod panel;
+mod quantize;
 mod quantized;
 mod storage;
 mod stream;

@@ -1,5 +1,5 @@
 //! Quantized weights: the block formats, conversion at load (`--quant`), and [`Weight`], the
-//! matrix every linear layer and expert reads, dense or quantized.
+//! matrix every linear layer and expert reads, dense, in bf16 panels (panels.rs) or quantized.
 //!
 //! Activations stay in the compute dtype; only the weights of matrix products are quantized.
 //! What stays dense, as llama.cpp keeps it: norms, the embedding table (a lookup, not a
@@ -410,7 +410,7 @@ impl Weight {
         // Packed from the tensor's storage in place: a copy less of every matrix at load.
         let panels = with_weight_slice(&t.contiguous()?, |w| match w {
             WeightSlice::BF16(values) => Bf16Panels::pack(values, t.dims()),
-            _ => unreachable!("a bf16 tensor's storage is bf16"),
+            _ => Err(Error::Input("a bf16 tensor's storage is not bf16".into())),
         })?;
         Ok(Weight::Panels(Arc::new(panels)))
     }

@@ -99,7 +99,7 @@ pub fn causal_attention(
             hd,
             scale,
         };
-        scores.resize(n_rep * len, 0.0);
+        scores.resize(n_rep * (len + 1), 0.0);
         match isa {
             // SAFETY: capped above at the kernels this CPU has.
             #[cfg(target_arch = "x86_64")]
@@ -138,38 +138,50 @@ struct Group<'a> {
 }
 
 impl Group<'_> {
-    /// `queries`: n_rep rows of hd; `scores`: (n_rep, len) scratch; `out`: (n_rep, hd).
+    /// `queries`: n_rep rows of hd; `scores`: (n_rep, len + 1) scratch; `out`: (n_rep, hd).
+    /// Each key and each value row is read once for all the group's queries (the keys are
+    /// the outer loop, then the values), and every sum is taken in the order of positions, as
+    /// a query alone would take it.
     #[inline(always)]
     fn run<'q>(
         &self,
-        queries: impl Iterator<Item = &'q [f32]>,
+        queries: impl Iterator<Item = &'q [f32]> + Clone,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
         let (hd, len) = (self.hd, self.k.len() / self.hd.max(1));
-        for (r, ((q, scores), out)) in queries
-            .zip(scores.chunks_exact_mut(len))
-            .zip(out.chunks_exact_mut(hd))
+        let (scores, inv) = scores.split_at_mut(out.len() / hd.max(1) * len);
+        for (j, key) in self.k.chunks_exact(hd).enumerate() {
+            for (r, q) in queries.clone().enumerate() {
+                scores[r * len + j] = dot(q, key) * self.scale;
+            }
+        }
+        for (r, (scores, inv)) in scores
+            .chunks_exact_mut(len.max(1))
+            .zip(&mut *inv)
             .enumerate()
         {
             let sink = self.sinks.map(|s| s[r]);
-            let mut max = sink.unwrap_or(f32::NEG_INFINITY);
-            for (s, key) in scores.iter_mut().zip(self.k.chunks_exact(hd)) {
-                *s = dot(q, key) * self.scale;
-                max = max.max(*s);
-            }
+            let max = scores
+                .iter()
+                .fold(sink.unwrap_or(f32::NEG_INFINITY), |m, &s| m.max(s));
             let mut sum = sink.map_or(0.0, |s| (s - max).exp());
             for s in scores.iter_mut() {
                 *s = (*s - max).exp();
                 sum += *s;
             }
-            out.fill(0.0);
-            for (&p, value) in scores.iter().zip(self.v.chunks_exact(hd)) {
+            *inv = 1.0 / sum;
+        }
+        out.fill(0.0);
+        for (j, value) in self.v.chunks_exact(hd).enumerate() {
+            for (r, out) in out.chunks_exact_mut(hd).enumerate() {
+                let p = scores[r * len + j];
                 for (o, x) in out.iter_mut().zip(value) {
                     *o += p * x;
                 }
             }
-            let inv = 1.0 / sum;
+        }
+        for (out, &inv) in out.chunks_exact_mut(hd).zip(&*inv) {
             out.iter_mut().for_each(|o| *o *= inv);
         }
     }
@@ -179,7 +191,7 @@ impl Group<'_> {
     #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
     unsafe fn run_avx512<'q>(
         &self,
-        queries: impl Iterator<Item = &'q [f32]>,
+        queries: impl Iterator<Item = &'q [f32]> + Clone,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
@@ -191,7 +203,7 @@ impl Group<'_> {
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run_avx2<'q>(
         &self,
-        queries: impl Iterator<Item = &'q [f32]>,
+        queries: impl Iterator<Item = &'q [f32]> + Clone,
         scores: &mut [f32],
         out: &mut [f32],
     ) {

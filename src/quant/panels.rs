@@ -12,6 +12,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::slice::whole_units;
 use crate::error::{Error, Result};
 
 /// Rows of a panel: one 512-bit vector holds a pair of weights of each.
@@ -112,7 +113,7 @@ impl Bf16Panels {
     pub fn rows(&self, first: usize, count: usize) -> Vec<bf16> {
         let k = self.dims.last().copied().unwrap_or(0);
         let mut out = vec![bf16::ZERO; count * k];
-        let steps = &self.steps[panels(first, count, k)];
+        let steps = &self.steps[whole_units(first, count, PANEL_ROWS, k / 2)];
         out.par_chunks_mut(PANEL_ROWS * k)
             .zip(steps.par_chunks(k / 2))
             .for_each(|(rows, panel)| {
@@ -124,16 +125,6 @@ impl Bf16Panels {
             });
         out
     }
-}
-
-/// The steps holding rows `first..first + count` of panels with rows of `k` weights: whole
-/// panels only (callers split matrices whose row counts are, at multiples of 16).
-pub fn panels(first: usize, count: usize, k: usize) -> std::ops::Range<usize> {
-    assert!(
-        first.is_multiple_of(PANEL_ROWS) && count.is_multiple_of(PANEL_ROWS),
-        "panels are taken whole"
-    );
-    first / PANEL_ROWS * (k / 2)..(first + count) / PANEL_ROWS * (k / 2)
 }
 
 #[cfg(test)]

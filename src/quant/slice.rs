@@ -6,7 +6,7 @@ use half::{bf16, f16};
 
 use super::{
     BlockMxfp4, BlockMxfp4x8, BlockQ4K, BlockQ4Kx8, BlockQ4_0, BlockQ4_0x8, BlockQ5K, BlockQ5_0,
-    BlockQ6K, BlockQ8_0, BlockQ8_0x8, PanelStep, BLOCK, GROUP_ROWS, K_BLOCK,
+    BlockQ6K, BlockQ8_0, BlockQ8_0x8, PanelStep, BLOCK, GROUP_ROWS, K_BLOCK, PANEL_ROWS,
 };
 use crate::error::{Error, Result};
 
@@ -43,27 +43,29 @@ pub enum WeightSlice<'a> {
 
 impl<'a> WeightSlice<'a> {
     /// Rows `first..first + count` of a row-major matrix with rows of `k` elements. Of
-    /// interleaved rows, whole groups of eight (`groups`).
+    /// interleaved rows and panels, whole groups of eight and panels of sixteen
+    /// (`whole_units`).
     pub fn rows(&self, first: usize, count: usize, k: usize) -> WeightSlice<'a> {
         let r = first * k..(first + count) * k;
         let b = first * k / BLOCK..(first + count) * k / BLOCK;
         let kb = first * k / K_BLOCK..(first + count) * k / K_BLOCK;
+        let groups = |blocks| whole_units(first, count, GROUP_ROWS, blocks);
         match *self {
             WeightSlice::F32(w) => WeightSlice::F32(&w[r]),
             WeightSlice::BF16(w) => WeightSlice::BF16(&w[r]),
             WeightSlice::BF16x16(w) => {
-                WeightSlice::BF16x16(&w[super::panels::panels(first, count, k)])
+                WeightSlice::BF16x16(&w[whole_units(first, count, PANEL_ROWS, k / 2)])
             }
             WeightSlice::F16(w) => WeightSlice::F16(&w[r]),
             WeightSlice::Q8_0(w) => WeightSlice::Q8_0(&w[b]),
-            WeightSlice::Q8_0x8(w) => WeightSlice::Q8_0x8(&w[groups(first, count, k / BLOCK)]),
+            WeightSlice::Q8_0x8(w) => WeightSlice::Q8_0x8(&w[groups(k / BLOCK)]),
             WeightSlice::Q4_0(w) => WeightSlice::Q4_0(&w[b]),
-            WeightSlice::Q4_0x8(w) => WeightSlice::Q4_0x8(&w[groups(first, count, k / BLOCK)]),
+            WeightSlice::Q4_0x8(w) => WeightSlice::Q4_0x8(&w[groups(k / BLOCK)]),
             WeightSlice::Q5_0(w) => WeightSlice::Q5_0(&w[b]),
             WeightSlice::Mxfp4(w) => WeightSlice::Mxfp4(&w[b]),
-            WeightSlice::Mxfp4x8(w) => WeightSlice::Mxfp4x8(&w[groups(first, count, k / BLOCK)]),
+            WeightSlice::Mxfp4x8(w) => WeightSlice::Mxfp4x8(&w[groups(k / BLOCK)]),
             WeightSlice::Q4K(w) => WeightSlice::Q4K(&w[kb]),
-            WeightSlice::Q4Kx8(w) => WeightSlice::Q4Kx8(&w[groups(first, count, k / K_BLOCK)]),
+            WeightSlice::Q4Kx8(w) => WeightSlice::Q4Kx8(&w[groups(k / K_BLOCK)]),
             WeightSlice::Q5K(w) => WeightSlice::Q5K(&w[kb]),
             WeightSlice::Q6K(w) => WeightSlice::Q6K(&w[kb]),
         }
@@ -101,15 +103,20 @@ impl<'a> WeightSlice<'a> {
     }
 }
 
-/// The groups holding rows `first..first + count` of interleaved rows of `blocks` blocks
-/// each: whole groups only (callers split matrices whose row counts are, at multiples of
-/// eight).
-fn groups(first: usize, count: usize, blocks: usize) -> std::ops::Range<usize> {
+/// The units holding rows `first..first + count` of rows kept in units of `unit_rows` rows
+/// with `per_unit` items each (interleaved groups, bf16 panels): whole units only (callers
+/// split matrices whose row counts are, at multiples of the unit).
+pub(super) fn whole_units(
+    first: usize,
+    count: usize,
+    unit_rows: usize,
+    per_unit: usize,
+) -> std::ops::Range<usize> {
     assert!(
-        first.is_multiple_of(GROUP_ROWS) && count.is_multiple_of(GROUP_ROWS),
-        "interleaved rows are taken in whole groups"
+        first.is_multiple_of(unit_rows) && count.is_multiple_of(unit_rows),
+        "interleaved groups and panels are taken whole"
     );
-    first / GROUP_ROWS * blocks..(first + count) / GROUP_ROWS * blocks
+    first / unit_rows * per_unit..(first + count) / unit_rows * per_unit
 }
 
 /// Runs `f` over the data of `t` without copying it. Fails for a tensor that is not on the

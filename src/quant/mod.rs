@@ -19,8 +19,8 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Tensor};
 
 pub use blocks::{
-    dequantize_into, mxfp4_half_scale, quantize, quantize_par, BlockMxfp4, BlockQ4_0, BlockQ5_0,
-    BlockQ8_0, QuantBlock, WeightBlock, BLOCK, MXFP4_CODES,
+    dequantize_into, mxfp4_half_scale, quantize, quantize_par, quantize_par_by, BlockMxfp4,
+    BlockQ4_0, BlockQ5_0, BlockQ8_0, QuantBlock, WeightBlock, BLOCK, MXFP4_CODES,
 };
 pub use interleaved::{
     deinterleave, deinterleave_into, interleave, interleaves, BlockMxfp4x8, BlockQ4Kx8,

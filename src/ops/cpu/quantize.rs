@@ -6,10 +6,8 @@
 //! vectorise), 5.5% of a q3-mini Q4_K_M prefill of 512; 16 lanes at a time it is a small
 //! fraction of that.
 
-use rayon::prelude::*;
-
 use super::isa::Isa;
-use crate::quant::QuantBlock;
+use crate::quant::{quantize_par_by, QuantBlock};
 
 /// A block format activations are quantized to.
 pub trait Activations: QuantBlock + Send + Sync {
@@ -22,21 +20,14 @@ pub trait Activations: QuantBlock + Send + Sync {
 /// x (a multiple of B::VALUES long) as blocks, over all threads, on the widest kernels `isa`
 /// has.
 pub fn quantize_rows<B: Activations>(isa: Isa, x: &[f32]) -> Vec<B> {
-    let mut out = vec![B::ZERO; x.len() / B::VALUES];
-    let fast = cfg!(target_arch = "x86_64") && isa.min(Isa::best()) >= Isa::Avx512;
-    out.par_chunks_mut(64)
-        .zip(x.par_chunks(64 * B::VALUES))
-        .for_each(|(q, x)| {
-            #[cfg(target_arch = "x86_64")]
-            if fast {
-                // SAFETY: Isa::best() is Avx512 or better only where the CPU has AVX-512
-                // F/BW/VL; par_chunks gives q.len() blocks of x.
-                return unsafe { B::quantize_avx512(x, q) };
-            }
-            let _ = fast;
-            B::quantize(x, q)
-        });
-    out
+    #[cfg(target_arch = "x86_64")]
+    if isa.min(Isa::best()) >= Isa::Avx512 {
+        // SAFETY: Isa::best() is Avx512 or better only where the CPU has AVX-512 F/BW/VL;
+        // quantize_par_by hands each piece its own blocks of x.
+        return quantize_par_by(x, |x, q| unsafe { B::quantize_avx512(x, q) });
+    }
+    let _ = isa;
+    quantize_par_by(x, B::quantize)
 }
 
 #[cfg(target_arch = "x86_64")]

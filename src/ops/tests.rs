@@ -415,22 +415,38 @@ fn quantized_experts() {
         } else {
             (64, 32)
         };
-        let gate_up = (values(&[EXPERTS, 2 * i, h], 18) * 0.125).unwrap();
-        let down = (values(&[EXPERTS, h, i], 19) * 0.17).unwrap();
+        let (gate_up, down) = expert_stacks(h, i);
         let e = Experts::new(
             Weight::new(gate_up, Some(format), "gate_up").unwrap(),
             Weight::new(down, Some(down_format), "down").unwrap(),
         );
-        let routing = by_hand(&[vec![(1, 0.6), (4, 0.4)], vec![(1, 0.5), (0, 0.5)]]);
-        let x = values(&[2, h], 20);
-        let act = Activation::SiluGated;
-        let want = run_experts(&Backend::Reference, &x, &e, &routing, act);
-        for isa in super::cpu::Isa::available() {
-            let got = run_experts(&Backend::Cpu(isa), &x, &e, &routing, act);
-            let err = relative_error(&got, &want);
+        for (isa, err) in cpu_experts_against_reference(&e, h) {
             assert!(err <= 3e-2, "{isa:?} {format:?}/{down_format:?}: {err:e}");
         }
     }
+}
+
+/// Stacks of EXPERTS experts of hidden size h and ffn size i: (gate_up [E, 2i, h], down [E, h, i]).
+fn expert_stacks(h: usize, i: usize) -> (Tensor, Tensor) {
+    let gate_up = (values(&[EXPERTS, 2 * i, h], 18) * 0.125).unwrap();
+    let down = (values(&[EXPERTS, h, i], 19) * 0.17).unwrap();
+    (gate_up, down)
+}
+
+/// Two tokens through `e` (hidden size h) on the CPU at every instruction set it has: each
+/// set's relative error against the reference backend.
+fn cpu_experts_against_reference(e: &Experts, h: usize) -> Vec<(super::cpu::Isa, f32)> {
+    let routing = by_hand(&[vec![(1, 0.6), (4, 0.4)], vec![(1, 0.5), (0, 0.5)]]);
+    let x = values(&[2, h], 20);
+    let act = Activation::SiluGated;
+    let want = run_experts(&Backend::Reference, &x, e, &routing, act);
+    super::cpu::Isa::available()
+        .into_iter()
+        .map(|isa| {
+            let got = run_experts(&Backend::Cpu(isa), &x, e, &routing, act);
+            (isa, relative_error(&got, &want))
+        })
+        .collect()
 }
 
 #[test]
@@ -439,21 +455,14 @@ fn bf16_experts_in_panels_or_rows() {
     // each matrix has a multiple of 32 rows: both stacks (64, 32), only down (64, 40: gate/up
     // has 80 rows, whose halves would split a panel), neither (40, 24).
     for (h, i) in [(64, 32), (64, 40), (40, 24)] {
-        let gate_up = (values(&[EXPERTS, 2 * i, h], 18) * 0.125).unwrap();
-        let down = (values(&[EXPERTS, h, i], 19) * 0.17).unwrap();
+        let (gate_up, down) = expert_stacks(h, i);
         let bf16 = |t: Tensor| Weight::new(t.to_dtype(DType::BF16).unwrap(), None, "w").unwrap();
         let e = Experts::new(bf16(gate_up), bf16(down));
         let in_panels = |w: &Weight| matches!(w, Weight::Panels(_));
         let packs = crate::quant::packs_panels(&[1, 32, 2]);
         assert_eq!(in_panels(&e.gate_up), packs && i == 32);
         assert_eq!(in_panels(&e.down), packs && h == 64);
-        let routing = by_hand(&[vec![(1, 0.6), (4, 0.4)], vec![(1, 0.5), (0, 0.5)]]);
-        let x = values(&[2, h], 20);
-        let act = Activation::SiluGated;
-        let want = run_experts(&Backend::Reference, &x, &e, &routing, act);
-        for isa in super::cpu::Isa::available() {
-            let got = run_experts(&Backend::Cpu(isa), &x, &e, &routing, act);
-            let err = relative_error(&got, &want);
+        for (isa, err) in cpu_experts_against_reference(&e, h) {
             assert!(err <= tolerance(DType::BF16), "{isa:?} ({h}, {i}): {err:e}");
         }
     }

@@ -152,6 +152,47 @@ impl Backend {
         reference::gated(g, u, act)
     }
 
+    /// The gated delta rule (Gated DeltaNet's linear attention) over one sequence's t new
+    /// tokens: q and k (t, nk, dk) as projected (L2-normalised in the op, q also scaled by
+    /// dk^-1/2), v (t, nv, dv), g the log decay and beta the write strength (t, nv), all f32;
+    /// value head h reads key head h / (nv / nk). `state` (nv, dk, dv) f32 holds what the
+    /// sequence's earlier tokens wrote and is updated. Returns (t, nv, dv), f32.
+    pub fn gated_delta(
+        &self,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        (g, beta): (&Tensor, &Tensor),
+        state: &mut Tensor,
+    ) -> Result<Tensor> {
+        let (t, nk, dk) = q.dims3()?;
+        let (tv, nv, dv) = v.dims3()?;
+        let fits = k.dims() == [t, nk, dk]
+            && tv == t
+            && nk > 0
+            && nv.is_multiple_of(nk)
+            && g.dims() == [t, nv]
+            && beta.dims() == [t, nv]
+            && state.dims() == [nv, dk, dv]
+            && [q, k, v, g, beta, &*state]
+                .iter()
+                .all(|x| x.dtype() == DType::F32);
+        if !fits {
+            return Err(Error::Input(format!(
+                "gated delta rule: q {:?}, k {:?}, v {:?}, g {:?}, beta {:?} and state {:?} \
+                 (f32 all) do not fit together",
+                q.dims(),
+                k.dims(),
+                v.dims(),
+                g.dims(),
+                beta.dims(),
+                state.dims()
+            )));
+        }
+        match self {
+            Backend::Cpu(_) => cpu::tensors::gated_delta((q, k, v), (g, beta), state),
+            _ => reference::gated_delta((q, k, v), (g, beta), state),
+        }
+    }
+
     /// Causal attention: q (nh, t, hd), k and v (nkv, s, hd), all f32, the last t positions of
     /// k and v those of the queries -> (t, nh · hd), f32.
     pub fn attention(

@@ -160,6 +160,58 @@ fn attention() {
     }
 }
 
+// ---- gated delta rule ---------------------------------------------------------------------
+
+#[test]
+fn gated_delta() {
+    // (new tokens, key heads, value heads, dk, dv): decode, a prompt below one chunk, one
+    // across two chunks (not a multiple of 64), value heads sharing key heads; each run twice
+    // from the state the first run left, as a sequence goes on.
+    let cases = [
+        (1, 1, 1, 8, 8),
+        (5, 2, 4, 12, 8),
+        (70, 2, 4, 16, 12),
+        (1, 2, 6, 20, 16),
+    ];
+    for (be, dev) in Backend::present() {
+        for &(t, nk, nv, dk, dv) in &cases {
+            let (q, k, v) = (
+                values(&[t, nk, dk], 11),
+                values(&[t, nk, dk], 12),
+                values(&[t, nv, dv], 13),
+            );
+            // Log decays in [-1.5, -0.5]; write strengths in [0.25, 0.75].
+            let g = values(&[t, nv], 14).affine(0.5, -1.0).unwrap();
+            let beta = values(&[t, nv], 15).affine(0.25, 0.5).unwrap();
+            let mut want_state = (values(&[nv, dk, dv], 16) * 0.5).unwrap();
+            let f32_on = |x: &Tensor| on(x, DType::F32, &dev);
+            let mut state = f32_on(&want_state);
+            for run in 0..2 {
+                let want = Backend::Reference
+                    .gated_delta((&q, &k, &v), (&g, &beta), &mut want_state)
+                    .unwrap();
+                let got = be
+                    .gated_delta(
+                        (&f32_on(&q), &f32_on(&k), &f32_on(&v)),
+                        (&f32_on(&g), &f32_on(&beta)),
+                        &mut state,
+                    )
+                    .unwrap();
+                let name = be.name();
+                let (out_err, state_err) = (
+                    relative_error(&got, &want),
+                    relative_error(&state, &want_state),
+                );
+                assert!(
+                    out_err <= 1e-5 && state_err <= 1e-5,
+                    "{name} {t} tokens, heads {nk}/{nv} of {dk}/{dv}, run {run}: output \
+                     {out_err:e}, state {state_err:e}"
+                );
+            }
+        }
+    }
+}
+
 // ---- route --------------------------------------------------------------------------------
 
 /// Every router the families use, by name.

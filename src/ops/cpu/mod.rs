@@ -10,6 +10,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod awake;
+pub(crate) mod delta;
 pub(crate) mod expert_ffn;
 #[cfg(target_arch = "x86_64")]
 mod int8;

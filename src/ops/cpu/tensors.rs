@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
+use super::delta::{gated_delta as gated_delta_kernel, DeltaDims, DeltaForm, DeltaInputs};
 use super::expert_ffn::{self, ExpertBlocks, ExpertRows, ExpertWeights};
 use super::PreparedLhs;
 use super::{causal_attention, linear as linear_kernel, with_kv_rows, AttentionDims, Isa};
@@ -136,4 +137,76 @@ pub fn combine(rows: &ExpertBlocks, d: &HostDispatch, xs: &Tensor) -> Result<Ten
     let mut out = vec![0f32; t * h];
     expert_ffn::combine(rows, d, &mut out);
     Ok(Tensor::from_vec(out, (t, h), xs.device())?.to_dtype(xs.dtype())?)
+}
+
+/// See `Backend::gated_delta` (shapes checked there): the host kernels over the state in
+/// place.
+pub fn gated_delta(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    (g, beta): (&Tensor, &Tensor),
+    state: &mut Tensor,
+) -> Result<Tensor> {
+    let (t, nk, dk) = q.dims3()?;
+    let (_, nv, dv) = v.dims3()?;
+    let dims = DeltaDims { t, nk, nv, dk, dv };
+    let (q, k, v, g, beta) = (
+        host_f32(q)?,
+        host_f32(k)?,
+        host_f32(v)?,
+        host_f32(g)?,
+        host_f32(beta)?,
+    );
+    let step = DeltaStep {
+        dims,
+        inputs: DeltaInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            g: &g,
+            beta: &beta,
+        },
+        out: std::sync::Mutex::new(vec![0f32; t * nv * dv]),
+    };
+    if !state.is_contiguous() {
+        *state = state.contiguous()?;
+    }
+    state.inplace_op1(&step)?;
+    let out = step.out.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(Tensor::from_vec(out, (t, nv, dv), &Device::Cpu)?)
+}
+
+/// One call of the rule, run on the state's own storage (no copy of the state in or out).
+struct DeltaStep<'a> {
+    dims: DeltaDims,
+    inputs: DeltaInputs<'a>,
+    out: std::sync::Mutex<Vec<f32>>,
+}
+
+impl candle_core::InplaceOp1 for DeltaStep<'_> {
+    fn name(&self) -> &'static str {
+        "gated-delta"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &mut candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let candle_core::CpuStorage::F32(data) = storage else {
+            candle_core::bail!("the recurrent state is not f32");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("the recurrent state is not contiguous");
+        };
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        let form = DeltaForm::for_tokens(self.dims.t);
+        gated_delta_kernel(
+            self.dims,
+            &self.inputs,
+            &mut data[start..end],
+            &mut out,
+            form,
+        );
+        Ok(())
+    }
 }

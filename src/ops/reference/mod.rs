@@ -4,6 +4,7 @@
 //! against. Routing and dispatch are host code that the CPU backend uses as they are.
 
 mod attention;
+mod delta;
 mod dispatch;
 mod moe;
 mod route;
@@ -11,6 +12,7 @@ mod route;
 use candle_core::Tensor;
 
 pub use attention::attention;
+pub use delta::gated_delta;
 pub use dispatch::HostDispatch;
 pub use moe::{combine, expert_ffn};
 pub use route::HostRouting;

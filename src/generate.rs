@@ -199,8 +199,8 @@ pub fn stop_tokens(dir: &Path, tokenizer: Option<&Tokenizer>) -> Result<Vec<u32>
     Ok(ids)
 }
 
-/// End-of-sequence ids, from generation_config.json when present, else config.json; each
-/// may hold one id or a list.
+/// End-of-sequence ids, from generation_config.json when present, else config.json (its own,
+/// or its `text_config`'s); each may hold one id or a list.
 pub fn eos_token_ids(dir: &Path) -> Result<Vec<u32>> {
     for file in ["generation_config.json", "config.json"] {
         let path = dir.join(file);
@@ -214,7 +214,12 @@ pub fn eos_token_ids(dir: &Path) -> Result<Vec<u32>> {
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(bad)
         };
-        match value.get("eos_token_id") {
+        // A multimodal checkpoint's text model may carry its own.
+        let eos = value
+            .get("eos_token_id")
+            .filter(|v| !v.is_null())
+            .or_else(|| value.get("text_config").and_then(|t| t.get("eos_token_id")));
+        match eos {
             None | Some(Value::Null) => continue,
             Some(Value::Array(ids)) => return ids.iter().map(id).collect(),
             Some(v) => return Ok(vec![id(v)?]),

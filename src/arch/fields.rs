@@ -12,6 +12,11 @@ pub struct Fields {
     path: PathBuf,
     map: Map<String, Value>,
     seen: BTreeSet<String>,
+    /// Where these fields sit in the file (`text_config.` for a nested config; empty at the
+    /// top level), for errors and the unread list.
+    prefix: String,
+    /// Unread fields of nested configs read through `nested`, already prefixed.
+    nested_unread: Vec<String>,
 }
 
 impl Fields {
@@ -21,6 +26,8 @@ impl Fields {
                 path: path.to_path_buf(),
                 map,
                 seen: BTreeSet::new(),
+                prefix: String::new(),
+                nested_unread: Vec::new(),
             }),
             _ => Err(Error::config(path, "(top level)", "expected a JSON object")),
         }
@@ -31,7 +38,28 @@ impl Fields {
     }
 
     pub fn error(&self, field: &str, message: impl Into<String>) -> Error {
-        Error::config(&self.path, field, message)
+        Error::config(&self.path, &format!("{}{field}", self.prefix), message)
+    }
+
+    /// The object at `key` as fields of their own (a multimodal checkpoint's `text_config`),
+    /// named `key.field` in errors; hand them back with `absorb` once read.
+    pub fn nested(&mut self, key: &str) -> Result<Fields> {
+        match self.value(key) {
+            Some(Value::Object(map)) => Ok(Fields {
+                path: self.path.clone(),
+                map,
+                seen: BTreeSet::new(),
+                prefix: format!("{}{key}.", self.prefix),
+                nested_unread: Vec::new(),
+            }),
+            Some(v) => Err(self.error(key, format!("expected an object, got {v}"))),
+            None => Err(self.error(key, "is required but missing")),
+        }
+    }
+
+    /// Takes over the unread fields of a config read through `nested`.
+    pub fn absorb(&mut self, nested: Fields) {
+        self.nested_unread.extend(nested.unread());
     }
 
     /// Whether the field is there and not null, without counting it as read.
@@ -129,7 +157,8 @@ impl Fields {
         self.map
             .keys()
             .filter(|k| !self.seen.contains(*k))
-            .cloned()
+            .map(|k| format!("{}{k}", self.prefix))
+            .chain(self.nested_unread.iter().cloned())
             .collect()
     }
 }

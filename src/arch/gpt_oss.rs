@@ -17,6 +17,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
             rms_norm_eps: 1e-5,
             head_dim: Some(64),
             quant_methods: &["mxfp4"],
+            ..Defaults::LLAMA
         },
     )?;
     if !rope_given {

@@ -8,6 +8,7 @@ mod mixtral;
 mod olmoe;
 mod qwen2_moe;
 mod qwen3_moe;
+mod qwen3_next;
 mod rope;
 
 use std::path::Path;
@@ -31,6 +32,8 @@ pub const SUPPORTED: &[&str] = &[
     "olmoe",
     "granitemoe",
     "gpt_oss",
+    "qwen3_next",
+    "qwen3_5_moe",
 ];
 
 /// A parsed config.json: the blueprint, where its tensors live, and what went unread.
@@ -42,6 +45,9 @@ pub struct Architecture {
     pub unrecognized_fields: Vec<String>,
     /// The checkpoint's experts are stored quantized (`quantization_config`: gpt-oss's MXFP4).
     pub quantized_experts: bool,
+    /// Tensors the checkpoint holds that a text model does not load, by name prefix, with
+    /// what they are (a multimodal checkpoint's vision tower).
+    pub skipped: &'static [(&'static str, &'static str)],
 }
 
 /// Hub tensor names of one family. Layer tensors are `{layers}.{i}.{name}`; MoE tensors are
@@ -83,6 +89,42 @@ pub struct TensorNames {
     pub mlp_gate: &'static str,
     pub mlp_up: &'static str,
     pub mlp_down: &'static str,
+    /// Linear attention's tensors, read for the layers that have it.
+    pub linear_attn: LinearAttnNames,
+}
+
+/// Gated DeltaNet's tensors, under `{layers}.{i}.{prefix}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearAttnNames {
+    pub prefix: &'static str,
+    pub projections: LinearProjections,
+    /// (conv_dim, 1, kernel), over the q, k and v channels.
+    pub conv: &'static str,
+    pub a_log: &'static str,
+    pub dt_bias: &'static str,
+    /// The gated norm's weight (value_head_dim), used as it is stored (no offset).
+    pub norm: &'static str,
+    /// The output projection, without `.weight`.
+    pub out: &'static str,
+}
+
+/// How a checkpoint stores linear attention's input projections (without `.weight`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinearProjections {
+    /// Qwen3-Next: `qkvz` grouped by key head (each group: its q rows, its k rows, then the
+    /// v rows and the z rows of its value heads) and `ba` likewise (the b rows of the group's
+    /// value heads, then their a rows).
+    Grouped {
+        qkvz: &'static str,
+        ba: &'static str,
+    },
+    /// Qwen3.5: `qkv` (all q rows, all k rows, all v rows), `z`, `b` and `a`.
+    Split {
+        qkv: &'static str,
+        z: &'static str,
+        b: &'static str,
+        a: &'static str,
+    },
 }
 
 /// How a checkpoint stores its routed experts.
@@ -159,6 +201,18 @@ pub const LLAMA_NAMES: TensorNames = TensorNames {
     mlp_gate: "gate_proj",
     mlp_up: "up_proj",
     mlp_down: "down_proj",
+    linear_attn: LinearAttnNames {
+        prefix: "linear_attn",
+        projections: LinearProjections::Grouped {
+            qkvz: "in_proj_qkvz",
+            ba: "in_proj_ba",
+        },
+        conv: "conv1d.weight",
+        a_log: "A_log",
+        dt_bias: "dt_bias",
+        norm: "norm.weight",
+        out: "out_proj",
+    },
 };
 
 /// `parent.name`, leaving out an empty part (GGUF's layer tensors have no MoE or MLP level).
@@ -192,6 +246,8 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
         "olmoe" => olmoe::parse(&mut f)?,
         "granitemoe" => granitemoe::parse(&mut f)?,
         "gpt_oss" => gpt_oss::parse(&mut f)?,
+        "qwen3_next" => qwen3_next::parse(&mut f)?,
+        "qwen3_5_moe" => qwen3_next::parse_multimodal(&mut f)?,
         other => {
             return Err(f.error(
                 "model_type",
@@ -202,32 +258,51 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
             ))
         }
     };
-    // Bookkeeping and training-only knobs: none of them changes a forward pass.
-    f.irrelevant(&[
-        "architectures",
-        "transformers_version",
-        "torch_dtype",
-        "dtype",
-        "use_cache",
-        "initializer_range",
-        "attention_dropout",
-        "output_router_logits",
-        "router_aux_loss_coef",
-        "router_jitter_noise",
-        "bos_token_id",
-        "eos_token_id",
-        "pad_token_id",
-        "_name_or_path",
-        "_attn_implementation_autoset",
-    ]);
-    config.validate(path)?;
+    f.irrelevant(IRRELEVANT);
+    // A multimodal checkpoint's text fields live in `text_config`: its checks name them so.
+    let (skipped, nested): (&[_], _) = match model_type.as_str() {
+        "qwen3_5_moe" => (qwen3_next::QWEN3_5_SKIPPED, "text_config."),
+        _ => (&[], ""),
+    };
+    config.validate(path).map_err(|e| match e {
+        Error::Config {
+            path,
+            field,
+            message,
+        } if !nested.is_empty() && !field.starts_with('(') => Error::Config {
+            path,
+            field: format!("{nested}{field}"),
+            message,
+        },
+        e => e,
+    })?;
     Ok(Architecture {
         config,
         names,
         unrecognized_fields: f.unread(),
         quantized_experts,
+        skipped,
     })
 }
+
+/// Bookkeeping and training-only knobs: none of them changes a forward pass.
+const IRRELEVANT: &[&str] = &[
+    "architectures",
+    "transformers_version",
+    "torch_dtype",
+    "dtype",
+    "use_cache",
+    "initializer_range",
+    "attention_dropout",
+    "output_router_logits",
+    "router_aux_loss_coef",
+    "router_jitter_noise",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "_name_or_path",
+    "_attn_implementation_autoset",
+];
 
 /// Family defaults for fields that published configs sometimes leave out.
 struct Defaults {
@@ -237,6 +312,9 @@ struct Defaults {
     head_dim: Option<usize>,
     /// The `quantization_config.quant_method`s whose checkpoints the family reads.
     quant_methods: &'static [&'static str],
+    /// The share of each head that rotates when the config does not say, for the families
+    /// that read `partial_rotary_factor` (`None` for the others).
+    partial_rotary_factor: Option<f64>,
 }
 
 impl Defaults {
@@ -246,6 +324,7 @@ impl Defaults {
         rms_norm_eps: 1e-6,
         head_dim: None,
         quant_methods: &[],
+        partial_rotary_factor: None,
     };
 }
 
@@ -303,8 +382,9 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
             clip_qkv: None,
             scale: 1.0 / (head_dim as f64).sqrt(),
             sinks: false,
+            output_gate: false,
         },
-        rope: rope(f, defaults.rope_theta)?,
+        rope: rope(f, defaults.rope_theta, defaults.partial_rotary_factor)?,
         moe: MoeConfig {
             num_experts: 0,
             expert_intermediate_size: 0,
@@ -315,6 +395,8 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
         dense_intermediate_size: 0,
         activation: Activation::SiluGated,
         layers: vec![LayerSpec::SPARSE; num_layers],
+        linear_attention: None,
+        norm_weight_offset: 0.0,
         scales: Scales::default(),
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
     })

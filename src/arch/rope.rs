@@ -1,5 +1,6 @@
 //! RoPE settings from either config style: `rope_theta` + `rope_scaling` (published
-//! checkpoints) or `rope_parameters` (transformers 5); the original RoPE or YaRN.
+//! checkpoints) or `rope_parameters` (transformers 5); the original RoPE or YaRN, over all of
+//! each head's dimensions or the first `partial_rotary_factor` of them.
 
 use serde_json::Value;
 
@@ -10,8 +11,19 @@ use crate::spec::{RopeConfig, Yarn};
 /// RoPE from either style: `rope_theta` + `rope_scaling` (published checkpoints) or
 /// `rope_parameters` (transformers 5): the original RoPE, or YaRN with HF's defaults for what
 /// the config leaves out.
-pub(super) fn rope(f: &mut Fields, default_theta: f64) -> Result<RopeConfig> {
+/// `default_partial`: the share of each head that rotates when the config does not say, for the
+/// families that read `partial_rotary_factor` (`None`: the field is not theirs, and all of
+/// each head rotates).
+pub(super) fn rope(
+    f: &mut Fields,
+    default_theta: f64,
+    default_partial: Option<f64>,
+) -> Result<RopeConfig> {
     let mut theta = f.f64_or("rope_theta", default_theta)?;
+    let mut partial_rotary_factor = match default_partial {
+        Some(p) => f.f64_or("partial_rotary_factor", p)?,
+        None => 1.0,
+    };
     let mut yarn = None;
     for field in ["rope_parameters", "rope_scaling"] {
         let Some(value) = f.value(field) else {
@@ -57,7 +69,13 @@ pub(super) fn rope(f: &mut Fields, default_theta: f64) -> Result<RopeConfig> {
             "mscale_all_dim",
         ];
         for key in params.keys() {
+            // M-RoPE's sections (Qwen3.5) give image patches a position per axis; a text
+            // token has the same position on every axis, so its rotation is plain RoPE's.
+            let text_only = ["mrope_section", "mrope_interleaved"];
+            let partial = default_partial.is_some() && key == "partial_rotary_factor";
             let known = ["rope_type", "type", "rope_theta"].contains(&key.as_str())
+                || partial
+                || text_only.contains(&key.as_str())
                 || (kind == "yarn" && yarn_keys.contains(&key.as_str()));
             if !known {
                 return Err(f.error(&format!("{field}.{key}"), "is not supported"));
@@ -65,6 +83,9 @@ pub(super) fn rope(f: &mut Fields, default_theta: f64) -> Result<RopeConfig> {
         }
         if let Some(t) = number("rope_theta")? {
             theta = t;
+        }
+        if let Some(p) = number("partial_rotary_factor")? {
+            partial_rotary_factor = p;
         }
         if kind == "yarn" {
             let truncate = match params.get("truncate") {
@@ -92,7 +113,11 @@ pub(super) fn rope(f: &mut Fields, default_theta: f64) -> Result<RopeConfig> {
         None => None,
         Some(y) => Some(y.resolve(f)?),
     };
-    Ok(RopeConfig { theta, yarn })
+    Ok(RopeConfig {
+        theta,
+        yarn,
+        partial_rotary_factor,
+    })
 }
 
 /// YaRN's fields as the config gives them, before HF's defaults.

@@ -43,6 +43,8 @@ pub const GGUF_NAMES: TensorNames = TensorNames {
     mlp_gate: "ffn_gate",
     mlp_up: "ffn_up",
     mlp_down: "ffn_down",
+    // No GGUF architecture read here has linear attention (FAMILIES); unused.
+    linear_attn: arch::LLAMA_NAMES.linear_attn,
 };
 
 /// The GGUF architectures read, with the config.json `model_type` each came from.

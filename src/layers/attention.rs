@@ -52,8 +52,8 @@ pub struct Sequence<'a> {
 impl Attention {
     pub fn new(w: AttentionWeights, cfg: &AttentionConfig, kind: AttentionKind) -> Self {
         let window = match kind {
-            AttentionKind::Full => None,
             AttentionKind::Sliding { window } => Some(window),
+            AttentionKind::Full | AttentionKind::Linear => None,
         };
         Attention {
             q: w.q,
@@ -120,6 +120,15 @@ impl Attention {
         let c = &self.cfg;
         let (t, _) = q.dims2()?;
         let (nh, nkv, hd) = (c.num_heads, c.num_kv_heads, c.head_dim);
+        // A gated projection holds each head's queries, then its gate: (t, nh, 2 · hd).
+        let gate = match c.output_gate {
+            true => {
+                let both = q.reshape((t, nh, 2 * hd))?;
+                q = both.narrow(2, 0, hd)?.reshape((t, nh * hd))?;
+                Some(both.narrow(2, hd, hd)?.reshape((t, nh * hd))?)
+            }
+            false => None,
+        };
         if let (QkNorm::Projection, Some((qn, kn))) = (c.qk_norm, &self.qk_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
@@ -145,7 +154,15 @@ impl Attention {
         let v = v.to_dtype(DType::F32)?.contiguous()?;
         // k, v: (nkv, s, hd) with s = cached + t, f32
         let (k, v) = cache.append(layer, k, v)?;
-        be.attention(&q, &k, &v, &self.shape)
+        let out = be.attention(&q, &k, &v, &self.shape)?;
+        match gate {
+            // In f32 (HF: in the compute dtype); the caller rounds the product to it.
+            Some(gate) => {
+                let gate = candle_nn::ops::sigmoid(&gate.to_dtype(DType::F32)?)?;
+                Ok((out * gate)?)
+            }
+            None => Ok(out),
+        }
     }
 }
 

@@ -1,10 +1,11 @@
-//! `Block`: one decoder layer: pre-norm attention and pre-norm feed-forward (dense or sparse),
-//! each added back to the residual stream.
+//! `Block`: one decoder layer: pre-norm token mixing (attention, or linear attention) and
+//! pre-norm feed-forward (dense or sparse), each added back to the residual stream.
 
 use candle_core::{Module, Tensor};
 use candle_nn::RmsNorm;
 
 use super::attention::{Attention, Sequence};
+use super::linear_attention::LinearAttention;
 use super::mlp::Mlp;
 use super::moe::SparseMoe;
 use crate::error::Result;
@@ -16,10 +17,17 @@ pub enum FeedForward {
     Sparse(Box<SparseMoe>),
 }
 
+/// How a layer mixes information between positions.
+#[derive(Debug, Clone)]
+pub enum Mixer {
+    Attention(Attention),
+    Linear(LinearAttention),
+}
+
 #[derive(Debug, Clone)]
 pub struct Block {
     pub attn_norm: RmsNorm,
-    pub attn: Attention,
+    pub attn: Mixer,
     pub ffn_norm: RmsNorm,
     pub ffn: FeedForward,
 }
@@ -37,7 +45,10 @@ impl Block {
         be: &Backend,
     ) -> Result<Tensor> {
         let normed = self.attn_norm.forward(xs)?;
-        let h = self.attn.forward(&normed, seqs, layer, be)?;
+        let h = match &self.attn {
+            Mixer::Attention(a) => a.forward(&normed, seqs, layer, be)?,
+            Mixer::Linear(l) => l.forward(&normed, seqs, layer, be)?,
+        };
         let xs = (xs + scaled(h, residual_scale)?)?;
         let normed = self.ffn_norm.forward(&xs)?;
         let h = match &self.ffn {

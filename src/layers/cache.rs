@@ -3,7 +3,9 @@
 //! grow by doubling, so a decode step copies one position, not the whole history. A layer
 //! with a sliding window keeps only the keys its window can still reach: its buffer holds at
 //! most about twice the window, and the oldest keys are dropped (moved out in one copy every
-//! window's worth of steps) as the sequence goes on.
+//! window's worth of steps) as the sequence goes on. A linear-attention layer keeps a
+//! recurrent state instead (`LinearState`): fixed in size, updated in place, and unable to go
+//! back to an earlier position.
 
 use candle_core::{Result as CandleResult, Tensor};
 
@@ -27,11 +29,24 @@ impl LayerKv {
     }
 }
 
-/// Keys and values seen so far, one entry per layer. Made by `Model::new_cache`. Not `Clone`:
-/// its buffers are written in place, and a shallow copy would share them.
+/// One linear-attention layer's state after the tokens so far.
+#[derive(Debug)]
+pub(crate) struct LinearState {
+    /// (conv_kernel - 1, conv_dim): the convolution's inputs of the last tokens, oldest first
+    /// (zeros before the first token).
+    pub conv: Tensor,
+    /// (value_heads, key_head_dim, value_head_dim) f32: the delta rule's state, updated in
+    /// place by `Backend::gated_delta`.
+    pub recurrent: Tensor,
+}
+
+/// Keys and values seen so far, one entry per layer, or a linear-attention layer's state.
+/// Made by `Model::new_cache`. Not `Clone`: its buffers are written in place, and a shallow
+/// copy would share them.
 #[derive(Debug)]
 pub struct Cache {
     layers: Vec<Option<LayerKv>>,
+    linear: Vec<Option<LinearState>>,
     /// Each layer's attention window (`None`: it sees every earlier position).
     windows: Vec<Option<usize>>,
     position: usize,
@@ -50,6 +65,7 @@ impl Cache {
     pub(crate) fn with_windows(windows: Vec<Option<usize>>, max_positions: usize) -> Self {
         Cache {
             layers: windows.iter().map(|_| None).collect(),
+            linear: windows.iter().map(|_| None).collect(),
             windows,
             position: 0,
             max_positions,
@@ -67,14 +83,20 @@ impl Cache {
         for kv in self.layers.iter_mut().flatten() {
             kv.base = 0;
         }
+        self.linear.iter_mut().for_each(|s| *s = None);
     }
 
     /// Keeps the first `len` positions and forgets the rest, so that a sequence sharing that
     /// prefix can go on from there (a chat's next turn). A sliding-window layer that has
     /// already dropped keys the shorter sequence would need makes the cache start over from
-    /// position 0: read [`Cache::position`] afterwards for what was kept.
+    /// position 0, and so does a linear-attention layer, whose state holds no earlier
+    /// position: read [`Cache::position`] afterwards for what was kept.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
         let len = self.position.min(len);
+        if len < self.position && self.linear.iter().any(Option::is_some) {
+            self.reset();
+            return Ok(());
+        }
         let reachable =
             self.layers
                 .iter()
@@ -143,6 +165,21 @@ impl Cache {
         let out = (kv.k.narrow(1, skip, len)?, kv.v.narrow(1, skip, len)?);
         self.layers[layer] = Some(kv);
         Ok(out)
+    }
+
+    /// Layer `layer`'s linear-attention state, made by `init` before its first token.
+    pub(crate) fn linear_state(
+        &mut self,
+        layer: usize,
+        init: impl FnOnce() -> Result<LinearState>,
+    ) -> Result<&mut LinearState> {
+        let slot = self.linear.get_mut(layer).ok_or_else(|| {
+            crate::error::Error::Input(format!("layer {layer} is beyond the cache's layers"))
+        })?;
+        if slot.is_none() {
+            *slot = Some(init()?);
+        }
+        Ok(slot.as_mut().expect("filled above"))
     }
 
     pub(crate) fn advance(&mut self, tokens: usize) {

@@ -7,15 +7,16 @@ use std::collections::BTreeMap;
 use candle_nn::RmsNorm;
 
 use super::attention::{Attention, AttentionWeights};
-use super::block::{Block, FeedForward};
+use super::block::{Block, FeedForward, Mixer};
 use super::linear::Linear;
+use super::linear_attention::LinearAttention;
 use super::mlp::Mlp;
 use super::moe::{Router, SharedExpert, SparseMoe};
-use crate::arch::{join, TensorNames};
+use crate::arch::{join, LinearProjections, TensorNames};
 use crate::error::Result;
 use crate::ops::{Backend, Experts};
 use crate::quant::{QMatrix, QuantFormat, Weight};
-use crate::spec::{FfnKind, LayerSpec, ModelConfig, QkNorm};
+use crate::spec::{AttentionKind, FfnKind, LayerSpec, ModelConfig, QkNorm};
 use crate::weights::Weights;
 
 /// Reads tensors of one layer by their names relative to the layer prefix.
@@ -83,10 +84,18 @@ impl LayerReader<'_> {
     }
 
     fn norm(&self, name: &str, size: usize) -> Result<RmsNorm> {
-        Ok(RmsNorm::new(
-            self.get(name, &[size])?,
-            self.cfg.rms_norm_eps,
-        ))
+        norm(
+            self.weights,
+            &format!("{}.{name}", self.prefix),
+            size,
+            self.cfg,
+        )
+    }
+
+    /// A small tensor in f32 from its stored values.
+    fn get_f32(&self, name: &str, shape: &[usize]) -> Result<candle_core::Tensor> {
+        let full = format!("{}.{name}", self.prefix);
+        self.weights.get_as(&full, shape, candle_core::DType::F32)
     }
 
     /// The weight of a matrix product, in the format asked for (a GGUF's quantized tensor
@@ -129,6 +138,8 @@ impl LayerReader<'_> {
         let n = self.names;
         let h = self.cfg.hidden_size;
         let (q_out, kv_out) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
+        // A gated projection: each head's query rows, then its gate rows.
+        let q_rows = if a.output_gate { 2 * q_out } else { q_out };
         let qk_norm = match a.qk_norm {
             QkNorm::None => None,
             QkNorm::PerHead => Some((
@@ -138,7 +149,7 @@ impl LayerReader<'_> {
             QkNorm::Projection => Some((self.norm(n.q_norm, q_out)?, self.norm(n.k_norm, kv_out)?)),
         };
         let weights = AttentionWeights {
-            q: self.linear(n.q, (q_out, h), a.qkv_bias)?,
+            q: self.linear(n.q, (q_rows, h), a.qkv_bias)?,
             k: self.linear(n.k, (kv_out, h), a.qkv_bias)?,
             v: self.linear(n.v, (kv_out, h), a.qkv_bias)?,
             o: self.linear(n.o, (h, q_out), a.o_bias)?,
@@ -154,6 +165,73 @@ impl LayerReader<'_> {
             },
         };
         Ok(Attention::new(weights, a, layer.attention))
+    }
+
+    /// Gated DeltaNet, its input projections joined in the order `LinearAttention` reads
+    /// (q, k, v, z, b, a, each head-major) whatever order the checkpoint keeps them in.
+    fn linear_attention(&self) -> Result<LinearAttention> {
+        let Some(c) = self.cfg.linear_attention.clone() else {
+            return Err(crate::error::Error::Input(
+                "a linear-attention layer without a linear attention shape".into(),
+            ));
+        };
+        let n = &self.names.linear_attn;
+        let h = self.cfg.hidden_size;
+        let (nk, nv, dk, dv) = (c.key_heads, c.value_heads, c.key_head_dim, c.value_head_dim);
+        let name = |part: &str| join(n.prefix, part);
+        let get = |part: &str, rows: usize| self.get(&format!("{}.weight", name(part)), &[rows, h]);
+        let joined = match n.projections {
+            LinearProjections::Split { qkv, z, b, a } => candle_core::Tensor::cat(
+                &[
+                    get(qkv, c.conv_dim())?,
+                    get(z, nv * dv)?,
+                    get(b, nv)?,
+                    get(a, nv)?,
+                ],
+                0,
+            )?,
+            LinearProjections::Grouped { qkvz, ba } => {
+                // Per key head: q, k, then the v and z rows of its `group` value heads; b and
+                // a likewise. Gather each kind's rows of every group in turn.
+                let group = nv / nk;
+                let regroup = |w: candle_core::Tensor, parts: &[usize]| -> Result<_> {
+                    let per: usize = parts.iter().sum();
+                    let mut rows = Vec::with_capacity(per * nk);
+                    let mut offset = 0;
+                    for &len in parts {
+                        for g in 0..nk {
+                            rows.extend((0..len).map(|r| (g * per + offset + r) as u32));
+                        }
+                        offset += len;
+                    }
+                    let index = candle_core::Tensor::new(rows.as_slice(), w.device())?;
+                    Ok(w.index_select(&index, 0)?)
+                };
+                let qkvz_parts = [dk, dk, group * dv, group * dv];
+                let qkvz = regroup(
+                    get(qkvz, nk * qkvz_parts.iter().sum::<usize>())?,
+                    &qkvz_parts,
+                )?;
+                let ba = regroup(get(ba, 2 * nv)?, &[group, group])?;
+                candle_core::Tensor::cat(&[qkvz, ba], 0)?
+            }
+        };
+        let in_name = format!("{}.{} (input projections)", self.prefix, n.prefix);
+        let in_proj = Weight::new(joined, self.quant, &in_name)?;
+        self.tally.add_other(&in_proj);
+        let a_log = self.get_f32(&name(n.a_log), &[nv])?;
+        Ok(LinearAttention {
+            in_proj: Linear::from_weight(in_proj, None),
+            conv: self
+                .get_f32(&name(n.conv), &[c.conv_dim(), 1, c.conv_kernel])?
+                .reshape((c.conv_dim(), c.conv_kernel))?,
+            neg_a: a_log.exp()?.neg()?,
+            dt_bias: self.get_f32(&name(n.dt_bias), &[nv])?,
+            norm: self.get_f32(&name(n.norm), &[dv])?,
+            out_proj: self.linear(&name(n.out), (h, nv * dv), false)?,
+            eps: self.cfg.rms_norm_eps,
+            cfg: c,
+        })
     }
 
     fn sparse_moe(&self, backend: &Backend) -> Result<SparseMoe> {
@@ -271,11 +349,26 @@ impl LayerReader<'_> {
             )?),
             FfnKind::Sparse => FeedForward::Sparse(Box::new(self.sparse_moe(backend)?)),
         };
+        let attn = match layer.attention {
+            AttentionKind::Linear => Mixer::Linear(self.linear_attention()?),
+            _ => Mixer::Attention(self.attention(layer)?),
+        };
         Ok(Block {
             attn_norm: self.norm(self.names.attn_norm, h)?,
-            attn: self.attention(layer)?,
+            attn,
             ffn_norm: self.norm(self.names.ffn_norm, h)?,
             ffn,
         })
     }
+}
+
+/// The RMSNorm `name` of `size` weights, plus the family's offset (computed in f32 from the
+/// stored values, as HF adds it, then in the compute dtype).
+pub fn norm(weights: &Weights, name: &str, size: usize, cfg: &ModelConfig) -> Result<RmsNorm> {
+    let w = match cfg.norm_weight_offset {
+        0.0 => weights.get(name, &[size])?,
+        offset => (weights.get_as(name, &[size], candle_core::DType::F32)? + offset)?
+            .to_dtype(weights.dtype())?,
+    };
+    Ok(RmsNorm::new(w, cfg.rms_norm_eps))
 }

@@ -7,6 +7,7 @@ mod attention;
 mod block;
 mod cache;
 mod linear;
+mod linear_attention;
 mod load;
 mod mlp;
 mod moe;
@@ -181,7 +182,7 @@ impl Model {
                 block
             })
             .collect::<Result<Vec<_>>>()?;
-        let norm = RmsNorm::new(weights.get(names.final_norm, &[h])?, cfg.rms_norm_eps);
+        let norm = load::norm(weights, names.final_norm, h, &cfg)?;
         Ok(Model {
             rope: Rope::new(&cfg.rope, cfg.attention.head_dim),
             cfg,
@@ -222,7 +223,8 @@ impl Model {
     }
 
     /// Bytes one decode step of one sequence reads (`ModelConfig::decode_reads`), each kind of
-    /// parameter in the format it is kept in.
+    /// parameter in the format it is kept in, and the linear-attention layers' recurrent state
+    /// (`ModelConfig::recurrent_state_bytes`).
     pub fn decode_read_bytes(&self) -> f64 {
         let reads = self.cfg.decode_reads();
         let dense = self.dtype.size_in_bytes() as f64;
@@ -232,6 +234,7 @@ impl Model {
             + reads.experts as f64 * b.experts.unwrap_or(dense)
             + reads.head as f64 * b.head
             + reads.other as f64 * dense
+            + self.cfg.recurrent_state_bytes() as f64
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -258,8 +261,8 @@ impl Model {
             .layers
             .iter()
             .map(|l| match l.attention {
-                AttentionKind::Full => None,
                 AttentionKind::Sliding { window } => Some(window),
+                AttentionKind::Full | AttentionKind::Linear => None,
             })
             .collect();
         Cache::with_windows(windows, self.cfg.max_position_embeddings)

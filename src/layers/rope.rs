@@ -6,11 +6,12 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::Result;
 use crate::spec::{RopeConfig, Yarn};
 
-/// The inverse frequencies of one head dimension; cos/sin are made per forward call for the
-/// positions it covers, so nothing grows with the context length.
+/// The inverse frequencies of a head's rotating dimensions (all of them, or the first
+/// `partial_rotary_factor` of them); cos/sin are made per forward call for the positions it
+/// covers, so nothing grows with the context length.
 #[derive(Debug, Clone)]
 pub struct Rope {
-    /// (head_dim / 2,)
+    /// (rotary_dim / 2,)
     inv_freq: Vec<f32>,
     /// Multiplies cos and sin (YaRN's attention factor; 1 otherwise).
     scale: f32,
@@ -18,6 +19,8 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(cfg: &RopeConfig, head_dim: usize) -> Self {
+        // The frequencies of the rotating dimensions alone, as if they were the whole head.
+        let head_dim = cfg.rotary_dim(head_dim);
         // f32 throughout, as HF computes it, so that f32 logits agree to the last bits we test.
         let theta = cfg.theta as f32;
         let pos_freq: Vec<f32> = (0..head_dim / 2)
@@ -35,7 +38,7 @@ impl Rope {
         }
     }
 
-    /// cos and sin for positions `start..start + len`, each (len, head_dim / 2) in `dtype`.
+    /// cos and sin for positions `start..start + len`, each (len, rotary_dim / 2) in `dtype`.
     pub fn cos_sin(
         &self,
         start: usize,
@@ -90,10 +93,20 @@ fn yarn_inv_freq(y: &Yarn, theta: f64, dim: usize, pos_freq: &[f32]) -> Vec<f32>
         .collect()
 }
 
-/// Rotates `xs: (heads, tokens, head_dim)` by the positions whose cos/sin are given.
+/// Rotates `xs: (heads, tokens, head_dim)` by the positions whose cos/sin are given: its first
+/// 2 · cos's width dimensions, the rest passing through (partial rotary embeddings).
 pub fn apply(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    let xs = xs.unsqueeze(0)?.contiguous()?;
-    Ok(candle_nn::rotary_emb::rope(&xs, cos, sin)?.squeeze(0)?)
+    let (head_dim, rotary) = (xs.dim(2)?, 2 * cos.dim(1)?);
+    let rotate = |xs: &Tensor| -> Result<Tensor> {
+        let xs = xs.unsqueeze(0)?.contiguous()?;
+        Ok(candle_nn::rotary_emb::rope(&xs, cos, sin)?.squeeze(0)?)
+    };
+    if rotary == head_dim {
+        return rotate(xs);
+    }
+    let turned = rotate(&xs.narrow(2, 0, rotary)?)?;
+    let rest = xs.narrow(2, rotary, head_dim - rotary)?;
+    Ok(Tensor::cat(&[turned, rest.contiguous()?], 2)?)
 }
 
 #[cfg(test)]
@@ -107,6 +120,7 @@ mod tests {
     #[test]
     fn yarn_frequencies_and_attention_factor_are_hfs() {
         let gpt_oss = RopeConfig {
+            partial_rotary_factor: 1.0,
             theta: 150000.0,
             yarn: Some(Yarn {
                 factor: 32.0,
@@ -157,6 +171,7 @@ mod tests {
             assert!((ours - hf).abs() <= 2e-6 * hf, "{i}: {ours} vs {hf}");
         }
         let qwen = RopeConfig {
+            partial_rotary_factor: 1.0,
             theta: 1e6,
             yarn: Some(Yarn {
                 factor: 4.0,

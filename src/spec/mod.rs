@@ -33,6 +33,13 @@ pub struct ModelConfig {
     pub activation: Activation,
     /// One entry per decoder layer, in order.
     pub layers: Vec<LayerSpec>,
+    /// The linear-attention layers' shape, present exactly when some layer is
+    /// `AttentionKind::Linear`.
+    pub linear_attention: Option<LinearAttentionConfig>,
+    /// Added to every RMSNorm weight of the residual stream and of q/k (not the gated norm
+    /// of linear attention): 1 where checkpoints store the weights as an offset from one
+    /// (Qwen3-Next, Qwen3.5: `x̂ · (1 + w)`), else 0.
+    pub norm_weight_offset: f64,
     pub scales: Scales,
     /// The head reuses the embedding table (also assumed when `lm_head.weight` is absent).
     pub tie_word_embeddings: bool,
@@ -59,6 +66,35 @@ pub enum AttentionKind {
     /// Causal attention over the last `window` positions, the query's own included (HF's
     /// `sliding_attention`: key j is seen from query i when i - window < j <= i).
     Sliding { window: usize },
+    /// Gated DeltaNet linear attention (`ModelConfig::linear_attention` gives its shape): a
+    /// recurrent state per sequence instead of keys and values.
+    Linear,
+}
+
+/// The shape of Gated DeltaNet layers (Qwen3-Next, Qwen3.5): a causal depthwise convolution
+/// over the q, k and v projections, then the gated delta rule with `value_heads` heads, each
+/// reading key head h / (value_heads / key_heads).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearAttentionConfig {
+    pub key_heads: usize,
+    pub value_heads: usize,
+    pub key_head_dim: usize,
+    pub value_head_dim: usize,
+    /// The convolution's width in tokens (the current one and kernel - 1 before it).
+    pub conv_kernel: usize,
+}
+
+impl LinearAttentionConfig {
+    /// Channels of the convolution: q, k and v side by side.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.key_heads * self.key_head_dim + self.value_heads * self.value_head_dim
+    }
+
+    /// Rows of the joined input projection: q, k, v, then z (the output gate), b (the write
+    /// strength) and a (the decay), one value each per value head for the last two.
+    pub fn projection_rows(&self) -> usize {
+        self.conv_dim() + self.value_heads * self.value_head_dim + 2 * self.value_heads
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +121,10 @@ pub struct AttentionConfig {
     pub scale: f64,
     /// A learned sink logit per head joins every softmax (gpt-oss).
     pub sinks: bool,
+    /// The q projection also yields a gate per query value: each head's rows are its
+    /// head_dim query rows, then head_dim gate rows, and the attention output is multiplied
+    /// by sigmoid(gate) before the output projection (Qwen3-Next's full-attention layers).
+    pub output_gate: bool,
 }
 
 /// Where RMSNorm is applied to queries and keys, if anywhere.
@@ -103,6 +143,16 @@ pub enum QkNorm {
 pub struct RopeConfig {
     pub theta: f64,
     pub yarn: Option<Yarn>,
+    /// The share of each head's dimensions that rotates (the first ones); the rest pass
+    /// through (`partial_rotary_factor`, 1 for most families).
+    pub partial_rotary_factor: f64,
+}
+
+impl RopeConfig {
+    /// The rotating dimensions of a head of `head_dim` (HF: `int(head_dim * factor)`).
+    pub fn rotary_dim(&self, head_dim: usize) -> usize {
+        (head_dim as f64 * self.partial_rotary_factor) as usize
+    }
 }
 
 /// YaRN (HF's `rope_type: yarn`): frequencies blended between the original ones and ones
@@ -169,6 +219,7 @@ const MAX_LAYERS: usize = 1 << 10;
 const MAX_HEADS: usize = 1 << 10;
 const MAX_HEAD_DIM: usize = 1 << 10;
 const MAX_EXPERTS: usize = 1 << 12;
+const MAX_CONV_KERNEL: usize = 64;
 const MAX_POSITIONS: usize = 1 << 24;
 /// 2^42 parameters (16 TiB in f32) is far past any published MoE.
 const MAX_PARAMETERS: u128 = 1 << 42;
@@ -258,6 +309,20 @@ impl ModelConfig {
                 ),
             ));
         }
+        let p = self.rope.partial_rotary_factor;
+        let rotary = self.rope.rotary_dim(a.head_dim);
+        if !(p > 0.0 && p <= 1.0) || rotary < 2 || !rotary.is_multiple_of(2) {
+            return Err(Error::config(
+                path,
+                "partial_rotary_factor",
+                format!(
+                    "{p} of head_dim {} rotates {rotary} dimensions; it must be in (0, 1] and \
+                     rotate an even number of them, at least 2",
+                    a.head_dim
+                ),
+            ));
+        }
+        self.validate_linear_attention(path)?;
         positive("rms_norm_eps", self.rms_norm_eps)?;
         positive("rope_theta", self.rope.theta)?;
         positive("attention scale", a.scale)?;
@@ -273,6 +338,50 @@ impl ModelConfig {
                 path,
                 "(model size)",
                 format!("{total} parameters is beyond any supported model"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The linear-attention shape, where some layer has linear attention.
+    fn validate_linear_attention(&self, path: &Path) -> Result<()> {
+        let linear_layers = self
+            .layers
+            .iter()
+            .any(|l| l.attention == AttentionKind::Linear);
+        let Some(l) = &self.linear_attention else {
+            return match linear_layers {
+                true => Err(Error::config(
+                    path,
+                    "layer_types",
+                    "has linear_attention layers, but the config gives no linear attention shape",
+                )),
+                false => Ok(()),
+            };
+        };
+        for (field, v, max) in [
+            ("linear_num_key_heads", l.key_heads, MAX_HEADS),
+            ("linear_num_value_heads", l.value_heads, MAX_HEADS),
+            ("linear_key_head_dim", l.key_head_dim, MAX_HEAD_DIM),
+            ("linear_value_head_dim", l.value_head_dim, MAX_HEAD_DIM),
+            ("linear_conv_kernel_dim", l.conv_kernel, MAX_CONV_KERNEL),
+        ] {
+            if v == 0 || v > max {
+                return Err(Error::config(
+                    path,
+                    field,
+                    format!("{v} is out of range 1..={max}"),
+                ));
+            }
+        }
+        if !l.value_heads.is_multiple_of(l.key_heads) {
+            return Err(Error::config(
+                path,
+                "linear_num_value_heads",
+                format!(
+                    "{} is not a multiple of linear_num_key_heads = {}",
+                    l.value_heads, l.key_heads
+                ),
             ));
         }
         Ok(())
@@ -346,6 +455,23 @@ impl ModelConfig {
         self.decode_reads().total()
     }
 
+    /// Bytes of recurrent state a decode step of one sequence reads (and writes back): the
+    /// delta rule's f32 state and the convolution's last inputs, of every linear-attention
+    /// layer. Unlike a KV cache it does not grow with the context.
+    pub fn recurrent_state_bytes(&self) -> u128 {
+        let Some(l) = &self.linear_attention else {
+            return 0;
+        };
+        let layers = self
+            .layers
+            .iter()
+            .filter(|l| l.attention == AttentionKind::Linear)
+            .count() as u128;
+        let per_layer =
+            l.value_heads * l.key_head_dim * l.value_head_dim + (l.conv_kernel - 1) * l.conv_dim();
+        layers * per_layer as u128 * 4
+    }
+
     /// `decode_read_parameters`, split by how `--quant` stores them.
     pub fn decode_reads(&self) -> DecodeReads {
         let h = self.hidden_size as u128;
@@ -377,10 +503,12 @@ impl ModelConfig {
             a.num_kv_heads as u128,
             a.head_dim as u128,
         );
-        let attn_matrices = h * hd * (2 * nh + 2 * nkv);
+        // A gated q projection yields twice the rows.
+        let q_rows = if a.output_gate { 2 * nh } else { nh };
+        let attn_matrices = h * hd * (q_rows + nh + 2 * nkv);
         let mut attn = attn_matrices;
         if a.qkv_bias {
-            attn += hd * (nh + 2 * nkv);
+            attn += hd * (q_rows + 2 * nkv);
         }
         if a.o_bias {
             attn += h;
@@ -393,6 +521,13 @@ impl ModelConfig {
             QkNorm::PerHead => 2 * hd,
             QkNorm::Projection => hd * (nh + nkv),
         };
+        // Gated DeltaNet: the joined input projection and the output one; the convolution,
+        // A_log, dt_bias and the gated norm's weight.
+        let (linear_matrices, linear) = self.linear_attention.as_ref().map_or((0, 0), |l| {
+            let matrices = h * (l.projection_rows() + l.value_heads * l.value_head_dim) as u128;
+            let small = l.conv_dim() * l.conv_kernel + 2 * l.value_heads + l.value_head_dim;
+            (matrices, matrices + small as u128)
+        });
         let norms = 2 * h;
         let m = &self.moe;
         let mi = m.expert_intermediate_size as u128;
@@ -420,9 +555,13 @@ impl ModelConfig {
                     shared_matrices + expert_matrices * k,
                 ),
             };
-            total += attn + norms + t;
-            active += attn + norms + act;
-            matrices += attn_matrices + mat;
+            let (mixer, mixer_matrices) = match layer.attention {
+                AttentionKind::Linear => (linear, linear_matrices),
+                _ => (attn, attn_matrices),
+            };
+            total += mixer + norms + t;
+            active += mixer + norms + act;
+            matrices += mixer_matrices + mat;
         }
         (total, active, matrices)
     }
@@ -498,10 +637,12 @@ pub(crate) mod tests {
                 clip_qkv: None,
                 scale: 0.5,
                 sinks: false,
+                output_gate: false,
             },
             rope: RopeConfig {
                 theta: 10000.0,
                 yarn: None,
+                partial_rotary_factor: 1.0,
             },
             moe: MoeConfig {
                 num_experts: 4,
@@ -513,6 +654,8 @@ pub(crate) mod tests {
             dense_intermediate_size: 0,
             activation: Activation::SiluGated,
             layers: vec![LayerSpec::SPARSE; 2],
+            linear_attention: None,
+            norm_weight_offset: 0.0,
             scales: Scales::default(),
             tie_word_embeddings: false,
         }

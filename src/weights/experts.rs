@@ -46,6 +46,19 @@ impl Weights {
                 Ok((deinterleave(&gate_up)?, down))
             }
             ExpertNames::PerExpert { gate, up, down } => {
+                // transformers 5 keeps these families' experts stacked in memory, and a
+                // checkpoint saved so (or published so, as Qwen3.5's may be) holds them stacked:
+                // `experts.gate_up_proj` [E, 2I, H] (gate rows first) and `experts.down_proj`.
+                let (stacked_gate_up, stacked_down) = (
+                    join(prefix, "experts.gate_up_proj"),
+                    join(prefix, "experts.down_proj"),
+                );
+                if self.random.is_none() && self.contains(&stacked_gate_up) {
+                    return Ok((
+                        self.get(&stacked_gate_up, &[e, 2 * i, h])?,
+                        self.get(&stacked_down, &[e, h, i])?,
+                    ));
+                }
                 let names = [*gate, *up, *down];
                 self.stack_per_expert(prefix, names, "weight", (e, &[i, h], &[h, i]))
             }

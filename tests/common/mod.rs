@@ -25,6 +25,9 @@ pub const FIXTURES: &[&str] = &[
     "qwen3_moe-sliding",
     "gpt_oss-a",
     "gpt_oss-b",
+    "qwen3_next-a",
+    "qwen3_next-b",
+    "qwen3_5_moe-a",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {

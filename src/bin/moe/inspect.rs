@@ -39,9 +39,14 @@ pub fn run(common: &Common) -> Result<()> {
         .iter()
         .filter_map(|l| match l.attention {
             AttentionKind::Sliding { window } => Some(window),
-            AttentionKind::Full => None,
+            AttentionKind::Full | AttentionKind::Linear => None,
         })
         .collect();
+    let linear = c
+        .layers
+        .iter()
+        .filter(|l| l.attention == AttentionKind::Linear)
+        .count();
     let (total, active) = c.parameter_counts();
     let bytes = opts.dtype.size_in_bytes() as f64;
     // Experts a checkpoint keeps in MXFP4 stay so on the CPU: 17 bytes per 32 weights.
@@ -58,10 +63,42 @@ pub fn run(common: &Common) -> Result<()> {
         "attention      {} heads, {} kv heads, head_dim {}, qk norm {:?}",
         a.num_heads, a.num_kv_heads, a.head_dim, a.qk_norm
     );
+    if a.output_gate {
+        println!("output gate    sigmoid(gate) from the q projection on every attention output");
+    }
     if a.sinks {
         println!("sinks          one learned logit per head in every softmax");
     }
+    if !arch.skipped.is_empty() {
+        let parts: Vec<String> = arch
+            .skipped
+            .iter()
+            .map(|(prefix, what)| format!("{what} ({prefix}*)"))
+            .collect();
+        println!(
+            "not loaded     {}: text generation does not use them",
+            parts.join(", ")
+        );
+    }
+    if let Some(l) = &c.linear_attention {
+        println!(
+            "linear         {linear} of {} layers Gated DeltaNet: {} key heads of {}, {} value \
+             heads of {}, conv kernel {}",
+            c.num_layers(),
+            l.key_heads,
+            l.key_head_dim,
+            l.value_heads,
+            l.value_head_dim,
+            l.conv_kernel
+        );
+    }
     match &c.rope.yarn {
+        None if c.rope.partial_rotary_factor < 1.0 => println!(
+            "rope           theta {}, on {} of {} dimensions per head",
+            c.rope.theta,
+            c.rope.rotary_dim(a.head_dim),
+            a.head_dim
+        ),
         None => println!("rope           theta {}", c.rope.theta),
         Some(y) => println!(
             "rope           theta {}, YaRN x{} from {} positions (attention factor {:.4})",

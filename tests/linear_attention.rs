@@ -1,0 +1,221 @@
+//! Qwen3-Next and Qwen3.5-MoE beyond the parity table: decode against HF's own recurrent
+//! path, the experts stored stacked, a conversation going on after its recurrent state could
+//! not be truncated, and the bad inputs of this family.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use common::{fixture, load, reference, relative_error};
+use moe_runtime::{Kernels, LoadOptions, Model};
+use tempfile::TempDir;
+
+const FAMILY: &[&str] = &["qwen3_next-a", "qwen3_next-b", "qwen3_5_moe-a"];
+
+fn copy_fixture(name: &str) -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+}
+
+fn load_dir(dir: &Path) -> moe_runtime::Result<Model> {
+    Model::load(dir, &LoadOptions::default())
+}
+
+/// One token at a time through the recurrent form of the delta rule and the rolling
+/// convolution state, against HF's logits fed the same way (its `torch_recurrent_gated_delta_rule`
+/// and `causal_conv1d_update`), on both backends.
+#[test]
+fn decode_steps_match_hfs_recurrent_path() {
+    for name in FAMILY {
+        let t = candle_core::safetensors::load(
+            fixture(name).join("reference.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let want = &t["decode_logits"];
+        let tokens = reference(name).tokens;
+        for kernels in [Kernels::Fast, Kernels::Reference] {
+            let model = load(name, DType::F32, kernels);
+            let mut cache = model.new_cache();
+            for (i, &tok) in tokens.iter().enumerate() {
+                let got = model.forward(&[tok], &mut cache).unwrap();
+                let err = relative_error(&got.get(0).unwrap(), &want.get(i).unwrap());
+                assert!(err <= 1e-4, "{name} {kernels:?} position {i}: {err:e}");
+            }
+        }
+    }
+}
+
+/// Experts kept stacked as transformers 5 holds them (`experts.gate_up_proj` [E, 2I, H], gate
+/// rows first, and `experts.down_proj` [E, H, I]) load as the per-expert tensors do.
+#[test]
+fn stacked_experts_load_as_per_expert_ones() {
+    let name = "qwen3_5_moe-a";
+    let dir = copy_fixture(name);
+    edit_tensors(dir.path(), |t| {
+        let prefixes: Vec<String> = t
+            .keys()
+            .filter_map(|k| k.strip_suffix(".experts.0.gate_proj.weight"))
+            .map(str::to_string)
+            .collect();
+        assert!(!prefixes.is_empty());
+        for p in prefixes {
+            let mut gate_up = Vec::new();
+            let mut down = Vec::new();
+            for e in 0.. {
+                let key = |proj: &str| format!("{p}.experts.{e}.{proj}.weight");
+                let Some(g) = t.remove(&key("gate_proj")) else {
+                    break;
+                };
+                let u = t.remove(&key("up_proj")).unwrap();
+                gate_up.push(Tensor::cat(&[g, u], 0).unwrap());
+                down.push(t.remove(&key("down_proj")).unwrap());
+            }
+            let gate_up = Tensor::stack(&gate_up, 0).unwrap();
+            t.insert(format!("{p}.experts.gate_up_proj"), gate_up);
+            t.insert(
+                format!("{p}.experts.down_proj"),
+                Tensor::stack(&down, 0).unwrap(),
+            );
+        }
+    });
+    let r = reference(name);
+    let model = load_dir(dir.path()).unwrap();
+    let logits = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
+    let err = relative_error(&logits, &r.logits);
+    assert!(err <= 1e-4, "{err:e}");
+}
+
+/// A chat's next turn keeps the cached prefix; a recurrent state cannot go back to it, so the
+/// cache starts over and the whole conversation is run again: the logits equal a fresh run's.
+#[test]
+fn a_conversation_goes_on_after_its_state_starts_over() {
+    let name = "qwen3_next-a";
+    let r = reference(name);
+    let model = load(name, DType::F32, Kernels::Fast);
+    let turns = [&r.tokens[..20], &r.tokens[20..50]];
+    let mut cache = model.new_cache();
+    model.forward(turns[0], &mut cache).unwrap();
+    model.forward(turns[1], &mut cache).unwrap();
+    // The next turn shares the first 40 tokens (the assistant's last answer re-templated).
+    cache.truncate(40).unwrap();
+    assert_eq!(cache.position(), 0, "a recurrent state cannot be truncated");
+    let rest = &r.tokens[cache.position()..];
+    let got = model.forward(rest, &mut cache).unwrap();
+    let fresh = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
+    assert!(relative_error(&got, &fresh) <= 1e-6);
+    // Truncating to where it is keeps everything.
+    let at = cache.position();
+    cache.truncate(at).unwrap();
+    assert_eq!(cache.position(), at);
+}
+
+/// The vision tower and the multi-token-prediction layers of a Qwen3.5 checkpoint are named as
+/// not loaded, and loading still succeeds.
+#[test]
+fn a_multimodal_checkpoint_names_what_it_does_not_load() {
+    let arch = moe_runtime::arch::load(&fixture("qwen3_5_moe-a")).unwrap();
+    let what: Vec<&str> = arch.skipped.iter().map(|(p, _)| *p).collect();
+    assert_eq!(what, ["model.visual.", "mtp."]);
+    assert!(
+        arch.unrecognized_fields.is_empty(),
+        "{:?}",
+        arch.unrecognized_fields
+    );
+}
+
+#[test]
+fn bad_layer_plans_and_shapes_are_one_clear_error() {
+    type Edit = fn(&mut serde_json::Value);
+    let cases: [(&str, Edit, &str); 4] = [
+        (
+            "layer_types shorter than the layers",
+            |c| c["layer_types"] = serde_json::json!(["linear_attention", "full_attention"]),
+            "layer_types",
+        ),
+        (
+            "an unknown layer type",
+            |c| c["layer_types"][0] = serde_json::json!("mamba"),
+            "layer_types",
+        ),
+        (
+            "value heads that key heads do not divide",
+            |c| c["linear_num_value_heads"] = serde_json::json!(3),
+            "linear_num_value_heads",
+        ),
+        (
+            "no interval",
+            |c| c["full_attention_interval"] = serde_json::json!(0),
+            "full_attention_interval",
+        ),
+    ];
+    for (what, edit, field) in cases {
+        let dir = copy_fixture("qwen3_next-b");
+        edit_config(dir.path(), |c| {
+            if what == "no interval" {
+                c.as_object_mut().unwrap().remove("layer_types");
+            }
+            edit(c)
+        });
+        let err = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains(field) && err.contains("config.json") && !err.contains('\n'),
+            "{what}: {err}"
+        );
+    }
+    // The nested config's fields are named with their place.
+    let dir = copy_fixture("qwen3_5_moe-a");
+    edit_config(dir.path(), |c| {
+        c["text_config"]["linear_num_key_heads"] = serde_json::json!(0)
+    });
+    let err = load_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("text_config.linear_num_key_heads"), "{err}");
+}
+
+#[test]
+fn a_missing_linear_attention_tensor_is_named() {
+    for tensor in [
+        "model.layers.0.linear_attn.conv1d.weight",
+        "model.layers.2.linear_attn.A_log",
+        "model.layers.0.linear_attn.in_proj_ba.weight",
+    ] {
+        let dir = copy_fixture("qwen3_next-a");
+        edit_tensors(dir.path(), |t| {
+            t.remove(tensor).unwrap();
+        });
+        let err = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(tensor), "{tensor}: {err}");
+    }
+    // Of the wrong shape.
+    let dir = copy_fixture("qwen3_next-a");
+    let name = "model.layers.1.linear_attn.dt_bias";
+    edit_tensors(dir.path(), |t| {
+        t.insert(
+            name.into(),
+            Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let err = load_dir(dir.path()).unwrap_err().to_string();
+    assert!(err.contains(name), "{err}");
+}

@@ -188,7 +188,7 @@ impl Backend {
             )));
         }
         match self {
-            Backend::Cpu(_) => cpu::tensors::gated_delta((q, k, v), (g, beta), state),
+            Backend::Cpu(isa) => cpu::tensors::gated_delta(*isa, (q, k, v), (g, beta), state),
             _ => reference::gated_delta((q, k, v), (g, beta), state),
         }
     }

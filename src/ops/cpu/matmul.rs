@@ -1,4 +1,5 @@
-//! `out = a · bᵀ` on row-major f32 operands, through the `gemm` crate (the matrix kernels candle
+//! `out = a · bᵀ` on row-major f32 operands (and the general strided product under it),
+//! through the `gemm` crate (the matrix kernels candle
 //! itself uses, with their own run-time SIMD dispatch), single-threaded: callers parallelise
 //! over blocks.
 
@@ -10,37 +11,59 @@ pub fn matmul_abt(
     (m, n, k): (usize, usize, usize),
     (out, row_stride, col_stride): (&mut [f32], usize, usize),
 ) {
+    // bᵀ (k, n): element (l, j) is b[j · k + l].
+    gemm_strided(
+        (out, row_stride, col_stride),
+        (a, k, 1),
+        (b, 1, k),
+        (m, n, k),
+        (None, 1.0),
+    );
+}
+
+/// dst (m, n) = dst_scale · dst + product_scale · lhs (m, k) · rhs (k, n), each operand given
+/// as a slice and its (row, column) strides; `dst_scale` `None` overwrites dst.
+pub fn gemm_strided(
+    (dst, dst_rs, dst_cs): (&mut [f32], usize, usize),
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    (m, n, k): (usize, usize, usize),
+    (dst_scale, product_scale): (Option<f32>, f32),
+) {
     if m == 0 || n == 0 {
         return;
     }
+    // The last element each operand is read or written at; k = 0 reads none of lhs or rhs.
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
     // These bounds are what makes the call below sound; callers derive the sizes from the same
     // shapes, so a failure is a bug in this crate, never bad input.
     assert!(
-        a.len() >= m * k
-            && b.len() >= n * k
-            && out.len() > (m - 1) * row_stride + (n - 1) * col_stride,
-        "matmul_abt: block sizes"
+        dst.len() > last(m, n, dst_rs, dst_cs)
+            && (k == 0
+                || (lhs.len() > last(m, k, lhs_rs, lhs_cs)
+                    && rhs.len() > last(k, n, rhs_rs, rhs_cs))),
+        "gemm_strided: operand sizes"
     );
     // SAFETY: with the bounds above, every element gemm reads or writes is inside its slice:
-    // dst[i, j] at i * row_stride + j * col_stride, lhs[i, l] at i * k + l, and rhs = bᵀ,
-    // rhs[l, j] at j * k + l. `out` is borrowed mutably, so it cannot alias `a` or `b`.
+    // dst[i, j] at i · dst_rs + j · dst_cs, lhs[i, l] at i · lhs_rs + l · lhs_cs, rhs[l, j] at
+    // l · rhs_rs + j · rhs_cs. `dst` is borrowed mutably, so it cannot alias lhs or rhs.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
-            col_stride as isize,
-            row_stride as isize,
-            false,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            dst_scale.is_some(),
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            dst_scale.unwrap_or(0.0),
+            product_scale,
             false,
             false,
             false,

@@ -142,6 +142,7 @@ pub fn combine(rows: &ExpertBlocks, d: &HostDispatch, xs: &Tensor) -> Result<Ten
 /// See `Backend::gated_delta` (shapes checked there): the host kernels over the state in
 /// place.
 pub fn gated_delta(
+    isa: Isa,
     (q, k, v): (&Tensor, &Tensor, &Tensor),
     (g, beta): (&Tensor, &Tensor),
     state: &mut Tensor,
@@ -157,6 +158,7 @@ pub fn gated_delta(
         host_f32(beta)?,
     );
     let step = DeltaStep {
+        isa,
         dims,
         inputs: DeltaInputs {
             q: &q,
@@ -177,6 +179,7 @@ pub fn gated_delta(
 
 /// One call of the rule, run on the state's own storage (no copy of the state in or out).
 struct DeltaStep<'a> {
+    isa: Isa,
     dims: DeltaDims,
     inputs: DeltaInputs<'a>,
     out: std::sync::Mutex<Vec<f32>>,
@@ -200,13 +203,8 @@ impl candle_core::InplaceOp1 for DeltaStep<'_> {
         };
         let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
         let form = DeltaForm::for_tokens(self.dims.t);
-        gated_delta_kernel(
-            self.dims,
-            &self.inputs,
-            &mut data[start..end],
-            &mut out,
-            form,
-        );
+        let state = &mut data[start..end];
+        gated_delta_kernel(self.isa, self.dims, &self.inputs, state, &mut out, form);
         Ok(())
     }
 }

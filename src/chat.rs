@@ -115,6 +115,9 @@ impl<'a> Chat<'a> {
             .min(prompt.len().saturating_sub(1));
         self.cache.truncate(shared)?;
         self.cached.truncate(self.cache.position());
+        // Linear-attention states cannot be truncated: keep a copy at the end of this prompt,
+        // which the next turn's prompt shares unless an earlier message changed.
+        self.cache.snapshot_at(prompt.len());
         let answer = generate_text(
             self.model,
             self.tokenizer,

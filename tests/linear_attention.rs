@@ -107,28 +107,39 @@ fn stacked_experts_load_as_per_expert_ones() {
     assert!(err <= 1e-4, "{err:e}");
 }
 
-/// A chat's next turn keeps the cached prefix; a recurrent state cannot go back to it, so the
-/// cache starts over and the whole conversation is run again: the logits equal a fresh run's.
+/// A chat's next turn keeps the cached prefix. A recurrent state cannot go back to it: the
+/// cache goes back to the copy it took at the end of the last prompt (`snapshot_at`) where
+/// the prefix reaches that far, and starts over (the whole conversation run again) where it
+/// does not. Either way the logits equal a fresh run's.
 #[test]
-fn a_conversation_goes_on_after_its_state_starts_over() {
+fn a_conversation_goes_on_from_its_snapshot_or_from_the_start() {
     let name = "qwen3_next-a";
     let r = reference(name);
     let model = load(name, DType::F32, Kernels::Fast);
-    let turns = [&r.tokens[..20], &r.tokens[20..50]];
-    let mut cache = model.new_cache();
-    model.forward(turns[0], &mut cache).unwrap();
-    model.forward(turns[1], &mut cache).unwrap();
-    // The next turn shares the first 40 tokens (the assistant's last answer re-templated).
-    cache.truncate(40).unwrap();
-    assert_eq!(cache.position(), 0, "a recurrent state cannot be truncated");
-    let rest = &r.tokens[cache.position()..];
-    let got = model.forward(rest, &mut cache).unwrap();
     let fresh = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
-    assert!(relative_error(&got, &fresh) <= 1e-6);
-    // Truncating to where it is keeps everything.
-    let at = cache.position();
-    cache.truncate(at).unwrap();
-    assert_eq!(cache.position(), at);
+    // The first prompt ends at 20; the answer and more go on to 50.
+    for (shared, restored) in [(40, 20), (20, 20), (15, 0)] {
+        let mut cache = model.new_cache();
+        cache.snapshot_at(20);
+        model.forward(&r.tokens[..20], &mut cache).unwrap();
+        model.forward(&r.tokens[20..50], &mut cache).unwrap();
+        cache.truncate(shared).unwrap();
+        assert_eq!(cache.position(), restored, "prefix of {shared}");
+        let got = model.forward(&r.tokens[restored..], &mut cache).unwrap();
+        let want = fresh
+            .narrow(0, restored, r.tokens.len() - restored)
+            .unwrap();
+        assert!(relative_error(&got, &want) <= 1e-5, "prefix of {shared}");
+    }
+    // Truncating to where it is keeps everything; a snapshot is used once.
+    let mut cache = model.new_cache();
+    cache.snapshot_at(10);
+    model.forward(&r.tokens[..30], &mut cache).unwrap();
+    cache.truncate(30).unwrap();
+    assert_eq!(cache.position(), 30);
+    // The copy was asked for at 10, but no forward call ended there.
+    cache.truncate(20).unwrap();
+    assert_eq!(cache.position(), 0);
 }
 
 /// The vision tower and the multi-token-prediction layers of a Qwen3.5 checkpoint are named as

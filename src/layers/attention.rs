@@ -191,7 +191,7 @@ mod tests {
                 let q = Tensor::randn(0f32, 1.0, (heads, t, hd), &dev).unwrap();
                 let kv = || Tensor::randn(0f32, 1.0, (kv_heads, t, hd), &dev).unwrap();
                 let (k, v) = cache.append(0, kv(), kv()).unwrap();
-                cache.advance(t);
+                cache.advance(t).unwrap();
                 let fast = Backend::cpu().attention(&q, &k, &v, &shape).unwrap();
                 let slow = Backend::Reference.attention(&q, &k, &v, &shape).unwrap();
                 assert_eq!(fast.dims(), &[t, heads * hd]);

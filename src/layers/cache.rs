@@ -5,7 +5,7 @@
 //! most about twice the window, and the oldest keys are dropped (moved out in one copy every
 //! window's worth of steps) as the sequence goes on. A linear-attention layer keeps a
 //! recurrent state instead (`LinearState`): fixed in size, updated in place, and unable to go
-//! back to an earlier position.
+//! back to an earlier position, except to a copy taken there (`Cache::snapshot_at`).
 
 use candle_core::{Result as CandleResult, Tensor};
 
@@ -40,6 +40,23 @@ pub(crate) struct LinearState {
     pub recurrent: Tensor,
 }
 
+impl LinearState {
+    /// A copy with storage of its own (the state is updated in place).
+    fn copy(&self) -> CandleResult<LinearState> {
+        Ok(LinearState {
+            conv: self.conv.copy()?,
+            recurrent: self.recurrent.copy()?,
+        })
+    }
+}
+
+/// The linear-attention states at one position.
+#[derive(Debug)]
+struct Snapshot {
+    position: usize,
+    linear: Vec<Option<LinearState>>,
+}
+
 /// Keys and values seen so far, one entry per layer, or a linear-attention layer's state.
 /// Made by `Model::new_cache`. Not `Clone`: its buffers are written in place, and a shallow
 /// copy would share them.
@@ -52,6 +69,9 @@ pub struct Cache {
     position: usize,
     /// The model's context: buffers never grow past it.
     max_positions: usize,
+    /// Where to copy the linear-attention states (`snapshot_at`), and the copy.
+    snapshot_at: Option<usize>,
+    snapshot: Option<Snapshot>,
 }
 
 impl Cache {
@@ -69,6 +89,8 @@ impl Cache {
             windows,
             position: 0,
             max_positions,
+            snapshot_at: None,
+            snapshot: None,
         }
     }
 
@@ -84,18 +106,38 @@ impl Cache {
             kv.base = 0;
         }
         self.linear.iter_mut().for_each(|s| *s = None);
+        self.snapshot_at = None;
+        self.snapshot = None;
+    }
+
+    /// Copies the linear-attention states when a forward call leaves the cache at `position`
+    /// (a chat asks for the end of its prompt, where the next turn's prompt usually still
+    /// agrees), so that `truncate` can go back there instead of starting over. Replaces any
+    /// earlier request and copy; nothing is copied for a model without linear attention.
+    pub fn snapshot_at(&mut self, position: usize) {
+        self.snapshot_at = Some(position);
+        self.snapshot = None;
     }
 
     /// Keeps the first `len` positions and forgets the rest, so that a sequence sharing that
     /// prefix can go on from there (a chat's next turn). A sliding-window layer that has
     /// already dropped keys the shorter sequence would need makes the cache start over from
-    /// position 0, and so does a linear-attention layer, whose state holds no earlier
-    /// position: read [`Cache::position`] afterwards for what was kept.
+    /// position 0. A linear-attention layer's state holds no earlier position: the cache goes
+    /// back to its snapshot (`snapshot_at`) where that is at `len` or before, and starts over
+    /// otherwise. Read [`Cache::position`] afterwards for what was kept.
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        let len = self.position.min(len);
+        let mut len = self.position.min(len);
         if len < self.position && self.linear.iter().any(Option::is_some) {
-            self.reset();
-            return Ok(());
+            match self.snapshot.take() {
+                Some(s) if s.position <= len => {
+                    len = s.position;
+                    self.linear = s.linear;
+                }
+                _ => {
+                    self.reset();
+                    return Ok(());
+                }
+            }
         }
         let reachable =
             self.layers
@@ -182,8 +224,21 @@ impl Cache {
         Ok(slot.as_mut().expect("filled above"))
     }
 
-    pub(crate) fn advance(&mut self, tokens: usize) {
+    pub(crate) fn advance(&mut self, tokens: usize) -> Result<()> {
         self.position += tokens;
+        if self.snapshot_at == Some(self.position) && self.linear.iter().any(Option::is_some) {
+            let linear = self
+                .linear
+                .iter()
+                .map(|s| s.as_ref().map(LinearState::copy).transpose())
+                .collect::<CandleResult<_>>()?;
+            self.snapshot = Some(Snapshot {
+                position: self.position,
+                linear,
+            });
+            self.snapshot_at = None;
+        }
+        Ok(())
     }
 }
 
@@ -236,7 +291,7 @@ mod tests {
             }
             let k = kv(2, new, step as f64 * 1000.0);
             let (got, _) = cache.append(0, k.clone(), k.clone()).expect("append");
-            cache.advance(new);
+            cache.advance(new).unwrap();
             let w = match want.take() {
                 None => k,
                 Some(w) => Tensor::cat(&[&w, &k], 1).unwrap(),
@@ -271,7 +326,7 @@ mod tests {
             let (full, _) = cache.append(0, k.clone(), k.clone()).unwrap();
             let (sliding, _) = cache.append(1, k.clone(), k.clone()).unwrap();
             let start = cache.position();
-            cache.advance(new);
+            cache.advance(new).unwrap();
             let history = match all.take() {
                 None => k,
                 Some(a) => Tensor::cat(&[&a, &k], 1).unwrap(),

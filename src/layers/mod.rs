@@ -339,7 +339,7 @@ impl Model {
             xs = block.forward(&xs, &mut parts, i, self.cfg.scales.residual, &self.backend)?;
         }
         for seq in parts {
-            seq.cache.advance(seq.tokens);
+            seq.cache.advance(seq.tokens)?;
         }
         Ok(self.norm.forward(&xs)?)
     }

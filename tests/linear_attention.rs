@@ -67,6 +67,25 @@ fn decode_steps_match_hfs_recurrent_path() {
     }
 }
 
+/// A prompt fed in two calls, the first shorter than the convolution's reach (1 to 3 tokens)
+/// or longer, then the rest in the chunked form (across its 64-token chunks), equals the
+/// prompt in one call: the rolling convolution state and the recurrent state carry over.
+#[test]
+fn a_prompt_split_anywhere_equals_it_whole() {
+    let name = "qwen3_next-a";
+    let r = reference(name);
+    let model = load(name, DType::F32, Kernels::Fast);
+    let whole = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
+    for split in 1..=5 {
+        let mut cache = model.new_cache();
+        let first = model.forward(&r.tokens[..split], &mut cache).unwrap();
+        let rest = model.forward(&r.tokens[split..], &mut cache).unwrap();
+        let got = Tensor::cat(&[first, rest], 0).unwrap();
+        let err = relative_error(&got, &whole);
+        assert!(err <= 1e-5, "split at {split}: {err:e}");
+    }
+}
+
 /// Experts kept stacked as transformers 5 holds them (`experts.gate_up_proj` [E, 2I, H], gate
 /// rows first, and `experts.down_proj` [E, H, I]) load as the per-expert tensors do.
 #[test]
@@ -196,12 +215,36 @@ fn bad_layer_plans_and_shapes_are_one_clear_error() {
         );
     }
     // The nested config's fields are named with their place.
-    let dir = copy_fixture("qwen3_5_moe-a");
-    edit_config(dir.path(), |c| {
-        c["text_config"]["linear_num_key_heads"] = serde_json::json!(0)
-    });
-    let err = load_dir(dir.path()).unwrap_err().to_string();
-    assert!(err.contains("text_config.linear_num_key_heads"), "{err}");
+    let nested: [(Edit, &str); 4] = [
+        (
+            |c| c["linear_num_key_heads"] = serde_json::json!(0),
+            "text_config.linear_num_key_heads",
+        ),
+        (
+            |c| c["linear_conv_kernel_dim"] = serde_json::json!(1),
+            "text_config.linear_conv_kernel_dim",
+        ),
+        // 1024 heads of 1024 by 1024: 4 GiB of state per layer and sequence, 12 GiB in all.
+        (
+            |c| {
+                c["linear_num_value_heads"] = serde_json::json!(1024);
+                c["linear_num_key_heads"] = serde_json::json!(1024);
+                c["linear_key_head_dim"] = serde_json::json!(1024);
+                c["linear_value_head_dim"] = serde_json::json!(1024);
+            },
+            "text_config.linear_num_value_heads",
+        ),
+        (
+            |c| c["model_type"] = serde_json::json!("qwen3_vl_text"),
+            "text_config.model_type",
+        ),
+    ];
+    for (edit, field) in nested {
+        let dir = copy_fixture("qwen3_5_moe-a");
+        edit_config(dir.path(), |c| edit(&mut c["text_config"]));
+        let err = load_dir(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(field) && !err.contains('\n'), "{field}: {err}");
+    }
 }
 
 #[test]

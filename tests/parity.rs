@@ -14,15 +14,15 @@ const F32_BOUND: f32 = 1e-4;
 /// A router near a tie may also pick another expert in half precision, which moves that
 /// position's logits far more (HF's own bf16 run of qwen2_moe-b is off by 64% at one position),
 /// so the half-precision bounds hold at every position but one in 32 (at least one: the
-/// chance of a near-tie grows with the prompt; qwen3_next-a's 75 positions have two).
+/// chance of a near-tie grows with the prompt).
 const BF16_BOUND: f32 = 0.06;
-/// The linear-attention fixtures are longer (70 and 75 positions, past one chunk of the delta
-/// rule) and flip routers in bf16 more often: HF's own bf16 runs (transformers 5.23, against
-/// the f32 reference on the same weights) are off by 0.22, 0.12, 0.105 at qwen3_5_moe-a's
-/// three worst positions and 0.19, 0.11 at qwen3_next-a's; ours by 0.175, 0.173, 0.163 and
-/// 0.137, 0.073. Their f16 runs keep F16_BOUND, the check that rounding is not mishandled.
-const BF16_LINEAR_ATTENTION_BOUND: f32 = 0.18;
 const F16_BOUND: f32 = 0.01;
+/// qwen3_5_moe-a (70 positions, four routers of 5 experts choosing 2) flips experts in half
+/// precision, and its linear layers carry each flip on through their recurrent state: HF's own
+/// runs (transformers 5.23, against the f32 reference on the same weights) are off by 0.105 in
+/// bf16 and 0.0855 in f16 at the third-worst position (the statistic checked here); ours by
+/// 0.056 and 0.061. The two Qwen3-Next fixtures keep the usual bounds.
+const QWEN3_5_HALF_BOUND: f32 = 0.08;
 /// Experts quantized on disk (MXFP4) are read as blocks by the fast CPU kernels, which round
 /// the activations to q8_0 at decode (2^-8 of each block's largest): measured 4.5e-3 on
 /// gpt_oss-b. The reference kernels dequantize and keep F32_BOUND.
@@ -74,12 +74,12 @@ fn greedy_continuations_match_hf() {
 #[test]
 fn half_precision_logits_stay_within_documented_bounds() {
     for name in FIXTURES {
-        let bf16_bound = match name.starts_with("qwen3_next") || name.starts_with("qwen3_5") {
-            true => BF16_LINEAR_ATTENTION_BOUND,
-            false => BF16_BOUND,
+        let (bf16_bound, f16_bound) = match *name {
+            "qwen3_5_moe-a" => (QWEN3_5_HALF_BOUND, QWEN3_5_HALF_BOUND),
+            _ => (BF16_BOUND, F16_BOUND),
         };
         let bf16 = check_logits(name, DType::BF16, Kernels::Fast, bf16_bound);
-        let f16 = check_logits(name, DType::F16, Kernels::Fast, F16_BOUND);
+        let f16 = check_logits(name, DType::F16, Kernels::Fast, f16_bound);
         eprintln!("{name}: bf16 {bf16:.2e}, f16 {f16:.2e}");
     }
 }

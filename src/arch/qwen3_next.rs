@@ -71,6 +71,15 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
 pub fn parse_multimodal(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     let mut text = f.nested("text_config")?;
     text.irrelevant(super::IRRELEVANT);
+    match text.opt_str("model_type")?.as_deref() {
+        None | Some("qwen3_5_moe_text") => {}
+        Some(other) => {
+            return Err(text.error(
+                "model_type",
+                format!("`{other}` is not Qwen3.5-MoE's text model (qwen3_5_moe_text)"),
+            ))
+        }
+    }
     let mut cfg = text_model(&mut text)?;
     // Qwen3.5's blocks are all sparse and always renormalise the top-k weights; the fields
     // that say otherwise in Qwen3-Next are not read by its model.
@@ -88,14 +97,8 @@ pub fn parse_multimodal(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         "mtp_num_hidden_layers",
         "mtp_use_dedicated_embeddings",
     ]);
-    let text_tied = cfg.tie_word_embeddings;
-    cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", text_tied)?;
-    if cfg.tie_word_embeddings != text_tied {
-        return Err(f.error(
-            "tie_word_embeddings",
-            "disagrees with text_config.tie_word_embeddings",
-        ));
-    }
+    // HF ties the head of the wrapper by the wrapper's own field (false when absent).
+    cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", false)?;
     cfg.model_type = "qwen3_5_moe".into();
     // The vision tower and the ids of image and video tokens: text-only inference.
     f.irrelevant(&[

@@ -69,13 +69,16 @@ pub(super) fn rope(
             "mscale_all_dim",
         ];
         for key in params.keys() {
-            // M-RoPE's sections (Qwen3.5) give image patches a position per axis; a text
-            // token has the same position on every axis, so its rotation is plain RoPE's.
-            let text_only = ["mrope_section", "mrope_interleaved"];
-            let partial = default_partial.is_some() && key == "partial_rotary_factor";
+            // Read by the families with partial rotation (Qwen3-Next, Qwen3.5) alone. M-RoPE's
+            // sections (Qwen3.5) give image patches a position per axis; a text token has the
+            // same position on every axis, so its rotation is plain RoPE's.
+            let theirs = [
+                "partial_rotary_factor",
+                "mrope_section",
+                "mrope_interleaved",
+            ];
             let known = ["rope_type", "type", "rope_theta"].contains(&key.as_str())
-                || partial
-                || text_only.contains(&key.as_str())
+                || (default_partial.is_some() && theirs.contains(&key.as_str()))
                 || (kind == "yarn" && yarn_keys.contains(&key.as_str()));
             if !known {
                 return Err(f.error(&format!("{field}.{key}"), "is not supported"));

@@ -1,11 +1,11 @@
 //! Grouped-query self-attention with RoPE, optional q/k RMSNorm and q/k/v clipping, over the
 //! caller's KV cache; full or over a sliding window.
 
-use candle_core::{DType, Module, Tensor};
-use candle_nn::RmsNorm;
+use candle_core::{DType, Tensor};
 
 use super::cache::Cache;
 use super::linear::Linear;
+use super::norm::Norm;
 use super::rope;
 use crate::error::Result;
 use crate::ops::{AttentionShape, Backend};
@@ -18,7 +18,7 @@ pub struct Attention {
     v: Linear,
     o: Linear,
     /// Present unless `cfg.qk_norm` is `QkNorm::None`.
-    qk_norm: Option<(RmsNorm, RmsNorm)>,
+    qk_norm: Option<(Norm, Norm)>,
     cfg: AttentionConfig,
     shape: AttentionShape,
 }
@@ -29,7 +29,7 @@ pub struct AttentionWeights {
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
-    pub qk_norm: Option<(RmsNorm, RmsNorm)>,
+    pub qk_norm: Option<(Norm, Norm)>,
     /// (heads) sink logits, f32.
     pub sinks: Option<Vec<f32>>,
 }

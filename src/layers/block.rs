@@ -1,13 +1,13 @@
 //! `Block`: one decoder layer: pre-norm token mixing (attention, or linear attention) and
 //! pre-norm feed-forward (dense or sparse), each added back to the residual stream.
 
-use candle_core::{Module, Tensor};
-use candle_nn::RmsNorm;
+use candle_core::Tensor;
 
 use super::attention::{Attention, Sequence};
 use super::linear_attention::LinearAttention;
 use super::mlp::Mlp;
 use super::moe::SparseMoe;
+use super::norm::Norm;
 use crate::error::Result;
 use crate::ops::Backend;
 
@@ -26,9 +26,9 @@ pub enum Mixer {
 
 #[derive(Debug, Clone)]
 pub struct Block {
-    pub attn_norm: RmsNorm,
+    pub attn_norm: Norm,
     pub attn: Mixer,
-    pub ffn_norm: RmsNorm,
+    pub ffn_norm: Norm,
     pub ffn: FeedForward,
 }
 

@@ -209,6 +209,15 @@ impl Cache {
         Ok(out)
     }
 
+    /// A forward call failed partway: linear-attention states that took its tokens in some
+    /// layers and not others are of no position, so the cache starts over. (Keys and values
+    /// appended past the position are overwritten by the next call.)
+    pub(crate) fn forward_failed(&mut self) {
+        if self.linear.iter().any(Option::is_some) {
+            self.reset();
+        }
+    }
+
     /// Layer `layer`'s linear-attention state, made by `init` before its first token.
     pub(crate) fn linear_state(
         &mut self,

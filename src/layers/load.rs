@@ -4,14 +4,13 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
-use candle_nn::RmsNorm;
-
 use super::attention::{Attention, AttentionWeights};
 use super::block::{Block, FeedForward, Mixer};
 use super::linear::Linear;
 use super::linear_attention::LinearAttention;
 use super::mlp::Mlp;
 use super::moe::{Router, SharedExpert, SparseMoe};
+use super::norm::Norm;
 use crate::arch::{join, LinearProjections, TensorNames};
 use crate::error::Result;
 use crate::ops::{Backend, Experts};
@@ -83,7 +82,7 @@ impl LayerReader<'_> {
         self.weights.get(&format!("{}.{name}", self.prefix), shape)
     }
 
-    fn norm(&self, name: &str, size: usize) -> Result<RmsNorm> {
+    fn norm(&self, name: &str, size: usize) -> Result<Norm> {
         norm(
             self.weights,
             &format!("{}.{name}", self.prefix),
@@ -362,13 +361,14 @@ impl LayerReader<'_> {
     }
 }
 
-/// The RMSNorm `name` of `size` weights, plus the family's offset (computed in f32 from the
-/// stored values, as HF adds it, then in the compute dtype).
-pub fn norm(weights: &Weights, name: &str, size: usize, cfg: &ModelConfig) -> Result<RmsNorm> {
-    let w = match cfg.norm_weight_offset {
-        0.0 => weights.get(name, &[size])?,
-        offset => (weights.get_as(name, &[size], candle_core::DType::F32)? + offset)?
-            .to_dtype(weights.dtype())?,
-    };
-    Ok(RmsNorm::new(w, cfg.rms_norm_eps))
+/// The RMSNorm `name` of `size` weights, plus the family's offset: then in f32, as HF adds and
+/// applies it (`Norm::in_f32`).
+pub fn norm(weights: &Weights, name: &str, size: usize, cfg: &ModelConfig) -> Result<Norm> {
+    Ok(match cfg.norm_weight_offset {
+        0.0 => Norm::new(weights.get(name, &[size])?, cfg.rms_norm_eps),
+        offset => Norm::in_f32(
+            (weights.get_as(name, &[size], candle_core::DType::F32)? + offset)?,
+            cfg.rms_norm_eps,
+        ),
+    })
 }

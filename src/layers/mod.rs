@@ -11,18 +11,19 @@ mod linear_attention;
 mod load;
 mod mlp;
 mod moe;
+mod norm;
 mod rope;
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::RmsNorm;
+use candle_core::{DType, Device, Tensor};
 
 pub use block::{Block, FeedForward};
 pub use cache::Cache;
 pub use linear::Linear;
 pub use mlp::Mlp;
 pub use moe::{Router, SharedExpert, SparseMoe};
+pub use norm::Norm;
 
 use crate::arch::{self, Architecture};
 use crate::error::{Error, Result};
@@ -75,7 +76,7 @@ pub struct Model {
     /// (vocab, hidden)
     embed: Tensor,
     blocks: Vec<Block>,
-    norm: RmsNorm,
+    norm: Norm,
     /// (vocab, hidden); the embedding table itself when tied.
     lm_head: Linear,
     rope: Rope,
@@ -336,12 +337,22 @@ impl Model {
             })
             .collect();
         for (i, block) in self.blocks.iter().enumerate() {
-            xs = block.forward(&xs, &mut parts, i, self.cfg.scales.residual, &self.backend)?;
+            match block.forward(&xs, &mut parts, i, self.cfg.scales.residual, &self.backend) {
+                Ok(next) => xs = next,
+                Err(e) => {
+                    // Keys and values written past the position are overwritten by the next
+                    // call; a recurrent state that took these tokens in some layers is not.
+                    for seq in parts.iter_mut() {
+                        seq.cache.forward_failed();
+                    }
+                    return Err(e);
+                }
+            }
         }
         for seq in parts {
             seq.cache.advance(seq.tokens)?;
         }
-        Ok(self.norm.forward(&xs)?)
+        self.norm.forward(&xs)
     }
 
     /// hidden: (tokens, hidden) -> f32 logits (tokens, vocab)

@@ -33,8 +33,8 @@ pub struct ModelConfig {
     pub activation: Activation,
     /// One entry per decoder layer, in order.
     pub layers: Vec<LayerSpec>,
-    /// The linear-attention layers' shape, present exactly when some layer is
-    /// `AttentionKind::Linear`.
+    /// The linear-attention layers' shape, present when some layer is `AttentionKind::Linear`
+    /// (and always for the families that have such layers).
     pub linear_attention: Option<LinearAttentionConfig>,
     /// Added to every RMSNorm weight of the residual stream and of q/k (not the gated norm
     /// of linear attention): 1 where checkpoints store the weights as an offset from one
@@ -220,6 +220,8 @@ const MAX_HEADS: usize = 1 << 10;
 const MAX_HEAD_DIM: usize = 1 << 10;
 const MAX_EXPERTS: usize = 1 << 12;
 const MAX_CONV_KERNEL: usize = 64;
+/// Qwen3-Next-80B's state is about 72 MiB per sequence; 4 GiB is far past any published model.
+const MAX_STATE_BYTES: u128 = 1 << 32;
 const MAX_POSITIONS: usize = 1 << 24;
 /// 2^42 parameters (16 TiB in f32) is far past any published MoE.
 const MAX_PARAMETERS: u128 = 1 << 42;
@@ -311,7 +313,8 @@ impl ModelConfig {
         }
         let p = self.rope.partial_rotary_factor;
         let rotary = self.rope.rotary_dim(a.head_dim);
-        if !(p > 0.0 && p <= 1.0) || rotary < 2 || !rotary.is_multiple_of(2) {
+        // (A whole head rotates unless the config says otherwise: head_dim was checked above.)
+        if p != 1.0 && (!(p > 0.0 && p < 1.0) || rotary < 2 || !rotary.is_multiple_of(2)) {
             return Err(Error::config(
                 path,
                 "partial_rotary_factor",
@@ -366,13 +369,30 @@ impl ModelConfig {
             ("linear_value_head_dim", l.value_head_dim, MAX_HEAD_DIM),
             ("linear_conv_kernel_dim", l.conv_kernel, MAX_CONV_KERNEL),
         ] {
-            if v == 0 || v > max {
+            // A kernel of one token would keep no state; published models use 4.
+            let min = if field == "linear_conv_kernel_dim" {
+                2
+            } else {
+                1
+            };
+            if v < min || v > max {
                 return Err(Error::config(
                     path,
                     field,
-                    format!("{v} is out of range 1..={max}"),
+                    format!("{v} is out of range {min}..={max}"),
                 ));
             }
+        }
+        let state = self.recurrent_state_bytes();
+        if state > MAX_STATE_BYTES {
+            return Err(Error::config(
+                path,
+                "linear_num_value_heads",
+                format!(
+                    "with linear_key_head_dim and linear_value_head_dim, a recurrent state of \
+                     {state} bytes per sequence is beyond any supported model"
+                ),
+            ));
         }
         if !l.value_heads.is_multiple_of(l.key_heads) {
             return Err(Error::config(

@@ -239,6 +239,9 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
         .ok_or_else(|| f.error("model_type", "is required but missing"))?;
     // Families accept the quantization methods they read (common() refuses the others).
     let quantized_experts = f.has("quantization_config");
+    // What a multimodal wrapper holds besides its text model, and where the text model's
+    // fields are.
+    let (mut skipped, mut nested): (&'static [(&str, &str)], &str) = (&[], "");
     let (config, names) = match model_type.as_str() {
         "mixtral" => mixtral::parse(&mut f)?,
         "qwen2_moe" => qwen2_moe::parse(&mut f)?,
@@ -247,7 +250,10 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
         "granitemoe" => granitemoe::parse(&mut f)?,
         "gpt_oss" => gpt_oss::parse(&mut f)?,
         "qwen3_next" => qwen3_next::parse(&mut f)?,
-        "qwen3_5_moe" => qwen3_next::parse_multimodal(&mut f)?,
+        "qwen3_5_moe" => {
+            (skipped, nested) = (qwen3_next::QWEN3_5_SKIPPED, "text_config.");
+            qwen3_next::parse_multimodal(&mut f)?
+        }
         other => {
             return Err(f.error(
                 "model_type",
@@ -260,10 +266,6 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
     };
     f.irrelevant(IRRELEVANT);
     // A multimodal checkpoint's text fields live in `text_config`: its checks name them so.
-    let (skipped, nested): (&[_], _) = match model_type.as_str() {
-        "qwen3_5_moe" => (qwen3_next::QWEN3_5_SKIPPED, "text_config."),
-        _ => (&[], ""),
-    };
     config.validate(path).map_err(|e| match e {
         Error::Config {
             path,

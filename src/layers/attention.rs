@@ -49,6 +49,24 @@ pub struct Sequence<'a> {
     pub cache: &'a mut Cache,
 }
 
+/// `f` of each sequence in turn, given the first row of its tokens in the rows of all of them,
+/// the results joined in order along dim 0.
+pub fn each_sequence(
+    seqs: &mut [Sequence],
+    mut f: impl FnMut(usize, &mut Sequence) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let mut outs = Vec::with_capacity(seqs.len());
+    let mut row = 0;
+    for seq in seqs.iter_mut() {
+        outs.push(f(row, seq)?);
+        row += seq.tokens;
+    }
+    match outs.len() {
+        1 => Ok(outs.pop().expect("one sequence")),
+        _ => Ok(Tensor::cat(&outs, 0)?),
+    }
+}
+
 impl Attention {
     pub fn new(w: AttentionWeights, cfg: &AttentionConfig, kind: AttentionKind) -> Self {
         let window = match kind {
@@ -86,24 +104,11 @@ impl Attention {
         let q = self.q.forward(xs, be)?;
         let k = self.k.forward(xs, be)?;
         let v = self.v.forward(xs, be)?;
-        let mut outs = Vec::with_capacity(seqs.len());
-        let mut row = 0;
-        for seq in seqs.iter_mut() {
+        let out = each_sequence(seqs, |row, seq| {
             let rows = |t: &Tensor| t.narrow(0, row, seq.tokens);
-            outs.push(self.attend(
-                (rows(&q)?, rows(&k)?, rows(&v)?),
-                &seq.step,
-                seq.cache,
-                layer,
-                be,
-            )?);
-            row += seq.tokens;
-        }
-        let out = if outs.len() == 1 {
-            outs.pop().expect("one sequence")
-        } else {
-            Tensor::cat(&outs, 0)?
-        };
+            let qkv = (rows(&q)?, rows(&k)?, rows(&v)?);
+            self.attend(qkv, &seq.step, seq.cache, layer, be)
+        })?;
         // (tokens, nh * hd) in f32 -> the compute dtype
         self.o.forward(&out.to_dtype(xs.dtype())?, be)
     }

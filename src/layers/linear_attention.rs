@@ -6,7 +6,7 @@
 
 use candle_core::{DType, Tensor, D};
 
-use super::attention::Sequence;
+use super::attention::{each_sequence, Sequence};
 use super::cache::LinearState;
 use super::linear::Linear;
 use crate::error::Result;
@@ -43,19 +43,11 @@ impl LinearAttention {
     ) -> Result<Tensor> {
         // (tokens, projection_rows) in f32: the state and the rule run in f32.
         let proj = self.in_proj.forward(xs, be)?.to_dtype(DType::F32)?;
-        let mut outs = Vec::with_capacity(seqs.len());
-        let mut row = 0;
-        for seq in seqs.iter_mut() {
+        let out = each_sequence(seqs, |row, seq| {
             let rows = proj.narrow(0, row, seq.tokens)?;
             let state = seq.cache.linear_state(layer, || self.initial_state(xs))?;
-            outs.push(self.mix(&rows, state, be)?);
-            row += seq.tokens;
-        }
-        let out = if outs.len() == 1 {
-            outs.pop().expect("one sequence")
-        } else {
-            Tensor::cat(&outs, 0)?
-        };
+            self.mix(&rows, state, be)
+        })?;
         self.out_proj.forward(&out.to_dtype(xs.dtype())?, be)
     }
 

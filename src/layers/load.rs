@@ -191,27 +191,14 @@ impl LayerReader<'_> {
             )?,
             LinearProjections::Grouped { qkvz, ba } => {
                 // Per key head: q, k, then the v and z rows of its `group` value heads; b and
-                // a likewise. Gather each kind's rows of every group in turn.
+                // a likewise.
                 let group = nv / nk;
-                let regroup = |w: candle_core::Tensor, parts: &[usize]| -> Result<_> {
-                    let per: usize = parts.iter().sum();
-                    let mut rows = Vec::with_capacity(per * nk);
-                    let mut offset = 0;
-                    for &len in parts {
-                        for g in 0..nk {
-                            rows.extend((0..len).map(|r| (g * per + offset + r) as u32));
-                        }
-                        offset += len;
-                    }
-                    let index = candle_core::Tensor::new(rows.as_slice(), w.device())?;
-                    Ok(w.index_select(&index, 0)?)
-                };
                 let qkvz_parts = [dk, dk, group * dv, group * dv];
-                let qkvz = regroup(
-                    get(qkvz, nk * qkvz_parts.iter().sum::<usize>())?,
-                    &qkvz_parts,
-                )?;
-                let ba = regroup(get(ba, 2 * nv)?, &[group, group])?;
+                let qkvz_rows = nk * qkvz_parts.iter().sum::<usize>();
+                let qkvz = get(qkvz, qkvz_rows)?;
+                let qkvz = qkvz.index_select(&regrouped(nk, &qkvz_parts, qkvz.device())?, 0)?;
+                let ba = get(ba, 2 * nv)?;
+                let ba = ba.index_select(&regrouped(nk, &[group, group], ba.device())?, 0)?;
                 candle_core::Tensor::cat(&[qkvz, ba], 0)?
             }
         };
@@ -371,4 +358,35 @@ pub fn norm(weights: &Weights, name: &str, size: usize, cfg: &ModelConfig) -> Re
             cfg.rms_norm_eps,
         ),
     })
+}
+
+/// The rows that gather a matrix kept in `groups` groups, each holding parts of `parts` rows
+/// one after another, into part-major order: part 0 of every group, then part 1, and so on.
+fn regrouped(
+    groups: usize,
+    parts: &[usize],
+    device: &candle_core::Device,
+) -> Result<candle_core::Tensor> {
+    let per: usize = parts.iter().sum();
+    let mut rows = Vec::with_capacity(per * groups);
+    let mut offset = 0;
+    for &len in parts {
+        for g in 0..groups {
+            rows.extend((0..len).map(|r| (g * per + offset + r) as u32));
+        }
+        offset += len;
+    }
+    Ok(candle_core::Tensor::new(rows.as_slice(), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two groups of parts [2, 1]: rows 0 1 | 2, 3 4 | 5 -> part 0 of both groups, then part 1.
+    #[test]
+    fn regrouping_puts_each_part_of_every_group_together() {
+        let index = regrouped(2, &[2, 1], &candle_core::Device::Cpu).unwrap();
+        assert_eq!(index.to_vec1::<u32>().unwrap(), [0, 1, 3, 4, 2, 5]);
+    }
 }

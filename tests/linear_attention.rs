@@ -12,7 +12,12 @@ use common::{fixture, load, reference, relative_error};
 use moe_runtime::{Kernels, LoadOptions, Model};
 use tempfile::TempDir;
 
-const FAMILY: &[&str] = &["qwen3_next-a", "qwen3_next-b", "qwen3_5_moe-a"];
+const FAMILY: &[&str] = &[
+    "qwen3_next-a",
+    "qwen3_next-b",
+    "qwen3_5_moe-a",
+    "qwen3_next-c",
+];
 
 fn copy_fixture(name: &str) -> TempDir {
     let dir = tempfile::tempdir().unwrap();

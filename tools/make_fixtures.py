@@ -43,6 +43,8 @@ ROUTER_SHARPNESS = 4.0
 #   prompt_len: the prompt's length, if not PROMPT_LEN; seed: if not the one main() derives.
 #   vision: a vision_config, for the families published as image-text-to-text checkpoints (the
 #     text model's config then goes in text_config); mtp: fake `mtp.*` tensors to add.
+#   drop: keys to remove from the written config.json, which transformers must then default to
+#     what the reference was computed with (check_reload).
 FIXTURES_SPEC = {
     "mixtral-a": dict(
         family="mixtral", style="published", dtype=torch.float32,
@@ -215,6 +217,23 @@ FIXTURES_SPEC = {
                     moe_intermediate_size=16, shared_expert_intermediate_size=20,
                     rope_theta=1e7),
     ),
+    # qwen3_next-c: what the published config.json may leave to transformers' defaults: no
+    # `head_dim` (256), no `partial_rotary_factor` (0.25), `full_attention_interval` 2 and no
+    # `layer_types`; attention biases (q_proj's covering the output gate's half too); a
+    # three-tap conv; three value heads sharing one key head; top-1 routing without
+    # renormalization; a prompt just past one 64-token chunk. Last in this table so that the
+    # fixtures before it keep the seeds main() derives from their position.
+    "qwen3_next-c": dict(
+        family="qwen3_next", style="published", dtype=torch.float32, prompt_len=66,
+        drop=("head_dim", "partial_rotary_factor"),
+        config=dict(vocab_size=150, hidden_size=32, intermediate_size=24, num_hidden_layers=4,
+                    full_attention_interval=2, num_attention_heads=2, num_key_value_heads=1,
+                    attention_bias=True, linear_num_key_heads=1, linear_num_value_heads=3,
+                    linear_key_head_dim=8, linear_value_head_dim=6, linear_conv_kernel_dim=3,
+                    num_experts=4, num_experts_per_tok=1, moe_intermediate_size=12,
+                    shared_expert_intermediate_size=16, norm_topk_prob=False,
+                    rope_theta=10000.0),
+    ),
 }
 
 # Families with Gated DeltaNet layers: their references also take HF's recurrent decode path.
@@ -321,7 +340,7 @@ def qwen3_5_published(cfg):
     return cfg
 
 
-def save(model, out, dtype, style, shard=None):
+def save(model, out, dtype, style, shard=None, drop=()):
     if out.exists():
         shutil.rmtree(out)
     # Saved after the reference outputs are taken: this also rounds buffers (RoPE frequencies).
@@ -332,6 +351,9 @@ def save(model, out, dtype, style, shard=None):
         cfg = published_style(cfg)
     if cfg["model_type"] == "qwen3_5_moe":
         cfg = qwen3_5_published(cfg)
+    for key in drop:
+        del cfg[key]
+        assert f'"{key}"' not in json.dumps(cfg), f"{key} is still in config.json"
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     gen_cfg = out / "generation_config.json"
     if gen_cfg.exists():
@@ -380,7 +402,7 @@ def make_fixture(name, spec, seed):
             setattr(model.config, key, next(free))
 
     out_dir = FIXTURES / name
-    save(model, out_dir, spec["dtype"], spec["style"], spec.get("shard"))
+    save(model, out_dir, spec["dtype"], spec["style"], spec.get("shard"), spec.get("drop", ()))
     if packed is not None:
         write_mxfp4(out_dir, packed)
     if spec.get("mtp"):
@@ -436,10 +458,12 @@ def write_mtp(out_dir, text_cfg, dtype, seed):
 
 
 def check_reload(out_dir, config):
-    """The config.json as written (published style included) must give transformers the
-    same layer pattern and RoPE as the model the references came from."""
+    """The config.json as written (published style included, keys dropped) must give
+    transformers the same head size, layer pattern and RoPE as the model the references came
+    from."""
     loaded = AutoConfig.from_pretrained(out_dir).get_text_config()
     want = config.get_text_config()
+    assert loaded.head_dim == want.head_dim, (loaded.head_dim, want.head_dim)
     assert loaded.layer_types == want.layer_types, (loaded.layer_types, want.layer_types)
     assert loaded.rope_parameters == want.rope_parameters, (loaded.rope_parameters, want.rope_parameters)
 

@@ -28,6 +28,7 @@ pub const FIXTURES: &[&str] = &[
     "qwen3_next-a",
     "qwen3_next-b",
     "qwen3_5_moe-a",
+    "qwen3_next-c",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {

@@ -8,41 +8,15 @@ use std::path::Path;
 use std::process::Command;
 
 use candle_core::{DType, Device, Tensor};
+use common::{copy_fixture, edit_config, edit_tensors};
 use moe_runtime::{LoadOptions, Model};
-use tempfile::TempDir;
 
 const FIXTURE: &str = "qwen3_moe-b";
-
-/// A private copy of a fixture to break.
-fn copy_fixture(name: &str) -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(common::fixture(name)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
-    dir
-}
 
 fn load_error(dir: &Path) -> String {
     Model::load(dir, &LoadOptions::default())
         .unwrap_err()
         .to_string()
-}
-
-/// Rewrites the single weights file of `dir` after `edit` has changed its tensors.
-fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
-    let path = dir.join("model.safetensors");
-    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    edit(&mut tensors);
-    candle_core::safetensors::save(&tensors, &path).unwrap();
-}
-
-fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = dir.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    edit(&mut cfg);
-    std::fs::write(&path, cfg.to_string()).unwrap();
 }
 
 const SOME_TENSOR: &str = "model.layers.1.mlp.experts.3.up_proj.weight";

@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use common::{fixture, load, reference, relative_error};
+use common::{copy_fixture, edit_config, edit_tensors, fixture, load, reference, relative_error};
 use moe_runtime::{Kernels, LoadOptions, Model};
-use tempfile::TempDir;
 
 const FAMILY: &[&str] = &[
     "qwen3_next-a",
@@ -18,30 +16,6 @@ const FAMILY: &[&str] = &[
     "qwen3_5_moe-a",
     "qwen3_next-c",
 ];
-
-fn copy_fixture(name: &str) -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(name)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
-    dir
-}
-
-fn edit_tensors(dir: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
-    let path = dir.join("model.safetensors");
-    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
-    edit(&mut tensors);
-    candle_core::safetensors::save(&tensors, &path).unwrap();
-}
-
-fn edit_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = dir.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    edit(&mut cfg);
-    std::fs::write(&path, cfg.to_string()).unwrap();
-}
 
 fn load_dir(dir: &Path) -> moe_runtime::Result<Model> {
     Model::load(dir, &LoadOptions::default())

@@ -132,3 +132,33 @@ pub fn position_errors(a: &Tensor, b: &Tensor) -> Vec<f32> {
         .map(|d| d / scale)
         .collect()
 }
+
+/// A private copy of a fixture to break.
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Rewrites the single weights file of `dir` after `edit` has changed its tensors.
+pub fn edit_tensors(
+    dir: &std::path::Path,
+    edit: impl FnOnce(&mut std::collections::HashMap<String, Tensor>),
+) {
+    let path = dir.join("model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, &path).unwrap();
+}
+
+/// Rewrites `dir`'s config.json after `edit` has changed it.
+pub fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut cfg);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+}

@@ -44,7 +44,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
             layer.attention = AttentionKind::Sliding { window };
         }
     }
-    layer_types(f, &mut cfg.layers, Some(window))?;
+    layer_types(f, &mut cfg.layers, Some(window), false)?;
     let top_k = f.usize_any(&["num_experts_per_tok", "experts_per_token"])?;
     // Published configs carry both names; they must agree.
     if let Some(other) = f.opt_usize("experts_per_token")? {

@@ -442,10 +442,17 @@ fn qwen_layer_plan(f: &mut Fields, num_layers: usize) -> Result<Vec<LayerSpec>> 
 }
 
 /// `layer_types` as transformers 5 writes it: one `full_attention` or `sliding_attention` per
-/// layer, `window` being the sliding layers' window (`None` where the config has none).
-fn layer_types(f: &mut Fields, layers: &mut [LayerSpec], window: Option<usize>) -> Result<()> {
+/// layer, `window` being the sliding layers' window (`None` where the config has none), or
+/// `linear_attention` for the families with Gated DeltaNet layers (`linear`). Whether the
+/// config lists them.
+fn layer_types(
+    f: &mut Fields,
+    layers: &mut [LayerSpec],
+    window: Option<usize>,
+    linear: bool,
+) -> Result<bool> {
     let Some(types) = f.value("layer_types") else {
-        return Ok(());
+        return Ok(false);
     };
     let Value::Array(types) = types else {
         return Err(f.error("layer_types", format!("expected a list, got {types}")));
@@ -453,12 +460,17 @@ fn layer_types(f: &mut Fields, layers: &mut [LayerSpec], window: Option<usize>) 
     if types.len() != layers.len() {
         return Err(f.error(
             "layer_types",
-            format!("{} entries for {} layers", types.len(), layers.len()),
+            format!(
+                "{} entries for {} layers (num_hidden_layers)",
+                types.len(),
+                layers.len()
+            ),
         ));
     }
     for (layer, t) in layers.iter_mut().zip(&types) {
         layer.attention = match (t.as_str(), window) {
             (Some("full_attention"), _) => AttentionKind::Full,
+            (Some("linear_attention"), _) if linear => AttentionKind::Linear,
             (Some("sliding_attention"), Some(window)) => AttentionKind::Sliding { window },
             (Some("sliding_attention"), None) => {
                 return Err(f.error(
@@ -469,7 +481,7 @@ fn layer_types(f: &mut Fields, layers: &mut [LayerSpec], window: Option<usize>) 
             _ => return Err(f.error("layer_types", format!("{t} attention is not implemented"))),
         };
     }
-    Ok(())
+    Ok(true)
 }
 
 /// `sliding_window` (4096 when absent, HF's default) when `use_sliding_window` switches it on

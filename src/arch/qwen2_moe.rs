@@ -31,7 +31,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
             }
         }
     }
-    layer_types(f, &mut cfg.layers, window)?;
+    layer_types(f, &mut cfg.layers, window, false)?;
     cfg.dense_intermediate_size = f.usize("intermediate_size")?;
     cfg.moe = MoeConfig {
         num_experts: f.usize_any(&["num_experts", "num_local_experts"])?,

@@ -10,11 +10,9 @@
 //! vision tower and multi-token-prediction layers that a text engine does not load
 //! (`Architecture::skipped` names them).
 
-use serde_json::Value;
-
 use super::{
-    attention_bias, common, qwen_layer_plan, Defaults, Fields, LinearAttnNames, LinearProjections,
-    TensorNames, LLAMA_NAMES,
+    attention_bias, common, layer_types, qwen_layer_plan, Defaults, Fields, LinearAttnNames,
+    LinearProjections, TensorNames, LLAMA_NAMES,
 };
 use crate::error::Result;
 use crate::spec::{
@@ -162,42 +160,17 @@ fn text_model(f: &mut Fields) -> Result<ModelConfig> {
 /// absent) full, the others linear.
 fn hybrid_layers(f: &mut Fields, layers: &mut [LayerSpec]) -> Result<()> {
     let interval = f.opt_usize("full_attention_interval")?;
-    let Some(types) = f.value("layer_types") else {
-        let interval = interval.unwrap_or(4);
-        if interval == 0 {
-            return Err(f.error("full_attention_interval", "must be at least 1"));
-        }
-        for (i, layer) in layers.iter_mut().enumerate() {
-            layer.attention = match (i + 1).is_multiple_of(interval) {
-                true => AttentionKind::Full,
-                false => AttentionKind::Linear,
-            };
-        }
+    if layer_types(f, layers, None, true)? {
         return Ok(());
-    };
-    let Value::Array(types) = types else {
-        return Err(f.error("layer_types", format!("expected a list, got {types}")));
-    };
-    if types.len() != layers.len() {
-        return Err(f.error(
-            "layer_types",
-            format!(
-                "{} entries for {} layers (num_hidden_layers)",
-                types.len(),
-                layers.len()
-            ),
-        ));
     }
-    for (layer, t) in layers.iter_mut().zip(&types) {
-        layer.attention = match t.as_str() {
-            Some("linear_attention") => AttentionKind::Linear,
-            Some("full_attention") => AttentionKind::Full,
-            _ => {
-                return Err(f.error(
-                    "layer_types",
-                    format!("{t} is not linear_attention or full_attention"),
-                ))
-            }
+    let interval = interval.unwrap_or(4);
+    if interval == 0 {
+        return Err(f.error("full_attention_interval", "must be at least 1"));
+    }
+    for (i, layer) in layers.iter_mut().enumerate() {
+        layer.attention = match (i + 1).is_multiple_of(interval) {
+            true => AttentionKind::Full,
+            false => AttentionKind::Linear,
         };
     }
     Ok(())

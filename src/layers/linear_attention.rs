@@ -17,7 +17,9 @@ use crate::spec::LinearAttentionConfig;
 pub struct LinearAttention {
     /// (projection_rows, hidden): q, k, v, z, b, a, each head-major.
     pub in_proj: Linear,
-    /// (conv_dim, conv_kernel) f32: channel c's weights, oldest token first.
+    /// (conv_kernel, conv_dim) f32: row j the weight of every channel for the input j
+    /// tokens after the oldest one the convolution reads (the checkpoint's (conv_dim, 1,
+    /// kernel) transposed at load, so that each tap is one contiguous row).
     pub conv: Tensor,
     /// (value_heads) f32: -exp(A_log), the decay rate's scale.
     pub neg_a: Tensor,
@@ -80,14 +82,14 @@ impl LinearAttention {
         // out[i] = Σ_j w[:, j] · input[i + j] over (kernel - 1 + t, conv_dim).
         let inputs = Tensor::cat(&[&state.conv, &mixed.contiguous()?], 0)?;
         let kernel = c.conv_kernel;
-        let mut conv = inputs
-            .narrow(0, 0, t)?
-            .broadcast_mul(&self.conv.narrow(1, 0, 1)?.t()?)?;
-        for j in 1..kernel {
-            let tap = inputs
+        let tap = |j: usize| -> Result<Tensor> {
+            Ok(inputs
                 .narrow(0, j, t)?
-                .broadcast_mul(&self.conv.narrow(1, j, 1)?.t()?)?;
-            conv = (conv + tap)?;
+                .broadcast_mul(&self.conv.narrow(0, j, 1)?)?)
+        };
+        let mut conv = tap(0)?;
+        for j in 1..kernel {
+            conv = (conv + tap(j)?)?;
         }
         state.conv = inputs.narrow(0, t, kernel - 1)?.contiguous()?;
         let conv = conv.silu()?;

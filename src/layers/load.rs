@@ -210,7 +210,9 @@ impl LayerReader<'_> {
             in_proj: Linear::from_weight(in_proj, None),
             conv: self
                 .get_f32(&name(n.conv), &[c.conv_dim(), 1, c.conv_kernel])?
-                .reshape((c.conv_dim(), c.conv_kernel))?,
+                .reshape((c.conv_dim(), c.conv_kernel))?
+                .t()?
+                .contiguous()?,
             neg_a: a_log.exp()?.neg()?,
             dt_bias: self.get_f32(&name(n.dt_bias), &[nv])?,
             norm: self.get_f32(&name(n.norm), &[dv])?,

@@ -398,6 +398,7 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
         activation: Activation::SiluGated,
         layers: vec![LayerSpec::SPARSE; num_layers],
         linear_attention: None,
+        latent_attention: None,
         norm_weight_offset: 0.0,
         scales: Scales::default(),
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,

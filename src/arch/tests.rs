@@ -124,7 +124,7 @@ fn windows(c: &crate::spec::ModelConfig) -> Vec<Option<usize>> {
     c.layers
         .iter()
         .map(|l| match l.attention {
-            AttentionKind::Full | AttentionKind::Linear => None,
+            AttentionKind::Full | AttentionKind::Linear | AttentionKind::Latent => None,
             AttentionKind::Sliding { window } => Some(window),
         })
         .collect()

@@ -71,7 +71,7 @@ impl Attention {
     pub fn new(w: AttentionWeights, cfg: &AttentionConfig, kind: AttentionKind) -> Self {
         let window = match kind {
             AttentionKind::Sliding { window } => Some(window),
-            AttentionKind::Full | AttentionKind::Linear => None,
+            AttentionKind::Full | AttentionKind::Linear | AttentionKind::Latent => None,
         };
         Attention {
             q: w.q,

@@ -263,7 +263,7 @@ impl Model {
             .iter()
             .map(|l| match l.attention {
                 AttentionKind::Sliding { window } => Some(window),
-                AttentionKind::Full | AttentionKind::Linear => None,
+                AttentionKind::Full | AttentionKind::Linear | AttentionKind::Latent => None,
             })
             .collect();
         Cache::with_windows(windows, self.cfg.max_position_embeddings)

@@ -193,8 +193,9 @@ impl Backend {
         }
     }
 
-    /// Causal attention: q (nh, t, hd), k and v (nkv, s, hd), all f32, the last t positions of
-    /// k and v those of the queries -> (t, nh · hd), f32.
+    /// Causal attention: q (nh, t, hd), k (nkv, s, hd) and v (nkv, s, dv), all f32, the last t
+    /// positions of k and v those of the queries -> (t, nh · dv), f32. v may be a narrowing of
+    /// wider rows (latent attention reads its values as the first columns of its keys).
     pub fn attention(
         &self,
         q: &Tensor,
@@ -328,17 +329,20 @@ impl Backend {
     }
 }
 
-/// The shapes attention needs, checked before a kernel indexes by them: q (nh, t, hd), k and v
-/// (nkv, s, hd) with nkv dividing nh and at least t positions, a window of at least one key.
+/// The shapes attention needs, checked before a kernel indexes by them: q (nh, t, hd), k (nkv,
+/// s, hd) and v (nkv, s, dv) with nkv dividing nh and at least t positions, a window of at
+/// least one key.
 fn check_attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &AttentionShape) -> Result<()> {
     let (nh, t, hd) = q.dims3()?;
     let (nkv, s, hd_k) = k.dims3()?;
+    let (nkv_v, s_v, dv) = v.dims3()?;
     let fits = nkv == a.kv_heads
         && nkv > 0
         && nh.is_multiple_of(nkv)
         && s >= t
         && hd_k == hd
-        && v.dims() == k.dims()
+        && (nkv_v, s_v) == (nkv, s)
+        && dv > 0
         && a.window != Some(0)
         && a.sinks.as_ref().is_none_or(|s| s.len() == nh);
     if !fits {

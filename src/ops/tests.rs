@@ -113,28 +113,31 @@ fn linear_over_quantized_weights() {
 
 #[test]
 fn attention() {
-    // (heads, kv heads, head_dim, new tokens, cached, window): decode, prefill from empty, a
-    // chunk after a cache, head dims off the 16-lane grid, windows shorter than the context,
-    // of one key, and longer than it; each without sinks and with them.
+    // (heads, kv heads, head_dim, value width, new tokens, cached, window): decode, prefill
+    // from empty, a chunk after a cache, head dims off the 16-lane grid, windows shorter than
+    // the context, of one key, and longer than it; values narrower and wider than the keys;
+    // each without sinks and with them.
     let cases = [
-        (4, 2, 16, 1, 9, None),
-        (4, 4, 8, 5, 0, None),
-        (6, 2, 20, 3, 4, None),
-        (16, 4, 64, 40, 200, None),
-        (4, 2, 16, 1, 9, Some(4)),
-        (4, 4, 8, 7, 3, Some(3)),
-        (6, 2, 20, 3, 4, Some(1)),
-        (4, 2, 16, 5, 2, Some(100)),
+        (4, 2, 16, 16, 1, 9, None),
+        (4, 4, 8, 8, 5, 0, None),
+        (6, 2, 20, 20, 3, 4, None),
+        (16, 4, 64, 64, 40, 200, None),
+        (4, 2, 16, 16, 1, 9, Some(4)),
+        (4, 4, 8, 8, 7, 3, Some(3)),
+        (6, 2, 20, 20, 3, 4, Some(1)),
+        (4, 2, 16, 16, 5, 2, Some(100)),
+        (6, 2, 20, 12, 3, 4, None),
+        (4, 1, 8, 24, 5, 6, None),
     ];
     for (be, dev) in Backend::present() {
-        for (&(nh, nkv, hd, t, cached, window), with_sinks) in
+        for (&(nh, nkv, hd, dv, t, cached, window), with_sinks) in
             cases.iter().flat_map(|c| [(c, false), (c, true)])
         {
             let s = cached + t;
             let (q, k, v) = (
                 values(&[nh, t, hd], 6),
                 values(&[nkv, s, hd], 7),
-                values(&[nkv, s, hd], 8),
+                values(&[nkv, s, dv], 8),
             );
             // Sinks from well below the scores to well above them.
             let sinks = with_sinks.then(|| (0..nh).map(|h| h as f32 * 1.5 - 4.0).collect());
@@ -153,9 +156,40 @@ fn attention() {
             let name = be.name();
             assert!(
                 err <= 1e-5,
-                "{name} heads {nh}/{nkv}x{hd}, {t} after {cached}, window {window:?}, \
+                "{name} heads {nh}/{nkv}x{hd}->{dv}, {t} after {cached}, window {window:?}, \
                  sinks {with_sinks}: {err:e}"
             );
+        }
+    }
+}
+
+/// Latent attention's absorbed form: one kv head for every query head, the values the first
+/// columns of the keys (a narrowing of a cache buffer wider than the valid positions); decode
+/// and a chunk.
+#[test]
+fn attention_with_values_inside_the_keys() {
+    let (nh, width, dv, capacity) = (20, 40, 32, 400);
+    for (be, dev) in Backend::present() {
+        for (t, cached) in [(1, 300), (9, 300), (6, 0)] {
+            let s = cached + t;
+            let buffer = on(&values(&[1, capacity, width], 31), DType::F32, &dev);
+            let k = buffer.narrow(1, 0, s).unwrap();
+            let v = k.narrow(2, 0, dv).unwrap();
+            let q = on(&values(&[nh, t, width], 32), DType::F32, &dev);
+            let shape = AttentionShape {
+                kv_heads: 1,
+                scale: 0.2,
+                window: None,
+                sinks: None,
+            };
+            let v_copy = v.contiguous().unwrap();
+            let want = Backend::Reference
+                .attention(&q, &k.contiguous().unwrap(), &v_copy, &shape)
+                .unwrap();
+            let got = be.attention(&q, &k, &v, &shape).unwrap();
+            assert_eq!(got.dims(), &[t, nh * dv]);
+            let err = relative_error(&got, &want);
+            assert!(err <= 1e-5, "{} {t} after {cached}: {err:e}", be.name());
         }
     }
 }

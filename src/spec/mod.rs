@@ -36,6 +36,9 @@ pub struct ModelConfig {
     /// The linear-attention layers' shape, present when some layer is `AttentionKind::Linear`
     /// (and always for the families that have such layers).
     pub linear_attention: Option<LinearAttentionConfig>,
+    /// Multi-head latent attention's shape, present exactly when the layers are
+    /// `AttentionKind::Latent` (DeepSeek-V3, GLM-4.7-Flash).
+    pub latent_attention: Option<LatentAttentionConfig>,
     /// Added to every RMSNorm weight of the residual stream and of q/k (not the gated norm
     /// of linear attention): 1 where checkpoints store the weights as an offset from one
     /// (Qwen3-Next, Qwen3.5: `x̂ · (1 + w)`), else 0.
@@ -69,6 +72,40 @@ pub enum AttentionKind {
     /// Gated DeltaNet linear attention (`ModelConfig::linear_attention` gives its shape): a
     /// recurrent state per sequence instead of keys and values.
     Linear,
+    /// Multi-head latent attention over every earlier position (`ModelConfig::latent_attention`
+    /// gives its shape): one compressed latent and one shared rotary key cached per position,
+    /// expanded to per-head keys and values by `kv_b_proj`.
+    Latent,
+}
+
+/// Multi-head latent attention (DeepSeek-V2/V3, GLM-4.7-Flash). Queries: `q_proj`, or
+/// `q_a_proj` -> RMSNorm -> `q_b_proj` when `q_lora_rank` is set, each head's `nope_dim` values
+/// then `rope_dim` rotated ones. Keys and values: `kv_a_proj_with_mqa` gives a latent of
+/// `kv_lora_rank` (RMS-normed) and one rotary key of `rope_dim` that every head shares;
+/// `kv_b_proj` expands the latent to each head's `nope_dim` key values and `v_dim` values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentAttentionConfig {
+    pub q_lora_rank: Option<usize>,
+    pub kv_lora_rank: usize,
+    pub nope_dim: usize,
+    pub rope_dim: usize,
+    pub v_dim: usize,
+    /// The checkpoint's rotary dimensions rotate in adjacent pairs (x0, x1), (x2, x3), ...
+    /// (`rope_interleave`, DeepSeek's layout), not as the two halves HF's default RoPE pairs;
+    /// the loader reorders their projection rows once so that one RoPE serves both.
+    pub rope_interleave: bool,
+}
+
+impl LatentAttentionConfig {
+    /// Each head's query and key width: the part without position, then the rotary part.
+    pub fn qk_dim(&self) -> usize {
+        self.nope_dim + self.rope_dim
+    }
+
+    /// Numbers cached per position and layer: the latent and the shared rotary key.
+    pub fn cached_per_position(&self) -> usize {
+        self.kv_lora_rank + self.rope_dim
+    }
 }
 
 /// The shape of Gated DeltaNet layers (Qwen3-Next, Qwen3.5): a causal depthwise convolution
@@ -326,6 +363,7 @@ impl ModelConfig {
             ));
         }
         self.validate_linear_attention(path)?;
+        self.validate_latent_attention(path)?;
         positive("rms_norm_eps", self.rms_norm_eps)?;
         positive("rope_theta", self.rope.theta)?;
         positive("attention scale", a.scale)?;
@@ -405,6 +443,79 @@ impl ModelConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The latent-attention shape, present exactly where the layers have latent attention.
+    fn validate_latent_attention(&self, path: &Path) -> Result<()> {
+        let latent_layers = self
+            .layers
+            .iter()
+            .any(|l| l.attention == AttentionKind::Latent);
+        let l = match (&self.latent_attention, latent_layers) {
+            (None, false) => return Ok(()),
+            (Some(l), true) => l,
+            (None, true) => {
+                return Err(Error::config(
+                    path,
+                    "kv_lora_rank",
+                    "the layers have latent attention, but the config gives no latent shape",
+                ))
+            }
+            (Some(_), false) => {
+                return Err(Error::config(
+                    path,
+                    "kv_lora_rank",
+                    "a latent attention shape for a model whose layers do not use it",
+                ))
+            }
+        };
+        for (field, v, max) in [
+            ("q_lora_rank", l.q_lora_rank.unwrap_or(1), MAX_HIDDEN),
+            ("kv_lora_rank", l.kv_lora_rank, MAX_HIDDEN),
+            ("qk_nope_head_dim", l.nope_dim, MAX_HEAD_DIM),
+            ("qk_rope_head_dim", l.rope_dim, MAX_HEAD_DIM),
+            ("v_head_dim", l.v_dim, MAX_HEAD_DIM),
+        ] {
+            if v == 0 || v > max {
+                return Err(Error::config(
+                    path,
+                    field,
+                    format!("{v} is out of range 1..={max}"),
+                ));
+            }
+        }
+        if !l.rope_dim.is_multiple_of(2) {
+            return Err(Error::config(
+                path,
+                "qk_rope_head_dim",
+                format!("{} is odd; rotary embeddings rotate pairs", l.rope_dim),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The head width RoPE rotates within: the shared rotary part for latent attention, the
+    /// whole head otherwise (of which `partial_rotary_factor` rotates).
+    pub fn rope_head_dim(&self) -> usize {
+        match &self.latent_attention {
+            Some(l) => l.rope_dim,
+            None => self.attention.head_dim,
+        }
+    }
+
+    /// Numbers one position adds to a sequence's cache, over all layers: keys and values of
+    /// each attention head group, or the latent and its rotary key with latent attention
+    /// (linear-attention layers keep a fixed state instead, `recurrent_state_bytes`).
+    pub fn cached_numbers_per_position(&self) -> usize {
+        let a = &self.attention;
+        self.layers
+            .iter()
+            .map(|l| match (l.attention, &self.latent_attention) {
+                (AttentionKind::Linear, _) => 0,
+                (AttentionKind::Latent, Some(m)) => m.cached_per_position(),
+                _ => 2 * a.num_kv_heads * a.head_dim,
+            })
+            .sum()
     }
 
     /// The router's fields against the experts they choose from.
@@ -541,6 +652,21 @@ impl ModelConfig {
             QkNorm::PerHead => 2 * hd,
             QkNorm::Projection => hd * (nh + nkv),
         };
+        // Latent attention: the query path (one matrix, or two around a norm), the latent's
+        // projection, its expansion, the output, and the two norms.
+        let (latent_matrices, latent) = self.latent_attention.as_ref().map_or((0, 0), |l| {
+            let (r, kvr) = (l.rope_dim as u128, l.kv_lora_rank as u128);
+            let q_out = nh * l.qk_dim() as u128;
+            let q = match l.q_lora_rank.map(|q| q as u128) {
+                Some(qr) => h * qr + qr * q_out,
+                None => h * q_out,
+            };
+            let heads_v = nh * l.v_dim as u128;
+            let matrices =
+                q + h * (kvr + r) + kvr * nh * (l.nope_dim as u128 + l.v_dim as u128) + heads_v * h;
+            let norms = kvr + l.q_lora_rank.unwrap_or(0) as u128;
+            (matrices, matrices + norms)
+        });
         // Gated DeltaNet: the joined input projection and the output one; the convolution,
         // A_log, dt_bias and the gated norm's weight.
         let (linear_matrices, linear) = self.linear_attention.as_ref().map_or((0, 0), |l| {
@@ -577,6 +703,7 @@ impl ModelConfig {
             };
             let (mixer, mixer_matrices) = match layer.attention {
                 AttentionKind::Linear => (linear, linear_matrices),
+                AttentionKind::Latent => (latent, latent_matrices),
                 _ => (attn, attn_matrices),
             };
             total += mixer + norms + t;
@@ -675,6 +802,7 @@ pub(crate) mod tests {
             activation: Activation::SiluGated,
             layers: vec![LayerSpec::SPARSE; 2],
             linear_attention: None,
+            latent_attention: None,
             norm_weight_offset: 0.0,
             scales: Scales::default(),
             tie_word_embeddings: false,

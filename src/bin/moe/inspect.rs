@@ -39,7 +39,7 @@ pub fn run(common: &Common) -> Result<()> {
         .iter()
         .filter_map(|l| match l.attention {
             AttentionKind::Sliding { window } => Some(window),
-            AttentionKind::Full | AttentionKind::Linear => None,
+            AttentionKind::Full | AttentionKind::Linear | AttentionKind::Latent => None,
         })
         .collect();
     let linear = c

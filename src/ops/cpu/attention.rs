@@ -27,7 +27,10 @@ const PARALLEL_MIN_MACS: usize = 1 << 16;
 pub struct AttentionDims {
     pub heads: usize,
     pub kv_heads: usize,
+    /// Width of queries and keys.
     pub head_dim: usize,
+    /// Width of values, and of each head's output (latent attention's differs from the keys').
+    pub value_dim: usize,
     pub tokens: usize,
     pub cached: usize,
     /// Keys each query sees, its own included (sliding-window attention); `None`: all.
@@ -36,18 +39,47 @@ pub struct AttentionDims {
     pub scale: f32,
 }
 
-/// A layer's keys or values: kv head g's rows (position p at `p · head_dim`) start at
-/// `g · head_stride`; at least `cached + tokens` positions are valid.
+/// A layer's keys or values: kv head g's rows start at `g · head_stride`, position p's at
+/// `p · row_stride` after that (a row may be the first part of a wider one: latent attention
+/// reads its values as the first columns of its keys); at least `cached + tokens` positions are
+/// valid.
 #[derive(Debug, Clone, Copy)]
 pub struct KvRows<'a> {
     pub data: &'a [f32],
     pub head_stride: usize,
+    pub row_stride: usize,
 }
 
-impl KvRows<'_> {
-    /// Positions `first..end` of kv head `g`: (end - first, head_dim) row-major.
-    fn head(&self, g: usize, first: usize, end: usize, head_dim: usize) -> &[f32] {
-        &self.data[g * self.head_stride..][first * head_dim..end * head_dim]
+impl<'a> KvRows<'a> {
+    /// Positions `first..end` of kv head `g`, each row `width` values at `row_stride` apart.
+    fn head(&self, g: usize, first: usize, end: usize, width: usize) -> Rows<'a> {
+        let len = end - first;
+        let start = g * self.head_stride + first * self.row_stride;
+        let span = match len {
+            0 => 0,
+            _ => (len - 1) * self.row_stride + width,
+        };
+        Rows {
+            data: &self.data[start..start + span],
+            stride: self.row_stride,
+            width,
+            len,
+        }
+    }
+}
+
+/// `len` rows of `width` values, `stride` apart.
+#[derive(Clone, Copy)]
+struct Rows<'a> {
+    data: &'a [f32],
+    stride: usize,
+    width: usize,
+    len: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn iter(self) -> impl Iterator<Item = &'a [f32]> {
+        (0..self.len).map(move |j| &self.data[j * self.stride..][..self.width])
     }
 }
 
@@ -56,7 +88,7 @@ impl KvRows<'_> {
 /// query head h shares. With `sinks` (one per head), head h's sink logit joins the softmax's
 /// normaliser and no value.
 ///
-/// q: (heads, tokens, head_dim), out: (tokens, heads · head_dim), both row-major. `isa` is
+/// q: (heads, tokens, head_dim), out: (tokens, heads · value_dim), both row-major. `isa` is
 /// capped at what this CPU has: a caller cannot ask for an instruction it lacks.
 pub fn causal_attention(
     isa: Isa,
@@ -71,6 +103,7 @@ pub fn causal_attention(
         heads,
         kv_heads,
         head_dim: hd,
+        value_dim: dv,
         tokens,
         cached,
         window,
@@ -81,25 +114,42 @@ pub fn causal_attention(
     assert!(
         n_rep * kv_heads == heads
             && q.len() == heads * tokens * hd
-            && out.len() == q.len()
+            && out.len() == heads * tokens * dv
+            && k.row_stride >= hd
+            && v.row_stride >= dv
             && sinks.is_none_or(|s| s.len() == heads),
         "attention buffers do not match {dims:?}"
     );
-    // Task (i, g) writes token i's heads g · n_rep.. (g + 1) · n_rep: one contiguous chunk.
-    let task = |(n, chunk): (usize, &mut [f32]), scores: &mut Vec<f32>| {
-        let (i, g) = (n / kv_heads, n % kv_heads);
+    let context = (cached + tokens.div_ceil(2)).min(window.unwrap_or(usize::MAX));
+    let macs = heads * tokens * context * (hd + dv);
+    // Tasks of `split` query heads: a kv head's whole group where (token, kv head) pairs are
+    // enough to share out, fewer where they are not (latent attention's decode step is one
+    // kv head for every query head); each task reads its kv head's rows once for its heads.
+    let pairs = tokens * kv_heads;
+    let wanted = 4 * rayon::current_num_threads();
+    let split = match macs < PARALLEL_MIN_MACS || pairs >= wanted {
+        true => n_rep,
+        false => n_rep.div_ceil(wanted.div_ceil(pairs)).max(1),
+    };
+    let per_group = n_rep.div_ceil(split);
+    // Task n covers token i's heads from g · n_rep + c · split, `split` of them or the group's
+    // rest: one contiguous chunk of out.
+    let task = |n: usize, chunk: &mut [f32], scores: &mut Vec<f32>| {
+        let (i, rest) = (n / (kv_heads * per_group), n % (kv_heads * per_group));
+        let (g, c) = (rest / per_group, rest % per_group);
+        let first_head = g * n_rep + c * split;
+        let count = chunk.len() / dv;
         let end = cached + i + 1;
         let first = window.map_or(0, |w| end.saturating_sub(w.max(1)));
         let len = end - first;
-        let queries = (0..n_rep).map(|r| &q[((g * n_rep + r) * tokens + i) * hd..][..hd]);
+        let queries = (first_head..first_head + count).map(|h| &q[(h * tokens + i) * hd..][..hd]);
         let group = Group {
             k: k.head(g, first, end, hd),
-            v: v.head(g, first, end, hd),
-            sinks: sinks.map(|s| &s[g * n_rep..(g + 1) * n_rep]),
-            hd,
+            v: v.head(g, first, end, dv),
+            sinks: sinks.map(|s| &s[first_head..first_head + count]),
             scale,
         };
-        scores.resize(n_rep * (len + 1), 0.0);
+        scores.resize(count * (len + 1), 0.0);
         match isa {
             // SAFETY: capped above at the kernels this CPU has.
             #[cfg(target_arch = "x86_64")]
@@ -111,37 +161,37 @@ pub fn causal_attention(
             _ => group.run(queries, scores, chunk),
         }
     };
-    let context = (cached + tokens.div_ceil(2)).min(window.unwrap_or(usize::MAX));
-    let macs = 2 * heads * tokens * context * hd;
-    let chunks = out.chunks_mut(n_rep * hd).enumerate();
+    // The chunks in task order: per token, per kv head, per split of its query heads.
+    let chunks = out
+        .chunks_mut(n_rep * dv)
+        .flat_map(|group| group.chunks_mut(split * dv))
+        .enumerate();
     if macs < PARALLEL_MIN_MACS {
         let mut scores = Vec::new();
-        chunks.for_each(|c| task(c, &mut scores));
+        chunks.for_each(|(n, c)| task(n, c, &mut scores));
     } else {
-        out.par_chunks_mut(n_rep * hd)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, c| task(c, scores));
+        let chunks: Vec<(usize, &mut [f32])> = chunks.collect();
+        chunks
+            .into_par_iter()
+            .for_each_init(Vec::new, |scores, (n, c)| task(n, c, scores));
     }
 }
 
-/// The query heads of one token that share one kv head, and that head's first `len` keys and
-/// values.
+/// Some of the query heads of one token that share one kv head, and that head's first `len`
+/// keys and values.
 struct Group<'a> {
-    /// (len, hd)
-    k: &'a [f32],
-    /// (len, hd)
-    v: &'a [f32],
-    hd: usize,
+    k: Rows<'a>,
+    v: Rows<'a>,
     scale: f32,
-    /// The sink logits of the group's n_rep query heads.
+    /// The sink logits of the group's query heads.
     sinks: Option<&'a [f32]>,
 }
 
 impl Group<'_> {
-    /// `queries`: n_rep rows of hd; `scores`: (n_rep, len + 1) scratch; `out`: (n_rep, hd).
-    /// Each key and each value row is read once for all the group's queries (the keys are
-    /// the outer loop, then the values), and every sum is taken in the order of positions, as
-    /// a query alone would take it.
+    /// `queries`: one row of the key width per head; `scores`: (heads, len + 1) scratch;
+    /// `out`: (heads, value width). Each key and each value row is read once for all the
+    /// group's queries (the keys are the outer loop, then the values), and every sum is taken
+    /// in the order of positions, as a query alone would take it.
     #[inline(always)]
     fn run<'q>(
         &self,
@@ -149,9 +199,9 @@ impl Group<'_> {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let (hd, len) = (self.hd, self.k.len() / self.hd.max(1));
-        let (scores, inv) = scores.split_at_mut(out.len() / hd.max(1) * len);
-        for (j, key) in self.k.chunks_exact(hd).enumerate() {
+        let (dv, len) = (self.v.width, self.k.len);
+        let (scores, inv) = scores.split_at_mut(out.len() / dv.max(1) * len);
+        for (j, key) in self.k.iter().enumerate() {
             for (r, q) in queries.clone().enumerate() {
                 scores[r * len + j] = dot(q, key) * self.scale;
             }
@@ -173,15 +223,15 @@ impl Group<'_> {
             *inv = 1.0 / sum;
         }
         out.fill(0.0);
-        for (j, value) in self.v.chunks_exact(hd).enumerate() {
-            for (r, out) in out.chunks_exact_mut(hd).enumerate() {
+        for (j, value) in self.v.iter().enumerate() {
+            for (r, out) in out.chunks_exact_mut(dv).enumerate() {
                 let p = scores[r * len + j];
                 for (o, x) in out.iter_mut().zip(value) {
                     *o += p * x;
                 }
             }
         }
-        for (out, &inv) in out.chunks_exact_mut(hd).zip(&*inv) {
+        for (out, &inv) in out.chunks_exact_mut(dv).zip(&*inv) {
             out.iter_mut().for_each(|o| *o *= inv);
         }
     }
@@ -250,13 +300,14 @@ mod tests {
             heads,
             kv_heads,
             head_dim: hd,
+            value_dim: dv,
             tokens,
             cached,
             window,
             ..
         } = dims;
         let s = cached + tokens;
-        let mut out = vec![0f64; tokens * heads * hd];
+        let mut out = vec![0f64; tokens * heads * dv];
         for h in 0..heads {
             let g = h / (heads / kv_heads);
             for i in 0..tokens {
@@ -279,9 +330,9 @@ mod tests {
                 let max = max.max(sink.unwrap_or(f64::NEG_INFINITY));
                 let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                 let sum: f64 = e.iter().sum::<f64>() + sink.map_or(0.0, |s| (s - max).exp());
-                for d in 0..hd {
-                    out[(i * heads + h) * hd + d] = (0..s)
-                        .map(|j| e[j] / sum * v[(g * s + j) * hd + d] as f64)
+                for d in 0..dv {
+                    out[(i * heads + h) * dv + d] = (0..s)
+                        .map(|j| e[j] / sum * v[(g * s + j) * dv + d] as f64)
                         .sum();
                 }
             }
@@ -299,21 +350,30 @@ mod tests {
         // Decode over a cache, a prompt from empty, a chunk after a cache; grouped, multi-head
         // and head dims off the 16-lane grid; the last one large enough to run in parallel;
         // windows shorter than the context (decode and prefill), of one key, and longer.
-        for (heads, kv_heads, hd, tokens, cached, window) in [
-            (4, 2, 16, 1, 9, None),
-            (4, 4, 8, 5, 0, None),
-            (6, 2, 20, 3, 4, None),
-            (16, 4, 64, 40, 200, None),
-            (4, 2, 16, 1, 9, Some(4)),
-            (4, 4, 8, 7, 3, Some(3)),
-            (6, 2, 20, 3, 4, Some(1)),
-            (16, 4, 64, 40, 200, Some(64)),
-            (4, 2, 16, 5, 2, Some(100)),
+        // Values narrower and wider than the keys; latent attention's form (one kv head for
+        // all query heads, values the first columns of the keys' rows), at decode split
+        // between tasks.
+        for (heads, kv_heads, hd, dv, tokens, cached, window, shared) in [
+            (4, 2, 16, 16, 1, 9, None, false),
+            (4, 4, 8, 8, 5, 0, None, false),
+            (6, 2, 20, 20, 3, 4, None, false),
+            (16, 4, 64, 64, 40, 200, None, false),
+            (4, 2, 16, 16, 1, 9, Some(4), false),
+            (4, 4, 8, 8, 7, 3, Some(3), false),
+            (6, 2, 20, 20, 3, 4, Some(1), false),
+            (16, 4, 64, 64, 40, 200, Some(64), false),
+            (4, 2, 16, 16, 5, 2, Some(100), false),
+            (6, 2, 20, 12, 3, 4, None, false),
+            (4, 1, 8, 24, 5, 6, None, false),
+            (8, 1, 24, 16, 5, 6, None, true),
+            (20, 1, 40, 32, 1, 300, None, true),
+            (20, 1, 40, 32, 9, 300, None, true),
         ] {
             let dims = AttentionDims {
                 heads,
                 kv_heads,
                 head_dim: hd,
+                value_dim: dv,
                 tokens,
                 cached,
                 window,
@@ -321,17 +381,29 @@ mod tests {
             };
             let s = cached + tokens;
             let q = val(heads * tokens * hd, 1);
-            // The kernel reads the cache through a head stride larger than its positions.
+            let k = val(kv_heads * s * hd, 2);
+            // Shared: each value row is the first dv columns of its key row.
+            let v: Vec<f32> = match shared {
+                true => k.chunks_exact(hd).flat_map(|r| &r[..dv]).copied().collect(),
+                false => val(kv_heads * s * dv, 3),
+            };
+            // The kernel reads the cache through a head stride larger than its positions, and
+            // rows wider than what it reads of them.
             let capacity = s + 3;
-            let (k, v) = (val(kv_heads * s * hd, 2), val(kv_heads * s * hd, 3));
-            let padded = |x: &[f32]| -> Vec<f32> {
-                let mut buf = vec![f32::NAN; kv_heads * capacity * hd];
-                for g in 0..kv_heads {
-                    buf[g * capacity * hd..][..s * hd].copy_from_slice(&x[g * s * hd..][..s * hd]);
+            let (k_stride, v_stride) = (hd + 2, if shared { hd + 2 } else { dv + 1 });
+            let padded = |x: &[f32], width: usize, stride: usize| -> Vec<f32> {
+                let mut buf = vec![f32::NAN; kv_heads * capacity * stride];
+                for (n, row) in x.chunks_exact(width).enumerate() {
+                    let (g, p) = (n / s, n % s);
+                    buf[(g * capacity + p) * stride..][..width].copy_from_slice(row);
                 }
                 buf
             };
-            let (kb, vb) = (padded(&k), padded(&v));
+            let kb = padded(&k, hd, k_stride);
+            let vb = match shared {
+                true => kb.clone(),
+                false => padded(&v, dv, v_stride),
+            };
             let scale = dims.scale;
             // With sinks on the windowed cases: some above every score, some far below.
             let sinks: Option<Vec<f32>> =
@@ -339,12 +411,13 @@ mod tests {
             let sinks = sinks.as_deref();
             let want = slow(&q, &k, &v, dims, scale as f64, sinks);
             for isa in Isa::available() {
-                let mut out = vec![f32::NAN; q.len()];
-                let rows = |data| KvRows {
+                let mut out = vec![f32::NAN; heads * tokens * dv];
+                let rows = |data, row_stride: usize| KvRows {
                     data,
-                    head_stride: capacity * hd,
+                    head_stride: capacity * row_stride,
+                    row_stride,
                 };
-                let (k, v) = (rows(&kb), rows(&vb));
+                let (k, v) = (rows(&kb, k_stride), rows(&vb, v_stride));
                 causal_attention(isa, &q, k, v, dims, sinks, &mut out);
                 for (n, (got, want)) in out.iter().zip(&want).enumerate() {
                     assert!(

@@ -46,25 +46,26 @@ pub fn attention(
     shape: &AttentionShape,
 ) -> Result<Tensor> {
     let (nh, t, hd) = q.dims3()?;
-    let s = k.dim(1)?;
+    let (s, dv) = (k.dim(1)?, v.dim(2)?);
     let dims = AttentionDims {
         heads: nh,
         kv_heads: shape.kv_heads,
         head_dim: hd,
+        value_dim: dv,
         tokens: t,
         cached: s - t,
         window: shape.window,
         scale: shape.scale as f32,
     };
     let q = q.flatten_all()?.to_vec1::<f32>()?;
-    let mut out = vec![0f32; q.len()];
+    let mut out = vec![0f32; t * nh * dv];
     let sinks = shape.sinks.as_deref();
     with_kv_rows(k, |k| {
         with_kv_rows(v, |v| {
             causal_attention(isa, &q, k, v, dims, sinks, &mut out)
         })
     })??;
-    Ok(Tensor::from_vec(out, (t, nh * hd), &Device::Cpu)?)
+    Ok(Tensor::from_vec(out, (t, nh * dv), &Device::Cpu)?)
 }
 
 /// xs: (tokens, hidden) -> every slot's expert output, in the kernels' blocks.

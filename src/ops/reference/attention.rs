@@ -35,11 +35,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &AttentionShape) -> Resu
                 .contiguous()?
         }
     };
-    let out = probs.reshape((nkv, n_rep * t, s))?.matmul(v)?; // (nkv, n_rep * t, hd)
+    let dv = v.dim(2)?;
+    // (nkv, n_rep * t, dv); values that are the first columns of wider rows copied first
+    let out = probs
+        .reshape((nkv, n_rep * t, s))?
+        .matmul(&v.contiguous()?)?;
     Ok(out
-        .reshape((nh, t, hd))?
+        .reshape((nh, t, dv))?
         .transpose(0, 1)?
-        .reshape((t, nh * hd))?)
+        .reshape((t, nh * dv))?)
 }
 
 /// The mask for `t` new tokens after `cached` ones: (t, cached + t) f32, -inf where query i

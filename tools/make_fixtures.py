@@ -8,8 +8,9 @@ For every supported family this writes, under tests/fixtures/<name>/:
     except where a fixture deliberately keeps the transformers 5 style (`rope_parameters`);
   - reference.safetensors: `tokens` (I64 [T]), `logits` (F32 [T, vocab], HF's f32 forward at
     every position) and `greedy` (I64 [12], HF's greedy continuation with eos switched off);
-    for the hybrid families (Gated DeltaNet + attention) also `decode_logits` (F32 [T, vocab]):
-    the same prompt fed one token at a time through HF's cache, its recurrent decode path.
+    for the hybrid families (Gated DeltaNet + attention) and the biased-router ones (DeepSeek-V3,
+    GLM-4.5, GLM-4.7-Flash) also `decode_logits` (F32 [T, vocab]): the same prompt fed one token
+    at a time through HF's cache, its recurrent (or latent-attention) decode path.
 
 Weights are drawn at ~1/sqrt(fan_in) and the router is made sharper, so that logits and routing
 are decisive: HF's default 0.02 init gives near-ties that would test nothing.
@@ -234,12 +235,99 @@ FIXTURES_SPEC = {
                     shared_expert_intermediate_size=16, norm_topk_prob=False,
                     rope_theta=10000.0),
     ),
+    # Sigmoid routing with a correction bias (DeepSeek-V3's "noaux_tc"): each router's
+    # `e_score_correction_bias` is drawn (CORRECTION_BIAS_SPREAD) so that it changes the chosen
+    # experts for a share of the prompt's routings (printed), expert groups where n_group > 1,
+    # shared experts, dense first layers, and a multi-token-prediction layer's tensors at
+    # model.layers.{num_hidden_layers} that transformers does not load (mtp_layer_tensors). Their
+    # references also carry `decode_logits`: latent attention decodes by another algebra than
+    # it runs a prompt, and HF's cached one-token path is the reference for that.
+    # deepseek_v3-a: as deepseek-ai publishes DeepSeek-V3: latent attention with a low-rank q
+    # (q_lora_rank), values narrower than the keys' no-RoPE part, RoPE on interleaved pairs
+    # (the published config has no `rope_interleave`; transformers' default is true, so it is
+    # dropped here too), YaRN in the published `rope_scaling` form ("type": "yarn") with unequal
+    # mscale and mscale_all_dim, so that both the cos/sin factor and the softmax scale move; a
+    # rope_theta of 20 puts one of the four rotary frequencies inside YaRN's ramp (blended half
+    # and half), one outside it and two interpolated. 4 expert groups of which 2 are kept.
+    "deepseek_v3-a": dict(
+        family="deepseek_v3", style="published", dtype=torch.float32, prompt_len=20, mtp=True,
+        drop=("rope_interleave",),
+        rope=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16,
+                  beta_fast=32, beta_slow=1, mscale=0.9, mscale_all_dim=1.1),
+        config=dict(vocab_size=128, hidden_size=48, intermediate_size=32, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=4, q_lora_rank=24,
+                    kv_lora_rank=32, qk_nope_head_dim=12, qk_rope_head_dim=8, v_head_dim=10,
+                    n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=10,
+                    n_group=4, topk_group=2, routed_scaling_factor=2.5, norm_topk_prob=True,
+                    n_shared_experts=2, first_k_dense_replace=1, max_position_embeddings=64,
+                    rope_theta=20.0),
+    ),
+    # deepseek_v3-b: FP8 as DeepSeek publishes it: every Linear weight of the decoder layers
+    # (attention, dense and shared MLPs, each routed expert) F8_E4M3 with an F32
+    # `weight_scale_inv` per (16, 32) block, blocks that tile none of the matrices exactly
+    # (the published [128, 128] would give these tiny ones a single block); embeddings, head,
+    # norms and routers bf16, the correction bias F32 (fp8_quantize, write_published_tensors).
+    # A plain q_proj (q_lora_rank null), RoPE on the two halves (rope_interleave false), no RoPE
+    # scaling, one expert group, routing weights not renormalized.
+    "deepseek_v3-b": dict(
+        family="deepseek_v3", style="published", dtype=torch.bfloat16, prompt_len=16, mtp=True,
+        fp8=(16, 32),
+        config=dict(vocab_size=181, hidden_size=56, intermediate_size=44, num_hidden_layers=3,
+                    num_attention_heads=3, num_key_value_heads=3, q_lora_rank=None,
+                    kv_lora_rank=24, qk_nope_head_dim=10, qk_rope_head_dim=6, v_head_dim=14,
+                    n_routed_experts=6, num_experts_per_tok=2, moe_intermediate_size=20,
+                    n_group=1, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=False,
+                    n_shared_experts=1, first_k_dense_replace=1, rope_interleave=False,
+                    rope_theta=10000.0),
+    ),
+    # glm4_moe_lite-a: as zai-org publishes GLM-4.7-Flash: DeepSeek's latent attention with
+    # values wider than the keys' no-RoPE part (its 192 : 64 : 256), `partial_rotary_factor`
+    # 1.0 at top level, `first_k_dense_replace` 1 and no `mlp_layer_types` (which is what
+    # transformers reads: its default, one dense layer then sparse ones, agrees), bf16. Its own
+    # seed: main()'s gives one routing whose second and third experts' biased scores are 1e-5
+    # apart, which arithmetic other than HF's may order either way; this one's closest is 0.017.
+    "glm4_moe_lite-a": dict(
+        family="glm4_moe_lite", style="published", dtype=torch.bfloat16, prompt_len=17, seed=1404,
+        mtp=True, rope=dict(rope_type="default", partial_rotary_factor=1.0),
+        config=dict(vocab_size=170, hidden_size=48, intermediate_size=40, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=4, q_lora_rank=24,
+                    kv_lora_rank=32, qk_nope_head_dim=12, qk_rope_head_dim=4, v_head_dim=16,
+                    n_routed_experts=6, num_experts_per_tok=2, moe_intermediate_size=12,
+                    n_group=1, topk_group=1, routed_scaling_factor=1.8, norm_topk_prob=True,
+                    n_shared_experts=1, rms_norm_eps=1e-5, rope_theta=1e6),
+    ),
+    # glm4_moe-a: as zai-org publishes GLM-4.5-Air: ordinary GQA with a head_dim that is not
+    # hidden / heads, RoPE on the first half of each head (`partial_rotary_factor` 0.5 at top
+    # level), q/k norms, q/k/v biases (none on o_proj), and 2 expert groups of which 1 is kept.
+    "glm4_moe-a": dict(
+        family="glm4_moe", style="published", dtype=torch.float32, prompt_len=15, mtp=True,
+        rope=dict(rope_type="default", partial_rotary_factor=0.5),
+        config=dict(vocab_size=190, hidden_size=48, intermediate_size=40, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                    use_qk_norm=True, attention_bias=True, n_routed_experts=8,
+                    num_experts_per_tok=2, moe_intermediate_size=12, n_group=2, topk_group=1,
+                    routed_scaling_factor=2.5, norm_topk_prob=True, n_shared_experts=1,
+                    first_k_dense_replace=1, rope_theta=1e6),
+    ),
 }
 
 # Families with Gated DeltaNet layers: their references also take HF's recurrent decode path.
 HYBRID_FAMILIES = ("qwen3_next", "qwen3_5_moe")
 # Published as image-text-to-text models; the text engine reads their language model.
 VISION_FAMILIES = ("qwen3_5_moe",)
+# Sigmoid routers with an `e_score_correction_bias` (DeepSeek-V3's "noaux_tc"): the bias is
+# drawn (it is a buffer, which init_weights does not touch and HF initialises at zero), and the
+# references also take HF's one-token-at-a-time decode path.
+BIASED_ROUTER_FAMILIES = ("deepseek_v3", "glm4_moe_lite", "glm4_moe")
+DECODE_FAMILIES = HYBRID_FAMILIES + BIASED_ROUTER_FAMILIES
+# The correction bias's spread, about that of the sigmoid scores it is added to: enough to
+# change which experts a good share of tokens choose.
+CORRECTION_BIAS_SPREAD = 0.2
+# Keys the published DeepSeek-V3 config.json carries that transformers does not use.
+DEEPSEEK_V3_PUBLISHED = dict(scoring_func="sigmoid", topk_method="noaux_tc", moe_layer_freq=1,
+                             ep_size=1, aux_loss_alpha=0.001, seq_aux=True)
+# FP8 E4M3's largest finite value.
+FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
 # RMSNorms that scale by (1 + weight), which HF initialises at zero.
 ZERO_CENTRED_NORMS = ("Qwen3NextRMSNorm", "Qwen3_5MoeRMSNorm")
 # Gated DeltaNet's decay rates A = exp(A_log), log-uniform over [0.02, 4]: a per-token decay
@@ -323,6 +411,23 @@ def published_style(cfg):
                          for i in range(len(types))], "no full_attention_interval gives these layer_types"
         del cfg["layer_types"]
         cfg["full_attention_interval"] = interval
+    if cfg["model_type"] == "deepseek_v3":
+        # transformers derives head_dim (qk_rope_head_dim) and qk_head_dim (nope + rope) and
+        # writes them; the published config has neither, and YaRN as {"type": "yarn", ...}
+        del cfg["head_dim"], cfg["qk_head_dim"]
+        if cfg["rope_scaling"] is not None:
+            cfg["rope_scaling"]["type"] = cfg["rope_scaling"].pop("rope_type")
+        cfg.update(DEEPSEEK_V3_PUBLISHED)
+    if cfg["model_type"] == "glm4_moe_lite":
+        # transformers 5 reads mlp_layer_types and ignores first_k_dense_replace; GLM-4.7-Flash
+        # says first_k_dense_replace, and transformers' default mlp_layer_types agrees with it
+        # only for one dense layer
+        types = cfg.pop("mlp_layer_types")
+        assert types == ["dense"] + ["sparse"] * (len(types) - 1), \
+            "no published glm4_moe_lite config gives these mlp_layer_types"
+        del cfg["qk_head_dim"]
+        cfg.update(first_k_dense_replace=1, num_nextn_predict_layers=1, topk_method="noaux_tc")
+        cfg["dtype"] = cfg.pop("torch_dtype")  # written by transformers 5.0.0.dev0, which says dtype
     return cfg
 
 
@@ -372,21 +477,26 @@ def make_fixture(name, spec, seed):
         cfg, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
     ).eval()
     init_weights(model, seed)
+    if family in BIASED_ROUTER_FAMILIES:
+        draw_correction_bias(model, seed)
     packed = mxfp4_experts(model, seed) if spec.get("mxfp4") else None
     # The reference runs in f32 over the weights exactly as stored on disk. Parameters only:
     # `model.to(dtype)` would also round buffers such as RoPE's inverse frequencies.
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.to(spec["dtype"]).to(torch.float32))
+    # After that rounding: the FP8 weights' values (code times an F32 scale) are not bf16's.
+    fp8 = fp8_quantize(model, spec["fp8"]) if spec.get("fp8") else None
 
     prompt_len = spec.get("prompt_len", PROMPT_LEN)
     gen = torch.Generator().manual_seed(seed + 1)
     tokens = torch.randint(2, text_cfg.vocab_size, (1, prompt_len), generator=gen)
     logits = model(tokens).logits[0].float()
     reference = {"tokens": tokens[0].contiguous(), "logits": logits.contiguous()}
-    if family in HYBRID_FAMILIES:
+    if family in DECODE_FAMILIES:
         decode_logits = token_by_token(model, tokens)
         reference["decode_logits"] = decode_logits
+    bias_effect = correction_bias_effect(model, tokens) if family in BIASED_ROUTER_FAMILIES else None
     out = model.generate(tokens, max_new_tokens=GREEDY_LEN, min_new_tokens=GREEDY_LEN,
                          do_sample=False, eos_token_id=None, pad_token_id=0)
     greedy = out[0, prompt_len:]
@@ -402,18 +512,27 @@ def make_fixture(name, spec, seed):
             setattr(model.config, key, next(free))
 
     out_dir = FIXTURES / name
+    # `save` rounds buffers to the checkpoint's dtype too; the correction bias is kept F32, as
+    # transformers keeps it (_keep_in_fp32_modules_strict) and the published checkpoints store it.
+    biases = {n: b.clone() for n, b in model.named_buffers() if n.endswith("e_score_correction_bias")}
     save(model, out_dir, spec["dtype"], spec["style"], spec.get("shard"), spec.get("drop", ()))
     if packed is not None:
         write_mxfp4(out_dir, packed)
-    if spec.get("mtp"):
+    if family in BIASED_ROUTER_FAMILIES:
+        write_published_tensors(out_dir, text_cfg, spec, seed, biases, fp8)
+    elif spec.get("mtp"):
         write_mtp(out_dir, text_cfg, spec["dtype"], seed)
-    if family in HYBRID_FAMILIES:
+    if family in HYBRID_FAMILIES or family in BIASED_ROUTER_FAMILIES:
         check_reload(out_dir, model.config)
+    if family in BIASED_ROUTER_FAMILIES:
+        check_stored(out_dir, tokens, logits)
     save_file(reference, out_dir / "reference.safetensors")
     size = sum(f.stat().st_size for f in out_dir.iterdir())
     line = f"{name}: {size / 1024:.0f} KiB, max |logit| {logits.abs().max():.2f}, greedy {greedy.tolist()}"
     if "decode_logits" in reference:
         line += f", max |logits - decode_logits| {(logits - decode_logits).abs().max():.2e}"
+    if bias_effect is not None:
+        line += f", correction bias changes {100 * bias_effect:.0f}% of routings"
     print(line)
 
 
@@ -460,12 +579,207 @@ def write_mtp(out_dir, text_cfg, dtype, seed):
 def check_reload(out_dir, config):
     """The config.json as written (published style included, keys dropped) must give
     transformers the same head size, layer pattern and RoPE as the model the references came
-    from."""
+    from; for the biased-router families, every setting the model's config holds."""
     loaded = AutoConfig.from_pretrained(out_dir).get_text_config()
     want = config.get_text_config()
     assert loaded.head_dim == want.head_dim, (loaded.head_dim, want.head_dim)
-    assert loaded.layer_types == want.layer_types, (loaded.layer_types, want.layer_types)
-    assert loaded.rope_parameters == want.rope_parameters, (loaded.rope_parameters, want.rope_parameters)
+    for key in ("layer_types", "mlp_layer_types"):
+        assert getattr(loaded, key, None) == getattr(want, key, None), (key, getattr(loaded, key, None))
+    # A published {"type": "yarn", ...} is read into rope_parameters with "type" kept beside
+    # the "rope_type" it becomes.
+    rope = {k: v for k, v in loaded.rope_parameters.items() if k != "type"}
+    assert rope == want.rope_parameters, (loaded.rope_parameters, want.rope_parameters)
+    if want.model_type in BIASED_ROUTER_FAMILIES:
+        got, expected = loaded.to_dict(), want.to_dict()
+        differ = {k: (got.get(k), v) for k, v in expected.items()
+                  if k not in ("dtype", "rope_parameters", "_name_or_path") and got.get(k) != v}
+        assert not differ, f"config.json reloads differently: {differ}"
+
+
+@torch.no_grad()
+def check_stored(out_dir, tokens, logits):
+    """A model built from the written config.json, with the weights read back from the written
+    safetensors as an engine must read them (FP8 blocks times their weight_scale_inv, one tensor
+    per expert, the MTP layer skipped), must give exactly the reference logits: the checkpoint
+    means what the reference was computed from."""
+    import re
+    from safetensors.torch import load_file
+    cfg = AutoConfig.from_pretrained(out_dir)
+    block = getattr(cfg, "quantization_config", {}).get("weight_block_size")
+    model = AutoModelForCausalLM.from_config(
+        cfg, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager"
+    ).eval()
+    stored = load_file(out_dir / "model.safetensors")
+    mtp = f"model.layers.{cfg.num_hidden_layers}."
+    state, experts = {}, {}
+    for key, t in stored.items():
+        if key.startswith(mtp) or key.endswith("_scale_inv"):
+            continue
+        if t.dtype == torch.float8_e4m3fn:
+            t = fp8_dequantize(t, stored[f"{key}_scale_inv"], block)
+        per_expert = re.fullmatch(r"(.*\.mlp\.experts)\.(\d+)\.(gate|up|down)_proj\.weight", key)
+        if per_expert:
+            prefix, e, proj = per_expert.groups()
+            experts.setdefault(prefix, {})[(int(e), proj)] = t.float()
+        else:
+            state[key] = t.float()
+    for prefix, w in experts.items():
+        n = len(w) // 3
+        state[f"{prefix}.gate_up_proj"] = torch.stack(
+            [torch.cat([w[(e, "gate")], w[(e, "up")]]) for e in range(n)])
+        state[f"{prefix}.down_proj"] = torch.stack([w[(e, "down")] for e in range(n)])
+    model.load_state_dict(state, strict=True)
+    again = model(tokens).logits[0].float()
+    assert torch.equal(again, logits), f"the stored checkpoint gives other logits: {(again - logits).abs().max()}"
+
+
+def draw_correction_bias(model, seed):
+    """Draws each router's e_score_correction_bias (CORRECTION_BIAS_SPREAD randn): a buffer, zero
+    as HF initialises it, which would leave the bias untested."""
+    gen = torch.Generator().manual_seed(seed + 5)
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(CORRECTION_BIAS_SPREAD * torch.randn(buf.shape, generator=gen))
+
+
+@torch.no_grad()
+def correction_bias_effect(model, tokens):
+    """The fraction of the prompt's (token, MoE layer) routings whose chosen experts change when
+    the correction bias is zeroed, each router given the same input as in the reference."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: seen.append((mod, args[0], out[2])))
+             for m in model.modules() if hasattr(m, "e_score_correction_bias")]
+    model(tokens)
+    for hook in hooks:
+        hook.remove()
+    changed = total = 0
+    for router, x, chosen in seen:
+        bias = router.e_score_correction_bias.clone()
+        router.e_score_correction_bias.zero_()
+        unbiased = router(x)[2]
+        router.e_score_correction_bias.copy_(bias)
+        changed += (chosen.sort(-1).values != unbiased.sort(-1).values).any(-1).sum().item()
+        total += chosen.shape[0]
+    assert changed > 0, "the correction bias changes no routing"
+    return changed / total
+
+
+def mtp_layer_tensors(text_cfg, dtype, seed, fp8_block=None):
+    """A few tensors of the multi-token-prediction layer that DeepSeek-V3, GLM-4.5 and
+    GLM-4.7-Flash checkpoints store as one more decoder layer, model.layers.{num_hidden_layers}:
+    enorm, hnorm and eh_proj (h, 2h) joining the embedding and the hidden state,
+    shared_head.norm, for the latent-attention families its own embed_tokens and
+    shared_head.head, and some of a decoder layer's (FP8 where the checkpoint's are).
+    transformers does not load them (its _keys_to_ignore_on_load_unexpected names the published
+    models' layer index), and a text engine must skip them knowingly."""
+    gen = torch.Generator().manual_seed(seed + 3)
+    h, v, e = text_cfg.hidden_size, text_cfg.vocab_size, text_cfg.n_routed_experts
+    prefix = f"model.layers.{text_cfg.num_hidden_layers}."
+    shapes = {"enorm.weight": (h,), "hnorm.weight": (h,), "eh_proj.weight": (h, 2 * h),
+              "shared_head.norm.weight": (h,), "input_layernorm.weight": (h,),
+              "mlp.gate.weight": (e, h)}
+    if text_cfg.model_type == "glm4_moe":
+        attn = "self_attn.q_proj.weight"
+        shapes[attn] = (text_cfg.num_attention_heads * text_cfg.head_dim, h)
+    else:
+        attn = "self_attn.kv_a_proj_with_mqa.weight"
+        shapes[attn] = (text_cfg.kv_lora_rank + text_cfg.qk_rope_head_dim, h)
+        shapes.update({"embed_tokens.weight": (v, h), "shared_head.head.weight": (v, h)})
+    tensors = {}
+    for key, shape in shapes.items():
+        base = 1.0 if key.endswith("norm.weight") else 0.0
+        tensors[prefix + key] = (base + 0.1 * torch.randn(shape, generator=gen)).to(dtype)
+    tensors[prefix + "mlp.gate.e_score_correction_bias"] = 0.1 * torch.randn(e, generator=gen)
+    if fp8_block is not None:
+        q, scale_inv, _ = fp8_block_quantize(tensors[prefix + attn].float(), fp8_block)
+        tensors[prefix + attn] = q
+        tensors[f"{prefix}{attn}_scale_inv"] = scale_inv
+    return tensors
+
+
+def write_published_tensors(out_dir, text_cfg, spec, seed, biases, fp8):
+    """Finishes a biased-router checkpoint as published: the correction biases F32; for FP8, the
+    codes and their weight_scale_inv in place of the dequantized weights that save_pretrained
+    wrote, and quantization_config in config.json as DeepSeek writes it; the MTP layer's
+    tensors."""
+    from safetensors.torch import load_file
+    path = out_dir / "model.safetensors"
+    tensors = load_file(path)
+    for name, bias in biases.items():
+        assert name in tensors, f"save_pretrained did not write {name}"
+        tensors[name] = bias
+    if fp8 is not None:
+        for name, (q, scale_inv) in fp8.items():
+            values = fp8_dequantize(q, scale_inv, spec["fp8"])
+            saved = tensors[name].float()  # the dequantized weights, rounded to the dtype
+            assert ((saved - values).abs() <= values.abs() * 2 ** -8).all(), \
+                f"{name} is not the weight that was quantized"
+            tensors[name] = q
+            tensors[f"{name}_scale_inv"] = scale_inv
+    if spec.get("mtp"):
+        tensors.update(mtp_layer_tensors(text_cfg, spec["dtype"], seed, spec.get("fp8")))
+    save_file(tensors, path, metadata={"format": "pt"})
+    if fp8 is not None:
+        cfg_path = out_dir / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3",
+                                      "quant_method": "fp8", "weight_block_size": list(spec["fp8"])}
+        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
+def fp8_dequantize(q, scale_inv, block):
+    """FP8 codes (out, in) times their blocks' weight_scale_inv, in f32."""
+    b0, b1 = block
+    out, inp = q.shape
+    scale = scale_inv.repeat_interleave(b0, 0).repeat_interleave(b1, 1)[:out, :inp]
+    return q.float() * scale
+
+
+def fp8_block_quantize(w, block):
+    """(out, in) f32 -> FP8 E4M3 codes (out, in), F32 weight_scale_inv (ceil(out / b0),
+    ceil(in / b1)), and the f32 values they decode to. Each block's scale maps its largest |w|
+    to FP8's largest value, 448; the last row and column of blocks may be partial."""
+    b0, b1 = block
+    out, inp = w.shape
+    n0, n1 = -(-out // b0), -(-inp // b1)
+    padded = torch.zeros(n0 * b0, n1 * b1)
+    padded[:out, :inp] = w.float()
+    amax = padded.reshape(n0, b0, n1, b1).abs().amax(dim=(1, 3))
+    scale_inv = (amax / FP8_MAX).clamp_min(1e-12).contiguous()
+    scale = scale_inv.repeat_interleave(b0, 0).repeat_interleave(b1, 1)[:out, :inp]
+    q = (w.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn).contiguous()
+    return q, scale_inv, fp8_dequantize(q, scale_inv, block)
+
+
+@torch.no_grad()
+def fp8_quantize(model, block):
+    """Quantizes every Linear weight of the decoder layers to FP8 (fp8_block_quantize), each
+    routed expert's gate, up and down projection on its own (they are stored one tensor per
+    expert and projection), and puts back in the model the values they decode to. The routers
+    (not Linear modules) stay as they are. Returns {hub name: (codes, weight_scale_inv)}."""
+    stored = {}
+    for li, layer in enumerate(model.model.layers):
+        prefix = f"model.layers.{li}."
+        for name, module in layer.named_modules():
+            if isinstance(module, torch.nn.Linear):
+                q, scale_inv, values = fp8_block_quantize(module.weight, block)
+                module.weight.copy_(values)
+                stored[f"{prefix}{name}.weight"] = (q, scale_inv)
+        experts = getattr(layer.mlp, "experts", None)
+        if experts is None:
+            continue
+        inter = experts.intermediate_dim
+        for e in range(experts.num_experts):
+            # gate_up_proj's rows are gate's, then up's: the forward's chunk(2)
+            for proj, param, rows in (("gate_proj", experts.gate_up_proj, slice(0, inter)),
+                                      ("up_proj", experts.gate_up_proj, slice(inter, 2 * inter)),
+                                      ("down_proj", experts.down_proj, slice(None))):
+                q, scale_inv, values = fp8_block_quantize(param[e, rows], block)
+                param[e, rows] = values
+                stored[f"{prefix}mlp.experts.{e}.{proj}.weight"] = (q, scale_inv)
+    assert not any(k.endswith("mlp.gate.weight") for k in stored)
+    return stored
 
 
 FP4_VALUES = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0,

@@ -145,7 +145,7 @@ fn a_conversation_goes_on_from_its_snapshot_or_from_the_start() {
 #[test]
 fn a_multimodal_checkpoint_names_what_it_does_not_load() {
     let arch = moe_runtime::arch::load(&fixture("qwen3_5_moe-a")).unwrap();
-    let what: Vec<&str> = arch.skipped.iter().map(|(p, _)| *p).collect();
+    let what: Vec<&str> = arch.skipped.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(what, ["model.visual.", "mtp."]);
     assert!(
         arch.unrecognized_fields.is_empty(),

@@ -28,6 +28,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
             beta_slow: 1.0,
             truncate: false,
             attention_factor: 0.1 * 32f64.ln() + 1.0,
+            mscale_all_dim: None,
         });
     }
     let bias = f.bool_or("attention_bias", true)?;

@@ -1,6 +1,7 @@
 //! Model families as data: each file translates one `model_type`'s config.json into a
 //! `ModelConfig` and names its hub tensors. No family has tensor math of its own.
 
+mod deepseek;
 mod fields;
 mod gpt_oss;
 mod granitemoe;
@@ -34,6 +35,10 @@ pub const SUPPORTED: &[&str] = &[
     "gpt_oss",
     "qwen3_next",
     "qwen3_5_moe",
+    "deepseek_v3",
+    "kimi_k2",
+    "glm4_moe_lite",
+    "glm4_moe",
 ];
 
 /// A parsed config.json: the blueprint, where its tensors live, and what went unread.
@@ -45,9 +50,13 @@ pub struct Architecture {
     pub unrecognized_fields: Vec<String>,
     /// The checkpoint's experts are stored quantized (`quantization_config`: gpt-oss's MXFP4).
     pub quantized_experts: bool,
+    /// The checkpoint's FP8 weights are scaled per block of these (rows, columns)
+    /// (`quantization_config.weight_block_size`, DeepSeek's and GLM's FP8 releases): each
+    /// F8_E4M3 `*.weight` is read with its `*.weight_scale_inv`.
+    pub fp8_block: Option<[usize; 2]>,
     /// Tensors the checkpoint holds that a text model does not load, by name prefix, with
-    /// what they are (a multimodal checkpoint's vision tower).
-    pub skipped: &'static [(&'static str, &'static str)],
+    /// what they are (a multimodal checkpoint's vision tower, multi-token-prediction layers).
+    pub skipped: Vec<(String, &'static str)>,
 }
 
 /// Hub tensor names of one family. Layer tensors are `{layers}.{i}.{name}`; MoE tensors are
@@ -91,6 +100,19 @@ pub struct TensorNames {
     pub mlp_down: &'static str,
     /// Linear attention's tensors, read for the layers that have it.
     pub linear_attn: LinearAttnNames,
+    /// Latent attention's tensors (the query is `q` without a low-rank path, the output `o`).
+    pub latent: LatentNames,
+}
+
+/// Multi-head latent attention's projections (without `.weight` / `.bias`) and norms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatentNames {
+    pub q_a: &'static str,
+    pub q_a_norm: &'static str,
+    pub q_b: &'static str,
+    pub kv_a: &'static str,
+    pub kv_a_norm: &'static str,
+    pub kv_b: &'static str,
 }
 
 /// Gated DeltaNet's tensors, under `{layers}.{i}.{prefix}`.
@@ -213,6 +235,14 @@ pub const LLAMA_NAMES: TensorNames = TensorNames {
         norm: "norm.weight",
         out: "out_proj",
     },
+    latent: LatentNames {
+        q_a: "self_attn.q_a_proj",
+        q_a_norm: "self_attn.q_a_layernorm.weight",
+        q_b: "self_attn.q_b_proj",
+        kv_a: "self_attn.kv_a_proj_with_mqa",
+        kv_a_norm: "self_attn.kv_a_layernorm.weight",
+        kv_b: "self_attn.kv_b_proj",
+    },
 };
 
 /// `parent.name`, leaving out an empty part (GGUF's layer tensors have no MoE or MLP level).
@@ -238,10 +268,10 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
         .opt_str("model_type")?
         .ok_or_else(|| f.error("model_type", "is required but missing"))?;
     // Families accept the quantization methods they read (common() refuses the others).
-    let quantized_experts = f.has("quantization_config");
+    let (quantized_experts, fp8_block) = quantization(&mut f)?;
     // What a multimodal wrapper holds besides its text model, and where the text model's
     // fields are.
-    let (mut skipped, mut nested): (&'static [(&str, &str)], &str) = (&[], "");
+    let (mut skipped, mut nested): (Vec<(String, &str)>, &str) = (Vec::new(), "");
     let (config, names) = match model_type.as_str() {
         "mixtral" => mixtral::parse(&mut f)?,
         "qwen2_moe" => qwen2_moe::parse(&mut f)?,
@@ -251,9 +281,15 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
         "gpt_oss" => gpt_oss::parse(&mut f)?,
         "qwen3_next" => qwen3_next::parse(&mut f)?,
         "qwen3_5_moe" => {
-            (skipped, nested) = (qwen3_next::QWEN3_5_SKIPPED, "text_config.");
+            nested = "text_config.";
+            skipped = (qwen3_next::QWEN3_5_SKIPPED.iter())
+                .map(|&(prefix, what)| (prefix.to_string(), what))
+                .collect();
             qwen3_next::parse_multimodal(&mut f)?
         }
+        "deepseek_v3" | "kimi_k2" => deepseek::parse_deepseek_v3(&mut f)?,
+        "glm4_moe_lite" => deepseek::parse_glm4_moe_lite(&mut f)?,
+        "glm4_moe" => deepseek::parse_glm4_moe(&mut f)?,
         other => {
             return Err(f.error(
                 "model_type",
@@ -264,6 +300,12 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
             ))
         }
     };
+    if matches!(
+        model_type.as_str(),
+        "deepseek_v3" | "kimi_k2" | "glm4_moe_lite" | "glm4_moe"
+    ) {
+        skipped = deepseek::mtp_layers(&mut f, config.layers.len())?;
+    }
     f.irrelevant(IRRELEVANT);
     // A multimodal checkpoint's text fields live in `text_config`: its checks name them so.
     config.validate(path).map_err(|e| match e {
@@ -283,8 +325,49 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
         names,
         unrecognized_fields: f.unread(),
         quantized_experts,
+        fp8_block,
         skipped,
     })
+}
+
+/// What `quantization_config` says about the stored weights: experts in MXFP4 (gpt-oss), or
+/// FP8 weights with one scale per block of the given size (DeepSeek, GLM). Whether the family
+/// reads the method is `common`'s check; the FP8 fields are checked here, as DeepSeek writes
+/// them.
+fn quantization(f: &mut Fields) -> Result<(bool, Option<[usize; 2]>)> {
+    let Some(q) = f.value("quantization_config") else {
+        return Ok((false, None));
+    };
+    let field = |key: &str| format!("quantization_config.{key}");
+    let method = q.get("quant_method").and_then(Value::as_str);
+    if method != Some("fp8") {
+        return Ok((method == Some("mxfp4"), None));
+    }
+    match q.get("fmt").map(|v| (v, v.as_str())) {
+        None | Some((_, Some("e4m3"))) => {}
+        Some((v, _)) => {
+            let message = format!("{v} is not supported (FP8 weights are read as e4m3)");
+            return Err(f.error(&field("fmt"), message));
+        }
+    }
+    let block = match q.get("weight_block_size") {
+        Some(Value::Array(b)) => b
+            .iter()
+            .map(|v| v.as_u64().filter(|&n| (1..=1 << 16).contains(&n)))
+            .collect::<Option<Vec<u64>>>(),
+        _ => None,
+    };
+    match block.as_deref() {
+        Some(&[rows, cols]) => Ok((false, Some([rows as usize, cols as usize]))),
+        _ => Err(f.error(
+            &field("weight_block_size"),
+            format!(
+                "expected two block sizes in 1..=65536 (DeepSeek's [128, 128]), got {}; FP8 \
+                 checkpoints without per-block scales are not supported",
+                q.get("weight_block_size").unwrap_or(&Value::Null)
+            ),
+        )),
+    }
 }
 
 /// Bookkeeping and training-only knobs: none of them changes a forward pass.

@@ -186,6 +186,7 @@ impl YarnFields {
             beta_slow,
             truncate: self.truncate,
             attention_factor,
+            mscale_all_dim: self.mscale_all_dim,
         })
     }
 }

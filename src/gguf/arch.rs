@@ -45,6 +45,7 @@ pub const GGUF_NAMES: TensorNames = TensorNames {
     mlp_down: "ffn_down",
     // No GGUF architecture read here has linear attention (FAMILIES); unused.
     linear_attn: arch::LLAMA_NAMES.linear_attn,
+    latent: arch::LLAMA_NAMES.latent,
 };
 
 /// The GGUF architectures read, with the config.json `model_type` each came from.

@@ -1,9 +1,10 @@
-//! `Block`: one decoder layer: pre-norm token mixing (attention, or linear attention) and
+//! `Block`: one decoder layer: pre-norm token mixing (attention, latent or linear attention) and
 //! pre-norm feed-forward (dense or sparse), each added back to the residual stream.
 
 use candle_core::Tensor;
 
 use super::attention::{Attention, Sequence};
+use super::latent_attention::LatentAttention;
 use super::linear_attention::LinearAttention;
 use super::mlp::Mlp;
 use super::moe::SparseMoe;
@@ -22,6 +23,7 @@ pub enum FeedForward {
 pub enum Mixer {
     Attention(Attention),
     Linear(LinearAttention),
+    Latent(Box<LatentAttention>),
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +50,7 @@ impl Block {
         let h = match &self.attn {
             Mixer::Attention(a) => a.forward(&normed, seqs, layer, be)?,
             Mixer::Linear(l) => l.forward(&normed, seqs, layer, be)?,
+            Mixer::Latent(l) => l.forward(&normed, seqs, layer, be)?,
         };
         let xs = (xs + scaled(h, residual_scale)?)?;
         let normed = self.ffn_norm.forward(&xs)?;

@@ -15,11 +15,13 @@ use crate::error::Result;
 const INITIAL_CAPACITY: usize = 256;
 
 /// One layer's keys and values: each (kv_heads, capacity, head_dim), contiguous; buffer
-/// position j holds sequence position `base + j`, valid up to `Cache::position`.
+/// position j holds sequence position `base + j`, valid up to `Cache::position`. A latent
+/// attention layer keeps one buffer (`v` is `None`): the latent and the rotary key of each
+/// position, side by side.
 #[derive(Debug)]
 struct LayerKv {
     k: Tensor,
-    v: Tensor,
+    v: Option<Tensor>,
     base: usize,
 }
 
@@ -165,6 +167,26 @@ impl Cache {
         k: Tensor,
         v: Tensor,
     ) -> Result<(Tensor, Tensor)> {
+        match self.append_parts(layer, k, Some(v))? {
+            (k, Some(v)) => Ok((k, v)),
+            (_, None) => Err(crate::error::Error::Input(format!(
+                "layer {layer}'s cache holds one tensor per position, not keys and values"
+            ))),
+        }
+    }
+
+    /// Writes one tensor per position, `rows: (1, new, width)` (a latent attention layer's
+    /// latent and rotary key), and returns every position's, (1, cached + new, width).
+    pub(crate) fn append_rows(&mut self, layer: usize, rows: Tensor) -> Result<Tensor> {
+        Ok(self.append_parts(layer, rows, None)?.0)
+    }
+
+    fn append_parts(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Option<Tensor>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let (start, new) = (self.position, k.dims()[1]);
         let window = self.windows.get(layer).copied().flatten();
         // The first position any of the new queries can see.
@@ -184,27 +206,37 @@ impl Cache {
             Some(kv)
                 if kv.base <= keep_from
                     && kv.capacity() >= start - kv.base + new
-                    && (window.is_none() || kv.capacity() <= capacity) =>
+                    && (window.is_none() || kv.capacity() <= capacity)
+                    && kv.v.is_some() == v.is_some() =>
             {
                 kv
             }
             old => {
                 let keep = old.as_ref().map(|kv| (kv.base, keep_from));
+                let old_v = old.as_ref().and_then(|kv| kv.v.as_ref());
                 LayerKv {
                     k: regrow(old.as_ref().map(|kv| &kv.k), &k, capacity, keep, start)?,
-                    v: regrow(old.as_ref().map(|kv| &kv.v), &v, capacity, keep, start)?,
+                    v: match &v {
+                        Some(v) => Some(regrow(old_v, v, capacity, keep, start)?),
+                        None => None,
+                    },
                     base: keep_from,
                 }
             }
         };
         let at = start - kv.base;
         kv.k.slice_set(&k.contiguous()?, 1, at)?;
-        kv.v.slice_set(&v.contiguous()?, 1, at)?;
+        if let (Some(buf), Some(v)) = (&kv.v, &v) {
+            buf.slice_set(&v.contiguous()?, 1, at)?;
+        }
         // Only what the new positions can see: older keys still in a sliding buffer are not
         // handed to attention (the reference backend would score and mask them all).
         let skip = keep_from - kv.base;
         let len = at + new - skip;
-        let out = (kv.k.narrow(1, skip, len)?, kv.v.narrow(1, skip, len)?);
+        let out = (
+            kv.k.narrow(1, skip, len)?,
+            kv.v.as_ref().map(|v| v.narrow(1, skip, len)).transpose()?,
+        );
         self.layers[layer] = Some(kv);
         Ok(out)
     }

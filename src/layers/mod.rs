@@ -6,6 +6,7 @@
 mod attention;
 mod block;
 mod cache;
+mod latent_attention;
 mod linear;
 mod linear_attention;
 mod load;
@@ -185,7 +186,7 @@ impl Model {
             .collect::<Result<Vec<_>>>()?;
         let norm = load::norm(weights, names.final_norm, h, &cfg)?;
         Ok(Model {
-            rope: Rope::new(&cfg.rope, cfg.attention.head_dim),
+            rope: Rope::new(&cfg.rope, cfg.rope_head_dim()),
             cfg,
             embed,
             blocks,
@@ -400,10 +401,9 @@ pub fn open(path: &Path, opts: &LoadOptions) -> Result<(Architecture, Weights)> 
         let weights = Weights::from_gguf(file, unpermute, opts.dtype, &opts.device)?;
         return Ok((arch, weights));
     }
-    Ok((
-        arch::load(path)?,
-        Weights::open(path, opts.dtype, &opts.device)?,
-    ))
+    let arch = arch::load(path)?;
+    let weights = Weights::open(path, opts.dtype, &opts.device)?.with_fp8_blocks(arch.fp8_block);
+    Ok((arch, weights))
 }
 
 #[cfg(test)]

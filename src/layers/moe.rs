@@ -1,7 +1,7 @@
 //! `SparseMoe`: a router, the routed experts and an optional gated shared expert. The routed part
 //! is the ops' one pipeline: route -> dispatch -> expert FFN -> combine.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::linear::Linear;
 use super::mlp::Mlp;
@@ -42,7 +42,10 @@ impl SparseMoe {
     /// xs: (tokens, hidden) -> (tokens, hidden). `be` runs the router's and the shared
     /// expert's products.
     pub fn forward(&self, xs: &Tensor, be: &Backend) -> Result<Tensor> {
-        let logits = self.router.linear.forward(xs, be)?; // (tokens, E)
+        let logits = match self.router.spec.f32_logits {
+            true => self.router.linear.forward(&xs.to_dtype(DType::F32)?, be)?,
+            false => self.router.linear.forward(xs, be)?,
+        }; // (tokens, E)
         let ys = self.routed(xs, &logits)?;
         match &self.shared {
             None => Ok(ys),

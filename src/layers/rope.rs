@@ -129,6 +129,7 @@ mod tests {
                 beta_slow: 1.0,
                 truncate: false,
                 attention_factor: 0.1 * 32f64.ln() + 1.0,
+                mscale_all_dim: None,
             }),
         };
         let hf: [f32; 32] = [
@@ -180,6 +181,7 @@ mod tests {
                 beta_slow: 1.0,
                 truncate: true,
                 attention_factor: 0.1 * 4f64.ln() + 1.0,
+                mscale_all_dim: None,
             }),
         };
         let hf = [

@@ -94,6 +94,8 @@ pub struct LatentAttentionConfig {
     /// (`rope_interleave`, DeepSeek's layout), not as the two halves HF's default RoPE pairs;
     /// the loader reorders their projection rows once so that one RoPE serves both.
     pub rope_interleave: bool,
+    /// Epsilon of the RMSNorms on the query and key-value latents.
+    pub norm_eps: f64,
 }
 
 impl LatentAttentionConfig {
@@ -205,6 +207,10 @@ pub struct Yarn {
     /// Round the correction range out to whole dimensions.
     pub truncate: bool,
     pub attention_factor: f64,
+    /// DeepSeek's `mscale_all_dim`, where the config gives it: besides its share of
+    /// `attention_factor`, latent attention's softmax scale is multiplied by the square of
+    /// `0.1 · mscale_all_dim · ln(factor) + 1`.
+    pub mscale_all_dim: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -338,7 +344,8 @@ impl ModelConfig {
                 ),
             ));
         }
-        if !a.head_dim.is_multiple_of(2) {
+        // (Latent attention rotates only its shared rotary part, checked with its shape.)
+        if self.latent_attention.is_none() && !a.head_dim.is_multiple_of(2) {
             return Err(Error::config(
                 path,
                 "head_dim",

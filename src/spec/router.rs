@@ -46,6 +46,10 @@ pub struct RouterSpec {
     pub renormalise: bool,
     /// Multiplies the final weights (`routed_scaling_factor`).
     pub scale: f64,
+    /// The logits are computed in f32 whatever the compute dtype (DeepSeek-V3 and GLM cast the
+    /// hidden state and the router's weight to f32): sigmoid scores of nearby experts differ
+    /// by less than bf16 resolves, and the correction bias then decides between them.
+    pub f32_logits: bool,
 }
 
 impl RouterSpec {
@@ -61,6 +65,7 @@ impl RouterSpec {
             group_limit: None,
             renormalise,
             scale: 1.0,
+            f32_logits: false,
         }
     }
 }

@@ -59,6 +59,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             unpermute,
+            fp8_block: None,
         })
     }
 }

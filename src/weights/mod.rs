@@ -20,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 
 mod experts;
+mod fp8;
 mod gguf;
 
 pub use gguf::cpu_format;
@@ -43,6 +44,8 @@ pub struct Weights {
     /// GGUF tensors whose rows llama.cpp's converter permuted (q and k of Llama-style
     /// models), with their head count: read back in HF's order (gguf.rs).
     unpermute: HashMap<String, usize>,
+    /// The block size of FP8 weights' scales, where config.json says the checkpoint has them.
+    fp8_block: Option<[usize; 2]>,
 }
 
 struct MappedFile {
@@ -133,7 +136,15 @@ impl Weights {
             dtype,
             device: device.clone(),
             unpermute: HashMap::new(),
+            fp8_block: None,
         })
+    }
+
+    /// Reads F8_E4M3 weights with their per-block scales of this size (`None`: the checkpoint
+    /// says it has none, and an F8_E4M3 tensor is an error).
+    pub fn with_fp8_blocks(mut self, block: Option<[usize; 2]>) -> Self {
+        self.fp8_block = block;
+        self
     }
 
     /// Weights with no checkpoint behind them: every tensor asked for exists, with the shape
@@ -153,6 +164,7 @@ impl Weights {
             dtype,
             device: device.clone(),
             unpermute: HashMap::new(),
+            fp8_block: None,
         }
     }
 
@@ -235,6 +247,10 @@ impl Weights {
             let tensor = self.unpacked(name, shape, packed)?;
             return Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?);
         }
+        if entry.dtype == Dtype::F8_E4M3 {
+            let tensor = self.fp8(name, shape)?;
+            return Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?);
+        }
         let cpu = Device::Cpu;
         let tensor = self.read_rows(name, shape, |bytes, _| {
             Ok(match entry.dtype {
@@ -259,6 +275,38 @@ impl Weights {
             })
         })?;
         Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?)
+    }
+
+    /// FP8 weight `name` (a matrix, F8_E4M3) times its block scales (`{name}_scale_inv`, F32,
+    /// one per block of `fp8_block`), as f32 on the CPU.
+    fn fp8(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let (entry, file) = self.entry(name, shape)?;
+        let bad = |message: String| Error::TensorDtype {
+            path: file.path.clone(),
+            name: name.to_string(),
+            dtype: format!("{:?} ({message})", entry.dtype),
+        };
+        let Some(block) = self.fp8_block else {
+            return Err(bad(
+                "config.json has no FP8 quantization_config with a weight_block_size".into(),
+            ));
+        };
+        let &[rows, cols] = shape else {
+            return Err(bad(format!(
+                "an FP8 tensor of shape {shape:?}; only matrices are"
+            )));
+        };
+        let scale_name = fp8::scale_name(name);
+        if !self.tensors.contains_key(&scale_name) {
+            return Err(bad(format!("its block scales `{scale_name}` are missing")));
+        }
+        let scale_shape = fp8::scale_shape((rows, cols), block);
+        let scales = self.get_as(&scale_name, &scale_shape, DType::F32)?;
+        let scales = scales.flatten_all()?.to_vec1::<f32>()?;
+        let values = self.read_rows(name, shape, |codes, _| {
+            fp8::decode(name, codes, (rows, cols), &scales, block)
+        })?;
+        Ok(Tensor::from_vec(values, (rows, cols), &Device::Cpu)?)
     }
 
     /// Hands `read` the stored bytes of tensor `name` (of `shape`), its rows restored to HF's

@@ -29,6 +29,10 @@ pub const FIXTURES: &[&str] = &[
     "qwen3_next-b",
     "qwen3_5_moe-a",
     "qwen3_next-c",
+    "deepseek_v3-a",
+    "deepseek_v3-b",
+    "glm4_moe_lite-a",
+    "glm4_moe-a",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {

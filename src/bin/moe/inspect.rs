@@ -92,6 +92,43 @@ pub fn run(common: &Common) -> Result<()> {
             l.conv_kernel
         );
     }
+    if let Some(l) = &c.latent_attention {
+        println!(
+            "latent         {} heads over one cached latent of {} and a shared rotary key of {}; \
+             queries {}, keys {} + {}, values {}",
+            a.num_heads,
+            l.kv_lora_rank,
+            l.rope_dim,
+            l.q_lora_rank
+                .map_or("direct".to_string(), |r| format!("through rank {r}")),
+            l.nope_dim,
+            l.rope_dim,
+            l.v_dim
+        );
+    }
+    let per_position = c.cached_numbers_per_position();
+    if per_position > 0 {
+        let expanded = c.latent_attention.as_ref().map_or(String::new(), |l| {
+            let layers = c
+                .layers
+                .iter()
+                .filter(|x| x.attention == AttentionKind::Latent);
+            let keys_values = layers.count() * a.num_heads * (l.qk_dim() + l.v_dim);
+            format!(" (expanded keys and values would be {keys_values})")
+        });
+        println!(
+            "cache          {per_position} numbers per position over all layers, {:.1} KiB in \
+             f32{expanded}",
+            per_position as f64 * 4.0 / 1024.0
+        );
+    }
+    if let Some([rows, cols]) = arch.fp8_block {
+        println!(
+            "fp8            F8_E4M3 weights with a scale per {rows}x{cols} block, converted to \
+             {:?} at load",
+            opts.dtype
+        );
+    }
     match &c.rope.yarn {
         None if c.rope.partial_rotary_factor < 1.0 => println!(
             "rope           theta {}, on {} of {} dimensions per head",

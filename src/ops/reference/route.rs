@@ -134,8 +134,9 @@ fn score(scoring: Scoring, xs: &[f32], out: &mut [f32]) {
 }
 
 /// DeepSeek-V3's group limit: rank the groups by the sum of their two best values, keep the
-/// best `keep`, and set every value outside them to 0 (as HF's `masked_fill(..., 0.0)` does,
-/// so a kept expert with a negative value can lose to a masked one, exactly as there).
+/// best `keep`, and set every value outside them to -inf (HF's `masked_fill(..., -inf)`, as in
+/// DeepSeek's own inference code: an expert of a dropped group is never chosen, even over a
+/// kept one whose correction bias makes its value negative).
 fn mask_groups(choice: &mut [f32], GroupLimit { groups, keep }: GroupLimit) {
     let size = choice.len() / groups;
     let group_scores: Vec<f32> = choice
@@ -157,7 +158,7 @@ fn mask_groups(choice: &mut [f32], GroupLimit { groups, keep }: GroupLimit) {
     }
     for (g, values) in choice.chunks_exact_mut(size).enumerate() {
         if !kept.contains(&(g as u32)) {
-            values.fill(0.0);
+            values.fill(f32::NEG_INFINITY);
         }
     }
 }
@@ -200,6 +201,7 @@ mod tests {
         group_limit: None,
         renormalise: false,
         scale: 1.0,
+        f32_logits: false,
     };
 
     fn route(logits: &[f32], e: usize, spec: RouterSpec) -> HostRouting {
@@ -276,6 +278,7 @@ mod tests {
             group_limit: Some(GroupLimit { groups: 4, keep: 2 }),
             renormalise: true,
             scale: 2.5,
+            f32_logits: true,
         };
         let r = HostRouting::route(&logits, 8, &spec, Some(&bias)).unwrap();
         let s = |x: f32| 1.0 / (1.0 + (-x).exp());
@@ -297,9 +300,10 @@ mod tests {
     }
 
     #[test]
-    fn masked_groups_read_as_zero_as_in_hf() {
-        // Biased values all negative: the kept group's experts score below the masked
-        // groups' zeros, so HF's masked_fill(0.0) lets a masked expert win; so do we.
+    fn experts_of_dropped_groups_are_never_chosen() {
+        // Biased values all negative: the kept group's experts score below zero, and an
+        // expert of the dropped group must still not win (HF 5's masked_fill(-inf); the
+        // remote code of DeepSeek-V3's hub repository filled 0.0, which would let it).
         let logits = [-5.0, -6.0, -9.0, -9.5];
         let bias = [-1.0; 4];
         let spec = RouterSpec {
@@ -310,7 +314,7 @@ mod tests {
             ..TOP2
         };
         let r = HostRouting::route(&logits, 4, &spec, Some(&bias)).unwrap();
-        assert_eq!(r.experts, vec![2]);
+        assert_eq!(r.experts, vec![0]);
     }
 
     #[test]

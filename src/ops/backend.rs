@@ -220,7 +220,9 @@ impl Backend {
     ) -> Result<Routing> {
         #[cfg(feature = "cuda")]
         if let Backend::Cuda(_) = self {
-            if let Some((experts, weights)) = super::cuda::moe::route_spec(logits, spec)? {
+            if let Some((experts, weights)) =
+                super::cuda::moe::route_spec(logits, spec, correction)?
+            {
                 return Ok(Routing(RoutingData::Device { experts, weights }));
             }
         }

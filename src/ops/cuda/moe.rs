@@ -4,7 +4,7 @@
 
 use candle_core::Tensor;
 
-use super::route::{MAX_ROUTED_EXPERTS, MAX_TOP_K};
+use super::route::{Choice, MAX_GROUPS, MAX_ROUTED_EXPERTS, MAX_TOP_K};
 use super::{align, combine as combine_kernel, expert_ffn as ffn_kernel, route, Alignment};
 use super::{FfnPath, Scoring as KernelScoring};
 use crate::error::{Error, Result};
@@ -32,17 +32,26 @@ pub fn runs_experts(experts: &Experts, act: Activation) -> bool {
         && dense(&experts.down)
 }
 
-/// The route kernel's form of `spec`, where it has one: softmax or sigmoid scores, top-k,
-/// renormalise, scale, over at most MAX_ROUTED_EXPERTS experts and MAX_TOP_K choices. A
-/// softmax over the k best logits is the renormalised softmax of all of them (the same choice
-/// unless a chosen logit is some 87 below the best, where f32's exp underflows and ties go to
-/// the lower index: no trained router is that far apart among its top k). Everything else
-/// routes on the host (`None`): selection biases, group limits, a sigmoid of the k best logits
-/// (sigmoid saturates at 1 from a logit of about 17, where the kernel's choice would tie).
-pub fn route_spec(logits: &Tensor, spec: &RouterSpec) -> Result<Option<(Tensor, Tensor)>> {
+/// The route kernel's form of `spec`, where it has one: softmax or sigmoid scores, a selection
+/// bias, a group limit of up to MAX_GROUPS groups, top-k, renormalise, scale, over at most
+/// MAX_ROUTED_EXPERTS experts and MAX_TOP_K choices. A softmax over the k best logits is the
+/// renormalised softmax of all of them (the same choice unless a chosen logit is some 87 below
+/// the best, where f32's exp underflows and ties go to the lower index: no trained router is
+/// that far apart among its top k). Everything else routes on the host (`None`): a sigmoid of
+/// the k best logits (sigmoid saturates at 1 from a logit of about 17, where the kernel's
+/// choice would tie), more groups than a warp has lanes.
+pub fn route_spec(
+    logits: &Tensor,
+    spec: &RouterSpec,
+    correction: Option<&Tensor>,
+) -> Result<Option<(Tensor, Tensor)>> {
     let e = logits.dims2()?.1;
-    let fits = e <= MAX_ROUTED_EXPERTS && spec.top_k <= MAX_TOP_K;
-    if !fits || spec.correction_bias || spec.group_limit.is_some() {
+    let groups = spec.group_limit.map(|g| (g.groups, g.keep));
+    let fits = e <= MAX_ROUTED_EXPERTS
+        && spec.top_k <= MAX_TOP_K
+        && groups.is_none_or(|(g, _)| g <= MAX_GROUPS)
+        && spec.correction_bias == correction.is_some();
+    if !fits {
         return Ok(None);
     }
     let (scoring, renormalise) = match (spec.scoring, spec.selection) {
@@ -52,7 +61,18 @@ pub fn route_spec(logits: &Tensor, spec: &RouterSpec) -> Result<Option<(Tensor, 
         (Scoring::Sigmoid, Selection::TopKThenScore) => return Ok(None),
     };
     let logits = logits.contiguous()?;
-    let (ids, weights) = route(&logits, spec.top_k, scoring, renormalise, spec.scale as f32)?;
+    let choice = Choice {
+        bias: correction,
+        groups,
+    };
+    let (ids, weights) = route(
+        &logits,
+        spec.top_k,
+        scoring,
+        renormalise,
+        spec.scale as f32,
+        choice,
+    )?;
     Ok(Some((ids, weights)))
 }
 

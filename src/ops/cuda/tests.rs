@@ -6,6 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::ffn::GEMM_TILE;
+use super::route::Choice;
 use super::*;
 use crate::ops::reference::{HostDispatch, HostRouting};
 use crate::spec::RouterSpec;
@@ -74,8 +75,15 @@ fn softmax_routing_matches_the_cpu_router() {
                 let host: Vec<f32> = to_host(&logits.to_dtype(DType::F32).unwrap());
                 let spec = RouterSpec::softmax_top_k(k, renormalise);
                 let cpu = HostRouting::route(&host, e, &spec, None).unwrap();
-                let (experts, weights) =
-                    route(&logits, k, Scoring::Softmax, renormalise, 1.0).unwrap();
+                let (experts, weights) = route(
+                    &logits,
+                    k,
+                    Scoring::Softmax,
+                    renormalise,
+                    1.0,
+                    Choice::default(),
+                )
+                .unwrap();
                 let scores: Vec<Vec<f32>> = host.chunks(e).map(softmax).collect();
                 assert_same_choice(
                     &scores,
@@ -89,15 +97,91 @@ fn softmax_routing_matches_the_cpu_router() {
     }
 }
 
+/// DeepSeek-V3's rules against the host router: the selection bias (some large enough to move
+/// the choice, some negative enough that a kept group's values fall below zero) and groups
+/// (DeepSeek-V3's 8 of 256 keeping 4, one expert per group, all groups kept, 32 groups).
+#[test]
+fn grouped_routing_with_a_selection_bias_matches_the_cpu_router() {
+    use crate::spec::{GroupLimit, Scoring as SpecScoring};
+    let Some(dev) = gpu() else { return };
+    let cases = [
+        (64, 256, 8, 8, 4),
+        (33, 8, 2, 4, 2),
+        (7, 16, 3, 16, 5),
+        (9, 64, 4, 4, 4),
+        (5, 512, 32, 32, 3),
+        (4096, 128, 8, 8, 2),
+    ];
+    for (i, &(tokens, e, k, groups, keep)) in cases.iter().enumerate() {
+        for bias_scale in [0.05f32, 2.0] {
+            for dtype in [DType::F32, DType::BF16] {
+                let seed = 100 + i as u64;
+                let logits = Tensor::from_vec(random(tokens * e, 4.0, seed), (tokens, e), &dev)
+                    .unwrap()
+                    .to_dtype(dtype)
+                    .unwrap();
+                let bias_host: Vec<f32> = random(e, bias_scale, seed + 50)
+                    .iter()
+                    .map(|b| b - bias_scale / 2.0)
+                    .collect();
+                let bias = Tensor::from_vec(bias_host.clone(), e, &dev).unwrap();
+                let host: Vec<f32> = to_host(&logits.to_dtype(DType::F32).unwrap());
+                let spec = RouterSpec {
+                    scoring: SpecScoring::Sigmoid,
+                    correction_bias: true,
+                    group_limit: Some(GroupLimit { groups, keep }),
+                    renormalise: true,
+                    scale: 2.5,
+                    ..RouterSpec::softmax_top_k(k, true)
+                };
+                let cpu = HostRouting::route(&host, e, &spec, Some(&bias_host)).unwrap();
+                let choice = Choice {
+                    bias: Some(&bias),
+                    groups: Some((groups, keep)),
+                };
+                let (experts, weights) =
+                    route(&logits, k, Scoring::Sigmoid, true, 2.5, choice).unwrap();
+                // Near-ties are judged by the biased scores that chose.
+                let scores: Vec<Vec<f32>> = host
+                    .chunks(e)
+                    .map(|r| {
+                        r.iter()
+                            .zip(&bias_host)
+                            .map(|(x, b)| 1.0 / (1.0 + (-x).exp()) + b)
+                            .collect()
+                    })
+                    .collect();
+                assert_same_choice(
+                    &scores,
+                    (&to_host::<u32>(&experts), &to_host::<f32>(&weights)),
+                    (&cpu.experts, &cpu.weights),
+                    k,
+                    1e-5,
+                );
+            }
+        }
+    }
+    // Groups the kernel cannot rank are refused, not misread.
+    let logits = Tensor::zeros((1, 64), DType::F32, &dev).unwrap();
+    for groups in [(33, 1), (3, 1), (4, 0), (4, 5)] {
+        let choice = Choice {
+            bias: None,
+            groups: Some(groups),
+        };
+        assert!(route(&logits, 2, Scoring::Sigmoid, true, 1.0, choice).is_err());
+    }
+}
+
 #[test]
 fn routing_ties_go_to_the_lower_expert_index() {
     let Some(dev) = gpu() else { return };
     let logits = Tensor::new(&[[1f32, 5.0, 5.0, 5.0, 0.0], [0.5; 5]], &dev).unwrap();
-    let (experts, _) = route(&logits, 2, Scoring::Softmax, false, 1.0).unwrap();
+    let (experts, _) = route(&logits, 2, Scoring::Softmax, false, 1.0, Choice::default()).unwrap();
     assert_eq!(to_host::<u32>(&experts), [1, 2, 0, 1]);
     // Exact ties in bf16, wider than a warp.
     let flat = Tensor::ones((2, 200), DType::BF16, &dev).unwrap();
-    let (experts, weights) = route(&flat, 3, Scoring::Sigmoid, true, 1.0).unwrap();
+    let (experts, weights) =
+        route(&flat, 3, Scoring::Sigmoid, true, 1.0, Choice::default()).unwrap();
     assert_eq!(to_host::<u32>(&experts), [0, 1, 2, 0, 1, 2]);
     for w in to_host::<f32>(&weights) {
         assert!((w - 1.0 / 3.0).abs() < 1e-6);
@@ -110,7 +194,8 @@ fn sigmoid_routing_with_a_scale_matches_its_twin() {
     let (tokens, e, k, scale) = (64, 256, 8, 2.5f32);
     let host = random(tokens * e, 6.0, 9);
     let logits = Tensor::from_vec(host.clone(), (tokens, e), &dev).unwrap();
-    let (experts, weights) = route(&logits, k, Scoring::Sigmoid, true, scale).unwrap();
+    let (experts, weights) =
+        route(&logits, k, Scoring::Sigmoid, true, scale, Choice::default()).unwrap();
     let scores: Vec<Vec<f32>> = host
         .chunks(e)
         .map(|r| r.iter().map(|x| 1.0 / (1.0 + (-x).exp())).collect())

@@ -59,10 +59,12 @@ pub fn run(common: &Common) -> Result<()> {
         c.num_layers() - sparse
     );
     println!("hidden         {}", c.hidden_size);
-    println!(
-        "attention      {} heads, {} kv heads, head_dim {}, qk norm {:?}",
-        a.num_heads, a.num_kv_heads, a.head_dim, a.qk_norm
-    );
+    if c.latent_attention.is_none() {
+        println!(
+            "attention      {} heads, {} kv heads, head_dim {}, qk norm {:?}",
+            a.num_heads, a.num_kv_heads, a.head_dim, a.qk_norm
+        );
+    }
     if a.output_gate {
         println!("output gate    sigmoid(gate) from the q projection on every attention output");
     }

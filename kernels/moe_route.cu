@@ -84,6 +84,9 @@ __device__ void route(const T* __restrict__ logits, const float* __restrict__ bi
                       int k, int sigmoid, int renormalise, float scale, int has_bias, int groups,
                       int keep) {
   __shared__ float keys[ROUTE_WARPS][32 * MAX_PER_LANE];
+  // The shared rows are sized for ROUTE_WARPS warps: a launch with more is a bug, stopped here
+  // rather than writing past them.
+  if (blockDim.x > ROUTE_WARPS * 32) __trap();
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int token = blockIdx.x * (blockDim.x >> 5) + warp;

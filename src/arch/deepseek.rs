@@ -34,6 +34,11 @@ const NAMES: TensorNames = TensorNames {
 /// The families' differences from DeepSeek-V3, as transformers' config classes default them.
 struct Family {
     latent: bool,
+    /// `q_lora_rank` when the config leaves it out (an explicit null means a plain `q_proj`).
+    q_lora_rank: usize,
+    /// The layer plan comes from `mlp_layer_types` (GLM-4.7-Flash, whose HF model reads only
+    /// that), not `first_k_dense_replace`.
+    mlp_layer_types: bool,
     /// The share of each head RoPE turns when the config does not say, for the families that
     /// read `partial_rotary_factor` (`None`: DeepSeek, which does not).
     partial_rotary_factor: Option<f64>,
@@ -45,6 +50,8 @@ struct Family {
 
 const DEEPSEEK_V3: Family = Family {
     latent: true,
+    q_lora_rank: 1536,
+    mlp_layer_types: false,
     partial_rotary_factor: None,
     groups: (8, 4),
     routed_scaling_factor: 2.5,
@@ -54,6 +61,8 @@ const DEEPSEEK_V3: Family = Family {
 
 const GLM4_MOE_LITE: Family = Family {
     latent: true,
+    q_lora_rank: 768,
+    mlp_layer_types: true,
     partial_rotary_factor: Some(1.0),
     groups: (1, 1),
     routed_scaling_factor: 1.8,
@@ -63,6 +72,8 @@ const GLM4_MOE_LITE: Family = Family {
 
 const GLM4_MOE: Family = Family {
     latent: false,
+    q_lora_rank: 0,
+    mlp_layer_types: false,
     partial_rotary_factor: Some(0.5),
     groups: (1, 1),
     routed_scaling_factor: 1.0,
@@ -99,7 +110,7 @@ fn parse(f: &mut Fields, family: Family) -> Result<(ModelConfig, TensorNames)> {
         },
     )?;
     match family.latent {
-        true => latent_attention(f, &mut cfg)?,
+        true => latent_attention(f, &mut cfg, family.q_lora_rank)?,
         false => {
             // q, k and v have biases; o_proj never does.
             cfg.attention.qkv_bias = f.bool_or("attention_bias", false)?;
@@ -108,7 +119,7 @@ fn parse(f: &mut Fields, family: Family) -> Result<(ModelConfig, TensorNames)> {
             }
         }
     }
-    cfg.layers = layer_plan(f, cfg.layers.len(), family.first_dense, family.latent)?;
+    cfg.layers = layer_plan(f, cfg.layers.len(), &family)?;
     if cfg.layers.iter().any(|l| l.ffn == FfnKind::Dense) {
         cfg.dense_intermediate_size = f.usize("intermediate_size")?;
     } else {
@@ -132,12 +143,14 @@ fn parse(f: &mut Fields, family: Family) -> Result<(ModelConfig, TensorNames)> {
 
 /// Multi-head latent attention's shape, and the attention fields it implies: the softmax scale
 /// from the q·k width (with YaRN, times the square of `mscale_all_dim`'s scaling, as
-/// DeepSeek computes it) and every head its own keys (`num_key_value_heads` describes the
-/// expanded form and is not read).
-fn latent_attention(f: &mut Fields, cfg: &mut ModelConfig) -> Result<()> {
-    let q_lora_rank = match f.value("q_lora_rank") {
-        None | Some(Value::Null) => None,
-        Some(_) => Some(f.usize("q_lora_rank")?),
+/// DeepSeek computes it) and every head its own keys (`num_key_value_heads`, which `common`
+/// reads, describes the expanded form: it is overwritten). RoPE turns the whole rotary part:
+/// a `partial_rotary_factor` below one has no meaning here (HF's interleaved rotation cannot
+/// run with one) and is refused.
+fn latent_attention(f: &mut Fields, cfg: &mut ModelConfig, default_q_rank: usize) -> Result<()> {
+    let q_lora_rank = match (f.present("q_lora_rank"), f.opt_usize("q_lora_rank")?) {
+        (false, _) => Some(default_q_rank),
+        (true, rank) => rank,
     };
     let latent = LatentAttentionConfig {
         q_lora_rank,
@@ -148,6 +161,15 @@ fn latent_attention(f: &mut Fields, cfg: &mut ModelConfig) -> Result<()> {
         rope_interleave: f.bool_or("rope_interleave", true)?,
         norm_eps: LATENT_NORM_EPS,
     };
+    if cfg.rope.partial_rotary_factor != 1.0 {
+        return Err(f.error(
+            "partial_rotary_factor",
+            format!(
+                "{} is not supported with latent attention (its rotary part turns whole)",
+                cfg.rope.partial_rotary_factor
+            ),
+        ));
+    }
     let a = &mut cfg.attention;
     a.num_kv_heads = a.num_heads;
     a.head_dim = latent.qk_dim();
@@ -162,23 +184,16 @@ fn latent_attention(f: &mut Fields, cfg: &mut ModelConfig) -> Result<()> {
             a.scale *= m * m;
         }
     }
-    for layer in cfg.layers.iter_mut() {
-        layer.attention = AttentionKind::Latent;
-    }
     cfg.latent_attention = Some(latent);
     Ok(())
 }
 
-/// Dense layers first, then sparse: `first_k_dense_replace` of them (DeepSeek's rule), or for
-/// `glm4_moe_lite` an explicit `mlp_layer_types` list where the config gives one. DeepSeek's
-/// `moe_layer_freq` (sparse layers only every n-th) is 1 in every published config; another
-/// value is refused rather than guessed at.
-fn layer_plan(
-    f: &mut Fields,
-    layers: usize,
-    default_dense: usize,
-    latent: bool,
-) -> Result<Vec<LayerSpec>> {
+/// Dense layers first, then sparse, as the family's HF model reads the plan: DeepSeek-V3 and
+/// GLM-4.5 the first `first_k_dense_replace` layers dense; GLM-4.7-Flash `mlp_layer_types`
+/// (one dense layer when absent), its `first_k_dense_replace` accepted only where it says
+/// the same. DeepSeek's `moe_layer_freq` (sparse layers only every n-th) is 1 in every
+/// published config; another value is refused rather than guessed at.
+fn layer_plan(f: &mut Fields, layers: usize, family: &Family) -> Result<Vec<LayerSpec>> {
     let freq = f.opt_usize("moe_layer_freq")?.unwrap_or(1);
     if freq != 1 {
         return Err(f.error(
@@ -186,16 +201,8 @@ fn layer_plan(
             format!("{freq} is not supported (every published checkpoint has 1)"),
         ));
     }
-    let first_dense = f
-        .opt_usize("first_k_dense_replace")?
-        .unwrap_or(default_dense);
-    if first_dense > layers {
-        return Err(f.error(
-            "first_k_dense_replace",
-            format!("{first_dense} is more than the {layers} layers (num_hidden_layers)"),
-        ));
-    }
-    let attention = match latent {
+    let first_dense = f.opt_usize("first_k_dense_replace")?;
+    let attention = match family.latent {
         true => AttentionKind::Latent,
         false => AttentionKind::Full,
     };
@@ -207,7 +214,29 @@ fn layer_plan(
             FfnKind::Sparse
         },
     };
-    let Some(types) = f.value("mlp_layer_types") else {
+    let types = match family.mlp_layer_types {
+        true => f.value("mlp_layer_types"),
+        false => None,
+    };
+    let Some(types) = types else {
+        let first_dense = match (family.mlp_layer_types, first_dense) {
+            (true, Some(n)) if n != family.first_dense => {
+                return Err(f.error(
+                    "first_k_dense_replace",
+                    format!(
+                        "{n} disagrees with the one dense layer this family's model builds \
+                         without mlp_layer_types; give mlp_layer_types"
+                    ),
+                ))
+            }
+            (_, n) => n.unwrap_or(family.first_dense),
+        };
+        if first_dense > layers {
+            return Err(f.error(
+                "first_k_dense_replace",
+                format!("{first_dense} is more than the {layers} layers (num_hidden_layers)"),
+            ));
+        }
         return Ok((0..layers).map(|i| spec(i < first_dense)).collect());
     };
     let Value::Array(types) = types else {
@@ -292,10 +321,12 @@ pub fn mtp_layers(f: &mut Fields, layers: usize) -> Result<Vec<(String, &'static
         Some(n) => n,
         None => f.opt_usize("num_mtp_layers")?.unwrap_or(0),
     };
-    if n > layers {
+    // Published checkpoints have one; a bound keeps a hostile count from listing billions.
+    const MAX_MTP_LAYERS: usize = 16;
+    if n > MAX_MTP_LAYERS {
         return Err(f.error(
             "num_nextn_predict_layers",
-            format!("{n} is more than the model's {layers} layers"),
+            format!("{n} is out of range 0..={MAX_MTP_LAYERS}"),
         ));
     }
     Ok((layers..layers + n)

@@ -67,6 +67,12 @@ impl Fields {
         self.map.get(key).is_some_and(|v| !v.is_null())
     }
 
+    /// Whether the config names `key` at all, null included (where null and absent differ:
+    /// DeepSeek's `q_lora_rank: null` is a choice, its absence a default).
+    pub fn present(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
     /// The raw value, `None` when absent or null.
     pub fn value(&mut self, key: &str) -> Option<Value> {
         self.seen.insert(key.to_string());

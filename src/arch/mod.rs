@@ -343,6 +343,15 @@ fn quantization(f: &mut Fields) -> Result<(bool, Option<[usize; 2]>)> {
     if method != Some("fp8") {
         return Ok((method == Some("mxfp4"), None));
     }
+    // Static activation scales would come with tensors of input scales, not read here; every
+    // published block-scaled checkpoint quantizes activations dynamically (or not at all).
+    match q.get("activation_scheme").map(|v| (v, v.as_str())) {
+        None | Some((_, Some("dynamic"))) => {}
+        Some((v, _)) => {
+            let message = format!("{v} is not supported (only dynamic)");
+            return Err(f.error(&field("activation_scheme"), message));
+        }
+    }
     match q.get("fmt").map(|v| (v, v.as_str())) {
         None | Some((_, Some("e4m3"))) => {}
         Some((v, _)) => {
@@ -427,6 +436,16 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
         .or(defaults.head_dim)
         .unwrap_or(hidden_size / num_heads);
     let num_layers = f.usize("num_hidden_layers")?;
+    // Checked again with the whole config; here before the layer plan is allocated from it.
+    if num_layers > crate::spec::MAX_LAYERS {
+        return Err(f.error(
+            "num_hidden_layers",
+            format!(
+                "{num_layers} is out of range 1..={}",
+                crate::spec::MAX_LAYERS
+            ),
+        ));
+    }
     if let Some(q) = f.value("quantization_config") {
         let method = q
             .get("quant_method")

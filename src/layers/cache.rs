@@ -212,6 +212,9 @@ impl Cache {
                 kv
             }
             old => {
+                // A buffer of the other kind (keys and values, or one tensor) holds nothing
+                // this call can use.
+                let old = old.filter(|kv| kv.v.is_some() == v.is_some());
                 let keep = old.as_ref().map(|kv| (kv.base, keep_from));
                 let old_v = old.as_ref().and_then(|kv| kv.v.as_ref());
                 LayerKv {

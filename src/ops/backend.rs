@@ -340,6 +340,7 @@ fn check_attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &AttentionShape) -> Re
     let (nkv_v, s_v, dv) = v.dims3()?;
     let fits = nkv == a.kv_heads
         && nkv > 0
+        && nh > 0
         && nh.is_multiple_of(nkv)
         && s >= t
         && hd_k == hd

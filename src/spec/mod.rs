@@ -5,11 +5,13 @@
 //! own.
 
 mod activation;
+mod latent;
 mod router;
 
 use std::path::Path;
 
 pub use activation::Activation;
+pub use latent::LatentAttentionConfig;
 pub use router::{GroupLimit, RouterSpec, Scoring, Selection};
 
 use crate::error::{Error, Result};
@@ -76,38 +78,6 @@ pub enum AttentionKind {
     /// gives its shape): one compressed latent and one shared rotary key cached per position,
     /// expanded to per-head keys and values by `kv_b_proj`.
     Latent,
-}
-
-/// Multi-head latent attention (DeepSeek-V2/V3, GLM-4.7-Flash). Queries: `q_proj`, or
-/// `q_a_proj` -> RMSNorm -> `q_b_proj` when `q_lora_rank` is set, each head's `nope_dim` values
-/// then `rope_dim` rotated ones. Keys and values: `kv_a_proj_with_mqa` gives a latent of
-/// `kv_lora_rank` (RMS-normed) and one rotary key of `rope_dim` that every head shares;
-/// `kv_b_proj` expands the latent to each head's `nope_dim` key values and `v_dim` values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LatentAttentionConfig {
-    pub q_lora_rank: Option<usize>,
-    pub kv_lora_rank: usize,
-    pub nope_dim: usize,
-    pub rope_dim: usize,
-    pub v_dim: usize,
-    /// The checkpoint's rotary dimensions rotate in adjacent pairs (x0, x1), (x2, x3), ...
-    /// (`rope_interleave`, DeepSeek's layout), not as the two halves HF's default RoPE pairs;
-    /// the loader reorders their projection rows once so that one RoPE serves both.
-    pub rope_interleave: bool,
-    /// Epsilon of the RMSNorms on the query and key-value latents.
-    pub norm_eps: f64,
-}
-
-impl LatentAttentionConfig {
-    /// Each head's query and key width: the part without position, then the rotary part.
-    pub fn qk_dim(&self) -> usize {
-        self.nope_dim + self.rope_dim
-    }
-
-    /// Numbers cached per position and layer: the latent and the shared rotary key.
-    pub fn cached_per_position(&self) -> usize {
-        self.kv_lora_rank + self.rope_dim
-    }
 }
 
 /// The shape of Gated DeltaNet layers (Qwen3-Next, Qwen3.5): a causal depthwise convolution
@@ -258,7 +228,7 @@ impl Default for Scales {
 const MAX_VOCAB: usize = 1 << 24;
 const MAX_HIDDEN: usize = 1 << 16;
 const MAX_INTERMEDIATE: usize = 1 << 18;
-const MAX_LAYERS: usize = 1 << 10;
+pub(crate) const MAX_LAYERS: usize = 1 << 10;
 const MAX_HEADS: usize = 1 << 10;
 const MAX_HEAD_DIM: usize = 1 << 10;
 const MAX_EXPERTS: usize = 1 << 12;
@@ -298,7 +268,10 @@ impl ModelConfig {
         range("num_hidden_layers", self.layers.len(), MAX_LAYERS)?;
         range("num_attention_heads", a.num_heads, MAX_HEADS)?;
         range("num_key_value_heads", a.num_kv_heads, MAX_HEADS)?;
-        range("head_dim", a.head_dim, MAX_HEAD_DIM)?;
+        // (Latent attention's head width is the sum of two fields, each checked with its shape.)
+        if self.latent_attention.is_none() {
+            range("head_dim", a.head_dim, MAX_HEAD_DIM)?;
+        }
         range(
             "max_position_embeddings",
             self.max_position_embeddings,
@@ -447,55 +420,6 @@ impl ModelConfig {
                     "{} is not a multiple of linear_num_key_heads = {}",
                     l.value_heads, l.key_heads
                 ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The latent-attention shape, present exactly where the layers have latent attention.
-    fn validate_latent_attention(&self, path: &Path) -> Result<()> {
-        let latent_layers = self
-            .layers
-            .iter()
-            .any(|l| l.attention == AttentionKind::Latent);
-        let l = match (&self.latent_attention, latent_layers) {
-            (None, false) => return Ok(()),
-            (Some(l), true) => l,
-            (None, true) => {
-                return Err(Error::config(
-                    path,
-                    "kv_lora_rank",
-                    "the layers have latent attention, but the config gives no latent shape",
-                ))
-            }
-            (Some(_), false) => {
-                return Err(Error::config(
-                    path,
-                    "kv_lora_rank",
-                    "a latent attention shape for a model whose layers do not use it",
-                ))
-            }
-        };
-        for (field, v, max) in [
-            ("q_lora_rank", l.q_lora_rank.unwrap_or(1), MAX_HIDDEN),
-            ("kv_lora_rank", l.kv_lora_rank, MAX_HIDDEN),
-            ("qk_nope_head_dim", l.nope_dim, MAX_HEAD_DIM),
-            ("qk_rope_head_dim", l.rope_dim, MAX_HEAD_DIM),
-            ("v_head_dim", l.v_dim, MAX_HEAD_DIM),
-        ] {
-            if v == 0 || v > max {
-                return Err(Error::config(
-                    path,
-                    field,
-                    format!("{v} is out of range 1..={max}"),
-                ));
-            }
-        }
-        if !l.rope_dim.is_multiple_of(2) {
-            return Err(Error::config(
-                path,
-                "qk_rope_head_dim",
-                format!("{} is odd; rotary embeddings rotate pairs", l.rope_dim),
             ));
         }
         Ok(())
@@ -659,21 +583,10 @@ impl ModelConfig {
             QkNorm::PerHead => 2 * hd,
             QkNorm::Projection => hd * (nh + nkv),
         };
-        // Latent attention: the query path (one matrix, or two around a norm), the latent's
-        // projection, its expansion, the output, and the two norms.
-        let (latent_matrices, latent) = self.latent_attention.as_ref().map_or((0, 0), |l| {
-            let (r, kvr) = (l.rope_dim as u128, l.kv_lora_rank as u128);
-            let q_out = nh * l.qk_dim() as u128;
-            let q = match l.q_lora_rank.map(|q| q as u128) {
-                Some(qr) => h * qr + qr * q_out,
-                None => h * q_out,
-            };
-            let heads_v = nh * l.v_dim as u128;
-            let matrices =
-                q + h * (kvr + r) + kvr * nh * (l.nope_dim as u128 + l.v_dim as u128) + heads_v * h;
-            let norms = kvr + l.q_lora_rank.unwrap_or(0) as u128;
-            (matrices, matrices + norms)
-        });
+        let (latent_matrices, latent) = self
+            .latent_attention
+            .as_ref()
+            .map_or((0, 0), |l| l.parameters(self.hidden_size, a.num_heads));
         // Gated DeltaNet: the joined input projection and the output one; the convolution,
         // A_log, dt_bias and the gated norm's weight.
         let (linear_matrices, linear) = self.linear_attention.as_ref().map_or((0, 0), |l| {

@@ -194,6 +194,36 @@ fn glm_flash_and_air_translate() {
     assert!(a.fp8_block.is_none());
 }
 
+/// Null and absent differ: `q_lora_rank: null` is a plain `q_proj`, its absence transformers'
+/// default rank. Each family reads its own layer plan: GLM-4.7-Flash's `mlp_layer_types`
+/// (its `first_k_dense_replace` only where it agrees), DeepSeek's `first_k_dense_replace`.
+#[test]
+fn defaults_and_layer_plans_follow_each_familys_hf_model() {
+    let mut no_rank = deepseek_v3();
+    no_rank.as_object_mut().unwrap().remove("q_lora_rank");
+    let rank = |v: Value| arch(v).config.latent_attention.unwrap().q_lora_rank;
+    assert_eq!(rank(no_rank), Some(1536));
+    assert_eq!(
+        rank(with(deepseek_v3(), json!({"q_lora_rank": null}))),
+        None
+    );
+    let types = json!(["dense", "sparse", "dense"]);
+    let flash = with(
+        glm4_7_flash(),
+        json!({"num_hidden_layers": 3, "mlp_layer_types": types}),
+    );
+    let dense: Vec<bool> = (arch(flash).config.layers.iter())
+        .map(|l| l.ffn == FfnKind::Dense)
+        .collect();
+    assert_eq!(dense, [true, false, true]);
+    let e = error(with(glm4_7_flash(), json!({"first_k_dense_replace": 2})));
+    assert!(e.contains("first_k_dense_replace"), "{e}");
+    let e = error(with(glm4_7_flash(), json!({"partial_rotary_factor": 0.5})));
+    assert!(e.contains("partial_rotary_factor"), "{e}");
+    let a = arch(with(deepseek_v3(), json!({"mlp_layer_types": ["dense"]})));
+    assert_eq!(a.unrecognized_fields, ["mlp_layer_types"]);
+}
+
 /// One clear line each, naming the field.
 #[test]
 fn router_and_quantization_settings_that_cannot_hold_are_refused() {
@@ -209,6 +239,19 @@ fn router_and_quantization_settings_that_cannot_hold_are_refused() {
         ),
         (json!({"qk_rope_head_dim": 63}), "qk_rope_head_dim"),
         (json!({"kv_lora_rank": 0}), "kv_lora_rank"),
+        (
+            json!({"num_hidden_layers": 1u64 << 40}),
+            "num_hidden_layers",
+        ),
+        (
+            json!({"num_nextn_predict_layers": 1u64 << 40}),
+            "num_nextn_predict_layers",
+        ),
+        (
+            json!({"quantization_config": {"quant_method": "fp8", "activation_scheme": "static",
+                                           "weight_block_size": [128, 128]}}),
+            "activation_scheme",
+        ),
         (
             json!({"quantization_config": {"quant_method": "fp8"}}),
             "weight_block_size",

@@ -135,8 +135,8 @@ pub fn run(common: &Common) -> Result<()> {
         None if c.rope.partial_rotary_factor < 1.0 => println!(
             "rope           theta {}, on {} of {} dimensions per head",
             c.rope.theta,
-            c.rope.rotary_dim(a.head_dim),
-            a.head_dim
+            c.rope.rotary_dim(c.rope_head_dim()),
+            c.rope_head_dim()
         ),
         None => println!("rope           theta {}", c.rope.theta),
         Some(y) => println!(

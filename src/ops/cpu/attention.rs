@@ -5,7 +5,11 @@
 //! count on every call (it reads /proc/cpuinfo): at decode that fixed cost, not the few
 //! kilobytes of cache read, was the price of attention. Here one task per (token, kv head)
 //! scores, normalises and sums in one pass with one scratch row, and the query heads that share
-//! a kv head read each key and value row once between them.
+//! a kv head read each key and value row once between them. Where a call has too few (token,
+//! kv head) pairs to share out (latent attention's decode: one kv head for every query head),
+//! a kv head's query heads are split between a few tasks, each reading the rows once. Long
+//! contexts would rather split the positions and merge the softmax statistics
+//! (flash-decoding); not done yet.
 //!
 //! Slow twin: `ops::reference::attention` (scores, mask, softmax, matmul with candle's ops),
 //! compared in the op table (ops/tests.rs); the unit tests below check each kernel family
@@ -125,8 +129,10 @@ pub fn causal_attention(
     // Tasks of `split` query heads: a kv head's whole group where (token, kv head) pairs are
     // enough to share out, fewer where they are not (latent attention's decode step is one
     // kv head for every query head); each task reads its kv head's rows once for its heads.
+    // (Each task reads its kv head's rows: a few per thread balance the load without reading
+    // the rows many times over.)
     let pairs = tokens * kv_heads;
-    let wanted = 4 * rayon::current_num_threads();
+    let wanted = 2 * rayon::current_num_threads();
     let split = match macs < PARALLEL_MIN_MACS || pairs >= wanted {
         true => n_rep,
         false => n_rep.div_ceil(wanted.div_ceil(pairs)).max(1),
@@ -368,6 +374,8 @@ mod tests {
             (8, 1, 24, 16, 5, 6, None, true),
             (20, 1, 40, 32, 1, 300, None, true),
             (20, 1, 40, 32, 9, 300, None, true),
+            (16, 2, 64, 64, 1, 300, None, false),
+            (16, 2, 64, 64, 1, 300, Some(100), false),
         ] {
             let dims = AttentionDims {
                 heads,

@@ -36,8 +36,11 @@ pub fn linear(isa: Isa, xs: &Tensor, w: &Weight, bias: Option<&Tensor>) -> Resul
     }
 }
 
-/// q: (nh, t, hd), k and v: (nkv, s, hd), all f32 -> (t, nh * hd): the kernel over the
-/// cache's buffers in place.
+/// q: (nh, t, hd), k (nkv, s, hd) and v (nkv, s, dv), all f32 -> (t, nh * dv): the kernel over
+/// the cache's buffers in place. Latent attention's values are a narrowing of its keys: the
+/// two read guards below are then on one storage, which is safe because nothing writes a
+/// cache's buffers while attention reads them (a cache belongs to one sequence, and its
+/// appends run on the calling thread before this).
 pub fn attention(
     isa: Isa,
     q: &Tensor,

@@ -15,7 +15,8 @@ use crate::error::{Error, Result};
 pub(super) const MAX_ROUTED_EXPERTS: usize = 512;
 /// Choices one warp can hand out (one per lane).
 pub(super) const MAX_TOP_K: usize = 32;
-/// Tokens one routing block handles (a warp each).
+/// Tokens one routing block handles (a warp each); moe_route.cu sizes its shared rows by the
+/// same number (and traps on a larger block).
 const ROUTE_WARPS: u32 = 8;
 
 /// How router logits become scores.
@@ -63,7 +64,7 @@ pub fn route(
         && top_k <= keep * (e / groups);
     if !groups_fit {
         return Err(Error::Input(format!(
-            "the CUDA router keeps 1..={groups} of up to {MAX_GROUPS} equal groups holding the \
+            "the CUDA router keeps some of up to {MAX_GROUPS} equal groups that hold the \
              top-{top_k}, not {keep} of {groups} groups of {e} experts"
         )));
     }

@@ -6,8 +6,8 @@ use candle_core::{Device, Tensor};
 use crate::error::Result;
 use crate::ops::AttentionShape;
 
-/// q: (nh, t, hd), k and v: (nkv, s, hd), all f32, the last t positions of k and v those of
-/// the queries -> (t, nh * hd).
+/// q: (nh, t, hd), k (nkv, s, hd) and v (nkv, s, dv), all f32, the last t positions of k and v
+/// those of the queries -> (t, nh * dv).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, a: &AttentionShape) -> Result<Tensor> {
     let (nh, t, hd) = q.dims3()?;
     let (nkv, s) = (a.kv_heads, k.dim(1)?);

@@ -41,6 +41,7 @@ pub mod gguf;
 pub mod hub;
 mod json;
 pub mod layers;
+pub mod limits;
 pub mod ops;
 pub mod quality;
 pub mod quant;
@@ -62,5 +63,6 @@ pub struct ReadmeDoctests;
 
 pub use error::{Error, Result};
 pub use layers::{Cache, LoadOptions, Model};
+pub use limits::Limits;
 pub use ops::{Backend, Kernels};
 pub use spec::ModelConfig;

@@ -2,7 +2,8 @@
 
 use chrono::NaiveDateTime;
 use minijinja::syntax::SyntaxConfig;
-use minijinja::{Environment, ErrorKind, Value as JValue};
+use minijinja::value::{Kwargs, Rest, StringInput, ValueOrKwargs};
+use minijinja::{Environment, ErrorKind, State, Value as JValue};
 
 use super::python::{is_generator, is_python_none, python_generators, tojson};
 
@@ -81,6 +82,43 @@ pub(super) fn strftime(now: NaiveDateTime, format: &str) -> String {
     out
 }
 
+/// The widest padding or the largest count a template may ask of a string method or filter:
+/// far past any chat template's indentation, far short of memory.
+const MAX_WIDTH: i64 = 1 << 16;
+
+fn invalid(message: impl Into<std::borrow::Cow<'static, str>>) -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, message)
+}
+
+/// Refuses a method or filter call whose integer arguments (widths, counts) pass MAX_WIDTH.
+fn bounded_widths(method: &str, args: &[JValue]) -> Result<(), minijinja::Error> {
+    for arg in args {
+        if let Ok(n) = i64::try_from(arg.clone()) {
+            if n > MAX_WIDTH {
+                return Err(invalid(format!(
+                    "{method}: {n} is larger than a template may ask for ({MAX_WIDTH})"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a printf-style format whose widths or precisions pass MAX_WIDTH.
+fn bounded_format(format: &str) -> Result<(), minijinja::Error> {
+    let digits = format
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|d| !d.is_empty());
+    for run in digits {
+        if run.len() > 5 || run.parse::<i64>().is_ok_and(|n| n > MAX_WIDTH) {
+            return Err(invalid(format!(
+                "format: a width of {run} is larger than a template may ask for ({MAX_WIDTH})"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A Jinja environment configured as HF's (`ImmutableSandboxedEnvironment(trim_blocks=True,
 /// lstrip_blocks=True)` with loop controls and its own globals and filters), but for
 /// `strftime_now` ([`environment_at`]).
@@ -92,7 +130,37 @@ pub(super) fn environment() -> Environment<'static> {
         .build()
         .expect("the default delimiters are valid");
     env.set_syntax(syntax);
-    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    // Python's string methods, their widths and counts bounded (`"".ljust(10**12)` is a
+    // template's way to a terabyte).
+    env.set_unknown_method_callback(|state, value, method, args| {
+        bounded_widths(method, args)?;
+        minijinja_contrib::pycompat::unknown_method_callback(state, value, method, args)
+    });
+    // The filters that pad by a number the template gives, bounded likewise.
+    env.add_filter(
+        "indent",
+        |value: StringInput,
+         width: Option<JValue>,
+         first: Option<bool>,
+         blank: Option<bool>,
+         kwargs: Kwargs| {
+            let named = kwargs.peek::<Option<JValue>>("width")?;
+            let given: Vec<JValue> = [width.clone(), named].into_iter().flatten().collect();
+            bounded_widths("indent", &given)?;
+            let width = width.map(|w| {
+                w.as_usize()
+                    .ok_or_else(|| invalid("indent: the width must be a count"))
+            });
+            minijinja::filters::indent(value, width.transpose()?, first, blank, kwargs)
+        },
+    );
+    env.add_filter(
+        "format",
+        |state: &mut State, format: &JValue, args: Rest<ValueOrKwargs>| {
+            bounded_format(format.as_str().unwrap_or_default())?;
+            minijinja::filters::format(state, format, args)
+        },
+    );
     env.add_function("raise_exception", |message: String| -> Result<JValue, _> {
         Err(minijinja::Error::new(ErrorKind::InvalidOperation, message))
     });

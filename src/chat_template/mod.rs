@@ -78,6 +78,29 @@ pub struct RenderOptions {
     pub now: Option<NaiveDateTime>,
 }
 
+/// A rendered prompt, refusing to grow past `max` bytes.
+struct Bounded {
+    text: Vec<u8>,
+    max: usize,
+    /// A write was refused.
+    full: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.text.len() + buf.len() > self.max {
+            self.full = true;
+            return Err(std::io::Error::other("the rendered prompt is too large"));
+        }
+        self.text.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What HF's renderer passes by name; a variable of the same name does not replace it.
 const NAMED_ARGUMENTS: [&str; 4] = ["messages", "tools", "documents", "add_generation_prompt"];
 
@@ -187,10 +210,53 @@ impl ChatTemplate {
         let now = opts
             .now
             .unwrap_or_else(|| chrono::Local::now().naive_local());
-        let env = environment_at(now);
-        env.template_from_str(source)
-            .and_then(|t| t.render(JValue::from_pairs(context)))
-            .map_err(|e| self.error(name, e))
+        // A template's work and output are bounded (`Limits`): a loop without end runs out
+        // of fuel, a prompt past the size limit stops being written.
+        let limits = crate::Limits::current();
+        let mut env = environment_at(now);
+        env.set_fuel(Some(limits.template_fuel));
+        let mut out = Bounded {
+            text: Vec::new(),
+            max: limits.max_rendered_bytes,
+            full: false,
+        };
+        let rendered = env.template_from_str(source).and_then(|t| {
+            t.render_captured_to(JValue::from_pairs(context), &mut out)
+                .map(drop)
+        });
+        match rendered {
+            Ok(_) if out.text.iter().all(u8::is_ascii_whitespace) => Err(self.error(
+                name,
+                minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("rendered nothing for {} messages", messages.len()),
+                ),
+            )),
+            Ok(_) => String::from_utf8(out.text).map_err(|_| {
+                Error::Input(format!("{}: rendered invalid UTF-8", self.path.display()))
+            }),
+            Err(e) if e.kind() == minijinja::ErrorKind::OutOfFuel => Err(self.error(
+                name,
+                minijinja::Error::new(
+                    e.kind(),
+                    format!(
+                        "ran past {} instructions (Limits::template_fuel): a loop without end?",
+                        limits.template_fuel
+                    ),
+                ),
+            )),
+            Err(_) if out.full => Err(self.error(
+                name,
+                minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!(
+                        "rendered more than {} bytes (Limits::max_rendered_bytes)",
+                        out.max
+                    ),
+                ),
+            )),
+            Err(e) => Err(self.error(name, e)),
+        }
     }
 
     /// The template HF would pick: the only one; or among named ones `tool_use` when tools are

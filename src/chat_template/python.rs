@@ -174,6 +174,14 @@ pub(super) fn python_generators(env: &mut Environment<'static>) {
 /// and spaces differently.
 pub(super) fn tojson(value: JValue, kwargs: Kwargs) -> Result<JValue, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
+    // Python indents by any width; a template asking for a million spaces a level is building
+    // a huge string, not JSON for a model.
+    if indent.is_some_and(|i| i > 64) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: an indent above 64 is not supported",
+        ));
+    }
     let separators: Option<Vec<String>> = kwargs.get("separators")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;

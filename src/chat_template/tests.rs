@@ -177,3 +177,53 @@ fn tojson_escapes_non_ascii_when_asked_and_writes_python_s_keys() {
         r#"{"true": 1, "null": 2, "3": 4}"#
     );
 }
+
+/// A hostile template's work and output are bounded: each attempt is one error naming the
+/// template and the limit, within the fuel's time.
+#[test]
+fn hostile_templates_stop_at_the_limits() {
+    use super::{ChatTemplate, Message, RenderOptions};
+    let cases = [
+        (
+            "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+            "instructions",
+        ),
+        (
+            "{% for i in range(100000) %}{{ 'x' * 10000 }}{% endfor %}",
+            "bytes",
+        ),
+        ("{{ 'x' * 100000000 }}{{ 'x' * 100000000 }}", "bytes"),
+        ("{{ 'a' | indent(100000000) }}", "indent"),
+        ("{{ 'a' | indent(width=100000000) }}", "indent"),
+        ("{{ '%99999999s' | format('a') }}", "format"),
+        ("{{ messages | tojson(indent=100000000) }}", "indent"),
+        ("{{ 'a'.ljust(1000000000) }}", "ljust"),
+        ("{{ 'a'.center(1000000000) }}", "center"),
+        ("{% if false %}x{% endif %}", "nothing"),
+    ];
+    let limits = crate::Limits {
+        max_rendered_bytes: 150_000_000,
+        ..crate::Limits::default()
+    };
+    crate::Limits::set(limits);
+    for (source, what) in cases {
+        let path = std::path::Path::new("tokenizer_config.json");
+        let t = ChatTemplate::from_source(path, source, &serde_json::json!({})).unwrap();
+        let started = std::time::Instant::now();
+        let e = t
+            .render(&[Message::new("user", "hi")], &RenderOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(what) && e.contains("tokenizer_config.json"),
+            "{source}: {e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "{source}: {:?}",
+            started.elapsed()
+        );
+    }
+    crate::Limits::set(crate::Limits::default());
+}

@@ -111,6 +111,19 @@ pub fn generate_cached(
 ) -> Result<Generation> {
     let mut sampler = Sampler::new(opts.sampling.clone())?;
     let cached = cache.position();
+    let context = model.config().max_position_embeddings;
+    if prompt.is_empty() {
+        return Err(Error::Input(
+            "the prompt is empty: generation needs at least one token to continue".into(),
+        ));
+    }
+    if prompt.len() > context {
+        return Err(Error::Input(format!(
+            "the prompt's {} tokens exceed the model's context of {context} \
+             (max_position_embeddings)",
+            prompt.len()
+        )));
+    }
     if cached >= prompt.len() {
         return Err(Error::Input(format!(
             "the cache holds {cached} tokens; the prompt ({} tokens) must go beyond it",
@@ -123,8 +136,8 @@ pub fn generate_cached(
         ..Stats::default()
     };
     let mut history = prompt.to_vec();
-    let context = model.config().max_position_embeddings;
-    let mut tokens = Vec::with_capacity(opts.max_new_tokens);
+    // The budget may be any number; the context bounds what can come.
+    let mut tokens = Vec::with_capacity(opts.max_new_tokens.min(context));
     let mut stop = StopReason::MaxTokens;
     let mut input = prompt[cached..].to_vec();
     let mut decode_start = None;
@@ -135,6 +148,17 @@ pub fn generate_cached(
         }
         let start = Instant::now();
         let logits = model.forward_last(&input, cache)?.to_vec1::<f32>()?;
+        // A NaN or an infinity from the model (a broken weight, a degenerate config) would
+        // sample token 0 forever: stop and say where.
+        if let Some(id) = logits.iter().position(|l| !l.is_finite()) {
+            return Err(Error::Input(format!(
+                "step {} (position {}): the model's logits are not finite ({} at token id \
+                 {id}); a weight or a config value of this checkpoint is broken",
+                tokens.len(),
+                cache.position() - 1,
+                logits[id]
+            )));
+        }
         let next = sampler.sample(&logits, &history);
         if tokens.is_empty() {
             stats.prefill_secs = start.elapsed().as_secs_f64();

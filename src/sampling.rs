@@ -62,8 +62,14 @@ impl SamplingConfig {
                 })
                 .transpose()
         };
-        if !get("do_sample").and_then(Value::as_bool).unwrap_or(false) {
-            return Ok(cfg);
+        // A flag, as HF reads it; `"true"` as a string is a mistake worth naming, not false.
+        match get("do_sample") {
+            None | Some(Value::Bool(false)) => return Ok(cfg),
+            Some(Value::Bool(true)) => {}
+            Some(v) => {
+                let message = format!("expected true or false, got {v}");
+                return Err(Error::config(&path, "do_sample", message));
+            }
         }
         cfg.temperature = number("temperature")?.unwrap_or(1.0);
         cfg.top_k = match number("top_k")? {
@@ -386,6 +392,8 @@ mod tests {
         let cfg =
             read(r#"{"do_sample": true, "temperature": 0.6, "top_k": 0, "top_p": 1.0}"#).unwrap();
         assert_eq!((cfg.temperature, cfg.top_k, cfg.top_p), (0.6, None, None));
+        let err = read(r#"{"do_sample": "true"}"#).unwrap_err();
+        assert!(err.to_string().contains("do_sample"), "{err}");
         let err = read(r#"{"do_sample": true, "temperature": "hot"}"#).unwrap_err();
         assert!(err.to_string().contains("`temperature`"), "{err}");
         let err = read(r#"{"do_sample": true, "top_p": 1.5}"#).unwrap_err();

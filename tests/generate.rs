@@ -63,6 +63,41 @@ fn a_full_context_ends_generation_without_an_error() {
     assert_eq!(gen.stats.generated_tokens, 3);
 }
 
+/// What the generator cannot continue is an error saying why, not zero tokens or token 0
+/// forever: an empty prompt, a prompt past the context, a model whose logits are NaN (one NaN
+/// in a router weight). A token budget of any size is bounded by the context.
+#[test]
+fn impossible_generations_are_errors_and_budgets_are_bounded() {
+    let model = common::load(FIXTURE, DType::F32, Kernels::Fast);
+    let context = model.config().max_position_embeddings;
+    let run =
+        |prompt: &[u32], budget| generate(&model, prompt, &options(budget), |_| Flow::Continue);
+    let e = run(&[], 4).unwrap_err().to_string();
+    assert!(e.contains("prompt is empty"), "{e}");
+    let e = run(&vec![3u32; context + 1], 4).unwrap_err().to_string();
+    assert!(e.contains("exceed the model's context"), "{e}");
+    let gen = run(&[3, 4, 5], usize::MAX).unwrap();
+    assert_eq!(gen.stop, StopReason::ContextFull);
+    assert_eq!(gen.tokens.len(), context - 2);
+
+    let dir = common::copy_fixture(FIXTURE);
+    common::edit_tensors(dir.path(), |t| {
+        let name = "model.layers.0.block_sparse_moe.gate.weight";
+        let w = &t[name];
+        let mut values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        values[0] = f32::NAN;
+        let nan = candle_core::Tensor::from_vec(values, w.dims(), w.device()).unwrap();
+        t.insert(name.to_string(), nan);
+    });
+    let broken =
+        moe_runtime::Model::load(dir.path(), &moe_runtime::LoadOptions::default()).unwrap();
+    let r = common::reference(FIXTURE);
+    let e = generate(&broken, &r.tokens, &options(4), |_| Flow::Continue)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("step 0") && e.contains("not finite"), "{e}");
+}
+
 #[test]
 fn seeded_sampling_repeats_and_the_seed_matters() {
     let r = common::reference(FIXTURE);

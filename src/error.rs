@@ -1,6 +1,6 @@
 //! The one error type of the library: every variant names the file, field or tensor at fault.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Everything that can go wrong while loading a checkpoint or running it.
 ///
@@ -37,6 +37,11 @@ pub enum Error {
     /// A GGUF file that cannot be read as one, or that lacks what a model needs.
     #[error("{path}: {message}")]
     Gguf { path: PathBuf, message: String },
+
+    /// A checkpoint whose files disagree: a tensor in two shards, an index naming a shard
+    /// that does not hold the tensor.
+    #[error("{path}: {message}")]
+    Checkpoint { path: PathBuf, message: String },
 
     #[error("{dir}: tensor `{name}` is missing from the checkpoint")]
     MissingTensor { dir: PathBuf, name: String },
@@ -83,21 +88,117 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// Fails unless `dir` is a folder: the first check when loading a model from it.
-    pub(crate) fn check_model_dir(dir: &std::path::Path) -> Result<()> {
-        if dir.is_dir() {
-            return Ok(());
+    pub(crate) fn check_model_dir(dir: &Path) -> Result<()> {
+        if dir.as_os_str().is_empty() {
+            return Err(Error::Input(
+                "the model name is empty: expected a model folder, a GGUF file or a hub id \
+                 (org/name)"
+                    .into(),
+            ));
         }
-        Err(Error::Io {
-            path: dir.to_path_buf(),
-            cause: std::io::Error::new(std::io::ErrorKind::NotFound, "no such model folder"),
-        })
+        let message = match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => return Ok(()),
+            Ok(meta) => format!(
+                "is {}, not a model folder (config.json with safetensors) or a GGUF file",
+                file_kind(&meta)
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "no such model folder".into(),
+            Err(e) => e.to_string(),
+        };
+        Err(Error::Input(format!(
+            "{}: {message}",
+            shortened(&dir.display().to_string())
+        )))
     }
 
-    pub(crate) fn config(path: &std::path::Path, field: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn config(path: &Path, field: &str, message: impl Into<String>) -> Self {
         Error::Config {
             path: path.to_path_buf(),
             field: field.to_string(),
             message: message.into(),
         }
+    }
+}
+
+/// What a path that is not the regular file or folder expected is, for messages: "a folder",
+/// "a FIFO", "a character device"...
+pub(crate) fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let kind = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_char_device() {
+            return "a character device";
+        }
+        if kind.is_block_device() {
+            return "a block device";
+        }
+    }
+    if kind.is_dir() {
+        "a folder"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else if kind.is_file() {
+        "a regular file"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Text from the caller (a model name, a hub id) as echoed in a message: whole up to 200
+/// characters, else its start and its length, so that a hostile 5000-character name makes a
+/// one-line error still.
+pub(crate) fn shortened(text: &str) -> String {
+    const SHOWN: usize = 200;
+    let count = text.chars().count();
+    if count <= SHOWN {
+        return text.to_string();
+    }
+    let start: String = text.chars().take(60).collect();
+    format!("{start}… ({count} characters)")
+}
+
+/// A message from a library that may quote input at length (serde quoting a string value):
+/// its start and end (where a line and column are) around an ellipsis past 400 characters.
+pub(crate) fn clipped(message: &str) -> String {
+    let chars: Vec<char> = message.chars().collect();
+    if chars.len() <= 400 {
+        return message.to_string();
+    }
+    let head: String = chars[..200].iter().collect();
+    let tail: String = chars[chars.len() - 150..].iter().collect();
+    format!("{head} … {tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_names_are_echoed_shortened() {
+        assert_eq!(shortened("org/name"), "org/name");
+        let long = "a".repeat(5000);
+        let short = shortened(&long);
+        assert!(
+            short.len() < 100 && short.ends_with("(5000 characters)"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn a_model_folder_that_is_empty_or_a_file_is_said_so() {
+        let e = Error::check_model_dir(Path::new(""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the model name is empty"), "{e}");
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let e = Error::check_model_dir(&file).unwrap_err().to_string();
+        assert!(e.contains("is a regular file, not a model folder"), "{e}");
     }
 }

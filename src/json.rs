@@ -9,6 +9,12 @@ use crate::error::{Error, Result};
 /// Reads and parses the JSON file at `path`: a regular file (a FIFO or a device would block or
 /// never end) of at most `Limits::max_json_bytes`, checked before it is read.
 pub(crate) fn read(path: &Path) -> Result<Value> {
+    parse(path, &read_text(path)?)
+}
+
+/// The text of the JSON file at `path`, under the checks of [`read`], for readers that parse
+/// it into their own types (tokenizer.json).
+pub(crate) fn read_text(path: &Path) -> Result<String> {
     let io = |cause| Error::Io {
         path: path.to_path_buf(),
         cause,
@@ -17,8 +23,8 @@ pub(crate) fn read(path: &Path) -> Result<Value> {
     let bad = |message: String| Error::Input(format!("{}: {message}", path.display()));
     if !meta.is_file() {
         return Err(bad(format!(
-            "is not a regular file ({:?}); expected a JSON file",
-            meta.file_type()
+            "is not a regular file ({}); expected a JSON file",
+            crate::error::file_kind(&meta)
         )));
     }
     let max = crate::Limits::current().max_json_bytes;
@@ -28,8 +34,12 @@ pub(crate) fn read(path: &Path) -> Result<Value> {
             meta.len()
         )));
     }
-    let text = std::fs::read_to_string(path).map_err(io)?;
-    serde_json::from_str(&text).map_err(|cause| Error::Json {
+    std::fs::read_to_string(path).map_err(io)
+}
+
+/// Parses `text`, read from `path`; a syntax error names the line and column.
+pub(crate) fn parse(path: &Path, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|cause| Error::Json {
         path: path.to_path_buf(),
         cause,
     })

@@ -92,6 +92,8 @@ pub struct Model {
     weight_formats: Vec<(&'static str, f64)>,
     /// config.json fields nothing here reads (see [`Model::unrecognized_config_fields`]).
     unrecognized_fields: Vec<String>,
+    /// Checkpoint tensors nothing here read (see [`Model::unread_tensors`]).
+    unread_tensors: Vec<String>,
 }
 
 impl Model {
@@ -123,6 +125,7 @@ impl Model {
             config: mut cfg,
             names,
             unrecognized_fields,
+            skipped,
             ..
         } = arch;
         if let Some(k) = opts.experts_per_token {
@@ -185,6 +188,8 @@ impl Model {
             })
             .collect::<Result<Vec<_>>>()?;
         let norm = load::norm(weights, names.final_norm, h, &cfg)?;
+        let skipped: Vec<&str> = skipped.iter().map(|(prefix, _)| prefix.as_str()).collect();
+        let unread_tensors = weights.unread(&skipped);
         Ok(Model {
             rope: Rope::new(&cfg.rope, cfg.rope_head_dim()),
             cfg,
@@ -203,6 +208,7 @@ impl Model {
             },
             weight_formats: tally.shares(),
             unrecognized_fields,
+            unread_tensors,
         })
     }
 
@@ -211,6 +217,15 @@ impl Model {
     /// them as a warning). Empty for a config the family's reader knows whole.
     pub fn unrecognized_config_fields(&self) -> &[String] {
         &self.unrecognized_fields
+    }
+
+    /// The checkpoint's tensors that the model did not read, sorted: weights of the checkpoint
+    /// that this model ignores (a tensor of a feature the engine does not implement, a name it
+    /// does not know), which the command line prints as a warning. The parts a text model
+    /// leaves out on purpose (`Architecture::skipped`: a vision tower, multi-token-prediction
+    /// layers) are not listed. Empty for a checkpoint read whole, and for random weights.
+    pub fn unread_tensors(&self) -> &[String] {
+        &self.unread_tensors
     }
 
     /// The formats the layers' matrices are kept in (a dtype such as `bf16`, or blocks such

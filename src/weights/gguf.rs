@@ -60,6 +60,7 @@ impl Weights {
             device: device.clone(),
             unpermute,
             fp8_block: None,
+            read: std::sync::Mutex::default(),
         })
     }
 }

@@ -3,30 +3,28 @@
 //! converted to the compute dtype, and routed experts stacked once into `[E, N, K]`.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
-use std::fs::File;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use half::{bf16, f16};
 use memmap2::Mmap;
 #[cfg(unix)]
 use memmap2::UncheckedAdvice;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgmlType;
 
 mod experts;
+mod files;
 mod fp8;
 mod gguf;
 
+pub(crate) use files::index_shards;
 pub use gguf::cpu_format;
-
-const SINGLE_FILE: &str = "model.safetensors";
-const INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// All tensors of a checkpoint, mapped but not yet read; or, for benchmarks of shapes that
 /// have no checkpoint on disk, random tensors of whatever shape is asked for.
@@ -46,6 +44,8 @@ pub struct Weights {
     unpermute: HashMap<String, usize>,
     /// The block size of FP8 weights' scales, where config.json says the checkpoint has them.
     fp8_block: Option<[usize; 2]>,
+    /// The names of the tensors read so far (see [`Weights::unread`]).
+    read: Mutex<HashSet<String>>,
 }
 
 struct MappedFile {
@@ -94,39 +94,7 @@ struct Entry {
 impl Weights {
     /// Maps the checkpoint in `dir`; tensors come out in `dtype` on `device`.
     pub fn open(dir: &Path, dtype: DType, device: &Device) -> Result<Self> {
-        let paths = shard_paths(dir)?;
-        let mut files = Vec::with_capacity(paths.len());
-        let mut tensors = HashMap::new();
-        for (file, path) in paths.into_iter().enumerate() {
-            let mmap = map(&path)?;
-            let bad = |message: String| Error::Safetensors {
-                path: path.clone(),
-                message,
-            };
-            // read_metadata checks the header and that the offsets tile the file exactly, so a
-            // truncated file is caught here rather than when a tensor is read.
-            let (header_len, metadata) =
-                SafeTensors::read_metadata(&mmap).map_err(|e| bad(e.to_string()))?;
-            let data_start = 8 + header_len;
-            for (name, info) in metadata.tensors() {
-                let (start, end) = info.data_offsets;
-                tensors.insert(
-                    name,
-                    Entry {
-                        file,
-                        dtype: info.dtype,
-                        shape: info.shape.clone(),
-                        start: data_start + start,
-                        end: data_start + end,
-                        packed: None,
-                    },
-                );
-            }
-            files.push(MappedFile {
-                path,
-                mmap: Arc::new(mmap),
-            });
-        }
+        let (files, tensors) = files::open(dir)?;
         Ok(Weights {
             dir: dir.to_path_buf(),
             files,
@@ -137,6 +105,7 @@ impl Weights {
             device: device.clone(),
             unpermute: HashMap::new(),
             fp8_block: None,
+            read: Mutex::default(),
         })
     }
 
@@ -165,6 +134,7 @@ impl Weights {
             device: device.clone(),
             unpermute: HashMap::new(),
             fp8_block: None,
+            read: Mutex::default(),
         }
     }
 
@@ -180,12 +150,33 @@ impl Weights {
         self.random.is_some() || self.tensors.contains_key(name)
     }
 
-    /// Tensor `name`'s entry and the file it is in, after checking that it has `shape`.
+    /// The checkpoint's tensors that nothing has read yet (by [`Weights::get`],
+    /// [`Weights::bytes`], [`Weights::quantized`] or the readers built on them), sorted, less
+    /// those under any of `skipped` (name prefixes of parts a text model does not load). After
+    /// a model is built from these weights: what it ignored. Empty for random weights.
+    pub fn unread(&self, skipped: &[&str]) -> Vec<String> {
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut unread: Vec<String> = (self.tensors.keys())
+            .filter(|name| !read.contains(*name))
+            .filter(|name| !skipped.iter().any(|prefix| name.starts_with(prefix)))
+            .cloned()
+            .collect();
+        unread.sort();
+        unread
+    }
+
+    /// Tensor `name`'s entry and the file it is in, after checking that it has `shape`; the
+    /// name counts as read.
     fn entry(&self, name: &str, shape: &[usize]) -> Result<(&Entry, &MappedFile)> {
         let entry = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
             dir: self.dir.clone(),
             name: name.to_string(),
         })?;
+        let mut read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        if !read.contains(name) {
+            read.insert(name.to_string());
+        }
+        drop(read);
         let file = &self.files[entry.file];
         if entry.shape != shape {
             return Err(Error::TensorShape {
@@ -338,7 +329,17 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize], device: &Device) -> Res
     use std::hash::{Hash, Hasher};
 
     const BLOCK: usize = 1 << 16;
-    let n: usize = shape.iter().product();
+    let n = (shape.iter())
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "{name}: random weights of shape {shape:?} overflow"
+            ))
+        })?;
+    if device.is_cpu() {
+        let what = format!("random weights {name} {shape:?}");
+        crate::Limits::current().check_memory(&what, n as u128 * 4)?;
+    }
     let cpu = Device::Cpu;
     if shape.len() < 2 {
         let fill = if name.contains("norm") { 1.0f32 } else { 0.0 };
@@ -365,61 +366,6 @@ fn random_tensor(seed: u64, name: &str, shape: &[usize], device: &Device) -> Res
                 .for_each(|v| *v = rng.random_range(-bound..bound));
         });
     Ok(Tensor::from_vec(values, shape, &cpu)?)
-}
-
-/// The safetensors files of a checkpoint: the shards named in the index, or the single file.
-fn shard_paths(dir: &Path) -> Result<Vec<PathBuf>> {
-    Error::check_model_dir(dir)?;
-    let index = dir.join(INDEX_FILE);
-    if !index.exists() {
-        return Ok(vec![dir.join(SINGLE_FILE)]);
-    }
-    Ok(index_shards(&index)?
-        .into_iter()
-        .map(|f| dir.join(f))
-        .collect())
-}
-
-/// The shard file names a model.safetensors.index.json lists, each once, in order; every one
-/// must be a plain file name in the index's own folder.
-pub(crate) fn index_shards(index: &Path) -> Result<Vec<String>> {
-    let value = crate::json::read(index)?;
-    let map = value
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::config(index, "weight_map", "expected an object of name -> file"))?;
-    let mut shards = BTreeSet::new();
-    for (name, file) in map {
-        let file = file
-            .as_str()
-            .filter(|f| is_plain_file_name(f))
-            .ok_or_else(|| {
-                Error::config(
-                    index,
-                    &format!("weight_map.{name}"),
-                    format!("expected a file name in the same folder, got {file}"),
-                )
-            })?;
-        shards.insert(file.to_string());
-    }
-    Ok(shards.into_iter().collect())
-}
-
-/// Shard names must stay inside the checkpoint folder.
-fn is_plain_file_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains(['/', '\\']) && name != ".." && name != "."
-}
-
-fn map(path: &Path) -> Result<Mmap> {
-    let io = |cause| Error::Io {
-        path: path.to_path_buf(),
-        cause,
-    };
-    let file = File::open(path).map_err(io)?;
-    // SAFETY: the map is read-only, and checkpoints are not modified while a model is loaded
-    // from them or reads blocks in place from them (as with llama.cpp's mmap, a file truncated
-    // under a running model faults it); every read is bounds-checked against the header.
-    unsafe { Mmap::map(&file) }.map_err(io)
 }
 
 /// Little-endian bytes to values; `bytes.len()` is a multiple of N (the header was validated).

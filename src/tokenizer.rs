@@ -38,10 +38,7 @@ impl Tokenizer {
             return Tokenizer::from_gguf(&crate::gguf::Gguf::open(dir)?);
         }
         let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Tokenizer {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        let inner = read_tokenizer_json(&path)?;
         let config_path = dir.join("tokenizer_config.json");
         let config = if config_path.exists() {
             crate::json::read(&config_path)?
@@ -203,6 +200,68 @@ impl Tokenizer {
             path: self.path.clone(),
             message: e.to_string(),
         }
+    }
+}
+
+/// The model types tokenizer.json's `model.type` may name.
+const MODEL_TYPES: [&str; 4] = ["BPE", "WordPiece", "WordLevel", "Unigram"];
+
+/// Reads the tokenizer.json at `path` (a regular file within `Limits::max_json_bytes`). When
+/// the `tokenizers` crate refuses it, the error says what is wrong where it can: a JSON syntax
+/// error with its line and column, a missing or unknown `model.type`, rather than the crate's
+/// "did not match any variant of untagged enum ModelUntagged".
+fn read_tokenizer_json(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = crate::json::read_text(path)?;
+    let error = match text.parse::<tokenizers::Tokenizer>() {
+        Ok(tokenizer) => return Ok(tokenizer),
+        Err(e) => crate::error::clipped(&e.to_string()),
+    };
+    // Only a file refused is parsed again, to say why.
+    let value = crate::json::parse(path, &text)?;
+    let bad = |message: String| Error::Tokenizer {
+        path: path.to_path_buf(),
+        message,
+    };
+    let Some(model) = value.get("model") else {
+        return Err(bad(
+            "field `model` is missing (the vocabulary and how it splits text)".into(),
+        ));
+    };
+    if !model.is_object() {
+        return Err(bad(format!(
+            "field `model`: expected an object, got {}",
+            kind(model)
+        )));
+    }
+    match model.get("type") {
+        Some(Value::String(t)) if MODEL_TYPES.contains(&t.as_str()) => {}
+        Some(t) => {
+            return Err(bad(format!(
+                "field `model.type`: {} is not a tokenizer model (expected one of {})",
+                crate::error::shortened(&t.to_string()),
+                MODEL_TYPES.join(", ")
+            )))
+        }
+        None if error.contains("untagged enum ModelUntagged") => {
+            return Err(bad(format!(
+                "field `model` has no `type` and does not read as any of {}",
+                MODEL_TYPES.join(", ")
+            )))
+        }
+        None => {}
+    }
+    Err(bad(error))
+}
+
+/// A JSON value's kind, for messages.
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
     }
 }
 

@@ -5,8 +5,10 @@
 //!     cargo run --release --example chat -- --prompt "ROMEO:" --max-new-tokens 40
 //!     cargo run --release --example chat -- --model Qwen/Qwen1.5-MoE-A2.7B-Chat
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, ErrorKind, Write};
+use std::process::ExitCode;
 
+use anyhow::{bail, Context};
 use clap::Parser;
 use moe_runtime::chat::Chat;
 use moe_runtime::generate::{self, Flow, GenerateOptions};
@@ -40,14 +42,42 @@ struct Args {
     show_reasoning: bool,
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // stdout's reader went away (`| head`): a quiet end, as a shell reports SIGPIPE's.
+        Err(e) if broken_pipe(&e) => ExitCode::from(141),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == ErrorKind::BrokenPipe)
+    })
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    if args.max_new_tokens == 0 {
+        bail!("--max-new-tokens 0 asks for nothing: give at least 1");
+    }
     let dir = hub::resolve(&args.model)?;
     let load = LoadOptions {
         device: moe_runtime::device::parse(&args.device)?,
         ..LoadOptions::default()
     };
     let model = Model::load(&dir, &load)?;
+    let context = model.config().max_position_embeddings;
+    if args.max_new_tokens > context {
+        bail!(
+            "--max-new-tokens {} is more than the model's context of {context}",
+            args.max_new_tokens
+        );
+    }
     let tokenizer = Tokenizer::load(&dir)?;
     let options = GenerateOptions {
         max_new_tokens: args.max_new_tokens,
@@ -66,12 +96,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(prompt) = args.prompt {
         return say(&mut chat, &prompt, args.show_reasoning);
     }
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "Talking to {}. /reset starts over, /exit quits.",
         dir.display()
     );
-    for line in std::io::stdin().lock().lines() {
-        match line?.trim() {
+    for (number, line) in std::io::stdin().lock().lines().enumerate() {
+        let line = line.with_context(|| format!("stdin line {}", number + 1))?;
+        match line.trim() {
             "/exit" => break,
             "/reset" => chat.reset(),
             "" => {}
@@ -82,21 +114,30 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Sends one message and streams the answer (and the reasoning, if asked) to stdout, its speed
-/// to stderr.
+/// to stderr. A write to stdout that fails stops the answer and is the error (`print!` would
+/// panic there).
 fn say(chat: &mut Chat, message: &str, show_reasoning: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut failed = None;
     let answer = chat.send(message, |part, piece| {
         if part == Part::Answer || (show_reasoning && part == Part::Reasoning) {
-            print!("{piece}");
-            std::io::stdout().flush().ok();
+            if let Err(e) = write!(out, "{piece}").and_then(|()| out.flush()) {
+                failed = Some(e);
+                return Flow::Stop;
+            }
         }
         Flow::Continue
     })?;
-    println!();
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
+    writeln!(out)?;
     for call in &answer.tool_calls {
-        println!("[tool call] {} {}", call.name, call.arguments);
+        writeln!(out, "[tool call] {} {}", call.name, call.arguments)?;
     }
     let stats = &answer.generation.stats;
-    eprintln!(
+    let _ = writeln!(
+        std::io::stderr(),
         "[{} tokens, {:.0} ms to the first, then {:.1} tokens/s]",
         stats.generated_tokens,
         stats.time_to_first_token_secs() * 1e3,

@@ -3,6 +3,7 @@
 //!
 //!     cargo run --release --example greedy -- tests/fixtures/mixtral-a 5,17,42
 
+use std::io::Write;
 use std::time::Instant;
 
 use moe_runtime::{generate, LoadOptions, Model};
@@ -21,10 +22,13 @@ fn main() -> anyhow::Result<()> {
 
     let model = Model::load(dir.as_ref(), &LoadOptions::default())?;
     let cfg = model.config();
-    println!(
+    // Through a locked stdout with `writeln!`: a closed pipe is an error, not a panic.
+    let mut stdout = std::io::stdout().lock();
+    writeln!(
+        stdout,
         "{dir}: {} with {} experts, top-{}",
         cfg.model_type, cfg.moe.num_experts, cfg.moe.router.top_k
-    );
+    )?;
 
     let mut cache = model.new_cache();
     let start = Instant::now();
@@ -34,11 +38,12 @@ fn main() -> anyhow::Result<()> {
         next = generate::argmax(&model.forward_last(&[next], &mut cache)?)?;
         out.push(next);
     }
-    println!("{prompt:?} -> {out:?}");
-    println!(
+    writeln!(stdout, "{prompt:?} -> {out:?}")?;
+    writeln!(
+        stdout,
         "{} tokens in {:.1} ms",
         out.len(),
         start.elapsed().as_secs_f64() * 1e3
-    );
+    )?;
     Ok(())
 }

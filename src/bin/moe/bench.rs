@@ -1,14 +1,17 @@
 //! `moe bench`: throughput of one model, and how close decode comes to the bandwidth limit.
 
+use std::io::Write;
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use moe_runtime::bench::{self, BenchOptions, BenchResult};
-use moe_runtime::Model;
+use moe_runtime::{Limits, Model};
 use serde_json::json;
 
+use crate::bounds;
 use crate::common::Common;
 use crate::energy::{self, EnergyArgs};
+use crate::output;
 
 /// Loads the model once, then measures each of `settings` in turn.
 pub fn run(
@@ -18,6 +21,7 @@ pub fn run(
     energy_args: &EnergyArgs,
     json: bool,
 ) -> Result<()> {
+    check(settings, None)?;
     let (model, name) = match random_config {
         Some(config) => (
             common.load_random(config)?,
@@ -28,8 +32,10 @@ pub fn run(
             (model, dir.display().to_string())
         }
     };
+    check(settings, Some(&model))?;
     let mut meter = energy_args.meter(!model.device().is_cpu())?;
     let mut bandwidth = None;
+    let mut out = output::stdout();
     for opts in settings {
         let result = bench::run(&model, opts, &mut meter)?;
         // Measured after the first runs, with the weights paged in and the thread pool warm.
@@ -37,19 +43,43 @@ pub fn run(
             Some(b) => b,
             None => *bandwidth.insert(bench::read_bandwidth_on(model.device())?),
         };
-        report(&model, &name, opts, &result, bandwidth, json);
+        report(&mut out, &model, &name, opts, &result, bandwidth, json)?;
+    }
+    Ok(())
+}
+
+/// The flags' counts, before the model loads; then, with the `model`, the lengths against its
+/// context and the largest batch's caches against the memory available.
+fn check(settings: &[BenchOptions], model: Option<&Model>) -> Result<()> {
+    let Some(first) = settings.first() else {
+        bail!("--batch lists no batch size");
+    };
+    let positions = bounds::bench_lengths(
+        first.prompt_len,
+        first.gen_len,
+        model.map(|m| m.config().max_position_embeddings),
+    )?;
+    let why = "a median over more runs measures nothing new";
+    bounds::at_most("--repeats", first.repeats, bounds::MAX_REPEATS, why)?;
+    for opts in settings {
+        Limits::current().check_batch("--batch", opts.batch)?;
+    }
+    if let Some(model) = model {
+        let batch = settings.iter().map(|o| o.batch).max().unwrap_or(1);
+        bounds::caches(model, batch, positions)?;
     }
     Ok(())
 }
 
 fn report(
+    out: &mut impl Write,
     model: &Model,
     name: &str,
     opts: &BenchOptions,
     result: &BenchResult,
     bandwidth: f64,
     json: bool,
-) {
+) -> std::io::Result<()> {
     let bytes_per_token = model.decode_read_bytes();
     let limit = bandwidth / bytes_per_token;
     // The bound is that of one sequence: a batch step reads each chosen expert once for all
@@ -85,36 +115,40 @@ fn report(
             },
             "energy": result.energy,
         });
-        println!("{report}");
+        writeln!(out, "{report}")
     } else {
         let formats: Vec<String> = model
             .weight_formats()
             .iter()
             .map(|(f, share)| format!("{f} {:.0}%", 100.0 * share))
             .collect();
-        println!(
+        writeln!(
+            out,
             "model      {name}, {:?} compute, weights {}, {threads} threads, {} backend ({} CPU \
              kernels)",
             model.dtype(),
             formats.join(" "),
             model.backend().name(),
             bench::cpu_kernels()
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "prefill    {:.1} tokens/s ({} tokens, median of {})",
             result.prefill_tokens_per_s, opts.prompt_len, opts.repeats
-        );
-        println!(
+        )?;
+        writeln!(
+            out,
             "decode     {:.1} tokens/s ({} steps of {} sequences, median of {})",
             result.decode_tokens_per_s, opts.gen_len, opts.batch, opts.repeats
-        );
+        )?;
         let reached = fraction.map_or("(a batch-1 bound)".into(), |f| format!("reached {f:.2}"));
-        println!(
+        writeln!(
+            out,
             "roofline   {:.1} MB read per decode token, {:.1} GB/s measured: at most {:.1} tokens/s; {reached}",
             bytes_per_token / 1e6,
             bandwidth / 1e9,
             limit,
-        );
-        energy::print(&result.energy);
+        )?;
+        energy::print(out, &result.energy)
     }
 }

@@ -11,7 +11,9 @@ use moe_runtime::arch::{self, Architecture};
 use moe_runtime::gguf::{GgmlType, GGUF_NAMES};
 use moe_runtime::sampling::SamplingConfig;
 use moe_runtime::weights::Weights;
-use moe_runtime::{hub, Kernels, LoadOptions, Model};
+use moe_runtime::{hub, Kernels, Limits, LoadOptions, Model};
+
+use crate::output::note;
 
 /// Checkpoints smaller than this load too fast for a progress bar to help.
 const PROGRESS_BAR_BYTES: f64 = 256e6;
@@ -27,6 +29,12 @@ pub struct ModelArg {
 impl ModelArg {
     /// The checkpoint's folder (downloading a hub id when it is not cached yet).
     pub fn dir(&self) -> Result<PathBuf> {
+        if self.model.trim().is_empty() {
+            bail!(
+                "--model is empty: give a checkpoint folder, a GGUF file or a hub id (org/name), \
+                 or leave it out for the bundled model"
+            );
+        }
         Ok(hub::resolve(&self.model)?)
     }
 }
@@ -94,8 +102,10 @@ impl Common {
 
     /// The model and its folder.
     pub fn load(&self) -> Result<(Model, PathBuf)> {
+        // The flags first: a bad one is refused before a hub id is downloaded.
+        let opts = self.load_options()?;
         let dir = self.model.dir()?;
-        Ok((self.runtime.load(&dir, &self.load_options()?)?, dir))
+        Ok((self.runtime.load(&dir, &opts)?, dir))
     }
 
     /// A model of the shape in config.json file `config`, with random weights made in memory.
@@ -122,6 +132,9 @@ pub struct Runtime {
 impl Runtime {
     /// Load options with this device and kernels, the rest at their defaults.
     pub fn load_options(&self) -> Result<LoadOptions> {
+        if let Some(n) = self.threads {
+            Limits::current().check_threads("--threads", n)?;
+        }
         Ok(LoadOptions {
             device: moe_runtime::device::parse(&self.device)?,
             kernels: self.kernels.parse::<Kernels>()?,
@@ -140,14 +153,24 @@ impl Runtime {
         self.build(&config, arch, &weights, opts)
     }
 
-    /// A model of the shape in config.json file `config`, with random weights made in memory.
+    /// A model of the shape in config.json file `config`, with random weights made in memory:
+    /// refused before the first is made when they would not fit in the memory available.
     pub fn load_random(&self, config: &Path, opts: &LoadOptions) -> Result<Model> {
-        let json: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(config)
-                .with_context(|| format!("reading {}", config.display()))?,
-        )
-        .with_context(|| format!("{}: not valid JSON", config.display()))?;
+        let text = read_input("--config", config)?;
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", config.display()))?;
         let arch = arch::parse(config, json)?;
+        let (total, _) = arch.config.parameter_counts();
+        let what = format!(
+            "random weights for {} ({:.3}B parameters in {:?})",
+            config.display(),
+            total as f64 / 1e9,
+            opts.dtype
+        );
+        Limits::current().check_memory(
+            &what,
+            total.saturating_mul(opts.dtype.size_in_bytes() as u128),
+        )?;
         let weights = Weights::random(0, opts.dtype, &opts.device);
         self.build(config, arch, &weights, opts)
     }
@@ -162,7 +185,7 @@ impl Runtime {
         self.set_threads()?;
         // Fields of config.json that nothing reads are reported, never dropped silently.
         if !arch.unrecognized_fields.is_empty() {
-            eprintln!(
+            note!(
                 "warning: {}: fields not used by moe-runtime: {}",
                 config.display(),
                 arch.unrecognized_fields.join(", ")
@@ -193,9 +216,7 @@ impl Runtime {
         let Some(n) = self.threads else {
             return Ok(());
         };
-        if n == 0 {
-            bail!("--threads must be at least 1");
-        }
+        Limits::current().check_threads("--threads", n)?;
         if SET.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
@@ -205,6 +226,38 @@ impl Runtime {
             .build_global()
             .context("setting up the thread pool")
     }
+}
+
+/// The text of the file at `path`, which `what` (its flag) names in errors, read whole: a
+/// regular file (a FIFO or a device would block or never end) of at most
+/// `Limits::max_json_bytes`, checked before it is read.
+pub fn read_input(what: &str, path: &Path) -> Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| format!("{what} {}", path.display()))?;
+    if !meta.is_file() {
+        let kind = if meta.is_dir() {
+            "a folder"
+        } else {
+            "a FIFO, socket or device"
+        };
+        bail!("{what} {}: is {kind}, not a regular file", path.display());
+    }
+    let max = Limits::current().max_json_bytes;
+    if meta.len() > max {
+        bail!(
+            "{what} {}: is {} bytes, more than the {max} an input file may have \
+             (Limits::max_json_bytes)",
+            path.display(),
+            meta.len()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("{what} {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        anyhow::anyhow!(
+            "{what} {}: is not UTF-8 text (an invalid byte at offset {at})",
+            path.display()
+        )
+    })
 }
 
 /// Sampling flags; any left out take the checkpoint's generation_config.json defaults

@@ -1,5 +1,7 @@
 //! The energy options of `bench`, and how its energy report prints as text.
 
+use std::io::Write;
+
 use anyhow::Result;
 use clap::Args;
 use moe_runtime::energy::{EnergyMeter, EnergyOptions, EnergyReport, Estimate, PhaseReport};
@@ -32,29 +34,31 @@ impl EnergyArgs {
 }
 
 /// The report in a few lines: the headline per phase, then what is missing and why.
-pub fn print(report: &EnergyReport) {
-    let phase = |name: &str, p: &PhaseReport| {
+pub fn print(out: &mut impl Write, report: &EnergyReport) -> std::io::Result<()> {
+    let phase = |out: &mut dyn Write, name: &str, p: &PhaseReport| {
         let joules = match (p.joules_per_token, p.net_joules_per_token) {
             (Some(gross), Some(net)) => format!(", {gross:.4} J/token ({net:.4} net of idle)"),
             (Some(gross), None) => format!(", {gross:.4} J/token"),
             _ => String::new(),
         };
-        println!(
+        writeln!(
+            out,
             "energy     {name}: {:.4} core-seconds/token{joules}",
             p.core_seconds_per_token
-        );
+        )
     };
-    println!("energy     source {}: {}", report.source, report.note);
-    phase("prefill", &report.prefill);
-    phase("decode", &report.decode);
+    writeln!(out, "energy     source {}: {}", report.source, report.note)?;
+    phase(out, "prefill", &report.prefill)?;
+    phase(out, "decode", &report.decode)?;
     if let Some(tpj) = report.tokens_per_joule {
         let label = if report.measured { "" } else { " (ESTIMATED)" };
-        println!("energy     decode {tpj:.2} tokens per joule{label}");
+        writeln!(out, "energy     decode {tpj:.2} tokens per joule{label}")?;
     }
     for s in &report.skipped {
-        println!("energy     skipped {}: {}", s.source, s.reason);
+        writeln!(out, "energy     skipped {}: {}", s.source, s.reason)?;
     }
     for w in &report.warnings {
-        println!("warning    {w}");
+        writeln!(out, "warning    {w}")?;
     }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! `moe explore`: the sweep of experts per token, weight format and batch size, written to a
 //! folder as JSON, a Markdown table with its reading, and SVG charts.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -8,9 +9,12 @@ use clap::Args;
 use moe_runtime::bench::BenchOptions;
 use moe_runtime::explore::{self, ExploreOptions, Format};
 use moe_runtime::tokenizer::Tokenizer;
+use moe_runtime::Limits;
 
-use crate::common::{ModelArg, Runtime};
+use crate::bounds;
+use crate::common::{read_input, ModelArg, Runtime};
 use crate::energy::EnergyArgs;
+use crate::output::{self, note};
 
 #[derive(Args)]
 pub struct ExploreArgs {
@@ -55,6 +59,8 @@ pub struct ExploreArgs {
 }
 
 pub fn run(args: &ExploreArgs) -> Result<()> {
+    check_flags(args)?;
+    writable(&args.out)?;
     let dir = args.model.dir()?;
     let text_path = match &args.text {
         Some(path) => path.clone(),
@@ -90,10 +96,17 @@ pub fn run(args: &ExploreArgs) -> Result<()> {
         rounds: args.rounds,
         quality_tokens: args.quality_tokens,
     };
+    // Every load is checked against the flags' lengths and batches: the first, the
+    // reference, before anything is measured.
+    let largest_batch = args.batches.iter().copied().max().unwrap_or(1);
     let mut load = |opts: &moe_runtime::LoadOptions| {
-        args.runtime
-            .load(&dir, opts)
-            .map_err(|e| moe_runtime::Error::Input(format!("{e:#}")))
+        let checked = args.runtime.load(&dir, opts).and_then(|model| {
+            let context = Some(model.config().max_position_embeddings);
+            let positions = bounds::bench_lengths(args.prompt_len, args.gen_len, context)?;
+            bounds::caches(&model, largest_batch, positions)?;
+            Ok(model)
+        });
+        checked.map_err(|e| moe_runtime::Error::Input(format!("{e:#}")))
     };
     let mut exploration = explore::run(
         &mut load,
@@ -101,14 +114,14 @@ pub fn run(args: &ExploreArgs) -> Result<()> {
         &held_out,
         &opts,
         &mut meter,
-        &mut |line| eprintln!("explore    {line}"),
+        &mut |line| note!("explore    {line}"),
     )?;
     // As the reader would type it: relative to here when it is under here.
     let cwd = std::env::current_dir().unwrap_or_default();
     exploration.model = dir.strip_prefix(&cwd).unwrap_or(&dir).display().to_string();
     exploration.write(&args.out)?;
-    print!("{}", exploration.markdown());
-    eprintln!(
+    write!(output::stdout(), "{}", exploration.markdown())?;
+    note!(
         "explore    wrote explore.json, explore.md, efficiency_vs_quality.svg and \
          throughput_vs_batch.svg to {}",
         args.out.display()
@@ -116,10 +129,39 @@ pub fn run(args: &ExploreArgs) -> Result<()> {
     Ok(())
 }
 
+/// The counts of the flags, before anything is loaded (the lengths against the model's context
+/// once it is).
+fn check_flags(args: &ExploreArgs) -> Result<()> {
+    bounds::bench_lengths(args.prompt_len, args.gen_len, None)?;
+    let why = "a median over more runs measures nothing new";
+    bounds::at_most("--repeats", args.repeats, bounds::MAX_REPEATS, why)?;
+    let why = "each round loads every model again";
+    bounds::at_most("--rounds", args.rounds, bounds::MAX_ROUNDS, why)?;
+    if args.batches.is_empty() {
+        bail!("--batches lists no batch size");
+    }
+    for &batch in &args.batches {
+        if batch == 0 {
+            bail!("--batches 0: batch sizes must be at least 1");
+        }
+        Limits::current().check_batch("--batches", batch)?;
+    }
+    Ok(())
+}
+
+/// `--out` can be created and written in: found before the sweep, not after it.
+fn writable(out: &Path) -> Result<()> {
+    let cannot = |what: &str| format!("--out {}: cannot {what}", out.display());
+    std::fs::create_dir_all(out).with_context(|| cannot("create the folder"))?;
+    let probe = out.join(".moe-explore-probe");
+    std::fs::write(&probe, b"").with_context(|| cannot("write in it"))?;
+    std::fs::remove_file(&probe).with_context(|| cannot("remove a file from it"))?;
+    Ok(())
+}
+
 /// The held-out text as the model's token ids.
 fn tokens(dir: &Path, text: &Path) -> Result<Vec<u32>> {
-    let text = std::fs::read_to_string(text)
-        .with_context(|| format!("reading the held-out text {}", text.display()))?;
+    let text = read_input("the held-out text", text)?;
     let tokenizer = Tokenizer::load(dir)?;
     Ok(tokenizer.encode(&text)?)
 }

@@ -1,5 +1,6 @@
 //! `moe generate` and `moe prompt`: one prompt in, its continuation (or rendering) out.
 
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -9,7 +10,9 @@ use moe_runtime::text::generate_text;
 use moe_runtime::tokenizer::Tokenizer;
 use serde_json::{json, Value};
 
-use crate::common::{Common, ModelArg, SamplingArgs};
+use crate::bounds;
+use crate::common::{read_input, Common, ModelArg, SamplingArgs};
+use crate::output::{self, note};
 use crate::show::Printer;
 
 pub enum Prompt {
@@ -24,42 +27,62 @@ pub enum Prompt {
 
 pub struct Request {
     pub prompt: Prompt,
-    pub max_new_tokens: usize,
+    /// `--max-new-tokens`; left out, [`DEFAULT_NEW_TOKENS`] within what the context leaves.
+    pub max_new_tokens: Option<usize>,
     pub stop_strings: Vec<String>,
     pub show_reasoning: bool,
     pub json: bool,
 }
 
+/// New tokens when `--max-new-tokens` is left out.
+pub const DEFAULT_NEW_TOKENS: usize = 32;
+
 pub fn run(common: &Common, req: &Request, sampling: &SamplingArgs) -> Result<()> {
+    if let Some(n) = req.max_new_tokens {
+        bounds::positive("--max-new-tokens", n)?;
+    }
+    match &req.prompt {
+        Prompt::Text(text) | Prompt::Chat { user: text, .. } if text.is_empty() => {
+            bail!("--prompt is empty: give the text to continue (or --tokens)")
+        }
+        Prompt::Tokens(ids) if ids.is_empty() => bail!("--tokens lists no token ids"),
+        _ => {}
+    }
     let (model, dir) = common.load()?;
     let tokenizer = match req.prompt {
         Prompt::Tokens(_) => None,
         _ => Some(Tokenizer::load(&dir)?),
     };
+    let ids = match (&req.prompt, &tokenizer) {
+        (Prompt::Tokens(ids), _) => ids.clone(),
+        (Prompt::Chat { system, user }, Some(tok)) => {
+            let mut messages: Vec<Message> = system.iter().map(Message::system).collect();
+            messages.push(Message::user(user));
+            let opts = RenderOptions {
+                add_generation_prompt: true,
+                ..RenderOptions::default()
+            };
+            tok.apply_chat_template(&messages, &opts)?.tokens
+        }
+        (Prompt::Text(text), Some(tok)) => tok.encode(text)?,
+        (_, None) => unreachable!("text prompts load a tokenizer"),
+    };
+    let context = model.config().max_position_embeddings;
+    let max_new_tokens =
+        bounds::new_tokens(ids.len(), req.max_new_tokens, DEFAULT_NEW_TOKENS, context)?;
+    // Both within the context, so the sum does not wrap.
+    bounds::caches(&model, 1, (ids.len() + max_new_tokens).min(context))?;
     let opts = GenerateOptions {
-        max_new_tokens: req.max_new_tokens,
+        max_new_tokens,
         stop_tokens: generate::stop_tokens(&dir, tokenizer.as_ref())?,
         sampling: sampling.config(&dir)?,
     };
-    let (gen, as_text) = match (&req.prompt, &tokenizer) {
-        (Prompt::Tokens(ids), _) => (
-            generate::generate(&model, ids, &opts, |_| Flow::Continue)?,
+    let (gen, as_text) = match &tokenizer {
+        None => (
+            generate::generate(&model, &ids, &opts, |_| Flow::Continue)?,
             None,
         ),
-        (prompt, Some(tok)) => {
-            let ids = match prompt {
-                Prompt::Chat { system, user } => {
-                    let mut messages: Vec<Message> = system.iter().map(Message::system).collect();
-                    messages.push(Message::user(user));
-                    let opts = RenderOptions {
-                        add_generation_prompt: true,
-                        ..RenderOptions::default()
-                    };
-                    tok.apply_chat_template(&messages, &opts)?.tokens
-                }
-                Prompt::Text(text) => tok.encode(text)?,
-                Prompt::Tokens(_) => unreachable!("handled above"),
-            };
+        Some(tok) => {
             let mut cache = model.new_cache();
             let mut printer = Printer::new(req.show_reasoning);
             let out = generate_text(
@@ -69,21 +92,19 @@ pub fn run(common: &Common, req: &Request, sampling: &SamplingArgs) -> Result<()
                 &ids,
                 &opts,
                 &req.stop_strings,
-                |part, piece| {
-                    if !req.json {
-                        printer.piece(part, piece);
-                    }
-                    Flow::Continue
+                |part, piece| match req.json {
+                    true => Flow::Continue,
+                    false => printer.piece(part, piece),
                 },
             )?;
             if !req.json {
-                printer.finish(&out);
+                printer.finish(&out.tool_calls)?;
             }
             (out.generation.clone(), Some(out))
         }
-        (_, None) => unreachable!("text prompts load a tokenizer"),
     };
     let s = &gen.stats;
+    let mut stdout = output::stdout();
     if req.json {
         let mut report = json!({
             "tokens": gen.tokens,
@@ -103,13 +124,13 @@ pub fn run(common: &Common, req: &Request, sampling: &SamplingArgs) -> Result<()
                 .map(|c| json!({"name": c.name, "arguments": c.arguments}))
                 .collect();
         }
-        println!("{report}");
+        writeln!(stdout, "{report}")?;
     } else {
         if as_text.is_none() {
             let ids: Vec<String> = gen.tokens.iter().map(|t| t.to_string()).collect();
-            println!("{}", ids.join(","));
+            writeln!(stdout, "{}", ids.join(","))?;
         }
-        eprintln!("{}", speed(&gen));
+        note!("{}", speed(&gen));
     }
     Ok(())
 }
@@ -149,8 +170,7 @@ pub fn prompt(
 ) -> Result<()> {
     let dir = model.dir()?;
     let tokenizer = Tokenizer::load(&dir)?;
-    let text = std::fs::read_to_string(messages)
-        .with_context(|| format!("reading {}", messages.display()))?;
+    let text = read_input("--messages", messages)?;
     let value: Value = serde_json::from_str(&text)
         .with_context(|| format!("{}: not valid JSON", messages.display()))?;
     let mut file = match value {
@@ -187,13 +207,12 @@ pub fn prompt(
         ..RenderOptions::default()
     };
     let rendered = tokenizer.apply_chat_template(&list, &opts)?;
+    let mut out = output::stdout();
     if json {
-        println!(
-            "{}",
-            json!({"text": rendered.text, "tokens": rendered.tokens})
-        );
+        let report = json!({"text": rendered.text, "tokens": rendered.tokens});
+        writeln!(out, "{report}")?;
     } else {
-        println!("{}", rendered.text);
+        writeln!(out, "{}", rendered.text)?;
     }
     Ok(())
 }

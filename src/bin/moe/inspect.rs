@@ -1,6 +1,7 @@
 //! `moe inspect`: what a checkpoint is, read from its config.json alone.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
@@ -9,25 +10,27 @@ use moe_runtime::gguf::{self, GgmlType, Gguf};
 use moe_runtime::spec::{AttentionKind, FfnKind};
 
 use crate::common::Common;
+use crate::output;
 
 pub fn run(common: &Common) -> Result<()> {
     let path = Path::new(&common.model.model);
     let opts = common.load_options()?;
+    let mut out = output::stdout();
     let mut file = None;
     let arch = if gguf::holds_gguf(path) {
         let gguf = file.insert(Gguf::open(path)?);
-        gguf_file(gguf)?;
+        gguf_file(&mut out, gguf)?;
         match gguf::architecture(gguf) {
             Ok((arch, _)) => arch,
             Err(e) => {
-                println!("loadable       no: {e}");
-                gguf_metadata(gguf);
+                writeln!(out, "loadable       no: {e}")?;
+                gguf_metadata(&mut out, gguf)?;
                 return Ok(());
             }
         }
     } else {
         let dir = common.model.dir()?;
-        println!("model          {}", dir.display());
+        writeln!(out, "model          {}", dir.display())?;
         arch::load(&dir)?
     };
     let c = &arch.config;
@@ -51,25 +54,33 @@ pub fn run(common: &Common) -> Result<()> {
     let bytes = opts.dtype.size_in_bytes() as f64;
     // Experts a checkpoint keeps in MXFP4 stay so on the CPU: 17 bytes per 32 weights.
     let mxfp4 = arch.quantized_experts;
-    println!("architecture   {}", c.model_type);
-    println!(
+    writeln!(out, "architecture   {}", c.model_type)?;
+    writeln!(
+        out,
         "layers         {} ({} sparse, {} dense)",
         c.num_layers(),
         sparse,
         c.num_layers() - sparse
-    );
-    println!("hidden         {}", c.hidden_size);
+    )?;
+    writeln!(out, "hidden         {}", c.hidden_size)?;
     if c.latent_attention.is_none() {
-        println!(
+        writeln!(
+            out,
             "attention      {} heads, {} kv heads, head_dim {}, qk norm {:?}",
             a.num_heads, a.num_kv_heads, a.head_dim, a.qk_norm
-        );
+        )?;
     }
     if a.output_gate {
-        println!("output gate    sigmoid(gate) from the q projection on every attention output");
+        writeln!(
+            out,
+            "output gate    sigmoid(gate) from the q projection on every attention output"
+        )?;
     }
     if a.sinks {
-        println!("sinks          one learned logit per head in every softmax");
+        writeln!(
+            out,
+            "sinks          one learned logit per head in every softmax"
+        )?;
     }
     if !arch.skipped.is_empty() {
         let parts: Vec<String> = arch
@@ -77,13 +88,15 @@ pub fn run(common: &Common) -> Result<()> {
             .iter()
             .map(|(prefix, what)| format!("{what} ({prefix}*)"))
             .collect();
-        println!(
+        writeln!(
+            out,
             "not loaded     {}: text generation does not use them",
             parts.join(", ")
-        );
+        )?;
     }
     if let Some(l) = &c.linear_attention {
-        println!(
+        writeln!(
+            out,
             "linear         {linear} of {} layers Gated DeltaNet: {} key heads of {}, {} value \
              heads of {}, conv kernel {}",
             c.num_layers(),
@@ -92,10 +105,11 @@ pub fn run(common: &Common) -> Result<()> {
             l.value_heads,
             l.value_head_dim,
             l.conv_kernel
-        );
+        )?;
     }
     if let Some(l) = &c.latent_attention {
-        println!(
+        writeln!(
+            out,
             "latent         {} heads over one cached latent of {} and a shared rotary key of {}; \
              queries {}, keys {} + {}, values {}",
             a.num_heads,
@@ -106,7 +120,7 @@ pub fn run(common: &Common) -> Result<()> {
             l.nope_dim,
             l.rope_dim,
             l.v_dim
-        );
+        )?;
     }
     let per_position = c.cached_numbers_per_position();
     if per_position > 0 {
@@ -118,40 +132,46 @@ pub fn run(common: &Common) -> Result<()> {
             let keys_values = layers.count() * a.num_heads * (l.qk_dim() + l.v_dim);
             format!(" (expanded keys and values would be {keys_values})")
         });
-        println!(
+        writeln!(
+            out,
             "cache          {per_position} numbers per position over all layers, {:.1} KiB in \
              f32{expanded}",
             per_position as f64 * 4.0 / 1024.0
-        );
+        )?;
     }
     if let Some([rows, cols]) = arch.fp8_block {
-        println!(
+        writeln!(
+            out,
             "fp8            F8_E4M3 weights with a scale per {rows}x{cols} block, converted to \
              {:?} at load",
             opts.dtype
-        );
+        )?;
     }
     match &c.rope.yarn {
-        None if c.rope.partial_rotary_factor < 1.0 => println!(
+        None if c.rope.partial_rotary_factor < 1.0 => writeln!(
+            out,
             "rope           theta {}, on {} of {} dimensions per head",
             c.rope.theta,
             c.rope.rotary_dim(c.rope_head_dim()),
             c.rope_head_dim()
-        ),
-        None => println!("rope           theta {}", c.rope.theta),
-        Some(y) => println!(
+        )?,
+        None => writeln!(out, "rope           theta {}", c.rope.theta)?,
+        Some(y) => writeln!(
+            out,
             "rope           theta {}, YaRN x{} from {} positions (attention factor {:.4})",
             c.rope.theta, y.factor, y.original_max_position_embeddings, y.attention_factor
-        ),
+        )?,
     }
     if let Some(w) = windows.first() {
-        println!(
+        writeln!(
+            out,
             "sliding        {} of {} layers over {w} positions",
             windows.len(),
             c.num_layers()
-        );
+        )?;
     }
-    println!(
+    writeln!(
+        out,
         "experts        {} routed, top-{}, ffn {}{}",
         m.num_experts,
         m.router.top_k,
@@ -160,9 +180,10 @@ pub fn run(common: &Common) -> Result<()> {
             ", shared expert ffn {}",
             s.intermediate_size
         ))
-    );
+    )?;
     let r = &m.router;
-    println!(
+    writeln!(
+        out,
         "router         {:?} {:?}{}{}{}{}{}",
         r.scoring,
         r.selection,
@@ -182,15 +203,16 @@ pub fn run(common: &Common) -> Result<()> {
         } else {
             String::new()
         }
-    );
-    println!("activation     {:?}", c.activation);
-    println!("vocab          {}", c.vocab_size);
-    println!("context        {}", c.max_position_embeddings);
-    println!(
+    )?;
+    writeln!(out, "activation     {:?}", c.activation)?;
+    writeln!(out, "vocab          {}", c.vocab_size)?;
+    writeln!(out, "context        {}", c.max_position_embeddings)?;
+    writeln!(
+        out,
         "parameters     {:.3}M total, {:.3}M active per token",
         total as f64 / 1e6,
         active as f64 / 1e6
-    );
+    )?;
     let expert_params = if mxfp4 {
         let per_expert = 3 * c.hidden_size as u128 * m.expert_intermediate_size as u128;
         per_expert * m.num_experts as u128 * sparse as u128
@@ -215,7 +237,8 @@ pub fn run(common: &Common) -> Result<()> {
                 }
             }
             let mib = |b: f64| b / (1 << 20) as f64;
-            println!(
+            writeln!(
+                out,
                 "memory         {:.1} MiB of weights: {:.1} MiB of blocks read in place, {:.1} \
                  MiB interleaved in groups of rows (a copy), {:.1} MiB in {:?}",
                 mib((copied + mapped) as f64 + numbers as f64 * bytes),
@@ -223,36 +246,42 @@ pub fn run(common: &Common) -> Result<()> {
                 mib(copied as f64),
                 mib(numbers as f64 * bytes),
                 opts.dtype
-            );
+            )?;
         }
-        _ => println!(
+        _ => writeln!(
+            out,
             "memory         {:.1} MiB of weights in {:?}{}",
             memory / (1 << 20) as f64,
             opts.dtype,
             if mxfp4 { ", experts in MXFP4" } else { "" }
-        ),
+        )?,
     }
     if !arch.unrecognized_fields.is_empty() {
-        println!("unused fields  {}", arch.unrecognized_fields.join(", "));
+        writeln!(
+            out,
+            "unused fields  {}",
+            arch.unrecognized_fields.join(", ")
+        )?;
     }
     if let Some(file) = &file {
-        gguf_metadata(file);
+        gguf_metadata(&mut out, file)?;
     }
     Ok(())
 }
 
 /// A GGUF file as it is: its metadata, and its tensors by type with the bytes each type holds.
-fn gguf_file(file: &Gguf) -> Result<()> {
+fn gguf_file(out: &mut impl Write, file: &Gguf) -> Result<()> {
     let paths: Vec<_> = file.files().collect();
-    println!("model          {}", file.path().display());
+    writeln!(out, "model          {}", file.path().display())?;
     if paths.len() > 1 {
-        println!("files          {} (a split set)", paths.len());
+        writeln!(out, "files          {} (a split set)", paths.len())?;
     }
-    println!(
+    writeln!(
+        out,
         "format         GGUF v{}, architecture {}",
         file.version(),
         file.architecture()?
-    );
+    )?;
     let mut by_type: BTreeMap<GgmlType, (usize, usize, usize)> = BTreeMap::new();
     for t in file.tensors() {
         let entry = by_type.entry(t.ggml_type).or_default();
@@ -261,27 +290,30 @@ fn gguf_file(file: &Gguf) -> Result<()> {
     let (values, bytes) = by_type
         .values()
         .fold((0, 0), |(v, b), e| (v + e.1, b + e.2));
-    println!(
+    writeln!(
+        out,
         "tensors        {}, {:.3}M values in {:.1} MiB ({:.2} bits per value)",
         file.tensors().len(),
         values as f64 / 1e6,
         bytes as f64 / (1 << 20) as f64,
         8.0 * bytes as f64 / values.max(1) as f64
-    );
+    )?;
     for (ty, (count, values, bytes)) in &by_type {
-        println!(
+        writeln!(
+            out,
             "  {:<12} {count:>5} tensors, {:>10.1} MiB ({:.2} bits per value)",
             ty.name(),
             *bytes as f64 / (1 << 20) as f64,
             8.0 * *bytes as f64 / (*values).max(1) as f64
-        );
+        )?;
     }
     Ok(())
 }
 
-fn gguf_metadata(file: &Gguf) {
-    println!("metadata");
+fn gguf_metadata(out: &mut impl Write, file: &Gguf) -> std::io::Result<()> {
+    writeln!(out, "metadata")?;
     for (key, value) in file.metadata() {
-        println!("  {key} = {value}");
+        writeln!(out, "  {key} = {value}")?;
     }
+    Ok(())
 }

@@ -1,12 +1,14 @@
 //! `moe`: the command line over the library (DESIGN.md section 3). Thin: parse, call, print.
 
 mod bench;
+mod bounds;
 mod chat;
 mod common;
 mod energy;
 mod explore;
 mod generate;
 mod inspect;
+mod output;
 mod show;
 mod tokenize;
 
@@ -65,8 +67,10 @@ enum Command {
         /// With --chat: a system message before the prompt.
         #[arg(long, requires = "chat")]
         system: Option<String>,
-        #[arg(long, default_value_t = 32)]
-        max_new_tokens: usize,
+        /// New tokens at most [default: 32]. Given, the prompt and this many new tokens must
+        /// fit in the model's context; left out, generation stops where the context is full.
+        #[arg(long)]
+        max_new_tokens: Option<usize>,
         /// Stop when this text appears (left out of the output); may be given several times.
         #[arg(long = "stop", requires = "prompt")]
         stop_strings: Vec<String>,
@@ -88,6 +92,8 @@ enum Command {
         /// A system message that starts every conversation.
         #[arg(long)]
         system: Option<String>,
+        /// New tokens at most per answer, within the model's context; an answer stops early
+        /// where the conversation fills the context.
         #[arg(long, default_value_t = 256)]
         max_new_tokens: usize,
         #[command(flatten)]
@@ -166,13 +172,38 @@ pub fn parse_tokens(s: &str) -> Result<TokenIds, String> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away: nothing more to say, and nobody to say it to.
+        Err(e) if output::is_broken_pipe(&e) => ExitCode::from(output::BROKEN_PIPE_STATUS),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            output::note!("error: {}", output::one_line(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line clap cannot read: its message on one line, without the usage that follows
+/// (`--help` has it), exit status 2 as clap gives. Help and version print as clap prints them.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        e.exit();
+    }
+    let rendered = e.render().to_string();
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .collect();
+    output::note!(
+        "{} (--help lists the options)",
+        output::one_line(&message.join("\n"))
+    );
+    ExitCode::from(2)
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -1,24 +1,29 @@
 //! Generated text on the terminal: the answer on stdout as it comes; the reasoning too when
 //! asked for (`--show-reasoning`), else one note on stderr that the model is thinking; tool
-//! calls whole, once generation ends.
+//! calls whole, once generation ends. A write that fails (the reader of stdout went away)
+//! stops generation and is returned by [`Printer::finish`].
 
-use std::io::Write;
+use std::io::{StdoutLock, Write};
 
-use moe_runtime::reasoning::Part;
-use moe_runtime::text::TextGeneration;
+use moe_runtime::generate::Flow;
+use moe_runtime::reasoning::{Part, ToolCall};
 
-pub struct Printer<W: Write = std::io::Stdout> {
+use crate::output::{self, note};
+
+pub struct Printer<W: Write = StdoutLock<'static>> {
     out: W,
     show_reasoning: bool,
     /// The part printed last.
     last: Option<Part>,
     /// Whether the note on hidden reasoning was written.
     noted: bool,
+    /// The first write that failed; nothing is written after it.
+    failed: Option<std::io::Error>,
 }
 
 impl Printer {
     pub fn new(show_reasoning: bool) -> Printer {
-        Printer::to(std::io::stdout(), show_reasoning)
+        Printer::to(output::stdout(), show_reasoning)
     }
 }
 
@@ -29,20 +34,25 @@ impl<W: Write> Printer<W> {
             show_reasoning,
             last: None,
             noted: false,
+            failed: None,
         }
     }
 
-    // A closed stdout only loses the echo; generation goes on: write errors are ignored.
-    pub fn piece(&mut self, part: Part, text: &str) {
+    /// Prints a piece of `part`; [`Flow::Stop`] once a write has failed, so that generation
+    /// ends there instead of computing what nobody reads.
+    pub fn piece(&mut self, part: Part, text: &str) -> Flow {
+        if self.failed.is_some() {
+            return Flow::Stop;
+        }
         match part {
             Part::Reasoning if !self.show_reasoning => {
                 if !self.noted {
-                    eprintln!("(thinking; --show-reasoning shows it)");
+                    note!("(thinking; --show-reasoning shows it)");
                     self.noted = true;
                 }
-                return;
+                return Flow::Continue;
             }
-            Part::ToolCall => return,
+            Part::ToolCall => return Flow::Continue,
             _ => {}
         }
         // Labels only where reasoning is shown: a model that does not reason reads as before.
@@ -53,20 +63,32 @@ impl<W: Write> Printer<W> {
             _ => "",
         };
         self.last = Some(part);
-        let _ = write!(self.out, "{label}{text}");
-        let _ = self.out.flush();
+        let written = write!(self.out, "{label}{text}").and_then(|()| self.out.flush());
+        match written {
+            Ok(()) => Flow::Continue,
+            Err(e) => {
+                self.failed = Some(e);
+                Flow::Stop
+            }
+        }
     }
 
-    /// Ends the answer's line and prints the tool calls it asked for.
-    pub fn finish(&mut self, answer: &TextGeneration) {
+    /// Ends the answer's line and prints the tool calls it asked for; the first write that
+    /// failed, here or in [`Printer::piece`], is the error.
+    pub fn finish(&mut self, tool_calls: &[ToolCall]) -> std::io::Result<()> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         if self.last.is_some() {
-            let _ = writeln!(self.out);
+            writeln!(self.out)?;
         }
-        for call in &answer.tool_calls {
-            let _ = writeln!(self.out, "[tool call] {} {}", call.name, call.arguments);
+        for call in tool_calls {
+            writeln!(self.out, "[tool call] {} {}", call.name, call.arguments)?;
         }
+        self.out.flush()?;
         self.last = None;
         self.noted = false;
+        Ok(())
     }
 }
 
@@ -77,7 +99,7 @@ mod tests {
     fn printed(show_reasoning: bool, pieces: &[(Part, &str)]) -> String {
         let mut printer = Printer::to(Vec::new(), show_reasoning);
         for &(part, text) in pieces {
-            printer.piece(part, text);
+            assert_eq!(printer.piece(part, text), Flow::Continue);
         }
         String::from_utf8(printer.out).unwrap()
     }
@@ -98,5 +120,26 @@ mod tests {
         );
         assert_eq!(printed(false, &pieces), "Four.");
         assert_eq!(printed(true, &[(Answer, "a"), (Answer, "b")]), "ab");
+    }
+
+    /// A writer whose reader has gone, as stdout is under `| head -c 1`.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_output_stops_generation_and_is_the_error() {
+        let mut printer = Printer::to(Closed, false);
+        assert_eq!(printer.piece(Part::Answer, "a"), Flow::Stop);
+        assert_eq!(printer.piece(Part::Answer, "b"), Flow::Stop);
+        let e = printer.finish(&[]).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe);
     }
 }

@@ -1,14 +1,15 @@
 //! `moe tokenize`: the ids of a text with a model's tokenizer, or the text of ids.
 
+use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{ArgGroup, Args};
 use moe_runtime::tokenizer::Tokenizer;
 use serde_json::json;
 
-use crate::common::ModelArg;
-use crate::TokenIds;
+use crate::common::{read_input, ModelArg};
+use crate::{output, TokenIds};
 
 #[derive(Args)]
 #[command(group(ArgGroup::new("input").required(true).args(["text", "text_file", "decode"])))]
@@ -39,19 +40,19 @@ pub struct TokenizeArgs {
 pub fn run(args: &TokenizeArgs) -> Result<()> {
     let dir = args.model.dir()?;
     let tokenizer = Tokenizer::load(&dir)?;
+    let mut out = output::stdout();
     if let Some(ids) = &args.decode {
         let text = tokenizer.decode(&ids.0)?;
         if args.json {
-            println!("{}", json!({ "text": text }));
+            writeln!(out, "{}", json!({ "text": text }))?;
         } else {
-            println!("{text}");
+            writeln!(out, "{text}")?;
         }
         return Ok(());
     }
     let text = match (&args.text, &args.text_file) {
         (Some(text), _) => text.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {} as UTF-8 text", path.display()))?,
+        (None, Some(path)) => read_input("--text-file", path)?,
         (None, None) => unreachable!("clap requires one input"),
     };
     let ids = if args.parse_special {
@@ -60,11 +61,11 @@ pub fn run(args: &TokenizeArgs) -> Result<()> {
         tokenizer.encode_literally(&text, args.add_special)?
     };
     if args.json {
-        println!("{}", json!({ "tokens": ids }));
+        writeln!(out, "{}", json!({ "tokens": ids }))?;
     } else {
         for id in ids {
             let piece = tokenizer.id_to_token(id).unwrap_or_default();
-            println!("{id:>7} {piece:?}");
+            writeln!(out, "{id:>7} {piece:?}")?;
         }
     }
     Ok(())

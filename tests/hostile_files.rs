@@ -275,21 +275,44 @@ fn offline_a_model_not_cached_is_an_error_saying_the_hub_was_not_asked() {
     assert_eq!(hub.resolve("tiny-org/present").unwrap(), snapshot);
 }
 
-/// The only test here that sets environment variables (they are the process's): the
-/// variables HF's libraries read for the cache and for staying offline.
+/// The variables HF's libraries read for the cache and for staying offline, set for a child
+/// run of [`resolving_with_the_environment_set`] only: the environment is the process's, and
+/// the tests of this one run in parallel.
 #[test]
 fn the_environment_says_where_the_cache_is_and_whether_to_stay_offline() {
     let cache = tempfile::tempdir().unwrap();
-    std::env::set_var("HF_HUB_CACHE", cache.path());
     for var in ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"] {
-        std::env::set_var(var, "1");
-        let hub = Hub::from_env().unwrap();
-        assert_eq!(hub.cache, cache.path());
-        let e = one_line(hub::resolve("tiny-org/absent").unwrap_err());
-        assert!(e.contains(var) && e.contains("not asked"), "{e}");
-        std::env::remove_var(var);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "resolving_with_the_environment_set", "--ignored"])
+            .args(["--nocapture", "--test-threads", "1"])
+            .env_remove("HF_HUB_OFFLINE")
+            .env_remove("TRANSFORMERS_OFFLINE")
+            .env("HF_HUB_CACHE", cache.path())
+            .env(var, "1")
+            .env("MOE_EXPECTED_OFFLINE_VAR", var)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{var}: {text}");
+        assert!(text.contains("1 passed"), "{var}: {text}");
     }
-    std::env::remove_var("HF_HUB_CACHE");
+}
+
+#[test]
+#[ignore = "run by the_environment_says_where_the_cache_is_and_whether_to_stay_offline, in a \
+            child process with its own environment"]
+fn resolving_with_the_environment_set() {
+    let Ok(var) = std::env::var("MOE_EXPECTED_OFFLINE_VAR") else {
+        return;
+    };
+    let hub = Hub::from_env().unwrap();
+    assert_eq!(
+        Some(hub.cache.as_os_str()),
+        std::env::var_os("HF_HUB_CACHE").as_deref()
+    );
+    let e = one_line(hub::resolve("tiny-org/absent").unwrap_err());
+    assert!(e.contains(&var) && e.contains("not asked"), "{e}");
 }
 
 #[test]

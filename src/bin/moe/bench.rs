@@ -32,8 +32,8 @@ pub fn run(
             (model, dir.display().to_string())
         }
     };
-    check(settings, Some(&model))?;
     let mut meter = energy_args.meter(!model.device().is_cpu())?;
+    check(settings, Some(&model))?;
     let mut bandwidth = None;
     let mut out = output::stdout();
     for opts in settings {

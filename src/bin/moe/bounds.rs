@@ -84,7 +84,11 @@ pub fn bench_lengths(prompt_len: usize, gen_len: usize, context: Option<usize>) 
 
 /// The caches of `batch` sequences of `positions` each fit in the memory available now,
 /// checked before the first is allocated: keys and values (or latents) in the compute dtype.
+/// On the CPU only: `Limits::check_memory` knows the host's memory, not a GPU's.
 pub fn caches(model: &Model, batch: usize, positions: usize) -> Result<()> {
+    if !model.device().is_cpu() {
+        return Ok(());
+    }
     let per_position = model.config().cached_numbers_per_position() as u128;
     let bytes =
         per_position * model.dtype().size_in_bytes() as u128 * batch as u128 * positions as u128;

@@ -160,17 +160,18 @@ impl Runtime {
         let json: serde_json::Value = serde_json::from_str(&text)
             .with_context(|| format!("{}: not valid JSON", config.display()))?;
         let arch = arch::parse(config, json)?;
-        let (total, _) = arch.config.parameter_counts();
-        let what = format!(
-            "random weights for {} ({:.3}B parameters in {:?})",
-            config.display(),
-            total as f64 / 1e9,
-            opts.dtype
-        );
-        Limits::current().check_memory(
-            &what,
-            total.saturating_mul(opts.dtype.size_in_bytes() as u128),
-        )?;
+        // In host memory on the CPU; a GPU's own memory is the device's to refuse.
+        if opts.device.is_cpu() {
+            let (total, _) = arch.config.parameter_counts();
+            let what = format!(
+                "random weights for {} ({:.3}B parameters in {:?})",
+                config.display(),
+                total as f64 / 1e9,
+                opts.dtype
+            );
+            let bytes = total.saturating_mul(opts.dtype.size_in_bytes() as u128);
+            Limits::current().check_memory(&what, bytes)?;
+        }
         let weights = Weights::random(0, opts.dtype, &opts.device);
         self.build(config, arch, &weights, opts)
     }

@@ -113,7 +113,8 @@ fn check(model: &Model, opts: &BenchOptions) -> Result<()> {
             "prompt length, generation length, repeats and batch must be at least 1".into(),
         ));
     }
-    if opts.prompt_len + opts.gen_len > context {
+    crate::Limits::current().check_batch("batch", opts.batch)?;
+    if opts.prompt_len.saturating_add(opts.gen_len) > context {
         return Err(Error::Input(format!(
             "prompt {} + generation {} tokens exceed the model's context of {context}",
             opts.prompt_len, opts.gen_len

@@ -207,6 +207,22 @@ impl Runtime {
             bar.set_position(done as u64)
         })?;
         bar.finish_and_clear();
+        // Tensors of the checkpoint that nothing read are reported, never ignored silently
+        // (the first few by name: a checkpoint of another model may have thousands).
+        let unread = model.unread_tensors();
+        if !unread.is_empty() {
+            const SHOWN: usize = 10;
+            let names = unread[..unread.len().min(SHOWN)].join(", ");
+            let more = match unread.len() > SHOWN {
+                true => format!(", and {} more", unread.len() - SHOWN),
+                false => String::new(),
+            };
+            note!(
+                "warning: {}: {} tensors not read by moe-runtime: {names}{more}",
+                config.display(),
+                unread.len()
+            );
+        }
         Ok(model)
     }
 

@@ -2,6 +2,7 @@
 //! libFuzzer on `targets::generation_config` (see fuzz/targets.rs).
 
 #[path = "../targets.rs"]
+#[allow(dead_code)]
 mod targets;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| targets::generation_config(data));

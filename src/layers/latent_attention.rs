@@ -117,13 +117,16 @@ impl LatentAttention {
             return Form::Expanded;
         }
         let c = &self.cfg;
+        // (u128: a long prompt of a wide model passes u64 in these products.)
+        let n = |x: usize| x as u128;
+        let (t, cached, heads) = (n(t), n(cached), n(self.heads));
         let s = cached + t;
-        let per_position = self.heads * (c.nope_dim + c.v_dim) * c.kv_lora_rank;
+        let per_position = heads * n(c.nope_dim + c.v_dim) * n(c.kv_lora_rank);
         // Query-key pairs a causal call scores.
         let pairs = t * cached + t * (t + 1) / 2;
-        let expanded = s * per_position + pairs * self.heads * (c.qk_dim() + c.v_dim);
+        let expanded = s * per_position + pairs * heads * n(c.qk_dim() + c.v_dim);
         let absorbed =
-            t * per_position + pairs * self.heads * (c.cached_per_position() + c.kv_lora_rank);
+            t * per_position + pairs * heads * n(c.cached_per_position() + c.kv_lora_rank);
         match absorbed < expanded {
             true => Form::Absorbed,
             false => Form::Expanded,

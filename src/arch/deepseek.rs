@@ -10,24 +10,17 @@
 
 use serde_json::Value;
 
-use super::{common, Defaults, Fields, LatentNames, TensorNames, LLAMA_NAMES};
+use super::{common, Defaults, Fields, TensorNames, LLAMA_NAMES};
 use crate::error::Result;
 use crate::spec::{
     AttentionKind, FfnKind, GroupLimit, LatentAttentionConfig, LayerSpec, ModelConfig, MoeConfig,
     QkNorm, RouterSpec, Scoring, Selection, SharedExpertConfig,
 };
 
-/// The lineage's names: Llama's, with `shared_experts` and latent attention's projections.
+/// The lineage's names: Llama's (latent attention's projections among them), with
+/// `shared_experts`.
 const NAMES: TensorNames = TensorNames {
     shared_expert: "shared_experts",
-    latent: LatentNames {
-        q_a: "self_attn.q_a_proj",
-        q_a_norm: "self_attn.q_a_layernorm.weight",
-        q_b: "self_attn.q_b_proj",
-        kv_a: "self_attn.kv_a_proj_with_mqa",
-        kv_a_norm: "self_attn.kv_a_layernorm.weight",
-        kv_b: "self_attn.kv_b_proj",
-    },
     ..LLAMA_NAMES
 };
 

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use common::{copy_fixture, edit_config, edit_tensors, fixture, load, reference, relative_error};
 use moe_runtime::{Kernels, LoadOptions, Model};
 
@@ -18,29 +18,13 @@ fn load_dir(dir: &Path) -> moe_runtime::Result<Model> {
     Model::load(dir, &LoadOptions::default())
 }
 
-fn decode_logits(name: &str) -> Tensor {
-    let path = fixture(name).join("reference.safetensors");
-    let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
-    t["decode_logits"].clone()
-}
-
 /// One token at a time: the fast backend absorbs `kv_b_proj` into the query and the output
 /// and attends over the cached latents; the reference backend expands them. Both against HF's
 /// logits fed the same way through its cache.
 #[test]
 fn decode_steps_match_hfs_cached_path_in_both_forms() {
     for name in LATENT {
-        let want = decode_logits(name);
-        let tokens = reference(name).tokens;
-        for kernels in [Kernels::Fast, Kernels::Reference] {
-            let model = load(name, DType::F32, kernels);
-            let mut cache = model.new_cache();
-            for (i, &tok) in tokens.iter().enumerate() {
-                let got = model.forward(&[tok], &mut cache).unwrap();
-                let err = relative_error(&got.get(0).unwrap(), &want.get(i).unwrap());
-                assert!(err <= 1e-4, "{name} {kernels:?} position {i}: {err:e}");
-            }
-        }
+        common::assert_decode_matches_hf(name);
     }
 }
 

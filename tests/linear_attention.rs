@@ -27,22 +27,7 @@ fn load_dir(dir: &Path) -> moe_runtime::Result<Model> {
 #[test]
 fn decode_steps_match_hfs_recurrent_path() {
     for name in FAMILY {
-        let t = candle_core::safetensors::load(
-            fixture(name).join("reference.safetensors"),
-            &Device::Cpu,
-        )
-        .unwrap();
-        let want = &t["decode_logits"];
-        let tokens = reference(name).tokens;
-        for kernels in [Kernels::Fast, Kernels::Reference] {
-            let model = load(name, DType::F32, kernels);
-            let mut cache = model.new_cache();
-            for (i, &tok) in tokens.iter().enumerate() {
-                let got = model.forward(&[tok], &mut cache).unwrap();
-                let err = relative_error(&got.get(0).unwrap(), &want.get(i).unwrap());
-                assert!(err <= 1e-4, "{name} {kernels:?} position {i}: {err:e}");
-            }
-        }
+        common::assert_decode_matches_hf(name);
     }
 }
 

@@ -166,3 +166,21 @@ pub fn edit_config(dir: &std::path::Path, edit: impl FnOnce(&mut serde_json::Val
     edit(&mut cfg);
     std::fs::write(&path, cfg.to_string()).unwrap();
 }
+
+/// Feeds `name`'s prompt one token at a time on both backends and checks every position's f32
+/// logits against HF's `decode_logits` (its cached or recurrent path) to 1e-4 of the largest.
+pub fn assert_decode_matches_hf(name: &str) {
+    let path = fixture(name).join("reference.safetensors");
+    let t = candle_core::safetensors::load(path, &Device::Cpu).unwrap();
+    let want = &t["decode_logits"];
+    let tokens = reference(name).tokens;
+    for kernels in [Kernels::Fast, Kernels::Reference] {
+        let model = load(name, DType::F32, kernels);
+        let mut cache = model.new_cache();
+        for (i, &tok) in tokens.iter().enumerate() {
+            let got = model.forward(&[tok], &mut cache).unwrap();
+            let err = relative_error(&got.get(0).unwrap(), &want.get(i).unwrap());
+            assert!(err <= 1e-4, "{name} {kernels:?} position {i}: {err:e}");
+        }
+    }
+}

@@ -8,11 +8,11 @@ use serde_json::{json, Value};
 use super::{parse, Architecture, ExpertNames};
 use crate::spec::{AttentionKind, FfnKind, LayerSpec, QkNorm};
 
-fn arch(value: Value) -> Architecture {
+pub(super) fn arch(value: Value) -> Architecture {
     parse(Path::new("config.json"), value).unwrap()
 }
 
-fn error(value: Value) -> String {
+pub(super) fn error(value: Value) -> String {
     parse(Path::new("config.json"), value)
         .unwrap_err()
         .to_string()

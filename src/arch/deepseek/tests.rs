@@ -1,22 +1,10 @@
 //! The published configs of the lineage, as their hub repositories write them, and the errors
 //! for router and quantization settings that cannot be honoured.
 
-use std::path::Path;
-
 use serde_json::{json, Value};
 
-use crate::arch::{parse, Architecture};
+use crate::arch::tests::{arch, error};
 use crate::spec::{AttentionKind, FfnKind, GroupLimit, Scoring};
-
-fn arch(value: Value) -> Architecture {
-    parse(Path::new("config.json"), value).unwrap()
-}
-
-fn error(value: Value) -> String {
-    parse(Path::new("config.json"), value)
-        .unwrap_err()
-        .to_string()
-}
 
 fn with(mut base: Value, patch: Value) -> Value {
     for (k, v) in patch.as_object().unwrap() {

@@ -151,9 +151,14 @@ pub fn generate_cached(
         // A NaN or an infinity from the model (a broken weight, a degenerate config) would
         // sample token 0 forever: stop and say where.
         if let Some(id) = logits.iter().position(|l| !l.is_finite()) {
+            // The layer it came from, found by running the sequence again with checks.
+            let origin = match model.first_non_finite(&history) {
+                Ok(Some(stage)) => format!("; the first output that is not finite is {stage}'s"),
+                Ok(None) | Err(_) => String::new(),
+            };
             return Err(Error::Input(format!(
                 "step {} (position {}): the model's logits are not finite ({} at token id \
-                 {id}); a weight or a config value of this checkpoint is broken",
+                 {id}){origin}; a weight or a config value of this checkpoint is broken",
                 tokens.len(),
                 cache.position() - 1,
                 logits[id]

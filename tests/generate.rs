@@ -89,13 +89,32 @@ fn impossible_generations_are_errors_and_budgets_are_bounded() {
         let nan = candle_core::Tensor::from_vec(values, w.dims(), w.device()).unwrap();
         t.insert(name.to_string(), nan);
     });
-    let broken =
-        moe_runtime::Model::load(dir.path(), &moe_runtime::LoadOptions::default()).unwrap();
+    // Checked at load by default (a small checkpoint): the tensor is named.
+    let e = moe_runtime::Model::load(dir.path(), &moe_runtime::LoadOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("model.layers.0.block_sparse_moe.gate.weight") && e.contains("NaN"),
+        "{e}"
+    );
+    // Unchecked, generation stops at its first step and names the first broken layer.
+    let unchecked = moe_runtime::LoadOptions {
+        check_weights: moe_runtime::weights::CheckWeights::Off,
+        ..moe_runtime::LoadOptions::default()
+    };
+    let broken = moe_runtime::Model::load(dir.path(), &unchecked).unwrap();
     let r = common::reference(FIXTURE);
     let e = generate(&broken, &r.tokens, &options(4), |_| Flow::Continue)
         .unwrap_err()
         .to_string();
     assert!(e.contains("step 0") && e.contains("not finite"), "{e}");
+    assert!(e.contains("is layer 0's"), "{e}");
+    assert_eq!(
+        broken.first_non_finite(&r.tokens).unwrap().as_deref(),
+        Some("layer 0")
+    );
+    let model = common::load(FIXTURE, DType::F32, Kernels::Fast);
+    assert_eq!(model.first_non_finite(&r.tokens).unwrap(), None);
 }
 
 #[test]

@@ -49,6 +49,56 @@ fn mkfifo(path: &Path) {
     assert!(ok, "mkfifo {}", path.display());
 }
 
+// ---- Weights that are not numbers ----
+
+/// A NaN or infinity among the weights is found at load and named by its tensor, in every
+/// stored form: plain floats in safetensors, and the scales of quantized GGUF blocks read in
+/// place. `--check-weights off` loads them.
+#[test]
+fn weights_that_are_not_finite_are_named_at_load() {
+    use moe_runtime::weights::CheckWeights;
+    let unchecked = LoadOptions {
+        check_weights: CheckWeights::Off,
+        ..LoadOptions::default()
+    };
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let dir = copy_fixture(SINGLE);
+        edit_tensors(dir.path(), |t| {
+            let w = &t[SOME_TENSOR];
+            let mut values = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            values[5] = f32::INFINITY;
+            let broken = Tensor::from_vec(values, w.dims(), &Device::Cpu).unwrap();
+            t.insert(SOME_TENSOR.into(), broken.to_dtype(dtype).unwrap());
+        });
+        let e = load_error(dir.path());
+        assert!(
+            e.contains(SOME_TENSOR) && e.contains("value 5 of [26, 36] is inf"),
+            "{dtype:?}: {e}"
+        );
+        Model::load(dir.path(), &unchecked).unwrap();
+    }
+
+    let source =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gguf/gpt_oss-b-q8_0.gguf");
+    let gguf = moe_runtime::gguf::Gguf::open(&source).unwrap();
+    let name = "blk.0.attn_q.weight";
+    let tensor = gguf.tensor(name).unwrap();
+    assert_eq!(tensor.ggml_type, moe_runtime::gguf::GgmlType::Q8_0);
+    let mut bytes = std::fs::read(&source).unwrap();
+    // Block 2's scale (its first two bytes) set to f16 NaN.
+    let at = tensor.offset() + 2 * 34;
+    bytes[at..at + 2].copy_from_slice(&0x7e00u16.to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken-q8_0.gguf");
+    std::fs::write(&broken, bytes).unwrap();
+    let e = load_error(&broken);
+    assert!(
+        e.contains(name) && e.contains("block 2 has the scale NaN"),
+        "{e}"
+    );
+    Model::load(&broken, &unchecked).unwrap();
+}
+
 // ---- Tensors nothing reads ----
 
 #[test]

@@ -25,6 +25,9 @@ use crate::error::{Error, Result};
 
 /// One GGUF model: one file, or every file of a split set.
 pub struct Gguf {
+    /// The first file: what errors name (set before `files` has any, for errors met while
+    /// reading the first file's metadata).
+    first: PathBuf,
     files: Vec<GgufFile>,
     version: u32,
     /// The first file's metadata (the others of a split set hold only `split.*`).
@@ -65,6 +68,11 @@ impl TensorInfo {
     pub fn bytes(&self) -> usize {
         self.end - self.start
     }
+
+    /// Where its bytes start in the file that holds them.
+    pub fn offset(&self) -> usize {
+        self.start
+    }
 }
 
 impl Gguf {
@@ -80,6 +88,7 @@ impl Gguf {
         let parsed = file.parse()?;
         let metadata: BTreeMap<String, Value> = parsed.metadata.into_iter().collect();
         let mut gguf = Gguf {
+            first: first.clone(),
             files: Vec::new(),
             version: parsed.version,
             metadata,
@@ -141,7 +150,7 @@ impl Gguf {
 
     /// The path of the (first) file.
     pub fn path(&self) -> &Path {
-        &self.files[0].path
+        &self.first
     }
 
     /// The GGUF version of the (first) file: 2 or 3.

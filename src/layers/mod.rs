@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::ops::{Backend, Kernels};
 use crate::quant::{QuantFormat, Weight};
 use crate::spec::{AttentionKind, ModelConfig};
-use crate::weights::Weights;
+use crate::weights::{CheckWeights, Weights};
 use attention::{Sequence, Step};
 use load::{FormatTally, LayerReader};
 use rope::Rope;
@@ -49,6 +49,9 @@ pub struct LoadOptions {
     /// Converts the weights of matrix products (attention, experts, MLPs, head) to this format
     /// at load; CPU only.
     pub quant: Option<QuantFormat>,
+    /// Whether every weight read is checked to be a finite number (by default, for
+    /// checkpoints up to `weights::AUTO_CHECK_BYTES`).
+    pub check_weights: CheckWeights,
 }
 
 impl Default for LoadOptions {
@@ -59,6 +62,7 @@ impl Default for LoadOptions {
             kernels: Kernels::default(),
             experts_per_token: None,
             quant: None,
+            check_weights: CheckWeights::default(),
         }
     }
 }
@@ -317,19 +321,49 @@ impl Model {
         }
         let mut seqs: Vec<(&[u32], &mut Cache)> = tokens.chunks(1).zip(caches.iter_mut()).collect();
         self.backend.run(tokens.len(), || {
-            let hidden = self.hidden_many(&mut seqs)?;
+            let hidden = self.hidden_many(&mut seqs, &mut |_, _| Ok(()))?;
             self.logits(&hidden)
         })
     }
 
+    /// Where the forward of `tokens` from an empty cache first gives a number that is not
+    /// finite: "the embedding", "layer N" (its output), "the final norm" or "the head"; `None`
+    /// if nowhere. The diagnosis behind an error about non-finite logits: it costs a forward
+    /// with a check after each layer, so it runs once the logits are found broken, never on
+    /// the way to them.
+    pub fn first_non_finite(&self, tokens: &[u32]) -> Result<Option<String>> {
+        let mut first: Option<String> = None;
+        let mut cache = self.new_cache();
+        let mut watch = |stage: Stage, xs: &Tensor| -> Result<()> {
+            if first.is_none() && !all_finite(xs)? {
+                first = Some(stage.to_string());
+            }
+            Ok(())
+        };
+        let hidden = self.backend.run(tokens.len(), || {
+            self.hidden_many(&mut [(tokens, &mut cache)], &mut watch)
+        })?;
+        if first.is_none() {
+            let logits = self.backend.run(tokens.len(), || self.logits(&hidden))?;
+            if !all_finite(&logits)? {
+                first = Some("the head".into());
+            }
+        }
+        Ok(first)
+    }
+
     /// The final-normed hidden states, (tokens, hidden).
     fn hidden(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        self.hidden_many(&mut [(tokens, cache)])
+        self.hidden_many(&mut [(tokens, cache)], &mut |_, _| Ok(()))
     }
 
     /// The final-normed hidden states of several sequences' new tokens, one sequence's rows
-    /// after another: (Σ tokens, hidden).
-    fn hidden_many(&self, seqs: &mut [(&[u32], &mut Cache)]) -> Result<Tensor> {
+    /// after another: (Σ tokens, hidden). `watch` sees the output of each stage.
+    fn hidden_many(
+        &self,
+        seqs: &mut [(&[u32], &mut Cache)],
+        watch: &mut dyn FnMut(Stage, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         if seqs.is_empty() {
             return Err(Error::Input("the batch is empty".into()));
         }
@@ -343,6 +377,7 @@ impl Model {
         let ids: Vec<u32> = seqs.iter().flat_map(|(t, _)| t.iter().copied()).collect();
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let mut xs = block::scaled(self.embed.index_select(&ids, 0)?, self.cfg.scales.embedding)?;
+        watch(Stage::Embedding, &xs)?;
         let mut parts: Vec<Sequence> = seqs
             .iter_mut()
             .zip(&tables)
@@ -354,7 +389,10 @@ impl Model {
             .collect();
         for (i, block) in self.blocks.iter().enumerate() {
             match block.forward(&xs, &mut parts, i, self.cfg.scales.residual, &self.backend) {
-                Ok(next) => xs = next,
+                Ok(next) => {
+                    xs = next;
+                    watch(Stage::Layer(i), &xs)?;
+                }
                 Err(e) => {
                     // Keys and values written past the position are overwritten by the next
                     // call; a recurrent state that took these tokens in some layers is not.
@@ -368,7 +406,9 @@ impl Model {
         for seq in parts {
             seq.cache.advance(seq.tokens)?;
         }
-        self.norm.forward(&xs)
+        let normed = self.norm.forward(&xs)?;
+        watch(Stage::FinalNorm, &normed)?;
+        Ok(normed)
     }
 
     /// hidden: (tokens, hidden) -> f32 logits (tokens, vocab)
@@ -408,16 +448,43 @@ impl Model {
     }
 }
 
+/// A stage of the forward whose output [`Model::first_non_finite`] checks.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Embedding,
+    Layer(usize),
+    FinalNorm,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stage::Embedding => write!(f, "the embedding"),
+            Stage::Layer(i) => write!(f, "layer {i}"),
+            Stage::FinalNorm => write!(f, "the final norm"),
+        }
+    }
+}
+
+/// Whether every value of `xs` is finite.
+fn all_finite(xs: &Tensor) -> Result<bool> {
+    let values = xs.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(values.iter().all(|v| v.is_finite()))
+}
+
 /// The architecture and weights at `path`: a hub-layout checkpoint folder or a GGUF model.
 pub fn open(path: &Path, opts: &LoadOptions) -> Result<(Architecture, Weights)> {
     if crate::gguf::holds_gguf(path) {
         let file = crate::gguf::Gguf::open(path)?;
         let (arch, unpermute) = crate::gguf::architecture(&file)?;
-        let weights = Weights::from_gguf(file, unpermute, opts.dtype, &opts.device)?;
+        let weights = Weights::from_gguf(file, unpermute, opts.dtype, &opts.device)?
+            .checking(opts.check_weights);
         return Ok((arch, weights));
     }
     let arch = arch::load(path)?;
-    let weights = Weights::open(path, opts.dtype, &opts.device)?.with_fp8_blocks(arch.fp8_block);
+    let weights = Weights::open(path, opts.dtype, &opts.device)?
+        .with_fp8_blocks(arch.fp8_block)
+        .checking(opts.check_weights);
     Ok((arch, weights))
 }
 

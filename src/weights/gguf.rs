@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::{DType, Device, Tensor};
 use safetensors::Dtype;
 
-use super::{Entry, MappedFile, Weights};
+use super::{finite, Entry, MappedFile, Weights};
 use crate::arch::{join, ExpertNames, TensorNames};
 use crate::error::Result;
 use crate::gguf::{dequant, GgmlType, Gguf};
@@ -61,6 +61,7 @@ impl Weights {
             unpermute,
             fp8_block: None,
             read: std::sync::Mutex::default(),
+            check_finite: false,
         })
     }
 }
@@ -93,7 +94,7 @@ impl Weights {
         }
         let (entry, file) = self.entry(name, shape)?;
         let bad = |message: String| file.tensor_error(name, message);
-        check_blocks(format, &file.mmap[entry.start..entry.end]).map_err(bad)?;
+        self.check_blocks(format, &file.mmap[entry.start..entry.end], file, name)?;
         let bytes: SharedBytes = file.mmap.clone();
         QMatrix::mapped(format, bytes, entry.start..entry.end, shape)
             .map(Some)
@@ -130,8 +131,9 @@ impl Weights {
     /// The packed tensor `name` read into blocks of `format`, copied (its rows restored where
     /// llama.cpp permuted them, its mapped pages released).
     fn packed(&self, name: &str, shape: &[usize], format: QuantFormat) -> Result<QMatrix> {
+        let (_, file) = self.entry(name, shape)?;
         self.read_rows(name, shape, |bytes, bad| {
-            check_blocks(format, bytes).map_err(bad)?;
+            self.check_blocks(format, bytes, file, name)?;
             QMatrix::from_ggml(format, bytes, shape).map_err(|e| bad(e.to_string()))
         })
     }
@@ -158,22 +160,38 @@ impl Weights {
                 .ok_or_else(|| bad(format!("its {packed} blocks do not fill {shape:?}")))?;
             Ok(values)
         })?;
+        let (_, file) = self.entry(name, shape)?;
+        let values = self.finite(name, shape, file, values)?;
         Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
     }
 }
 
-/// What the kernels cannot take from a block's bytes as they are: an MXFP4 scale of 255 (E8M0's
-/// NaN).
-fn check_blocks(format: QuantFormat, bytes: &[u8]) -> std::result::Result<(), String> {
-    if format == QuantFormat::Mxfp4 {
-        let size = format.block_bytes();
-        if let Some(at) = bytes.chunks_exact(size).position(|b| b[0] == 255) {
-            return Err(format!(
-                "MXFP4 block {at} has scale 255, E8M0's NaN (a corrupt file)"
-            ));
+impl Weights {
+    /// Refuses what the kernels cannot take from tensor `name`'s blocks as they are: an MXFP4
+    /// scale of 255 (E8M0's NaN), always; a scale that is not finite, where weights are
+    /// checked.
+    fn check_blocks(
+        &self,
+        format: QuantFormat,
+        bytes: &[u8],
+        file: &MappedFile,
+        name: &str,
+    ) -> Result<()> {
+        if format == QuantFormat::Mxfp4 {
+            let size = format.block_bytes();
+            if let Some(at) = bytes.chunks_exact(size).position(|b| b[0] == 255) {
+                let message =
+                    format!("MXFP4 block {at} has scale 255, E8M0's NaN (a corrupt file)");
+                return Err(file.tensor_error(name, message));
+            }
         }
+        if self.check_finite {
+            if let Some(problem) = finite::block_problem(format, bytes) {
+                return Err(finite::error(&file.path, name, problem));
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// The CPU's kept format for a GGUF type, where it has one (its tensors are read in place).

@@ -20,10 +20,12 @@ use crate::gguf::GgmlType;
 
 mod experts;
 mod files;
+mod finite;
 mod fp8;
 mod gguf;
 
 pub(crate) use files::index_shards;
+pub use finite::{CheckWeights, AUTO_CHECK_BYTES};
 pub use gguf::cpu_format;
 
 /// All tensors of a checkpoint, mapped but not yet read; or, for benchmarks of shapes that
@@ -46,6 +48,8 @@ pub struct Weights {
     fp8_block: Option<[usize; 2]>,
     /// The names of the tensors read so far (see [`Weights::unread`]).
     read: Mutex<HashSet<String>>,
+    /// Whether every number read is checked to be finite (see [`Weights::checking`]).
+    check_finite: bool,
 }
 
 struct MappedFile {
@@ -106,6 +110,7 @@ impl Weights {
             unpermute: HashMap::new(),
             fp8_block: None,
             read: Mutex::default(),
+            check_finite: false,
         })
     }
 
@@ -135,7 +140,17 @@ impl Weights {
             unpermute: HashMap::new(),
             fp8_block: None,
             read: Mutex::default(),
+            check_finite: false,
         }
+    }
+
+    /// Checks every number read from here on to be finite, as `check` says for a checkpoint
+    /// of this size; a weight that is not is an error naming its tensor. Random weights are
+    /// never checked (they are finite by construction).
+    pub fn checking(mut self, check: CheckWeights) -> Self {
+        let bytes: u64 = self.files.iter().map(|f| f.mmap.len() as u64).sum();
+        self.check_finite = self.random.is_none() && check.applies(bytes);
+        self
     }
 
     pub fn dtype(&self) -> DType {
@@ -245,14 +260,27 @@ impl Weights {
         let cpu = Device::Cpu;
         let tensor = self.read_rows(name, shape, |bytes, _| {
             Ok(match entry.dtype {
-                Dtype::F32 => Tensor::from_vec(decode(bytes, f32::from_le_bytes), shape, &cpu)?,
+                Dtype::F32 => {
+                    let values = decode(bytes, f32::from_le_bytes);
+                    Tensor::from_vec(self.finite(name, shape, file, values)?, shape, &cpu)?
+                }
                 Dtype::BF16 => Tensor::from_vec(
-                    decode(bytes, |b| bf16::from_bits(u16::from_le_bytes(b))),
+                    self.finite(
+                        name,
+                        shape,
+                        file,
+                        decode(bytes, |b| bf16::from_bits(u16::from_le_bytes(b))),
+                    )?,
                     shape,
                     &cpu,
                 )?,
                 Dtype::F16 => Tensor::from_vec(
-                    decode(bytes, |b| f16::from_bits(u16::from_le_bytes(b))),
+                    self.finite(
+                        name,
+                        shape,
+                        file,
+                        decode(bytes, |b| f16::from_bits(u16::from_le_bytes(b))),
+                    )?,
                     shape,
                     &cpu,
                 )?,
@@ -266,6 +294,23 @@ impl Weights {
             })
         })?;
         Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?)
+    }
+
+    /// `values` of tensor `name` (in `file`), unless the check is on and one is not finite.
+    fn finite<T: Copy + Into<f32>>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        file: &MappedFile,
+        values: Vec<T>,
+    ) -> Result<Vec<T>> {
+        if self.check_finite {
+            if let Some((at, v)) = finite::first_non_finite(&values) {
+                let problem = finite::value_problem(at, v, shape);
+                return Err(finite::error(&file.path, name, problem));
+            }
+        }
+        Ok(values)
     }
 
     /// FP8 weight `name` (a matrix, F8_E4M3) times its block scales (`{name}_scale_inv`, F32,

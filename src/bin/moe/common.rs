@@ -57,6 +57,10 @@ pub struct Common {
     /// Experts per token, overriding the checkpoint's top-k.
     #[arg(long)]
     experts_per_token: Option<usize>,
+    /// Check that every weight read is a finite number (a NaN is named by its tensor at load
+    /// rather than found as NaN logits): auto (checkpoints up to 4 GiB), on or off.
+    #[arg(long, default_value = "auto")]
+    check_weights: String,
 }
 
 impl Common {
@@ -73,6 +77,7 @@ impl Common {
             dtype,
             experts_per_token: self.experts_per_token,
             quant: self.quant.as_deref().map(str::parse).transpose()?,
+            check_weights: self.check_weights.parse()?,
             ..base
         })
     }

@@ -325,6 +325,10 @@ fn counts_at_the_edge_of_their_type_are_refused_before_any_work() {
         (&["bench", "--batch", "1,0"], "--batch 0"),
         (&["bench", "--batch", MAX], "Limits::max_batch"),
         (
+            &["generate", "--prompt", "hi", "--check-weights", "maybe"],
+            "--check-weights \"maybe\" is not one of auto, on or off",
+        ),
+        (
             &["generate", "--prompt", "hi", "--threads", "10000"],
             "--threads 10000",
         ),

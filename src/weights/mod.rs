@@ -259,28 +259,21 @@ impl Weights {
         }
         let cpu = Device::Cpu;
         let tensor = self.read_rows(name, shape, |bytes, _| {
-            Ok(match entry.dtype {
-                Dtype::F32 => {
-                    let values = decode(bytes, f32::from_le_bytes);
-                    Tensor::from_vec(self.finite(name, shape, file, values)?, shape, &cpu)?
+            if self.check_finite {
+                if let Some((at, v)) = finite::first_non_finite_stored(entry.dtype, bytes) {
+                    let problem = finite::value_problem(at, v, shape);
+                    return Err(finite::error(&file.path, name, problem));
                 }
+            }
+            Ok(match entry.dtype {
+                Dtype::F32 => Tensor::from_vec(decode(bytes, f32::from_le_bytes), shape, &cpu)?,
                 Dtype::BF16 => Tensor::from_vec(
-                    self.finite(
-                        name,
-                        shape,
-                        file,
-                        decode(bytes, |b| bf16::from_bits(u16::from_le_bytes(b))),
-                    )?,
+                    decode(bytes, |b| bf16::from_bits(u16::from_le_bytes(b))),
                     shape,
                     &cpu,
                 )?,
                 Dtype::F16 => Tensor::from_vec(
-                    self.finite(
-                        name,
-                        shape,
-                        file,
-                        decode(bytes, |b| f16::from_bits(u16::from_le_bytes(b))),
-                    )?,
+                    decode(bytes, |b| f16::from_bits(u16::from_le_bytes(b))),
                     shape,
                     &cpu,
                 )?,

@@ -58,7 +58,7 @@ pub struct Common {
     #[arg(long)]
     experts_per_token: Option<usize>,
     /// Check that every weight read is a finite number (a NaN is named by its tensor at load
-    /// rather than found as NaN logits): auto (checkpoints up to 4 GiB), on or off.
+    /// rather than found as NaN logits): auto (checkpoints up to 512 MiB), on or off.
     #[arg(long, default_value = "auto")]
     check_weights: String,
 }

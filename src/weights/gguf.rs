@@ -164,9 +164,7 @@ impl Weights {
         let values = self.finite(name, shape, file, values)?;
         Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
     }
-}
 
-impl Weights {
     /// Refuses what the kernels cannot take from tensor `name`'s blocks as they are: an MXFP4
     /// scale of 255 (E8M0's NaN), always; a scale that is not finite, where weights are
     /// checked.

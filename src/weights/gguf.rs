@@ -161,7 +161,7 @@ impl Weights {
             Ok(values)
         })?;
         let (_, file) = self.entry(name, shape)?;
-        let values = self.finite(name, shape, file, values)?;
+        self.refuse_non_finite(name, shape, file, || finite::first_non_finite(&values))?;
         Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
     }
 

@@ -259,12 +259,9 @@ impl Weights {
         }
         let cpu = Device::Cpu;
         let tensor = self.read_rows(name, shape, |bytes, _| {
-            if self.check_finite {
-                if let Some((at, v)) = finite::first_non_finite_stored(entry.dtype, bytes) {
-                    let problem = finite::value_problem(at, v, shape);
-                    return Err(finite::error(&file.path, name, problem));
-                }
-            }
+            self.refuse_non_finite(name, shape, file, || {
+                finite::first_non_finite_stored(entry.dtype, bytes)
+            })?;
             Ok(match entry.dtype {
                 Dtype::F32 => Tensor::from_vec(decode(bytes, f32::from_le_bytes), shape, &cpu)?,
                 Dtype::BF16 => Tensor::from_vec(
@@ -289,21 +286,26 @@ impl Weights {
         Ok(tensor.to_dtype(dtype)?.to_device(&self.device)?)
     }
 
-    /// `values` of tensor `name` (in `file`), unless the check is on and one is not finite.
-    fn finite<T: Copy + Into<f32>>(
+    /// Where weights are checked, refuses tensor `name` (in `file`) if `first_bad` finds a
+    /// value that is not finite (its index and value); `first_bad` runs only then.
+    fn refuse_non_finite(
         &self,
         name: &str,
         shape: &[usize],
         file: &MappedFile,
-        values: Vec<T>,
-    ) -> Result<Vec<T>> {
-        if self.check_finite {
-            if let Some((at, v)) = finite::first_non_finite(&values) {
-                let problem = finite::value_problem(at, v, shape);
-                return Err(finite::error(&file.path, name, problem));
-            }
+        first_bad: impl FnOnce() -> Option<(usize, f32)>,
+    ) -> Result<()> {
+        if !self.check_finite {
+            return Ok(());
         }
-        Ok(values)
+        match first_bad() {
+            Some((at, v)) => Err(finite::error(
+                &file.path,
+                name,
+                finite::value_problem(at, v, shape),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// FP8 weight `name` (a matrix, F8_E4M3) times its block scales (`{name}_scale_inv`, F32,

@@ -47,6 +47,7 @@ pub mod quality;
 pub mod quant;
 pub mod reasoning;
 pub mod sampling;
+pub mod serve;
 pub mod spec;
 pub mod text;
 pub mod tokenizer;

@@ -34,57 +34,117 @@ pub fn generate_text(
     stop_strings: &[String],
     mut on_text: impl FnMut(Part, &str) -> Flow,
 ) -> Result<TextGeneration> {
-    let mut shown = Shown::new(stop_strings)?;
-    let mut splitter = Splitter::new(tokenizer, prompt)?;
-    // The format's own turn ends stop it whatever ids the caller gave (after a tool call the
-    // tool speaks, not the model).
-    let format_stops = splitter.format().stop_ids();
+    let mut decoder = Decoder::new(tokenizer, prompt, &opts.stop_tokens, stop_strings)?;
     let extended;
-    let opts = if format_stops.iter().all(|id| opts.stop_tokens.contains(id)) {
+    let opts = if decoder.stop_tokens() == opts.stop_tokens.as_slice() {
         opts
     } else {
         extended = GenerateOptions {
-            stop_tokens: [&opts.stop_tokens[..], &format_stops].concat(),
+            stop_tokens: decoder.stop_tokens().to_vec(),
             ..opts.clone()
         };
         &extended
     };
     let mut failure = None;
-    let mut hit_stop_string = false;
     let mut generation = generate_cached(model, cache, prompt, opts, |id| {
-        if opts.stop_tokens.contains(&id) {
-            return Flow::Continue; // the generator stops on it; its text is not the answer's
-        }
-        let (part, piece) = match splitter.push(id) {
-            Ok(Some(piece)) => piece,
-            Ok(None) => return Flow::Continue,
-            Err(e) => {
-                failure = Some(e);
-                return Flow::Stop;
-            }
-        };
-        let (flow, stopped) = shown.push(part, &piece, &mut on_text);
-        hit_stop_string |= stopped;
-        if stopped {
+        decoder.push(id, &mut on_text).unwrap_or_else(|e| {
+            failure = Some(e);
             Flow::Stop
-        } else {
-            flow
-        }
+        })
     })?;
     if let Some(e) = failure {
         return Err(e);
     }
-    if hit_stop_string {
+    if decoder.stopped_by_string() {
         generation.stop = StopReason::StopString;
-    } else if let Some(last) = shown.last {
-        shown.release(last, &mut on_text);
     }
+    let (text, reasoning, tool_calls) = decoder.finish(&mut on_text);
     Ok(TextGeneration {
-        text: shown.answer.text,
-        reasoning: shown.reasoning.text,
-        tool_calls: splitter.into_tool_calls(),
+        text,
+        reasoning,
+        tool_calls,
         generation,
     })
+}
+
+/// Generated ids as text, one id at a time: stop ids kept out of the text, reasoning and tool
+/// calls apart from the answer, stop strings never shown. What [`generate_text`] runs on each
+/// new id, and what a server runs for each sequence of its batch.
+pub struct Decoder<'t> {
+    splitter: Splitter<'t>,
+    shown: Shown,
+    /// The caller's stop ids and the output format's turn ends.
+    stop_tokens: Vec<u32>,
+    stopped_by_string: bool,
+}
+
+impl<'t> Decoder<'t> {
+    /// For the ids generated after `prompt`, ending at any of `stop_tokens` (to which the
+    /// output format's own turn ends are added: after a tool call the tool speaks, not the
+    /// model) and before any of `stop_strings`.
+    pub fn new(
+        tokenizer: &'t Tokenizer,
+        prompt: &[u32],
+        stop_tokens: &[u32],
+        stop_strings: &[String],
+    ) -> Result<Decoder<'t>> {
+        let splitter = Splitter::new(tokenizer, prompt)?;
+        let mut stops = stop_tokens.to_vec();
+        for id in splitter.format().stop_ids() {
+            if !stops.contains(&id) {
+                stops.push(id);
+            }
+        }
+        Ok(Decoder {
+            splitter,
+            shown: Shown::new(stop_strings)?,
+            stop_tokens: stops,
+            stopped_by_string: false,
+        })
+    }
+
+    /// The ids that end generation: the caller's, then the format's.
+    pub fn stop_tokens(&self) -> &[u32] {
+        &self.stop_tokens
+    }
+
+    /// Whether a stop string has ended the text.
+    pub fn stopped_by_string(&self) -> bool {
+        self.stopped_by_string
+    }
+
+    /// Takes the next generated id and hands the text it completes to `on_text`. Returns
+    /// `Flow::Stop` when a stop string ended the text or `on_text` asked to stop; a stop id
+    /// adds no text (the generator stops on it).
+    pub fn push(&mut self, id: u32, on_text: &mut impl FnMut(Part, &str) -> Flow) -> Result<Flow> {
+        if self.stop_tokens.contains(&id) {
+            return Ok(Flow::Continue);
+        }
+        let Some((part, piece)) = self.splitter.push(id)? else {
+            return Ok(Flow::Continue);
+        };
+        let (flow, stopped) = self.shown.push(part, &piece, on_text);
+        self.stopped_by_string |= stopped;
+        Ok(if stopped { Flow::Stop } else { flow })
+    }
+
+    /// Ends the text: what was held back as a possible stop string's start is shown (unless a
+    /// stop string did end it). Returns the answer, the reasoning and the tool calls.
+    pub fn finish(
+        mut self,
+        on_text: &mut impl FnMut(Part, &str) -> Flow,
+    ) -> (String, String, Vec<ToolCall>) {
+        if !self.stopped_by_string {
+            if let Some(last) = self.shown.last {
+                self.shown.release(last, on_text);
+            }
+        }
+        (
+            self.shown.answer.text,
+            self.shown.reasoning.text,
+            self.splitter.into_tool_calls(),
+        )
+    }
 }
 
 /// The answer and the reasoning, each watched for stop strings of its own (a stop string

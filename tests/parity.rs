@@ -134,3 +134,42 @@ fn a_batch_step_equals_each_sequence_stepped_alone() {
         assert!(model.forward_batch(&next[..2], &mut batch).is_err());
     }
 }
+
+/// Continuous batching's step: prompt chunks of several lengths beside one-token decode
+/// steps, in one pass, give each sequence what `forward_last` of it alone gives.
+#[test]
+fn a_mixed_step_of_prompt_chunks_and_decodes_equals_each_sequence_alone() {
+    for name in FIXTURES {
+        let r = reference(name);
+        let model = load(name, DType::F32, Kernels::Fast);
+        let n = r.tokens.len();
+        // Three sequences: one decoding after a prompt of 5, one whose prompt comes in two
+        // chunks, one whose whole prompt comes at once.
+        let mut batch: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
+        let mut alone: Vec<_> = (0..3).map(|_| model.new_cache()).collect();
+        model.forward(&r.tokens[..5], &mut batch[0]).unwrap();
+        model.forward(&r.tokens[..5], &mut alone[0]).unwrap();
+        // Blocks on disk: a one-token step alone rounds its activations to q8_0, the same
+        // token among many rows does not.
+        let bound = if common::quantized_on_disk(name) {
+            2.0 * QUANTIZED_ON_DISK_BOUND
+        } else {
+            1e-5
+        };
+        let steps: [[&[u32]; 3]; 2] = [
+            [&r.tokens[5..6], &r.tokens[..7], &r.tokens[..n]],
+            [&r.tokens[6..7], &r.tokens[7..n - 3], &r.greedy[..1]],
+        ];
+        for (step, inputs) in steps.iter().enumerate() {
+            let mut seqs: Vec<(&[u32], &mut _)> = inputs.iter().copied().zip(&mut batch).collect();
+            let logits = model.forward_sequences(&mut seqs).unwrap();
+            assert_eq!(logits.dims(), &[3, model.config().vocab_size]);
+            for (s, cache) in alone.iter_mut().enumerate() {
+                let want = model.forward_last(inputs[s], cache).unwrap();
+                let err = relative_error(&logits.get(s).unwrap(), &want);
+                assert!(err <= bound, "{name} step {step} sequence {s}: {err:e}");
+                assert_eq!(batch[s].position(), cache.position());
+            }
+        }
+    }
+}

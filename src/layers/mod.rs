@@ -277,6 +277,12 @@ impl Model {
 
     /// A fresh, empty cache for one sequence.
     pub fn new_cache(&self) -> Cache {
+        self.new_cache_for(self.cfg.max_position_embeddings)
+    }
+
+    /// A cache that holds at most `positions` positions (and never more than the model's
+    /// context): a server's sequences, each given a share of memory.
+    pub fn new_cache_for(&self, positions: usize) -> Cache {
         let windows = self
             .cfg
             .layers
@@ -286,7 +292,7 @@ impl Model {
                 AttentionKind::Full | AttentionKind::Linear | AttentionKind::Latent => None,
             })
             .collect();
-        Cache::with_windows(windows, self.cfg.max_position_embeddings)
+        Cache::with_windows(windows, positions.min(self.cfg.max_position_embeddings))
     }
 
     /// Runs `tokens` after whatever `cache` holds; returns f32 logits for every one of them,
@@ -323,6 +329,30 @@ impl Model {
         self.backend.run(tokens.len(), || {
             let hidden = self.hidden_many(&mut seqs, &mut |_, _| Ok(()))?;
             self.logits(&hidden)
+        })
+    }
+
+    /// One pass over several sequences' new tokens, any number each: `seqs[b]` continues its
+    /// cache with its tokens (a decode step's one token, a prompt's chunk). Every layer reads
+    /// its weights once for all the rows, attention runs per sequence over its own cache.
+    /// Returns f32 logits of each sequence's last token, (sequences, vocab): what
+    /// `forward_last` of each alone gives, up to summation order. The step of continuous
+    /// batching, where prompts are prefilled beside running decodes. When it fails, every
+    /// cache is as `forward` leaves one after a failure.
+    pub fn forward_sequences(&self, seqs: &mut [(&[u32], &mut Cache)]) -> Result<Tensor> {
+        let rows: usize = seqs.iter().map(|(t, _)| t.len()).sum();
+        // The last row of each sequence in the stacked hidden states.
+        let mut last = Vec::with_capacity(seqs.len());
+        let mut end = 0u32;
+        for (tokens, _) in seqs.iter() {
+            end += u32::try_from(tokens.len())
+                .map_err(|_| Error::Input("a sequence of more than 2^32 tokens".into()))?;
+            last.push(end.saturating_sub(1));
+        }
+        let last = Tensor::new(last.as_slice(), &self.device)?;
+        self.backend.run(rows, || {
+            let hidden = self.hidden_many(seqs, &mut |_, _| Ok(()))?;
+            self.logits(&hidden.index_select(&last, 0)?)
         })
     }
 

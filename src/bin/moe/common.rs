@@ -37,6 +37,17 @@ impl ModelArg {
         }
         Ok(hub::resolve(&self.model)?)
     }
+
+    /// A short name for the model: a hub id as given, a folder's or a file's own name.
+    pub fn name(&self) -> String {
+        let path = Path::new(&self.model);
+        match path.exists() {
+            true => path
+                .file_name()
+                .map_or_else(|| self.model.clone(), |n| n.to_string_lossy().into_owned()),
+            false => self.model.clone(),
+        }
+    }
 }
 
 #[derive(Args)]

@@ -9,6 +9,7 @@ mod explore;
 mod generate;
 mod inspect;
 mod output;
+mod serve;
 mod show;
 mod tokenize;
 
@@ -140,6 +141,9 @@ enum Command {
     /// as plain text unless asked), or with --decode the text of ids. Needs only the
     /// tokenizer files.
     Tokenize(tokenize::TokenizeArgs),
+    /// Serve the model over an OpenAI-compatible HTTP API (chat and text completions, streamed
+    /// or not, models, health, Prometheus metrics), batching requests continuously.
+    Serve(serve::ServeArgs),
     /// Render a conversation with the model's chat template; needs only tokenizer.json and
     /// tokenizer_config.json (or chat_template.jinja) in the model folder.
     Prompt {
@@ -280,6 +284,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Explore(args) => explore::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
+        Command::Serve(args) => serve::run(&args),
         Command::Prompt {
             model,
             messages,

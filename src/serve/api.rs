@@ -1,0 +1,411 @@
+//! OpenAI's requests read into jobs for the scheduler: the chat template applied as `moe chat`
+//! applies it, sampling fields over the checkpoint's defaults, the token budget checked
+//! against the context, and every field the engine cannot honour refused by name (an ignored
+//! `logprobs` or `n` would hand the client an answer to another question).
+
+use axum::http::StatusCode;
+use openai_protocol::chat::{ChatCompletionRequest, ChatMessage, MessageContent};
+use openai_protocol::common::{ContentPart, StringOrArray};
+use openai_protocol::completion::CompletionRequest;
+use serde_json::{Map, Value};
+use validator::Validate;
+
+use super::ServeState;
+use crate::chat_template::{Message, RenderOptions};
+use crate::sampling::SamplingConfig;
+
+/// An error as OpenAI's API answers it: a status, and `{"error": {message, type, param}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub param: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            param: None,
+        }
+    }
+
+    /// A 400 naming the request field at fault.
+    pub fn field(param: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            param: Some(param),
+        }
+    }
+
+    /// OpenAI's `type` for the status.
+    pub fn kind(&self) -> &'static str {
+        match self.status {
+            StatusCode::UNAUTHORIZED => "authentication_error",
+            StatusCode::NOT_FOUND => "not_found_error",
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => "server_busy",
+            s if s.is_server_error() => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+}
+
+/// A request made ready for the scheduler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingConfig,
+    pub stop_strings: Vec<String>,
+    pub stop_tokens: Vec<u32>,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// The fields chat and text completions share.
+struct Common<'r> {
+    model: &'r str,
+    n: Option<u32>,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i32>,
+    min_p: Option<f32>,
+    repetition_penalty: Option<f32>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    seed: Option<i64>,
+    stop: Option<&'r StringOrArray>,
+    stop_token_ids: Option<&'r [u32]>,
+    logit_bias: bool,
+    /// Fields given that the engine cannot honour, by name.
+    unsupported: Vec<&'static str>,
+}
+
+/// The chat template's prompt for `req`, and its settings.
+pub fn chat(state: &ServeState, req: &ChatCompletionRequest) -> Result<Prepared, ApiError> {
+    req.validate().map_err(validation)?;
+    #[allow(deprecated)] // the deprecated fields are still sent by clients, and honoured
+    let common = Common {
+        model: &req.model,
+        n: req.n,
+        max_tokens: req.output_token_cap(),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        repetition_penalty: req.repetition_penalty,
+        frequency_penalty: req.frequency_penalty,
+        presence_penalty: req.presence_penalty,
+        seed: req
+            .seed
+            .or(req.sampling_seed.and_then(|s| i64::try_from(s).ok())),
+        stop: req.stop.as_ref(),
+        stop_token_ids: req.stop_token_ids.as_deref(),
+        logit_bias: req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()),
+        unsupported: [
+            ("logprobs", req.logprobs),
+            ("top_logprobs", req.top_logprobs.is_some_and(|n| n > 0)),
+            ("response_format", req.response_format.is_some()),
+            ("regex", req.regex.is_some()),
+            ("ebnf", req.ebnf.is_some()),
+            ("continue_final_message", req.continue_final_message),
+            ("ignore_eos", req.ignore_eos),
+            ("min_tokens", req.min_tokens.is_some_and(|n| n > 0)),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect(),
+    };
+    common.check(state)?;
+    let messages = req
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message(state, i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut variables: Map<String, Value> = req
+        .chat_template_kwargs
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    if let Some(effort) = &req.reasoning_effort {
+        variables
+            .entry("reasoning_effort")
+            .or_insert_with(|| effort.clone().into());
+    }
+    let tools = req
+        .tools
+        .as_ref()
+        .map(|tools| {
+            tools
+                .iter()
+                .map(|t| serde_json::to_value(t).expect("a tool is JSON"))
+        })
+        .map(Iterator::collect);
+    let opts = RenderOptions {
+        add_generation_prompt: true,
+        tools,
+        variables,
+        ..RenderOptions::default()
+    };
+    let prompt = state
+        .tokenizer
+        .apply_chat_template(&messages, &opts)
+        .map_err(|e| ApiError::field("messages", e.to_string()))?
+        .tokens;
+    common.prepare(state, prompt, req.stream, req.stream_options.as_ref())
+}
+
+/// The prompt of a text completion, and its settings.
+pub fn completion(state: &ServeState, req: &CompletionRequest) -> Result<Prepared, ApiError> {
+    req.validate().map_err(validation)?;
+    let common = Common {
+        model: &req.model,
+        n: req.n,
+        max_tokens: req.max_tokens,
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        min_p: req.min_p,
+        repetition_penalty: req.repetition_penalty,
+        frequency_penalty: req.frequency_penalty,
+        presence_penalty: req.presence_penalty,
+        seed: req.seed,
+        stop: req.stop.as_ref(),
+        stop_token_ids: req.stop_token_ids.as_deref(),
+        logit_bias: req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()),
+        unsupported: [
+            ("echo", req.echo),
+            ("logprobs", req.logprobs.is_some()),
+            ("suffix", req.suffix.is_some()),
+            ("best_of", req.best_of.is_some_and(|n| n > 1)),
+            ("regex", req.regex.is_some()),
+            ("ebnf", req.ebnf.is_some()),
+            ("json_schema", req.json_schema.is_some()),
+            ("ignore_eos", req.ignore_eos),
+            ("min_tokens", req.min_tokens.is_some_and(|n| n > 0)),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect(),
+    };
+    common.check(state)?;
+    let text = match &req.prompt {
+        StringOrArray::String(text) => text,
+        StringOrArray::Array(texts) if texts.len() == 1 => &texts[0],
+        StringOrArray::Array(texts) => {
+            return Err(ApiError::field(
+                "prompt",
+                format!(
+                    "{} prompts in one request; send one prompt per request",
+                    texts.len()
+                ),
+            ))
+        }
+    };
+    // As HF's tokenizer call: the tokenizer's own special tokens (a BOS) added.
+    let prompt = state
+        .tokenizer
+        .encode(text)
+        .map_err(|e| ApiError::field("prompt", e.to_string()))?;
+    common.prepare(state, prompt, req.stream, req.stream_options.as_ref())
+}
+
+impl Common<'_> {
+    /// What can be refused before the prompt is made.
+    fn check(&self, state: &ServeState) -> Result<(), ApiError> {
+        if self.model != state.model_id {
+            return Err(ApiError {
+                status: StatusCode::NOT_FOUND,
+                message: format!(
+                    "The model `{}` does not exist; this server serves `{}`",
+                    self.model, state.model_id
+                ),
+                param: Some("model"),
+            });
+        }
+        if let Some(name) = self.unsupported.first() {
+            return Err(ApiError::field(
+                name,
+                format!("`{name}` is not supported by this server"),
+            ));
+        }
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::field("n", "only n = 1 is supported"));
+        }
+        if self.logit_bias {
+            return Err(ApiError::field(
+                "logit_bias",
+                "`logit_bias` is not supported",
+            ));
+        }
+        for (name, value) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::field(
+                    name,
+                    format!("`{name}` is not supported; `repetition_penalty` is"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The job's settings over `state`'s defaults, for `prompt`.
+    fn prepare(
+        &self,
+        state: &ServeState,
+        prompt: Vec<u32>,
+        stream: bool,
+        stream_options: Option<&openai_protocol::common::StreamOptions>,
+    ) -> Result<Prepared, ApiError> {
+        let context = state.context;
+        if prompt.is_empty() {
+            return Err(ApiError::field("messages", "the prompt is empty"));
+        }
+        if prompt.len() >= context {
+            return Err(ApiError::field(
+                "messages",
+                format!(
+                    "This model's maximum context length is {context} tokens. However, your \
+                     prompt is {} tokens, leaving no room for a completion.",
+                    prompt.len()
+                ),
+            ));
+        }
+        let room = context - prompt.len();
+        let max_new_tokens = match self.max_tokens {
+            None => room,
+            Some(0) => {
+                return Err(ApiError::field(
+                    "max_tokens",
+                    "max_tokens must be at least 1",
+                ))
+            }
+            Some(n) if n as usize > room => {
+                return Err(ApiError::field(
+                    "max_tokens",
+                    format!(
+                        "This model's maximum context length is {context} tokens. However, you \
+                         requested {} tokens ({} in the messages, {n} in the completion). Please \
+                         reduce the length of the messages or completion.",
+                        prompt.len() + n as usize,
+                        prompt.len()
+                    ),
+                ))
+            }
+            Some(n) => n as usize,
+        };
+        let mut sampling = state.sampling.clone();
+        if let Some(t) = self.temperature {
+            sampling.temperature = t as f64;
+        }
+        if let Some(p) = self.top_p {
+            sampling.top_p = Some(p as f64).filter(|&p| p != 1.0);
+        }
+        match self.top_k {
+            Some(k) if k <= 0 => sampling.top_k = None, // -1 (and 0) switch it off, as vLLM
+            Some(k) => sampling.top_k = Some(k as usize),
+            None => {}
+        }
+        if let Some(p) = self.min_p {
+            sampling.min_p = Some(p as f64).filter(|&p| p > 0.0);
+        }
+        if let Some(r) = self.repetition_penalty {
+            sampling.repeat_penalty = r;
+        }
+        // Without a seed, each request draws its own.
+        sampling.seed = match self.seed {
+            Some(seed) => seed as u64,
+            None => rand::random(),
+        };
+        sampling
+            .validate()
+            .map_err(|e| ApiError::field("temperature", e.to_string()))?;
+        let stop_strings = self.stop.map(StringOrArray::to_vec).unwrap_or_default();
+        if stop_strings.iter().any(String::is_empty) {
+            return Err(ApiError::field("stop", "stop strings must not be empty"));
+        }
+        let vocab = state.vocab_size;
+        let stop_tokens = self.stop_token_ids.unwrap_or_default().to_vec();
+        if let Some(id) = stop_tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ApiError::field(
+                "stop_token_ids",
+                format!("token id {id} is out of range (the vocabulary has {vocab})"),
+            ));
+        }
+        Ok(Prepared {
+            prompt,
+            max_new_tokens,
+            sampling,
+            stop_strings,
+            stop_tokens,
+            stream,
+            include_usage: stream_options.and_then(|o| o.include_usage) == Some(true),
+        })
+    }
+}
+
+/// A request message as the chat template reads it: text content (text parts joined by
+/// newlines), tool-call arguments as objects (as HF's templates expect), and the reasoning in
+/// the field this model's template reads.
+fn message(state: &ServeState, index: usize, m: &ChatMessage) -> Result<Message, ApiError> {
+    let mut value = serde_json::to_value(m).expect("a message is JSON");
+    let fields = value.as_object_mut().expect("a message is an object");
+    let role = match fields.remove("role") {
+        Some(Value::String(role)) => role,
+        _ => unreachable!("a chat message is tagged by its role"),
+    };
+    let content = match m {
+        ChatMessage::System { content, .. }
+        | ChatMessage::User { content, .. }
+        | ChatMessage::Tool { content, .. }
+        | ChatMessage::Developer { content, .. }
+        | ChatMessage::Root { content, .. } => Some(content),
+        ChatMessage::Assistant { content, .. } => content.as_ref(),
+        ChatMessage::Function { .. } => None,
+    };
+    if let Some(MessageContent::Parts(parts)) = content {
+        let mut texts = Vec::with_capacity(parts.len());
+        for part in parts {
+            match part {
+                ContentPart::Text { text } => texts.push(text.as_str()),
+                _ => {
+                    return Err(ApiError::field(
+                        "messages",
+                        format!("messages[{index}]: only text content is supported"),
+                    ))
+                }
+            }
+        }
+        fields.insert("content".into(), texts.join("\n").into());
+    }
+    if let Some(Value::Array(calls)) = fields.get_mut("tool_calls") {
+        for call in calls {
+            if let Some(args) = call.pointer_mut("/function/arguments") {
+                if let Some(parsed) = args.as_str().and_then(|a| serde_json::from_str(a).ok()) {
+                    *args = parsed;
+                }
+            }
+        }
+    }
+    if let Some(reasoning) = fields.remove("reasoning_content") {
+        fields.insert(state.reasoning_field.to_string(), reasoning);
+    }
+    Ok(Message {
+        role,
+        fields: std::mem::take(fields),
+    })
+}
+
+/// The validator's complaints as one 400.
+fn validation(errors: validator::ValidationErrors) -> ApiError {
+    let message = errors.to_string().replace('\n', "; ");
+    ApiError::new(StatusCode::BAD_REQUEST, message)
+}

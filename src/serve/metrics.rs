@@ -1,0 +1,246 @@
+//! What `GET /metrics` reports, in Prometheus' text format: requests by outcome, the queue and
+//! the batch, tokens and their rates, time to first token, and what the served tokens cost in
+//! energy (joules from the machine's sensors, labelled as `moe bench` labels them, and the
+//! process's core-seconds).
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::energy::{EnergyMeter, Window};
+
+type Labels = Vec<(String, String)>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The server's counters, shared by the scheduler (which updates them) and the HTTP layer
+/// (which reports them).
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    rejected: Family<Labels, Counter>,
+    queue_depth: Gauge,
+    running: Gauge,
+    batch_sequences: Histogram,
+    prefill_tokens: Counter,
+    decode_tokens: Counter,
+    prefill_rate: FloatGauge,
+    decode_rate: FloatGauge,
+    first_token: Histogram,
+    step_seconds: Histogram,
+    energy: Option<Energy>,
+    core_seconds: FloatGauge,
+    tokens_per_core_second: FloatGauge,
+}
+
+/// The meter, a window open since the server started, and what it reports.
+struct Energy {
+    meter: Mutex<(EnergyMeter, Window)>,
+    joules: Family<Labels, FloatGauge>,
+    tokens_per_joule: Family<Labels, FloatGauge>,
+    /// Each source's labels, in the meter's order.
+    labels: Vec<Labels>,
+}
+
+impl Metrics {
+    /// Counters at zero, reporting energy through `meter` when it has a source that works
+    /// (its window opens now).
+    pub fn new(meter: Option<EnergyMeter>) -> Metrics {
+        let mut registry = Registry::with_prefix("moe");
+        let requests = Family::<Labels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests that left the batch, by outcome: stop, length, cancelled or error",
+            requests.clone(),
+        );
+        let rejected = Family::<Labels, Counter>::default();
+        registry.register(
+            "rejected_requests",
+            "Requests answered with an error before reaching the batch, by HTTP status",
+            rejected.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "queue_depth",
+            "Requests waiting for a place in the batch",
+            queue_depth.clone(),
+        );
+        let running = Gauge::default();
+        registry.register(
+            "running_sequences",
+            "Sequences in the running batch",
+            running.clone(),
+        );
+        let batch_sequences = Histogram::new(exponential_buckets(1.0, 2.0, 12));
+        registry.register(
+            "batch_sequences",
+            "Sequences per forward step",
+            batch_sequences.clone(),
+        );
+        let prefill_tokens = Counter::default();
+        registry.register(
+            "prefill_tokens",
+            "Prompt tokens read",
+            prefill_tokens.clone(),
+        );
+        let decode_tokens = Counter::default();
+        registry.register(
+            "decode_tokens",
+            "Tokens fed back while decoding (one per new token after each request's first)",
+            decode_tokens.clone(),
+        );
+        let prefill_rate = FloatGauge::default();
+        registry.register(
+            "prefill_tokens_per_second",
+            "Prompt tokens read per second of wall time over the last 10 s",
+            prefill_rate.clone(),
+        );
+        let decode_rate = FloatGauge::default();
+        registry.register(
+            "decode_tokens_per_second",
+            "Decode tokens per second of wall time over the last 10 s, all sequences together",
+            decode_rate.clone(),
+        );
+        let first_token = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register(
+            "time_to_first_token_seconds",
+            "From a request's admission into the batch to its first new token",
+            first_token.clone(),
+        );
+        let step_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "step_seconds",
+            "Wall time of one forward step of the batch",
+            step_seconds.clone(),
+        );
+        let core_seconds = FloatGauge::default();
+        registry.register(
+            "process_core_seconds",
+            "CPU time of the server process since it started (user and system, every thread)",
+            core_seconds.clone(),
+        );
+        let tokens_per_core_second = FloatGauge::default();
+        registry.register(
+            "tokens_per_core_second",
+            "Prefill and decode tokens per core-second of the process since it started",
+            tokens_per_core_second.clone(),
+        );
+        let energy = meter.and_then(|mut meter| {
+            let window = meter.start().ok()?;
+            let labels: Vec<Labels> = meter
+                .sources()
+                .map(|s| {
+                    vec![
+                        ("source".to_string(), s.name.clone()),
+                        ("covers".to_string(), s.covers.clone()),
+                        ("measured".to_string(), s.measured.to_string()),
+                    ]
+                })
+                .collect();
+            if labels.is_empty() {
+                return None;
+            }
+            let joules = Family::<Labels, FloatGauge>::default();
+            registry.register(
+                "energy_joules",
+                "Energy since the server started, idle time included, per source (measured \
+                 false: an ESTIMATE from CPU time, not a sensor)",
+                joules.clone(),
+            );
+            let tokens_per_joule = Family::<Labels, FloatGauge>::default();
+            registry.register(
+                "tokens_per_joule",
+                "Prefill and decode tokens per joule since the server started, idle included \
+                 (measured false: ESTIMATED)",
+                tokens_per_joule.clone(),
+            );
+            Some(Energy {
+                meter: Mutex::new((meter, window)),
+                joules,
+                tokens_per_joule,
+                labels,
+            })
+        });
+        Metrics {
+            registry,
+            requests,
+            rejected,
+            queue_depth,
+            running,
+            batch_sequences,
+            prefill_tokens,
+            decode_tokens,
+            prefill_rate,
+            decode_rate,
+            first_token,
+            step_seconds,
+            energy,
+            core_seconds,
+            tokens_per_core_second,
+        }
+    }
+
+    pub(crate) fn finished(&self, outcome: &str) {
+        let labels = vec![("outcome".to_string(), outcome.to_string())];
+        self.requests.get_or_create(&labels).inc();
+    }
+
+    /// A request refused with HTTP `status` before it reached the batch.
+    pub fn rejected(&self, status: u16) {
+        let labels = vec![("status".to_string(), status.to_string())];
+        self.rejected.get_or_create(&labels).inc();
+    }
+
+    pub(crate) fn set_load(&self, waiting: usize, running: usize) {
+        self.queue_depth.set(waiting as i64);
+        self.running.set(running as i64);
+    }
+
+    pub(crate) fn step(&self, sequences: usize, prefill: usize, decode: usize, secs: f64) {
+        self.batch_sequences.observe(sequences as f64);
+        self.prefill_tokens.inc_by(prefill as u64);
+        self.decode_tokens.inc_by(decode as u64);
+        self.step_seconds.observe(secs);
+    }
+
+    pub(crate) fn set_rates(&self, prefill: f64, decode: f64) {
+        self.prefill_rate.set(prefill);
+        self.decode_rate.set(decode);
+    }
+
+    pub(crate) fn first_token(&self, secs: f64) {
+        self.first_token.observe(secs);
+    }
+
+    /// The report, with the energy and CPU time read now.
+    pub fn render(&self) -> String {
+        let tokens = (self.prefill_tokens.get() + self.decode_tokens.get()) as f64;
+        if let Some(energy) = &self.energy {
+            let mut guard = energy.meter.lock().unwrap_or_else(|e| e.into_inner());
+            let (meter, window) = &mut *guard;
+            if let Ok(reading) = meter.stop(window) {
+                for (labels, joules) in energy.labels.iter().zip(&reading.joules) {
+                    energy.joules.get_or_create(labels).set(*joules);
+                    let per_joule = if *joules > 0.0 { tokens / joules } else { 0.0 };
+                    energy.tokens_per_joule.get_or_create(labels).set(per_joule);
+                }
+            }
+        }
+        let core_seconds = crate::energy::process_core_seconds();
+        self.core_seconds.set(core_seconds);
+        let per_core_second = if core_seconds > 0.0 {
+            tokens / core_seconds
+        } else {
+            0.0
+        };
+        self.tokens_per_core_second.set(per_core_second);
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}

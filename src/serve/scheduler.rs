@@ -1,0 +1,463 @@
+//! Continuous batching: one thread owns the model and runs it in steps. At each step it admits
+//! waiting requests into the running batch, gives every running sequence its next input (one
+//! token for a sequence that is decoding, a chunk of the prompt for one that is not), runs all
+//! of them in one [`Model::forward_sequences`] pass, samples where a sequence needs a token,
+//! and retires the sequences that finished or whose client went away. A batch reads each
+//! chosen expert once for all the tokens that chose it, which is where a sparse model earns
+//! its efficiency under load; chunked prompts keep running streams flowing while a long prompt
+//! is read.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::metrics::Metrics;
+use crate::error::{Error, Result};
+use crate::generate::{Flow, StopReason};
+use crate::layers::{Cache, Model};
+use crate::reasoning::{Part, ToolCall};
+use crate::sampling::{Sampler, SamplingConfig};
+use crate::text::Decoder;
+use crate::tokenizer::Tokenizer;
+
+/// How the scheduler batches.
+#[derive(Debug, Clone)]
+pub struct BatchOptions {
+    /// Sequences in the running batch at most.
+    pub max_batch: usize,
+    /// Requests waiting for a place in the batch at most; more are refused (busy).
+    pub max_queue: usize,
+    /// Prompt tokens read per step at most, over all the sequences prefilling: a long prompt
+    /// is read in chunks between the decode steps of the others.
+    pub prefill_chunk: usize,
+    /// Positions per sequence, prompt and answer (at most the model's context).
+    pub context: usize,
+}
+
+/// One request: a prompt, and how to continue it.
+#[derive(Debug)]
+pub struct Job {
+    pub prompt: Vec<u32>,
+    /// New tokens at most; the caller checks that the prompt and these fit the context.
+    pub max_new_tokens: usize,
+    pub sampling: SamplingConfig,
+    /// Stop ids besides the model's own.
+    pub stop_tokens: Vec<u32>,
+    pub stop_strings: Vec<String>,
+    /// Where the answer goes, piece by piece. A closed receiver cancels the request: its
+    /// place in the batch is freed at the next step.
+    pub events: UnboundedSender<Event>,
+}
+
+/// What the scheduler tells a request's receiver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text of the answer, the reasoning or a tool call.
+    Text(Part, String),
+    /// The end, with what the request cost.
+    Done(Finished),
+    /// The model failed on this request; nothing follows.
+    Failed(String),
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub reason: StopReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub tool_calls: Vec<ToolCall>,
+    /// From admission into the batch to the first new token.
+    pub time_to_first_token_secs: f64,
+}
+
+/// The scheduler's thread and the way into its queue. Dropping it closes the queue: the thread
+/// finishes what it holds and ends.
+pub struct Scheduler {
+    queue: Option<mpsc::SyncSender<Job>>,
+    waiting: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// The queue was full: try again later.
+#[derive(Debug)]
+pub struct Busy(pub Job);
+
+impl Scheduler {
+    /// Starts the scheduler's thread over `model`, ending every sequence at any of
+    /// `stop_tokens` (the checkpoint's end-of-sequence ids).
+    pub fn start(
+        model: Arc<Model>,
+        tokenizer: Arc<Tokenizer>,
+        stop_tokens: Vec<u32>,
+        opts: BatchOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Scheduler> {
+        if opts.max_batch == 0 || opts.prefill_chunk == 0 || opts.context == 0 {
+            return Err(Error::Input(format!(
+                "a batch of {}, prompt chunks of {} tokens and a context of {} each must be at \
+                 least 1",
+                opts.max_batch, opts.prefill_chunk, opts.context
+            )));
+        }
+        let (queue, jobs) = mpsc::sync_channel(opts.max_queue);
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let engine = Engine {
+            model,
+            tokenizer,
+            stop_tokens,
+            opts,
+            metrics,
+            waiting: waiting.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("moe-scheduler".into())
+            .spawn(move || engine.run(jobs))
+            .map_err(|e| Error::Input(format!("starting the scheduler's thread: {e}")))?;
+        Ok(Scheduler {
+            queue: Some(queue),
+            waiting,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `job`; refused when the queue is full.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Busy> {
+        let queue = self
+            .queue
+            .as_ref()
+            .expect("the queue lives as long as the scheduler");
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        queue.try_send(job).map_err(|e| {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            match e {
+                mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => Busy(job),
+            }
+        })
+    }
+
+    /// Requests queued and not yet in the batch.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What the scheduler's thread owns.
+struct Engine {
+    model: Arc<Model>,
+    tokenizer: Arc<Tokenizer>,
+    stop_tokens: Vec<u32>,
+    opts: BatchOptions,
+    metrics: Arc<Metrics>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// A sequence in the running batch.
+struct Running<'t> {
+    prompt: Vec<u32>,
+    /// The prompt and every new token, for the repetition penalty.
+    history: Vec<u32>,
+    /// This step's input: a chunk of the prompt, the last new token, or nothing.
+    input: Vec<u32>,
+    cache: Cache,
+    sampler: Sampler,
+    decoder: Decoder<'t>,
+    events: UnboundedSender<Event>,
+    max_new_tokens: usize,
+    generated: usize,
+    admitted: Instant,
+    first_token_secs: Option<f64>,
+}
+
+/// Why a sequence leaves the batch.
+enum Exit {
+    Finished(StopReason),
+    Failed(String),
+    /// Its client went away.
+    Cancelled,
+}
+
+impl Engine {
+    fn run(self, jobs: mpsc::Receiver<Job>) {
+        let tokenizer = self.tokenizer.clone();
+        let mut running: Vec<Running> = Vec::new();
+        let mut free_caches: Vec<Cache> = Vec::new();
+        let mut recent = Recent::default();
+        loop {
+            // Admit: wait for work when there is none, else take what is queued.
+            while running.len() < self.opts.max_batch {
+                let job = if running.is_empty() {
+                    match jobs.recv() {
+                        Ok(job) => job,
+                        Err(_) => return,
+                    }
+                } else {
+                    match jobs.try_recv() {
+                        Ok(job) => job,
+                        Err(_) => break,
+                    }
+                };
+                self.waiting.fetch_sub(1, Ordering::SeqCst);
+                let cache = free_caches
+                    .pop()
+                    .unwrap_or_else(|| self.model.new_cache_for(self.opts.context));
+                match self.admit(job, cache, &tokenizer) {
+                    Ok(seq) => running.push(seq),
+                    Err((events, message, cache)) => {
+                        free_caches.push(cache);
+                        self.metrics.finished("error");
+                        let _ = events.send(Event::Failed(message));
+                    }
+                }
+            }
+            self.metrics
+                .set_load(self.waiting.load(Ordering::SeqCst), running.len());
+            let exits = self.step(&mut running, &mut recent);
+            // Retire, last first so that the indices hold.
+            for (i, exit) in exits.into_iter().enumerate().rev() {
+                let Some(exit) = exit else { continue };
+                let mut seq = running.remove(i);
+                let outcome = match exit {
+                    Exit::Finished(reason) => {
+                        let mut send = |part, text: &str| send(&seq.events, part, text);
+                        let (_, _, tool_calls) = seq.decoder.finish(&mut send);
+                        let finished = Finished {
+                            reason,
+                            prompt_tokens: seq.prompt.len(),
+                            completion_tokens: seq.generated,
+                            tool_calls,
+                            time_to_first_token_secs: seq.first_token_secs.unwrap_or(0.0),
+                        };
+                        let _ = seq.events.send(Event::Done(finished));
+                        reason_label(reason)
+                    }
+                    Exit::Failed(message) => {
+                        let _ = seq.events.send(Event::Failed(message));
+                        "error"
+                    }
+                    Exit::Cancelled => "cancelled",
+                };
+                self.metrics.finished(outcome);
+                seq.cache.reset();
+                free_caches.push(seq.cache);
+            }
+        }
+    }
+
+    /// A job as a sequence of the batch; on failure, its receiver, why, and the cache back.
+    #[allow(clippy::result_large_err)]
+    fn admit<'t>(
+        &self,
+        job: Job,
+        cache: Cache,
+        tokenizer: &'t Tokenizer,
+    ) -> std::result::Result<Running<'t>, (UnboundedSender<Event>, String, Cache)> {
+        let stops = [&self.stop_tokens[..], &job.stop_tokens].concat();
+        let made = Sampler::new(job.sampling).and_then(|sampler| {
+            if job.prompt.is_empty() || job.prompt.len() >= self.opts.context {
+                return Err(Error::Input(format!(
+                    "a prompt of {} tokens leaves no room in a context of {}",
+                    job.prompt.len(),
+                    self.opts.context
+                )));
+            }
+            let decoder = Decoder::new(tokenizer, &job.prompt, &stops, &job.stop_strings)?;
+            Ok((sampler, decoder))
+        });
+        let (sampler, decoder) = match made {
+            Ok(parts) => parts,
+            Err(e) => return Err((job.events, e.to_string(), cache)),
+        };
+        Ok(Running {
+            history: job.prompt.clone(),
+            prompt: job.prompt,
+            input: Vec::new(),
+            cache,
+            sampler,
+            decoder,
+            events: job.events,
+            max_new_tokens: job.max_new_tokens,
+            generated: 0,
+            admitted: Instant::now(),
+            first_token_secs: None,
+        })
+    }
+
+    /// One pass over the batch; returns, per sequence, whether and why it leaves.
+    fn step(&self, running: &mut [Running], recent: &mut Recent) -> Vec<Option<Exit>> {
+        let mut exits: Vec<Option<Exit>> = running
+            .iter()
+            .map(|s| s.events.is_closed().then_some(Exit::Cancelled))
+            .collect();
+        // Inputs: decoding sequences their last token; prefilling ones, in the order they
+        // came, a chunk of what is left of their prompt within the step's prompt budget.
+        let mut budget = self.opts.prefill_chunk;
+        let (mut prefill, mut decode) = (0, 0);
+        for (seq, exit) in running.iter_mut().zip(&exits) {
+            seq.input.clear();
+            if exit.is_some() {
+                continue;
+            }
+            let fed = seq.cache.position();
+            if fed < seq.prompt.len() {
+                let n = budget.min(seq.prompt.len() - fed);
+                seq.input.extend_from_slice(&seq.prompt[fed..fed + n]);
+                budget -= n;
+                prefill += n;
+            } else {
+                seq.input
+                    .push(*seq.history.last().expect("a sequence has its prompt"));
+                decode += 1;
+            }
+        }
+        if prefill + decode == 0 {
+            return exits;
+        }
+        let start = Instant::now();
+        let mut seqs: Vec<(&[u32], &mut Cache)> = running
+            .iter_mut()
+            .filter(|s| !s.input.is_empty())
+            .map(|s| (s.input.as_slice(), &mut s.cache))
+            .collect();
+        let logits = self
+            .model
+            .forward_sequences(&mut seqs)
+            .and_then(|l| Ok(l.to_vec2::<f32>()?));
+        let secs = start.elapsed().as_secs_f64();
+        self.metrics.step(seqs.len(), prefill, decode, secs);
+        recent.add(prefill, decode);
+        self.metrics
+            .set_rates(recent.rate(|s| s.prefill), recent.rate(|s| s.decode));
+        let logits = match logits {
+            Ok(logits) => logits,
+            Err(e) => {
+                let message = format!("the model failed on this step's batch: {e}");
+                for (seq, exit) in running.iter().zip(exits.iter_mut()) {
+                    if !seq.input.is_empty() {
+                        *exit = Some(Exit::Failed(message.clone()));
+                    }
+                }
+                return exits;
+            }
+        };
+        let mut rows = logits.iter();
+        for (seq, exit) in running.iter_mut().zip(exits.iter_mut()) {
+            if seq.input.is_empty() {
+                continue;
+            }
+            let row = rows.next().expect("one row of logits per sequence fed");
+            // A prompt not yet read through samples nothing.
+            if seq.cache.position() < seq.prompt.len() {
+                continue;
+            }
+            *exit = seq.next_token(row, self.opts.context, &self.metrics);
+        }
+        exits
+    }
+}
+
+impl Running<'_> {
+    /// Samples from `logits` (this sequence's last row), streams the text, and says whether
+    /// the sequence ends here.
+    fn next_token(&mut self, logits: &[f32], context: usize, metrics: &Metrics) -> Option<Exit> {
+        if let Some(id) = logits.iter().position(|l| !l.is_finite()) {
+            return Some(Exit::Failed(format!(
+                "the model's logits are not finite at position {} ({} at token id {id}): a \
+                 weight or a config value of this checkpoint is broken",
+                self.cache.position() - 1,
+                logits[id]
+            )));
+        }
+        let next = self.sampler.sample(logits, &self.history);
+        self.history.push(next);
+        self.generated += 1;
+        if self.first_token_secs.is_none() {
+            let ttft = self.admitted.elapsed().as_secs_f64();
+            self.first_token_secs = Some(ttft);
+            metrics.first_token(ttft);
+        }
+        let events = &self.events;
+        let mut on_text = |part, text: &str| send(events, part, text);
+        let flow = match self.decoder.push(next, &mut on_text) {
+            Ok(flow) => flow,
+            Err(e) => return Some(Exit::Failed(e.to_string())),
+        };
+        if self.decoder.stop_tokens().contains(&next) {
+            Some(Exit::Finished(StopReason::StopToken))
+        } else if self.decoder.stopped_by_string() {
+            Some(Exit::Finished(StopReason::StopString))
+        } else if flow == Flow::Stop {
+            Some(Exit::Cancelled)
+        } else if self.generated >= self.max_new_tokens {
+            Some(Exit::Finished(StopReason::MaxTokens))
+        } else if self.cache.position() + 1 > context {
+            // The new token has no position left to be fed at.
+            Some(Exit::Finished(StopReason::ContextFull))
+        } else {
+            None
+        }
+    }
+}
+
+/// Sends a piece of text; a receiver that is gone stops the sequence.
+fn send(events: &UnboundedSender<Event>, part: Part, text: &str) -> Flow {
+    match events.send(Event::Text(part, text.to_string())) {
+        Ok(()) => Flow::Continue,
+        Err(_) => Flow::Stop,
+    }
+}
+
+/// The label a finished request is counted under.
+fn reason_label(reason: StopReason) -> &'static str {
+    match reason {
+        StopReason::StopToken | StopReason::StopString => "stop",
+        StopReason::MaxTokens | StopReason::ContextFull => "length",
+        StopReason::Callback => "cancelled",
+    }
+}
+
+/// Tokens of the steps that ended in the last `WINDOW` seconds: the served rates.
+#[derive(Default)]
+struct Recent {
+    steps: VecDeque<(Instant, Tokens)>,
+}
+
+#[derive(Clone, Copy)]
+struct Tokens {
+    prefill: usize,
+    decode: usize,
+}
+
+impl Recent {
+    const WINDOW_SECS: f64 = 10.0;
+
+    fn add(&mut self, prefill: usize, decode: usize) {
+        let now = Instant::now();
+        self.steps.push_back((now, Tokens { prefill, decode }));
+        while let Some((t, _)) = self.steps.front() {
+            if now.duration_since(*t).as_secs_f64() <= Self::WINDOW_SECS {
+                break;
+            }
+            self.steps.pop_front();
+        }
+    }
+
+    /// Tokens per second of wall time over the window (tokens of the steps in it).
+    fn rate(&self, count: impl Fn(&Tokens) -> usize) -> f64 {
+        let total: usize = self.steps.iter().map(|(_, s)| count(s)).sum();
+        total as f64 / Self::WINDOW_SECS
+    }
+}

@@ -23,6 +23,15 @@ const F16_BOUND: f32 = 0.01;
 /// bf16 and 0.0855 in f16 at the third-worst position (the statistic checked here); ours by
 /// 0.056 and 0.061. The two Qwen3-Next fixtures keep the usual bounds.
 const QWEN3_5_HALF_BOUND: f32 = 0.08;
+/// The same carrying-on makes the Qwen3-Next fixtures' half-precision errors depend on the
+/// machine: which near-tie flips follows the summation order of the matrix kernels, which
+/// follows the CPU's kernels and cache sizes. qwen3_next-c in bf16 was within 0.018 on an Intel
+/// Xeon, but on an AMD EPYC (Zen 4) a flip at one position left three positions off by 0.15 to
+/// 0.30 and the rest within 0.05; with the portable kernels there, qwen3_next-a's third-worst
+/// position was off by 0.067. So for the fixtures with linear attention, one position in 8 is
+/// spared instead of one in 32: a flip shows as a few positions far off, an error in the
+/// kernels as most of them.
+const LINEAR_SPARED_FRACTION: usize = 8;
 /// Experts quantized on disk (MXFP4) are read as blocks by the fast CPU kernels, which round
 /// the activations to q8_0 at decode (2^-8 of each block's largest): measured 4.5e-3 on
 /// gpt_oss-b. The reference kernels dequantize and keep F32_BOUND.
@@ -34,10 +43,11 @@ fn check_logits(name: &str, dtype: DType, imp: Kernels, bound: f32) -> f32 {
     let logits = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
     let mut errors = position_errors(&logits, &r.logits);
     errors.sort_by(f32::total_cmp);
-    let spared = if dtype == DType::F32 {
-        0
-    } else {
-        (errors.len() / 32).max(1)
+    let linear = name.starts_with("qwen3_next") || name.starts_with("qwen3_5_moe");
+    let spared = match dtype {
+        DType::F32 => 0,
+        _ if linear => (errors.len() / LINEAR_SPARED_FRACTION).max(1),
+        _ => (errors.len() / 32).max(1),
     };
     let err = errors[errors.len() - 1 - spared];
     assert!(

@@ -19,7 +19,7 @@ use crate::sampling::SamplingConfig;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
-    pub param: Option<&'static str>,
+    pub param: Option<String>,
 }
 
 impl ApiError {
@@ -32,11 +32,11 @@ impl ApiError {
     }
 
     /// A 400 naming the request field at fault.
-    pub fn field(param: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn field(param: &str, message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::BAD_REQUEST,
             message: message.into(),
-            param: Some(param),
+            param: Some(param.to_string()),
         }
     }
 
@@ -225,7 +225,7 @@ impl Common<'_> {
                     "The model `{}` does not exist; this server serves `{}`",
                     self.model, state.model_id
                 ),
-                param: Some("model"),
+                param: Some("model".into()),
             });
         }
         if let Some(name) = self.unsupported.first() {
@@ -404,8 +404,24 @@ fn message(state: &ServeState, index: usize, m: &ChatMessage) -> Result<Message,
     })
 }
 
-/// The validator's complaints as one 400.
+/// The validator's complaints as one 400 naming the first field at fault (`__all__` for a
+/// rule over several fields).
 fn validation(errors: validator::ValidationErrors) -> ApiError {
-    let message = errors.to_string().replace('\n', "; ");
-    ApiError::new(StatusCode::BAD_REQUEST, message)
+    let fields = errors.field_errors();
+    let first = fields.iter().min_by_key(|(field, _)| field.to_string());
+    let Some((field, list)) = first else {
+        return ApiError::new(StatusCode::BAD_REQUEST, errors.to_string());
+    };
+    let message = list
+        .iter()
+        .map(|e| match &e.message {
+            Some(message) => message.to_string(),
+            None => format!("`{field}` is out of range ({})", e.code),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    match field.as_ref() {
+        "__all__" => ApiError::new(StatusCode::BAD_REQUEST, message),
+        field => ApiError::field(field, message),
+    }
 }

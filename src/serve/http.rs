@@ -59,7 +59,7 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 message: self.message.clone(),
                 error_type: self.kind().to_string(),
-                param: self.param.map(str::to_string),
+                param: self.param.clone(),
                 code: Some(self.status.as_u16().to_string()),
             },
         };
@@ -87,7 +87,13 @@ fn refuse(state: &ServeState, error: ApiError) -> Response {
 /// A body that is not the request's JSON: the status axum chose (400, 413 or 415), in
 /// OpenAI's form.
 fn rejection(state: &ServeState, r: JsonRejection) -> Response {
-    refuse(state, ApiError::new(r.status(), r.body_text()))
+    // A body of JSON that is not the request (a missing or mistyped field) is axum's 422;
+    // OpenAI answers 400.
+    let status = match r.status() {
+        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        status => status,
+    };
+    refuse(state, ApiError::new(status, r.body_text()))
 }
 
 async fn header_limit(State(state): State<AppState>, request: Request, next: Next) -> Response {

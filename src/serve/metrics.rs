@@ -3,8 +3,10 @@
 //! energy (joules from the machine's sensors, labelled as `moe bench` labels them, and the
 //! process's core-seconds).
 
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -33,10 +35,15 @@ pub struct Metrics {
     decode_rate: FloatGauge,
     first_token: Histogram,
     step_seconds: Histogram,
+    /// The steps of the last `RATE_WINDOW_SECS`: (end, prefill tokens, decode tokens).
+    recent: Mutex<VecDeque<(Instant, usize, usize)>>,
     energy: Option<Energy>,
     core_seconds: FloatGauge,
     tokens_per_core_second: FloatGauge,
 }
+
+/// The window of the served rates.
+const RATE_WINDOW_SECS: f64 = 10.0;
 
 /// The meter, a window open since the server started, and what it reports.
 struct Energy {
@@ -179,6 +186,7 @@ impl Metrics {
             decode_rate,
             first_token,
             step_seconds,
+            recent: Mutex::new(VecDeque::new()),
             energy,
             core_seconds,
             tokens_per_core_second,
@@ -206,11 +214,28 @@ impl Metrics {
         self.prefill_tokens.inc_by(prefill as u64);
         self.decode_tokens.inc_by(decode as u64);
         self.step_seconds.observe(secs);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.push_back((Instant::now(), prefill, decode));
+        // Bounded by the steps of one window (a step takes at least some microseconds).
+        while recent
+            .front()
+            .is_some_and(|(t, _, _)| t.elapsed().as_secs_f64() > RATE_WINDOW_SECS)
+        {
+            recent.pop_front();
+        }
     }
 
-    pub(crate) fn set_rates(&self, prefill: f64, decode: f64) {
-        self.prefill_rate.set(prefill);
-        self.decode_rate.set(decode);
+    /// Tokens per second of wall time over the last window: (prefill, decode).
+    fn rates(&self) -> (f64, f64) {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let within = recent
+            .iter()
+            .filter(|(t, _, _)| t.elapsed().as_secs_f64() <= RATE_WINDOW_SECS);
+        let (prefill, decode) = within.fold((0, 0), |(p, d), (_, a, b)| (p + a, d + b));
+        (
+            prefill as f64 / RATE_WINDOW_SECS,
+            decode as f64 / RATE_WINDOW_SECS,
+        )
     }
 
     pub(crate) fn first_token(&self, secs: f64) {
@@ -219,6 +244,9 @@ impl Metrics {
 
     /// The report, with the energy and CPU time read now.
     pub fn render(&self) -> String {
+        let (prefill, decode) = self.rates();
+        self.prefill_rate.set(prefill);
+        self.decode_rate.set(decode);
         let tokens = (self.prefill_tokens.get() + self.decode_tokens.get()) as f64;
         if let Some(energy) = &self.energy {
             let mut guard = energy.meter.lock().unwrap_or_else(|e| e.into_inner());

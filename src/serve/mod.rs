@@ -127,6 +127,11 @@ impl Server {
                 opts.max_batch
             )));
         }
+        if opts.max_queue == 0 {
+            return Err(Error::Input(
+                "a queue of 0 requests would refuse every one".into(),
+            ));
+        }
         let stop_tokens = crate::generate::stop_tokens(dir, Some(&tokenizer))?;
         let metrics = Arc::new(Metrics::new(opts.energy));
         let batch = BatchOptions {

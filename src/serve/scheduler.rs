@@ -7,7 +7,6 @@
 //! its efficiency under load; chunked prompts keep running streams flowing while a long prompt
 //! is read.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
@@ -85,7 +84,7 @@ pub struct Scheduler {
 
 /// The queue was full: try again later.
 #[derive(Debug)]
-pub struct Busy(pub Job);
+pub struct Busy(pub Box<Job>);
 
 impl Scheduler {
     /// Starts the scheduler's thread over `model`, ending every sequence at any of
@@ -135,7 +134,9 @@ impl Scheduler {
         queue.try_send(job).map_err(|e| {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             match e {
-                mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => Busy(job),
+                mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => {
+                    Busy(Box::new(job))
+                }
             }
         })
     }
@@ -195,7 +196,6 @@ impl Engine {
         let tokenizer = self.tokenizer.clone();
         let mut running: Vec<Running> = Vec::new();
         let mut free_caches: Vec<Cache> = Vec::new();
-        let mut recent = Recent::default();
         loop {
             // Admit: wait for work when there is none, else take what is queued.
             while running.len() < self.opts.max_batch {
@@ -225,7 +225,7 @@ impl Engine {
             }
             self.metrics
                 .set_load(self.waiting.load(Ordering::SeqCst), running.len());
-            let exits = self.step(&mut running, &mut recent);
+            let exits = self.step(&mut running);
             // Retire, last first so that the indices hold.
             for (i, exit) in exits.into_iter().enumerate().rev() {
                 let Some(exit) = exit else { continue };
@@ -254,6 +254,8 @@ impl Engine {
                 seq.cache.reset();
                 free_caches.push(seq.cache);
             }
+            self.metrics
+                .set_load(self.waiting.load(Ordering::SeqCst), running.len());
         }
     }
 
@@ -297,7 +299,7 @@ impl Engine {
     }
 
     /// One pass over the batch; returns, per sequence, whether and why it leaves.
-    fn step(&self, running: &mut [Running], recent: &mut Recent) -> Vec<Option<Exit>> {
+    fn step(&self, running: &mut [Running]) -> Vec<Option<Exit>> {
         let mut exits: Vec<Option<Exit>> = running
             .iter()
             .map(|s| s.events.is_closed().then_some(Exit::Cancelled))
@@ -338,9 +340,6 @@ impl Engine {
             .and_then(|l| Ok(l.to_vec2::<f32>()?));
         let secs = start.elapsed().as_secs_f64();
         self.metrics.step(seqs.len(), prefill, decode, secs);
-        recent.add(prefill, decode);
-        self.metrics
-            .set_rates(recent.rate(|s| s.prefill), recent.rate(|s| s.decode));
         let logits = match logits {
             Ok(logits) => logits,
             Err(e) => {
@@ -426,38 +425,5 @@ fn reason_label(reason: StopReason) -> &'static str {
         StopReason::StopToken | StopReason::StopString => "stop",
         StopReason::MaxTokens | StopReason::ContextFull => "length",
         StopReason::Callback => "cancelled",
-    }
-}
-
-/// Tokens of the steps that ended in the last `WINDOW` seconds: the served rates.
-#[derive(Default)]
-struct Recent {
-    steps: VecDeque<(Instant, Tokens)>,
-}
-
-#[derive(Clone, Copy)]
-struct Tokens {
-    prefill: usize,
-    decode: usize,
-}
-
-impl Recent {
-    const WINDOW_SECS: f64 = 10.0;
-
-    fn add(&mut self, prefill: usize, decode: usize) {
-        let now = Instant::now();
-        self.steps.push_back((now, Tokens { prefill, decode }));
-        while let Some((t, _)) = self.steps.front() {
-            if now.duration_since(*t).as_secs_f64() <= Self::WINDOW_SECS {
-                break;
-            }
-            self.steps.pop_front();
-        }
-    }
-
-    /// Tokens per second of wall time over the window (tokens of the steps in it).
-    fn rate(&self, count: impl Fn(&Tokens) -> usize) -> f64 {
-        let total: usize = self.steps.iter().map(|(_, s)| count(s)).sum();
-        total as f64 / Self::WINDOW_SECS
     }
 }

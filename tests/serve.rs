@@ -387,11 +387,34 @@ fn bad_requests_get_openai_errors_with_their_status() {
         }
         body
     };
-    for (what, body) in [
-        ("two prompts", text(json!({"prompt": ["a", "b"]}))),
-        ("echo", text(json!({"echo": true}))),
+    for (what, body, param) in [
+        ("two prompts", text(json!({"prompt": ["a", "b"]})), "prompt"),
+        (
+            "two prompts of ids",
+            text(json!({"prompt": [[1], [2]]})),
+            "prompt",
+        ),
+        (
+            "an id past u32",
+            text(json!({"prompt": [1, 5000000000u64]})),
+            "prompt",
+        ),
+        (
+            "an id past the vocabulary",
+            text(json!({"prompt": [1, 99999]})),
+            "prompt",
+        ),
+        ("an empty prompt", text(json!({"prompt": ""})), "prompt"),
+        ("echo", text(json!({"echo": true})), "echo"),
+        (
+            "repetition_penalty 0",
+            text(json!({"repetition_penalty": 0})),
+            "repetition_penalty",
+        ),
     ] {
-        assert_eq!(post(base, "/v1/completions", &body).0, 400, "{what}");
+        let (status, answer) = post(base, "/v1/completions", &body);
+        assert_eq!(status, 400, "{what}: {answer}");
+        assert_eq!(answer["error"]["param"], param, "{what}: {answer}");
     }
     // Not JSON, a body past the limit, an unknown route, headers past the limit.
     let raw = |path: &str, body: &str| {
@@ -408,6 +431,9 @@ fn bad_requests_get_openai_errors_with_their_status() {
     );
     assert_eq!(raw("/v1/chat/completions", &huge).0, 413);
     assert_eq!(raw("/v1/nothing", "{}").0, 404);
+    let (status, refused) = raw("/v1/models", "{}");
+    assert_eq!(status, 405, "{refused}");
+    assert!(refused["error"]["message"].is_string());
     let long = "x".repeat(40 << 10);
     let (status, _) = answer(
         ureq::get(&format!("{base}/v1/models"))
@@ -469,4 +495,21 @@ fn metrics_count_requests_tokens_and_cpu_time() {
     assert!(value("moe_process_core_seconds") > 0.0);
     assert_eq!(value("moe_queue_depth"), 0.0);
     assert!(metrics.ends_with("# EOF\n"));
+}
+
+#[test]
+fn a_prompt_of_token_ids_is_answered_as_its_text() {
+    let server = start(ServeOptions::default());
+    let tokenizer = Tokenizer::load(Path::new(BUNDLED_MODEL)).unwrap();
+    let prompt = "KING HENRY:\nOnce more unto the breach";
+    let ids = tokenizer.encode(prompt).unwrap();
+    let body = |prompt: Value| json!({"model": MODEL, "prompt": prompt, "max_tokens": 12, "temperature": 0});
+    let (status, by_text) = post(&server.base, "/v1/completions", &body(json!(prompt)));
+    assert_eq!(status, 200, "{by_text}");
+    for ids in [json!(ids), json!([ids])] {
+        let (status, by_ids) = post(&server.base, "/v1/completions", &body(ids));
+        assert_eq!(status, 200, "{by_ids}");
+        assert_eq!(text_of("", &by_ids), text_of("", &by_text));
+        assert_eq!(by_ids["usage"], by_text["usage"]);
+    }
 }

@@ -157,11 +157,17 @@ pub fn chat(state: &ServeState, req: &ChatCompletionRequest) -> Result<Prepared,
         .apply_chat_template(&messages, &opts)
         .map_err(|e| ApiError::field("messages", e.to_string()))?
         .tokens;
+    let prompt = (prompt, "messages");
     common.prepare(state, prompt, req.stream, req.stream_options.as_ref())
 }
 
-/// The prompt of a text completion, and its settings.
-pub fn completion(state: &ServeState, req: &CompletionRequest) -> Result<Prepared, ApiError> {
+/// The prompt of a text completion, and its settings; `ids`, when the client sent the
+/// prompt as token ids (see [`prompt_ids`]), instead of `req.prompt`.
+pub fn completion(
+    state: &ServeState,
+    req: &CompletionRequest,
+    ids: Option<Vec<u32>>,
+) -> Result<Prepared, ApiError> {
     req.validate().map_err(validation)?;
     let common = Common {
         model: &req.model,
@@ -194,6 +200,17 @@ pub fn completion(state: &ServeState, req: &CompletionRequest) -> Result<Prepare
         .collect(),
     };
     common.check(state)?;
+    if let Some(ids) = ids {
+        let vocab = state.vocab_size;
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(ApiError::field(
+                "prompt",
+                format!("token id {id} is out of range (the vocabulary has {vocab})"),
+            ));
+        }
+        let prompt = (ids, "prompt");
+        return common.prepare(state, prompt, req.stream, req.stream_options.as_ref());
+    }
     let text = match &req.prompt {
         StringOrArray::String(text) => text,
         StringOrArray::Array(texts) if texts.len() == 1 => &texts[0],
@@ -212,7 +229,44 @@ pub fn completion(state: &ServeState, req: &CompletionRequest) -> Result<Prepare
         .tokenizer
         .encode(text)
         .map_err(|e| ApiError::field("prompt", e.to_string()))?;
+    let prompt = (prompt, "prompt");
     common.prepare(state, prompt, req.stream, req.stream_options.as_ref())
+}
+
+/// A completion's prompt given as token ids (`[1, 2, 3]`, or one such list in a list), which
+/// OpenAI's API accepts and the request type does not: taken out of `body`, whose prompt is
+/// left as an empty string for the rest of the request to be read. `Ok(None)` for a text
+/// prompt.
+pub fn prompt_ids(body: &mut Value) -> Result<Option<Vec<u32>>, ApiError> {
+    let ids = |list: &[Value]| -> Option<Vec<u32>> {
+        list.iter()
+            .map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok()))
+            .collect()
+    };
+    let Some(prompt @ Value::Array(_)) = body.get_mut("prompt") else {
+        return Ok(None);
+    };
+    let list = prompt.as_array().expect("matched an array");
+    let found = match list.as_slice() {
+        [Value::Array(inner)] => ids(inner),
+        [Value::Array(_), ..] => {
+            return Err(ApiError::field(
+                "prompt",
+                format!(
+                    "{} prompts in one request; send one prompt per request",
+                    list.len()
+                ),
+            ))
+        }
+        [Value::Number(_), ..] => ids(list),
+        _ => return Ok(None),
+    };
+    let Some(found) = found else {
+        let message = "a prompt of token ids must hold ids from 0 to 2^32 - 1";
+        return Err(ApiError::field("prompt", message));
+    };
+    *prompt = Value::String(String::new());
+    Ok(Some(found))
 }
 
 impl Common<'_> {
@@ -261,17 +315,17 @@ impl Common<'_> {
     fn prepare(
         &self,
         state: &ServeState,
-        prompt: Vec<u32>,
+        (prompt, prompt_field): (Vec<u32>, &str),
         stream: bool,
         stream_options: Option<&openai_protocol::common::StreamOptions>,
     ) -> Result<Prepared, ApiError> {
         let context = state.context;
         if prompt.is_empty() {
-            return Err(ApiError::field("messages", "the prompt is empty"));
+            return Err(ApiError::field(prompt_field, "the prompt is empty"));
         }
         if prompt.len() >= context {
             return Err(ApiError::field(
-                "messages",
+                prompt_field,
                 format!(
                     "This model's maximum context length is {context} tokens. However, your \
                      prompt is {} tokens, leaving no room for a completion.",
@@ -325,9 +379,21 @@ impl Common<'_> {
             Some(seed) => seed as u64,
             None => rand::random(),
         };
-        sampling
-            .validate()
-            .map_err(|e| ApiError::field("temperature", e.to_string()))?;
+        sampling.validate().map_err(|e| {
+            // The sampler's checks name the setting first, in its own words.
+            let message = e.to_string();
+            let param = [
+                ("temperature", "temperature"),
+                ("top-k", "top_k"),
+                ("top-p", "top_p"),
+                ("min-p", "min_p"),
+                ("repeat penalty", "repetition_penalty"),
+            ]
+            .into_iter()
+            .find(|(words, _)| message.starts_with(words))
+            .map_or("temperature", |(_, param)| param);
+            ApiError::field(param, message)
+        })?;
         let stop_strings = self.stop.map(StringOrArray::to_vec).unwrap_or_default();
         if stop_strings.iter().any(String::is_empty) {
             return Err(ApiError::field("stop", "stop strings must not be empty"));

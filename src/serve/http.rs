@@ -28,6 +28,7 @@ use openai_protocol::completion::{
 };
 use openai_protocol::models::{ListModelsResponse, ModelObject};
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::api::{self, ApiError, Prepared};
@@ -47,6 +48,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), header_limit))
         .layer(DefaultBodyLimit::max(limit))
@@ -150,6 +152,18 @@ async fn not_found(State(state): State<AppState>, request: Request) -> Response 
     refuse(&state, ApiError::new(StatusCode::NOT_FOUND, message))
 }
 
+async fn method_not_allowed(State(state): State<AppState>, request: Request) -> Response {
+    let message = format!(
+        "{} is not allowed on {}",
+        request.method(),
+        request.uri().path()
+    );
+    refuse(
+        &state,
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, message),
+    )
+}
+
 async fn health() -> &'static str {
     "ok"
 }
@@ -190,15 +204,26 @@ async fn chat(
 
 async fn completions(
     State(state): State<AppState>,
-    body: Result<Json<CompletionRequest>, JsonRejection>,
+    body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
-    let req = match body {
-        Ok(Json(req)) => req,
+    let mut body = match body {
+        Ok(Json(body)) => body,
         Err(r) => return rejection(&state, r),
+    };
+    let ids = match api::prompt_ids(&mut body) {
+        Ok(ids) => ids,
+        Err(e) => return refuse(&state, e),
+    };
+    let req: CompletionRequest = match serde_json::from_value(body) {
+        Ok(req) => req,
+        Err(e) => {
+            let message = format!("Failed to deserialize the JSON body into the target type: {e}");
+            return refuse(&state, ApiError::new(StatusCode::BAD_REQUEST, message));
+        }
     };
     let prepared = {
         let state = state.clone();
-        tokio::task::spawn_blocking(move || api::completion(&state, &req)).await
+        tokio::task::spawn_blocking(move || api::completion(&state, &req, ids)).await
     };
     run(state, prepared, Kind::Text).await
 }

@@ -113,11 +113,24 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         // The first line of stdout, for scripts that start the server on port 0.
         println!("listening on http://{bound}");
         note!("serving `{model_id}` from {}; Ctrl-C stops", dir.display());
-        server
-            .serve(listener, async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
-            .await
-            .context("serving")
+        server.serve(listener, stopped()).await.context("serving")
     })
+}
+
+/// Ctrl-C or SIGTERM (what service managers and container runtimes send): the server stops
+/// taking connections and finishes the requests in flight.
+async fn stopped() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }

@@ -513,3 +513,18 @@ fn a_prompt_of_token_ids_is_answered_as_its_text() {
         assert_eq!(by_ids["usage"], by_text["usage"]);
     }
 }
+
+#[test]
+fn ignore_eos_generates_to_the_budget() {
+    let server = start(ServeOptions::default());
+    // The bundled model ends a chat answer after some twenty tokens.
+    let (status, short) = post(&server.base, "/v1/chat/completions", &chat("Hello.", 200));
+    assert_eq!(status, 200);
+    assert_eq!(short["choices"][0]["finish_reason"], "stop");
+    let mut body = chat("Hello.", 200);
+    body["ignore_eos"] = json!(true);
+    let (status, long) = post(&server.base, "/v1/chat/completions", &body);
+    assert_eq!(status, 200);
+    assert_eq!(long["choices"][0]["finish_reason"], "length");
+    assert_eq!(long["usage"]["completion_tokens"], 200);
+}

@@ -231,8 +231,9 @@ def _shut(conn):
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def stream_raw(conn_box, server, body, headers, cap):
-    """One streamed chat request on a keep-alive connection (re-made when needed).
+def stream_raw(conn_box, server, path, body, headers, cap):
+    """One streamed request to `path` (chat or text completions) on a keep-alive connection
+    (re-made when needed).
 
     Returns (t_sent, [arrival times of chunks with text], usage dict or None, status)."""
     payload = json.dumps(body).encode()
@@ -243,7 +244,7 @@ def stream_raw(conn_box, server, body, headers, cap):
         conn = conn_box[0]
         t_sent = time.perf_counter()
         try:
-            conn.request("POST", "/v1/chat/completions", body=payload, headers=h)
+            conn.request("POST", path, body=payload, headers=h)
             resp = conn.getresponse()
             break
         except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
@@ -280,7 +281,7 @@ def stream_raw(conn_box, server, body, headers, cap):
             if chunk.get("usage"):
                 usage = chunk["usage"]
             for choice in chunk.get("choices") or ():
-                if (choice.get("delta") or {}).get("content"):
+                if (choice.get("delta") or {}).get("content") or choice.get("text"):
                     times.append(now)
         if not done:
             raise RuntimeError("the stream ended without [DONE]")
@@ -359,15 +360,24 @@ def run_setting(opts, max_batch, prompts):
             raise RuntimeError(f"/v1/models answered {status}: {text[:200]}")
         model_id = json.loads(text)["data"][0]["id"]
 
+        path = "/v1/chat/completions" if opts.endpoint == "chat" else "/v1/completions"
+
         def body(i):
-            return {
+            prompt = prompts[i % len(prompts)]
+            request = {
                 "model": model_id,
-                "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
                 "temperature": 0,
                 "max_tokens": opts.max_tokens,
                 "stream": True,
                 "stream_options": {"include_usage": True},
             }
+            if opts.endpoint == "chat":
+                request["messages"] = [{"role": "user", "content": prompt}]
+            else:
+                request["prompt"] = prompt
+            if opts.ignore_eos:
+                request["ignore_eos"] = True
+            return request
 
         client = None
         if opts.client == "openai":
@@ -378,7 +388,7 @@ def run_setting(opts, max_batch, prompts):
         def one(conn_box, i, cap):
             if client is not None:
                 return stream_openai(client, body(i), cap)
-            return stream_raw(conn_box, server, body(i), headers, cap)
+            return stream_raw(conn_box, server, path, body(i), headers, cap)
 
         # Warm-up (caches, the first allocations), outside the measured window.
         warm_box = [None]
@@ -579,7 +589,13 @@ def main():
     ap.add_argument("--client", choices=("raw", "openai"), default="raw",
                     help="raw http.client SSE reading (default, light) or the openai package")
     ap.add_argument("--seed", type=int, default=0, help="of the prompt mix")
+    ap.add_argument("--endpoint", choices=("chat", "completions"), default="chat",
+                    help="chat completions (the model's template), or text completions (any checkpoint)")
+    ap.add_argument("--ignore-eos", action="store_true",
+                    help="every request generates --max-tokens (the server's ignore_eos extension)")
     opts = ap.parse_args()
+    if opts.client == "openai" and opts.endpoint != "chat":
+        sys.exit("--client openai runs chat requests only")
     if not os.path.exists(opts.moe):
         sys.exit(f"no binary at {opts.moe}: build it, or pass --moe")
     # A SIGTERM (a CI timeout) unwinds like Ctrl-C: each server is stopped by its `finally`.

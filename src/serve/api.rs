@@ -60,6 +60,8 @@ pub struct Prepared {
     pub sampling: SamplingConfig,
     pub stop_strings: Vec<String>,
     pub stop_tokens: Vec<u32>,
+    /// Generate past the model's end-of-sequence ids (benchmarks of a fixed length).
+    pub ignore_eos: bool,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -79,6 +81,7 @@ struct Common<'r> {
     seed: Option<i64>,
     stop: Option<&'r StringOrArray>,
     stop_token_ids: Option<&'r [u32]>,
+    ignore_eos: bool,
     logit_bias: bool,
     /// Fields given that the engine cannot honour, by name.
     unsupported: Vec<&'static str>,
@@ -104,6 +107,7 @@ pub fn chat(state: &ServeState, req: &ChatCompletionRequest) -> Result<Prepared,
             .or(req.sampling_seed.and_then(|s| i64::try_from(s).ok())),
         stop: req.stop.as_ref(),
         stop_token_ids: req.stop_token_ids.as_deref(),
+        ignore_eos: req.ignore_eos,
         logit_bias: req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()),
         unsupported: [
             ("logprobs", req.logprobs),
@@ -112,7 +116,6 @@ pub fn chat(state: &ServeState, req: &ChatCompletionRequest) -> Result<Prepared,
             ("regex", req.regex.is_some()),
             ("ebnf", req.ebnf.is_some()),
             ("continue_final_message", req.continue_final_message),
-            ("ignore_eos", req.ignore_eos),
             ("min_tokens", req.min_tokens.is_some_and(|n| n > 0)),
         ]
         .into_iter()
@@ -183,6 +186,7 @@ pub fn completion(
         seed: req.seed,
         stop: req.stop.as_ref(),
         stop_token_ids: req.stop_token_ids.as_deref(),
+        ignore_eos: req.ignore_eos,
         logit_bias: req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()),
         unsupported: [
             ("echo", req.echo),
@@ -192,7 +196,6 @@ pub fn completion(
             ("regex", req.regex.is_some()),
             ("ebnf", req.ebnf.is_some()),
             ("json_schema", req.json_schema.is_some()),
-            ("ignore_eos", req.ignore_eos),
             ("min_tokens", req.min_tokens.is_some_and(|n| n > 0)),
         ]
         .into_iter()
@@ -412,6 +415,7 @@ impl Common<'_> {
             sampling,
             stop_strings,
             stop_tokens,
+            ignore_eos: self.ignore_eos,
             stream,
             include_usage: stream_options.and_then(|o| o.include_usage) == Some(true),
         })

@@ -257,6 +257,7 @@ async fn run(
         max_new_tokens: p.max_new_tokens,
         sampling: p.sampling,
         stop_tokens: p.stop_tokens,
+        ignore_eos: p.ignore_eos,
         stop_strings: p.stop_strings,
         events,
     };

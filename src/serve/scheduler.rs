@@ -46,6 +46,8 @@ pub struct Job {
     pub sampling: SamplingConfig,
     /// Stop ids besides the model's own.
     pub stop_tokens: Vec<u32>,
+    /// Leave out the model's own stop ids (its end of sequence): generate to the budget.
+    pub ignore_eos: bool,
     pub stop_strings: Vec<String>,
     /// Where the answer goes, piece by piece. A closed receiver cancels the request: its
     /// place in the batch is freed at the next step.
@@ -267,7 +269,12 @@ impl Engine {
         cache: Cache,
         tokenizer: &'t Tokenizer,
     ) -> std::result::Result<Running<'t>, (UnboundedSender<Event>, String, Cache)> {
-        let stops = [&self.stop_tokens[..], &job.stop_tokens].concat();
+        let model_stops = if job.ignore_eos {
+            &[][..]
+        } else {
+            &self.stop_tokens[..]
+        };
+        let stops = [model_stops, &job.stop_tokens].concat();
         let made = Sampler::new(job.sampling).and_then(|sampler| {
             if job.prompt.is_empty() || job.prompt.len() >= self.opts.context {
                 return Err(Error::Input(format!(

@@ -39,6 +39,8 @@ pub struct Metrics {
     recent: Mutex<VecDeque<(Instant, usize, usize)>>,
     energy: Option<Energy>,
     core_seconds: FloatGauge,
+    /// The process's CPU time when the server started (loading the model is not serving).
+    core_seconds_at_start: f64,
     tokens_per_core_second: FloatGauge,
 }
 
@@ -128,7 +130,7 @@ impl Metrics {
         let core_seconds = FloatGauge::default();
         registry.register(
             "process_core_seconds",
-            "CPU time of the server process since it started (user and system, every thread)",
+            "CPU time of the process since the server started (user and system, every thread)",
             core_seconds.clone(),
         );
         let tokens_per_core_second = FloatGauge::default();
@@ -189,6 +191,7 @@ impl Metrics {
             recent: Mutex::new(VecDeque::new()),
             energy,
             core_seconds,
+            core_seconds_at_start: crate::energy::process_core_seconds(),
             tokens_per_core_second,
         }
     }
@@ -259,7 +262,7 @@ impl Metrics {
                 }
             }
         }
-        let core_seconds = crate::energy::process_core_seconds();
+        let core_seconds = crate::energy::process_core_seconds() - self.core_seconds_at_start;
         self.core_seconds.set(core_seconds);
         let per_core_second = if core_seconds > 0.0 {
             tokens / core_seconds

@@ -42,8 +42,10 @@ pub struct ServeArgs {
     /// The name clients give as `model` [default: the --model argument].
     #[arg(long)]
     served_model_name: Option<String>,
-    #[command(flatten)]
-    energy: EnergyArgs,
+    /// Where no energy sensor exists, /metrics adds an ESTIMATE: CPU time x this many watts
+    /// per busy core, labelled `measured="false"`.
+    #[arg(long)]
+    estimate_watts_per_core: Option<f64>,
 }
 
 pub fn run(args: &ServeArgs) -> Result<()> {
@@ -83,7 +85,11 @@ pub fn run(args: &ServeArgs) -> Result<()> {
     bounds::caches(&model, args.max_batch, positions)
         .context("lower --max-batch or --max-context")?;
     let tokenizer = Tokenizer::load(&dir)?;
-    let meter = args.energy.meter(!model.device().is_cpu())?;
+    let energy = EnergyArgs {
+        idle_seconds: 0.0,
+        estimate_watts_per_core: args.estimate_watts_per_core,
+    };
+    let meter = energy.meter(!model.device().is_cpu())?;
     let opts = ServeOptions {
         model_id: args
             .served_model_name

@@ -326,10 +326,7 @@ impl Model {
             )));
         }
         let mut seqs: Vec<(&[u32], &mut Cache)> = tokens.chunks(1).zip(caches.iter_mut()).collect();
-        self.backend.run(tokens.len(), || {
-            let hidden = self.hidden_many(&mut seqs, &mut |_, _| Ok(()))?;
-            self.logits(&hidden)
-        })
+        self.forward_sequences(&mut seqs)
     }
 
     /// One pass over several sequences' new tokens, any number each: `seqs[b]` continues its
@@ -345,8 +342,10 @@ impl Model {
         let mut last = Vec::with_capacity(seqs.len());
         let mut end = 0u32;
         for (tokens, _) in seqs.iter() {
-            end += u32::try_from(tokens.len())
-                .map_err(|_| Error::Input("a sequence of more than 2^32 tokens".into()))?;
+            end = u32::try_from(tokens.len())
+                .ok()
+                .and_then(|n| end.checked_add(n))
+                .ok_or_else(|| Error::Input("a step of more than 2^32 tokens".into()))?;
             last.push(end.saturating_sub(1));
         }
         let last = Tensor::new(last.as_slice(), &self.device)?;

@@ -22,6 +22,7 @@
 pub mod api;
 mod http;
 pub mod metrics;
+mod reply;
 pub mod scheduler;
 
 use std::future::Future;

@@ -615,7 +615,7 @@ def main():
             file=sys.stderr, flush=True,
         )
     print(
-        f"\n{opts.clients} clients, {opts.requests} streamed chat requests per setting, "
+        f"\n{opts.clients} clients, {opts.requests} streamed {opts.endpoint} requests per setting, "
         f"max_tokens {opts.max_tokens}, temperature 0, client {opts.client}, cap {opts.duration:g} s\n"
     )
     print(table(results))

@@ -15,6 +15,7 @@
 //! - [`Backend`]: which kernels run the ops ([`ops`]: the CPU's, CUDA's, or the reference
 //!   backend's slow twins), chosen once at load from [`LoadOptions`].
 //! - [`Cache`]: one sequence's keys, values and position, owned by the caller.
+//! - [`serve`]: the OpenAI-compatible server, a continuous-batching scheduler over one model.
 //!
 //! ```
 //! use moe_runtime::{generate, LoadOptions, Model};

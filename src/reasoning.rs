@@ -174,6 +174,21 @@ impl<'t> Splitter<'t> {
         Ok(splitter)
     }
 
+    /// A splitter that reads no format: every id's text is answer, as it comes (a text
+    /// completion's raw continuation).
+    pub fn plain(tokenizer: &'t Tokenizer) -> Splitter<'t> {
+        Splitter {
+            format: OutputFormat::Plain,
+            stream: tokenizer.stream(),
+            state: State::Text(Part::Answer),
+            header: String::new(),
+            held: String::new(),
+            trim_edges: false,
+            shown: false,
+            tool_calls: Vec::new(),
+        }
+    }
+
     pub fn format(&self) -> OutputFormat {
         self.format
     }

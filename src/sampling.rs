@@ -153,7 +153,9 @@ impl Sampler {
                 }
             }
         }
-        if c.temperature == 0.0 || c.top_k == Some(1) {
+        // Below this, 1/T overflows the logits into infinities and NaN: greedy, as vLLM.
+        const GREEDY_BELOW: f64 = 1e-5;
+        if c.temperature < GREEDY_BELOW || c.top_k == Some(1) {
             return argmax(&logits);
         }
         let inv_t = (1.0 / c.temperature) as f32;

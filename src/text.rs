@@ -103,6 +103,22 @@ impl<'t> Decoder<'t> {
         })
     }
 
+    /// For a raw continuation: the text as it comes, all of it answer (no reasoning or tool
+    /// calls read out of it, no format's turn ends added), ending at any of `stop_tokens` and
+    /// before any of `stop_strings`. What a text completion returns.
+    pub fn raw(
+        tokenizer: &'t Tokenizer,
+        stop_tokens: &[u32],
+        stop_strings: &[String],
+    ) -> Result<Decoder<'t>> {
+        Ok(Decoder {
+            splitter: Splitter::plain(tokenizer),
+            shown: Shown::new(stop_strings)?,
+            stop_tokens: stop_tokens.to_vec(),
+            stopped_by_string: false,
+        })
+    }
+
     /// The ids that end generation: the caller's, then the format's.
     pub fn stop_tokens(&self) -> &[u32] {
         &self.stop_tokens

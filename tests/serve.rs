@@ -360,6 +360,25 @@ fn bad_requests_get_openai_errors_with_their_status() {
             Some("frequency_penalty"),
         ),
         (
+            "a stop string of 2 KiB",
+            with(json!({"stop": ["x".repeat(2048)]})),
+            400,
+            Some("stop"),
+        ),
+        (
+            "2000 stop ids",
+            with(json!({"stop_token_ids": vec![1; 2000]})),
+            400,
+            Some("stop_token_ids"),
+        ),
+        (
+            "a forced tool call",
+            with(json!({"tool_choice": "required",
+                        "tools": [{"type": "function", "function": {"name": "tide"}}]})),
+            400,
+            Some("tool_choice"),
+        ),
+        (
             "a prompt too long",
             with(json!({"messages": [{"role": "user", "content": "word ".repeat(3000)}]})),
             400,
@@ -537,4 +556,28 @@ fn ignore_eos_generates_to_the_budget() {
     assert_eq!(status, 200);
     assert_eq!(long["choices"][0]["finish_reason"], "length");
     assert_eq!(long["usage"]["completion_tokens"], 200);
+}
+
+#[test]
+fn text_completions_default_to_16_tokens_and_tiny_temperatures_are_greedy() {
+    let server = start(ServeOptions::default());
+    let body = json!({"model": MODEL, "prompt": "ROMEO:", "ignore_eos": true});
+    let (status, answer) = post(&server.base, "/v1/completions", &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["usage"]["completion_tokens"], 16);
+    // 1/T would overflow the logits: greedy instead.
+    let greedy = chat("Speak.", 12);
+    let mut tiny = greedy.clone();
+    tiny["temperature"] = json!(1e-30);
+    let (_, a) = post(&server.base, "/v1/chat/completions", &greedy);
+    let (status, b) = post(&server.base, "/v1/chat/completions", &tiny);
+    assert_eq!(status, 200, "{b}");
+    assert_eq!(
+        text_of("/v1/chat/completions", &a),
+        text_of("/v1/chat/completions", &b)
+    );
+    let health = ureq::get(&format!("{}/health", server.base))
+        .call()
+        .unwrap();
+    assert_eq!(health.into_string().unwrap(), "ok");
 }

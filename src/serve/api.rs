@@ -5,7 +5,7 @@
 
 use axum::http::StatusCode;
 use openai_protocol::chat::{ChatCompletionRequest, ChatMessage, MessageContent};
-use openai_protocol::common::{ContentPart, StringOrArray};
+use openai_protocol::common::{ContentPart, StringOrArray, ToolChoice, ToolChoiceValue};
 use openai_protocol::completion::CompletionRequest;
 use serde_json::{Map, Value};
 use validator::Validate;
@@ -13,6 +13,11 @@ use validator::Validate;
 use super::ServeState;
 use crate::chat_template::{Message, RenderOptions};
 use crate::sampling::SamplingConfig;
+
+/// The longest stop string, in bytes.
+const MAX_STOP_BYTES: usize = 1024;
+/// The most stop ids a request may add.
+const MAX_STOP_IDS: usize = 1024;
 
 /// An error as OpenAI's API answers it: a status, and `{"error": {message, type, param}}`.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,6 +67,8 @@ pub struct Prepared {
     pub stop_tokens: Vec<u32>,
     /// Generate past the model's end-of-sequence ids (benchmarks of a fixed length).
     pub ignore_eos: bool,
+    /// A text completion: the continuation as raw text.
+    pub raw: bool,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -82,6 +89,9 @@ struct Common<'r> {
     stop: Option<&'r StringOrArray>,
     stop_token_ids: Option<&'r [u32]>,
     ignore_eos: bool,
+    /// A text completion (raw text out; `max_tokens` 16 when left out, as OpenAI's legacy
+    /// API and vLLM), or a chat (the rest of the context, as vLLM).
+    text_completion: bool,
     logit_bias: bool,
     /// Fields given that the engine cannot honour, by name.
     unsupported: Vec<&'static str>,
@@ -108,6 +118,7 @@ pub fn chat(state: &ServeState, req: &ChatCompletionRequest) -> Result<Prepared,
         stop: req.stop.as_ref(),
         stop_token_ids: req.stop_token_ids.as_deref(),
         ignore_eos: req.ignore_eos,
+        text_completion: false,
         logit_bias: req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()),
         unsupported: [
             ("logprobs", req.logprobs),
@@ -140,9 +151,19 @@ pub fn chat(state: &ServeState, req: &ChatCompletionRequest) -> Result<Prepared,
             .entry("reasoning_effort")
             .or_insert_with(|| effort.clone().into());
     }
-    let tools = req
-        .tools
-        .as_ref()
+    // `auto` (the default) lets the model choose; `none` keeps the tools from it. Forcing a
+    // call (`required`, a named function) needs constrained decoding, which this engine lacks.
+    let offered = match &req.tool_choice {
+        None | Some(ToolChoice::Value(ToolChoiceValue::Auto)) => req.tools.as_ref(),
+        Some(ToolChoice::Value(ToolChoiceValue::None)) => None,
+        Some(_) => {
+            return Err(ApiError::field(
+                "tool_choice",
+                "only `auto` and `none` are supported: a forced tool call is not",
+            ))
+        }
+    };
+    let tools = offered
         .map(|tools| {
             tools
                 .iter()
@@ -187,6 +208,7 @@ pub fn completion(
         stop: req.stop.as_ref(),
         stop_token_ids: req.stop_token_ids.as_deref(),
         ignore_eos: req.ignore_eos,
+        text_completion: true,
         logit_bias: req.logit_bias.as_ref().is_some_and(|b| !b.is_empty()),
         unsupported: [
             ("echo", req.echo),
@@ -338,6 +360,7 @@ impl Common<'_> {
         }
         let room = context - prompt.len();
         let max_new_tokens = match self.max_tokens {
+            None if self.text_completion => room.min(16),
             None => room,
             Some(0) => {
                 return Err(ApiError::field(
@@ -401,8 +424,27 @@ impl Common<'_> {
         if stop_strings.iter().any(String::is_empty) {
             return Err(ApiError::field("stop", "stop strings must not be empty"));
         }
+        // Each is searched for after every token, on the thread that runs the whole batch.
+        if let Some(long) = stop_strings.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::field(
+                "stop",
+                format!(
+                    "a stop string of {} bytes; at most {MAX_STOP_BYTES} are supported",
+                    long.len()
+                ),
+            ));
+        }
         let vocab = state.vocab_size;
         let stop_tokens = self.stop_token_ids.unwrap_or_default().to_vec();
+        if stop_tokens.len() > MAX_STOP_IDS {
+            return Err(ApiError::field(
+                "stop_token_ids",
+                format!(
+                    "{} stop ids; at most {MAX_STOP_IDS} are supported",
+                    stop_tokens.len()
+                ),
+            ));
+        }
         if let Some(id) = stop_tokens.iter().find(|&&id| id as usize >= vocab) {
             return Err(ApiError::field(
                 "stop_token_ids",
@@ -416,6 +458,7 @@ impl Common<'_> {
             stop_strings,
             stop_tokens,
             ignore_eos: self.ignore_eos,
+            raw: self.text_completion,
             stream,
             include_usage: stream_options.and_then(|o| o.include_usage) == Some(true),
         })

@@ -3,12 +3,13 @@
 //! server-sent events. Every refusal is OpenAI's error JSON with its status.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::sse::Sse;
+use axum::response::sse::{KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -21,7 +22,7 @@ use tokio::sync::mpsc::unbounded_channel;
 
 use super::api::{self, ApiError, Prepared};
 use super::reply::{Kind, Reply};
-use super::scheduler::Job;
+use super::scheduler::{Job, Refused};
 use super::ServeState;
 
 type AppState = Arc<ServeState>;
@@ -166,12 +167,19 @@ async fn method_not_allowed(State(state): State<AppState>, request: Request) -> 
     )
 }
 
-async fn health() -> &'static str {
-    "ok"
+/// 200 while the scheduler runs; 503 once it has failed (a load balancer stops sending).
+async fn health(State(state): State<AppState>) -> Response {
+    match state.scheduler.is_alive() {
+        true => "ok".into_response(),
+        false => {
+            let message = "the scheduler has stopped";
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+        }
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    let text = state.metrics.render();
+    let text = state.metrics.render(state.scheduler.waiting());
     let kind = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(header::CONTENT_TYPE, kind)], text).into_response()
 }
@@ -192,26 +200,34 @@ async fn chat(
     State(state): State<AppState>,
     body: Result<Json<ChatCompletionRequest>, JsonRejection>,
 ) -> Response {
+    let arrived = Instant::now();
     let req = match body {
         Ok(Json(req)) => req,
         Err(r) => return rejection(&state, r),
     };
+    if let Some(busy) = busy(&state) {
+        return busy;
+    }
     // The template and the tokenizer are CPU work: off the runtime's threads.
     let prepared = {
         let state = state.clone();
         tokio::task::spawn_blocking(move || api::chat(&state, &req)).await
     };
-    run(state, prepared, Kind::Chat).await
+    run(state, prepared, Kind::Chat, arrived).await
 }
 
 async fn completions(
     State(state): State<AppState>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
+    let arrived = Instant::now();
     let mut body = match body {
         Ok(Json(body)) => body,
         Err(r) => return rejection(&state, r),
     };
+    if let Some(busy) = busy(&state) {
+        return busy;
+    }
     let ids = match api::prompt_ids(&mut body) {
         Ok(ids) => ids,
         Err(e) => return refuse(&state, e),
@@ -227,13 +243,26 @@ async fn completions(
         let state = state.clone();
         tokio::task::spawn_blocking(move || api::completion(&state, &req, ids)).await
     };
-    run(state, prepared, Kind::Text).await
+    run(state, prepared, Kind::Text, arrived).await
+}
+
+/// A 503 when the queue is full already: a request that cannot be queued is refused before its
+/// template and tokenizer run (the queue itself refuses the rest, which race to it).
+fn busy(state: &ServeState) -> Option<Response> {
+    (state.scheduler.waiting() >= state.max_queue).then(|| {
+        let message = "the server is busy: its queue is full; retry in a moment";
+        refuse(
+            state,
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
+        )
+    })
 }
 
 async fn run(
     state: AppState,
     prepared: Result<Result<Prepared, ApiError>, tokio::task::JoinError>,
     kind: Kind,
+    arrived: Instant,
 ) -> Response {
     let p = match prepared {
         Ok(Ok(p)) => p,
@@ -253,19 +282,34 @@ async fn run(
         sampling: p.sampling,
         stop_tokens: p.stop_tokens,
         ignore_eos: p.ignore_eos,
+        raw: p.raw,
+        arrived,
         stop_strings: p.stop_strings,
         events,
     };
-    if state.scheduler.submit(job).is_err() {
-        let message = "the server is busy: its queue is full; retry in a moment";
-        return refuse(
-            &state,
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
-        );
+    match state.scheduler.submit(job) {
+        Ok(()) => {}
+        Err(Refused::Busy(_)) => {
+            let message = "the server is busy: its queue is full; retry in a moment";
+            return refuse(
+                &state,
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
+            );
+        }
+        Err(Refused::Stopped(_)) => {
+            let message = "the server's scheduler has stopped; restart the server";
+            return refuse(
+                &state,
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message),
+            );
+        }
     }
     let reply = Reply::new(kind, &state.model_id);
     if p.stream {
-        Sse::new(reply.stream(receiver, p.include_usage)).into_response()
+        // Comment lines every 15 s keep a stream waiting in the queue alive through proxies.
+        Sse::new(reply.stream(receiver, p.include_usage))
+            .keep_alive(KeepAlive::default())
+            .into_response()
     } else {
         reply.whole(receiver).await
     }

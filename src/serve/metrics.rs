@@ -64,7 +64,7 @@ impl Metrics {
         let requests = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
-            "Requests that left the batch, by outcome: stop, length, cancelled or error",
+            "Requests that left the batch, by outcome: stop, length, tool_calls, cancelled or error",
             requests.clone(),
         );
         let rejected = Family::<Labels, Counter>::default();
@@ -118,7 +118,7 @@ impl Metrics {
         let first_token = Histogram::new(exponential_buckets(0.005, 2.0, 14));
         registry.register(
             "time_to_first_token_seconds",
-            "From a request's admission into the batch to its first new token",
+            "From a request's arrival (its wait in the queue included) to its first new token",
             first_token.clone(),
         );
         let step_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
@@ -245,23 +245,36 @@ impl Metrics {
         self.first_token.observe(secs);
     }
 
-    /// The report, with the energy and CPU time read now.
-    pub fn render(&self) -> String {
+    /// Whether joules are reported (a source was found).
+    pub fn has_energy(&self) -> bool {
+        self.energy.is_some()
+    }
+
+    /// Reads the energy counters now. Called at each report, and often enough in between
+    /// (`Server` every 30 s) that a counter that wraps (RAPL's, every quarter hour or so at
+    /// package power) is never read a whole wrap apart.
+    pub fn read_energy(&self) {
+        let Some(energy) = &self.energy else { return };
+        let tokens = (self.prefill_tokens.get() + self.decode_tokens.get()) as f64;
+        let mut guard = energy.meter.lock().unwrap_or_else(|e| e.into_inner());
+        let (meter, window) = &mut *guard;
+        if let Ok(reading) = meter.stop(window) {
+            for (labels, joules) in energy.labels.iter().zip(&reading.joules) {
+                energy.joules.get_or_create(labels).set(*joules);
+                let per_joule = if *joules > 0.0 { tokens / joules } else { 0.0 };
+                energy.tokens_per_joule.get_or_create(labels).set(per_joule);
+            }
+        }
+    }
+
+    /// The report, with the energy and CPU time read now and `waiting` requests in the queue.
+    pub fn render(&self, waiting: usize) -> String {
         let (prefill, decode) = self.rates();
         self.prefill_rate.set(prefill);
         self.decode_rate.set(decode);
+        self.queue_depth.set(waiting as i64);
+        self.read_energy();
         let tokens = (self.prefill_tokens.get() + self.decode_tokens.get()) as f64;
-        if let Some(energy) = &self.energy {
-            let mut guard = energy.meter.lock().unwrap_or_else(|e| e.into_inner());
-            let (meter, window) = &mut *guard;
-            if let Ok(reading) = meter.stop(window) {
-                for (labels, joules) in energy.labels.iter().zip(&reading.joules) {
-                    energy.joules.get_or_create(labels).set(*joules);
-                    let per_joule = if *joules > 0.0 { tokens / joules } else { 0.0 };
-                    energy.tokens_per_joule.get_or_create(labels).set(per_joule);
-                }
-            }
-        }
         let core_seconds = crate::energy::process_core_seconds() - self.core_seconds_at_start;
         self.core_seconds.set(core_seconds);
         let per_core_second = if core_seconds > 0.0 {

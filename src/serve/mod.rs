@@ -90,6 +90,8 @@ pub struct ServeState {
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
+    /// Requests that may wait for the batch.
+    pub max_queue: usize,
     pub scheduler: Scheduler,
     pub metrics: Arc<Metrics>,
     /// When the server started (Unix seconds), for `created` fields.
@@ -135,6 +137,21 @@ impl Server {
         }
         let stop_tokens = crate::generate::stop_tokens(dir, Some(&tokenizer))?;
         let metrics = Arc::new(Metrics::new(opts.energy));
+        if metrics.has_energy() {
+            // Counters that wrap are read often enough to see each wrap; the thread ends with
+            // the server.
+            let weak = Arc::downgrade(&metrics);
+            std::thread::Builder::new()
+                .name("moe-energy".into())
+                .spawn(move || loop {
+                    std::thread::sleep(std::time::Duration::from_secs(30));
+                    match weak.upgrade() {
+                        Some(metrics) => metrics.read_energy(),
+                        None => return,
+                    }
+                })
+                .map_err(|e| Error::Input(format!("starting the energy reader: {e}")))?;
+        }
         let batch = BatchOptions {
             max_batch: opts.max_batch,
             max_queue: opts.max_queue,
@@ -150,6 +167,7 @@ impl Server {
             api_key: opts.api_key,
             max_body_bytes: opts.max_body_bytes,
             max_header_bytes: opts.max_header_bytes,
+            max_queue: opts.max_queue,
             scheduler: Scheduler::start(
                 model,
                 tokenizer.clone(),

@@ -48,6 +48,10 @@ pub struct Job {
     pub stop_tokens: Vec<u32>,
     /// Leave out the model's own stop ids (its end of sequence): generate to the budget.
     pub ignore_eos: bool,
+    /// The continuation as raw text (a text completion), not read for reasoning or tool calls.
+    pub raw: bool,
+    /// When the request arrived: its time to first token counts the queue.
+    pub arrived: Instant,
     pub stop_strings: Vec<String>,
     /// Where the answer goes, piece by piece. A closed receiver cancels the request: its
     /// place in the batch is freed at the next step.
@@ -72,7 +76,7 @@ pub struct Finished {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub tool_calls: Vec<ToolCall>,
-    /// From admission into the batch to the first new token.
+    /// From the request's arrival (queue included) to the first new token.
     pub time_to_first_token_secs: f64,
 }
 
@@ -84,9 +88,14 @@ pub struct Scheduler {
     thread: Option<JoinHandle<()>>,
 }
 
-/// The queue was full: try again later.
+/// Why a job was not queued; the job comes back.
 #[derive(Debug)]
-pub struct Busy(pub Box<Job>);
+pub enum Refused {
+    /// The queue is full: try again later.
+    Busy(Box<Job>),
+    /// The scheduler's thread has ended (it failed): nothing will run.
+    Stopped(Box<Job>),
+}
 
 impl Scheduler {
     /// Starts the scheduler's thread over `model`, ending every sequence at any of
@@ -126,8 +135,8 @@ impl Scheduler {
         })
     }
 
-    /// Queues `job`; refused when the queue is full.
-    pub fn submit(&self, job: Job) -> std::result::Result<(), Busy> {
+    /// Queues `job`; refused when the queue is full or the scheduler has stopped.
+    pub fn submit(&self, job: Job) -> std::result::Result<(), Refused> {
         let queue = self
             .queue
             .as_ref()
@@ -136,11 +145,16 @@ impl Scheduler {
         queue.try_send(job).map_err(|e| {
             self.waiting.fetch_sub(1, Ordering::SeqCst);
             match e {
-                mpsc::TrySendError::Full(job) | mpsc::TrySendError::Disconnected(job) => {
-                    Busy(Box::new(job))
-                }
+                mpsc::TrySendError::Full(job) => Refused::Busy(Box::new(job)),
+                mpsc::TrySendError::Disconnected(job) => Refused::Stopped(Box::new(job)),
             }
         })
+    }
+
+    /// Whether the scheduler's thread still runs (it ends only by failing, or when the
+    /// scheduler is dropped).
+    pub fn is_alive(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Requests queued and not yet in the batch.
@@ -181,7 +195,7 @@ struct Running<'t> {
     events: UnboundedSender<Event>,
     max_new_tokens: usize,
     generated: usize,
-    admitted: Instant,
+    arrived: Instant,
     first_token_secs: Option<f64>,
 }
 
@@ -243,8 +257,12 @@ impl Engine {
                             tool_calls,
                             time_to_first_token_secs: seq.first_token_secs.unwrap_or(0.0),
                         };
+                        let label = match finished.tool_calls.is_empty() {
+                            true => reason_label(reason),
+                            false => "tool_calls",
+                        };
                         let _ = seq.events.send(Event::Done(finished));
-                        reason_label(reason)
+                        label
                     }
                     Exit::Failed(message) => {
                         let _ = seq.events.send(Event::Failed(message));
@@ -283,7 +301,16 @@ impl Engine {
                     self.opts.context
                 )));
             }
-            let decoder = Decoder::new(tokenizer, &job.prompt, &stops, &job.stop_strings)?;
+            let vocab = self.model.config().vocab_size;
+            if let Some(id) = job.prompt.iter().find(|&&id| id as usize >= vocab) {
+                return Err(Error::Input(format!(
+                    "the prompt holds token id {id}, past the model's vocabulary of {vocab}"
+                )));
+            }
+            let decoder = match job.raw {
+                true => Decoder::raw(tokenizer, &stops, &job.stop_strings)?,
+                false => Decoder::new(tokenizer, &job.prompt, &stops, &job.stop_strings)?,
+            };
             Ok((sampler, decoder))
         });
         let (sampler, decoder) = match made {
@@ -300,7 +327,7 @@ impl Engine {
             events: job.events,
             max_new_tokens: job.max_new_tokens,
             generated: 0,
-            admitted: Instant::now(),
+            arrived: job.arrived,
             first_token_secs: None,
         })
     }
@@ -346,7 +373,9 @@ impl Engine {
             .forward_sequences(&mut seqs)
             .and_then(|l| Ok(l.to_vec2::<f32>()?));
         let secs = start.elapsed().as_secs_f64();
-        self.metrics.step(seqs.len(), prefill, decode, secs);
+        if logits.is_ok() {
+            self.metrics.step(seqs.len(), prefill, decode, secs);
+        }
         let logits = match logits {
             Ok(logits) => logits,
             Err(e) => {
@@ -391,7 +420,7 @@ impl Running<'_> {
         self.history.push(next);
         self.generated += 1;
         if self.first_token_secs.is_none() {
-            let ttft = self.admitted.elapsed().as_secs_f64();
+            let ttft = self.arrived.elapsed().as_secs_f64();
             self.first_token_secs = Some(ttft);
             metrics.first_token(ttft);
         }

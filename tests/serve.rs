@@ -539,7 +539,9 @@ fn a_prompt_of_token_ids_is_answered_as_its_text() {
         let (status, by_ids) = post(&server.base, "/v1/completions", &body(ids));
         assert_eq!(status, 200, "{by_ids}");
         assert_eq!(text_of("", &by_ids), text_of("", &by_text));
-        assert_eq!(by_ids["usage"], by_text["usage"]);
+        for count in ["prompt_tokens", "completion_tokens"] {
+            assert_eq!(by_ids["usage"][count], by_text["usage"][count]);
+        }
     }
 }
 
@@ -580,4 +582,35 @@ fn text_completions_default_to_16_tokens_and_tiny_temperatures_are_greedy() {
         .call()
         .unwrap();
     assert_eq!(health.into_string().unwrap(), "ok");
+}
+
+#[test]
+fn a_chat_turn_reuses_the_cache_of_the_turn_before() {
+    let server = start(ServeOptions::default());
+    let first = chat("Speak, good sir.", 24);
+    let (status, answer) = post(&server.base, "/v1/chat/completions", &first);
+    assert_eq!(status, 200);
+    assert_eq!(answer["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    let said = text_of("/v1/chat/completions", &answer);
+    let mut second = first.clone();
+    second["messages"] = json!([
+        {"role": "user", "content": "Speak, good sir."},
+        {"role": "assistant", "content": said},
+        {"role": "user", "content": "And then?"},
+    ]);
+    let (status, answer) = post(&server.base, "/v1/chat/completions", &second);
+    assert_eq!(status, 200, "{answer}");
+    let cached = answer["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    let prompt = answer["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(cached > 0 && cached < prompt, "{answer}");
+    // The same answer as a server that computes the whole prompt.
+    let fresh = start(ServeOptions::default());
+    let (_, want) = post(&fresh.base, "/v1/chat/completions", &second);
+    assert_eq!(want["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(
+        text_of("/v1/chat/completions", &answer),
+        text_of("/v1/chat/completions", &want)
+    );
 }

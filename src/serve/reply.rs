@@ -331,6 +331,7 @@ fn done_event() -> SseEvent {
 
 fn usage(done: &Finished) -> Usage {
     Usage::from_counts(done.prompt_tokens as u32, done.completion_tokens as u32)
+        .with_cached_tokens(done.cached_tokens as u32)
 }
 
 /// OpenAI's finish reason: `stop` (an end-of-sequence id or a stop string), `length` (the

@@ -74,6 +74,8 @@ pub enum Event {
 pub struct Finished {
     pub reason: StopReason,
     pub prompt_tokens: usize,
+    /// Of the prompt's tokens, those an earlier request's cache held (not computed again).
+    pub cached_tokens: usize,
     pub completion_tokens: usize,
     pub tool_calls: Vec<ToolCall>,
     /// From the request's arrival (queue included) to the first new token.
@@ -197,6 +199,14 @@ struct Running<'t> {
     generated: usize,
     arrived: Instant,
     first_token_secs: Option<f64>,
+    /// Prompt tokens found in the cache at admission (not computed again).
+    cached: usize,
+}
+
+/// A cache of a retired sequence, and the tokens it holds.
+struct Pooled {
+    cache: Cache,
+    tokens: Vec<u32>,
 }
 
 /// Why a sequence leaves the batch.
@@ -211,7 +221,7 @@ impl Engine {
     fn run(self, jobs: mpsc::Receiver<Job>) {
         let tokenizer = self.tokenizer.clone();
         let mut running: Vec<Running> = Vec::new();
-        let mut free_caches: Vec<Cache> = Vec::new();
+        let mut pool: Vec<Pooled> = Vec::new();
         loop {
             // Admit: wait for work when there is none, else take what is queued.
             while running.len() < self.opts.max_batch {
@@ -227,13 +237,9 @@ impl Engine {
                     }
                 };
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
-                let cache = free_caches
-                    .pop()
-                    .unwrap_or_else(|| self.model.new_cache_for(self.opts.context));
-                match self.admit(job, cache, &tokenizer) {
+                match self.admit(job, &mut pool, &tokenizer) {
                     Ok(seq) => running.push(seq),
-                    Err((events, message, cache)) => {
-                        free_caches.push(cache);
+                    Err((events, message)) => {
                         self.metrics.finished("error");
                         let _ = events.send(Event::Failed(message));
                     }
@@ -253,6 +259,7 @@ impl Engine {
                         let finished = Finished {
                             reason,
                             prompt_tokens: seq.prompt.len(),
+                            cached_tokens: seq.cached,
                             completion_tokens: seq.generated,
                             tool_calls,
                             time_to_first_token_secs: seq.first_token_secs.unwrap_or(0.0),
@@ -271,22 +278,32 @@ impl Engine {
                     Exit::Cancelled => "cancelled",
                 };
                 self.metrics.finished(outcome);
-                seq.cache.reset();
-                free_caches.push(seq.cache);
+                // The cache holds the prompt and every new token but the last: kept for a
+                // later request that begins the same way (a chat's next turn). After a failed
+                // step it is not trusted.
+                let mut tokens = seq.history;
+                if outcome == "error" {
+                    seq.cache.reset();
+                }
+                tokens.truncate(seq.cache.position());
+                pool.push(Pooled {
+                    cache: seq.cache,
+                    tokens,
+                });
             }
             self.metrics
                 .set_load(self.waiting.load(Ordering::SeqCst), running.len());
         }
     }
 
-    /// A job as a sequence of the batch; on failure, its receiver, why, and the cache back.
-    #[allow(clippy::result_large_err)]
+    /// A job as a sequence of the batch, on the pooled cache that holds the longest start of
+    /// its prompt (or a new one); on failure, its receiver and why.
     fn admit<'t>(
         &self,
         job: Job,
-        cache: Cache,
+        pool: &mut Vec<Pooled>,
         tokenizer: &'t Tokenizer,
-    ) -> std::result::Result<Running<'t>, (UnboundedSender<Event>, String, Cache)> {
+    ) -> std::result::Result<Running<'t>, (UnboundedSender<Event>, String)> {
         let model_stops = if job.ignore_eos {
             &[][..]
         } else {
@@ -315,8 +332,19 @@ impl Engine {
         });
         let (sampler, decoder) = match made {
             Ok(parts) => parts,
-            Err(e) => return Err((job.events, e.to_string(), cache)),
+            Err(e) => return Err((job.events, e.to_string())),
         };
+        let (mut cache, shared) = self.cache_for(&job.prompt, pool);
+        // At least the prompt's last token is fed, to get its logits.
+        let kept = shared.min(job.prompt.len() - 1);
+        if let Err(e) = cache.truncate(kept) {
+            cache.reset();
+            return Err((job.events, e.to_string()));
+        }
+        // Linear-attention states cannot be cut back: copy them at the prompt's end, which
+        // the next turn of the same chat shares.
+        cache.snapshot_at(job.prompt.len());
+        let cache_position = cache.position();
         Ok(Running {
             history: job.prompt.clone(),
             prompt: job.prompt,
@@ -329,7 +357,29 @@ impl Engine {
             generated: 0,
             arrived: job.arrived,
             first_token_secs: None,
+            cached: cache_position,
         })
+    }
+
+    /// The pooled cache whose tokens share the longest start with `prompt` (taken out of
+    /// the pool), and that length; a new cache and 0 when the pool is empty.
+    fn cache_for(&self, prompt: &[u32], pool: &mut Vec<Pooled>) -> (Cache, usize) {
+        let shared = |p: &Pooled| {
+            p.tokens
+                .iter()
+                .zip(prompt)
+                .take_while(|(a, b)| a == b)
+                .count()
+        };
+        let best = (0..pool.len()).max_by_key(|&i| shared(&pool[i]));
+        match best {
+            Some(i) => {
+                let pooled = pool.swap_remove(i);
+                let n = shared(&pooled);
+                (pooled.cache, n)
+            }
+            None => (self.model.new_cache_for(self.opts.context), 0),
+        }
     }
 
     /// One pass over the batch; returns, per sequence, whether and why it leaves.

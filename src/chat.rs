@@ -104,20 +104,9 @@ impl<'a> Chat<'a> {
             .tokenizer
             .apply_chat_template(&self.messages, &opts)?
             .tokens;
-        // Earlier turns usually render to the same ids again: keep their keys and values. At
-        // least one token must be fed, to get logits.
-        let shared = self
-            .cached
-            .iter()
-            .zip(&prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len().saturating_sub(1));
-        self.cache.truncate(shared)?;
-        self.cached.truncate(self.cache.position());
-        // Linear-attention states cannot be truncated: keep a copy at the end of this prompt,
-        // which the next turn's prompt shares unless an earlier message changed.
-        self.cache.snapshot_at(prompt.len());
+        // Earlier turns usually render to the same ids again: keep their keys and values.
+        let kept = self.cache.resume(&self.cached, &prompt)?;
+        self.cached.truncate(kept);
         let answer = generate_text(
             self.model,
             self.tokenizer,

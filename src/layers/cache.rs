@@ -59,6 +59,11 @@ struct Snapshot {
     linear: Vec<Option<LinearState>>,
 }
 
+/// How many ids `a` and `b` begin with in common.
+pub(crate) fn shared_start(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
 /// Keys and values seen so far, one entry per layer, or a linear-attention layer's state.
 /// Made by `Model::new_cache`. Not `Clone`: its buffers are written in place, and a shallow
 /// copy would share them.
@@ -119,6 +124,19 @@ impl Cache {
     pub fn snapshot_at(&mut self, position: usize) {
         self.snapshot_at = Some(position);
         self.snapshot = None;
+    }
+
+    /// Readies a cache that holds `held` (the ids fed to it so far) to go on into `prompt`:
+    /// keeps the longest start the two share, but for at least the prompt's last token, which
+    /// must be fed for its logits (`truncate`; it may keep less), and asks for the
+    /// linear-attention states to be copied at the prompt's end (`snapshot_at`), which a
+    /// conversation's next turn shares. Returns the positions kept: feed `prompt` from there.
+    /// A chat's next turn, and a server's request on the cache of an earlier one.
+    pub fn resume(&mut self, held: &[u32], prompt: &[u32]) -> Result<usize> {
+        let keep = shared_start(held, prompt).min(prompt.len().saturating_sub(1));
+        self.truncate(keep)?;
+        self.snapshot_at(prompt.len());
+        Ok(self.position)
     }
 
     /// Keeps the first `len` positions and forgets the rest, so that a sequence sharing that

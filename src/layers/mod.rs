@@ -20,6 +20,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 pub use block::{Block, FeedForward};
+pub(crate) use cache::shared_start;
 pub use cache::Cache;
 pub use linear::Linear;
 pub use mlp::Mlp;

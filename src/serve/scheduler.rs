@@ -17,7 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::metrics::Metrics;
 use crate::error::{Error, Result};
 use crate::generate::{Flow, StopReason};
-use crate::layers::{Cache, Model};
+use crate::layers::{shared_start, Cache, Model};
 use crate::reasoning::{Part, ToolCall};
 use crate::sampling::{Sampler, SamplingConfig};
 use crate::text::Decoder;
@@ -334,17 +334,11 @@ impl Engine {
             Ok(parts) => parts,
             Err(e) => return Err((job.events, e.to_string())),
         };
-        let (mut cache, shared) = self.cache_for(&job.prompt, pool);
-        // At least the prompt's last token is fed, to get its logits.
-        let kept = shared.min(job.prompt.len() - 1);
-        if let Err(e) = cache.truncate(kept) {
-            cache.reset();
-            return Err((job.events, e.to_string()));
-        }
-        // Linear-attention states cannot be cut back: copy them at the prompt's end, which
-        // the next turn of the same chat shares.
-        cache.snapshot_at(job.prompt.len());
-        let cache_position = cache.position();
+        let Pooled { mut cache, tokens } = self.cache_for(&job.prompt, pool);
+        let cached = match cache.resume(&tokens, &job.prompt) {
+            Ok(kept) => kept,
+            Err(e) => return Err((job.events, e.to_string())),
+        };
         Ok(Running {
             history: job.prompt.clone(),
             prompt: job.prompt,
@@ -357,28 +351,20 @@ impl Engine {
             generated: 0,
             arrived: job.arrived,
             first_token_secs: None,
-            cached: cache_position,
+            cached,
         })
     }
 
-    /// The pooled cache whose tokens share the longest start with `prompt` (taken out of
-    /// the pool), and that length; a new cache and 0 when the pool is empty.
-    fn cache_for(&self, prompt: &[u32], pool: &mut Vec<Pooled>) -> (Cache, usize) {
-        let shared = |p: &Pooled| {
-            p.tokens
-                .iter()
-                .zip(prompt)
-                .take_while(|(a, b)| a == b)
-                .count()
-        };
-        let best = (0..pool.len()).max_by_key(|&i| shared(&pool[i]));
+    /// The pooled cache whose tokens share the longest start with `prompt`, taken out of the
+    /// pool; a new cache when the pool is empty.
+    fn cache_for(&self, prompt: &[u32], pool: &mut Vec<Pooled>) -> Pooled {
+        let best = (0..pool.len()).max_by_key(|&i| shared_start(&pool[i].tokens, prompt));
         match best {
-            Some(i) => {
-                let pooled = pool.swap_remove(i);
-                let n = shared(&pooled);
-                (pooled.cache, n)
-            }
-            None => (self.model.new_cache_for(self.opts.context), 0),
+            Some(i) => pool.swap_remove(i),
+            None => Pooled {
+                cache: self.model.new_cache_for(self.opts.context),
+                tokens: Vec::new(),
+            },
         }
     }
 

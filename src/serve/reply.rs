@@ -26,7 +26,6 @@ use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::api::ApiError;
 use super::scheduler::{Event, Finished};
-use crate::generate::StopReason;
 use crate::reasoning::Part;
 
 /// Which API a response speaks.
@@ -86,7 +85,7 @@ impl Reply {
 
     fn response(&self, text: Collected, done: Finished) -> Response {
         let usage = Some(usage(&done));
-        let finish_reason = Some(finish_reason(&done).to_string());
+        let finish_reason = Some(done.finish_reason().to_string());
         match self.kind {
             Kind::Chat => {
                 let tool_calls = tool_calls(&done);
@@ -200,7 +199,7 @@ impl Reply {
     /// The closing events: tool calls, the finish reason, the usage, `[DONE]`.
     fn last(&self, done: &Finished, include_usage: bool) -> Vec<SseEvent> {
         let mut out = Vec::new();
-        let reason = Some(finish_reason(done).to_string());
+        let reason = Some(done.finish_reason().to_string());
         match self.kind {
             Kind::Chat => {
                 if let Some(calls) = tool_calls(done) {
@@ -332,16 +331,6 @@ fn done_event() -> SseEvent {
 fn usage(done: &Finished) -> Usage {
     Usage::from_counts(done.prompt_tokens as u32, done.completion_tokens as u32)
         .with_cached_tokens(done.cached_tokens as u32)
-}
-
-/// OpenAI's finish reason: `stop` (an end-of-sequence id or a stop string), `length` (the
-/// token budget or the context), `tool_calls`.
-fn finish_reason(done: &Finished) -> &'static str {
-    match done.reason {
-        _ if !done.tool_calls.is_empty() => "tool_calls",
-        StopReason::StopToken | StopReason::StopString | StopReason::Callback => "stop",
-        StopReason::MaxTokens | StopReason::ContextFull => "length",
-    }
 }
 
 fn tool_calls(done: &Finished) -> Option<Vec<ToolCall>> {

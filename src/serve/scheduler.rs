@@ -82,6 +82,19 @@ pub struct Finished {
     pub time_to_first_token_secs: f64,
 }
 
+impl Finished {
+    /// OpenAI's finish reason, which the metrics count requests under too: `tool_calls` when
+    /// the answer asks for any, `stop` (an end-of-sequence id or a stop string), `length` (the
+    /// token budget or the context).
+    pub fn finish_reason(&self) -> &'static str {
+        match self.reason {
+            _ if !self.tool_calls.is_empty() => "tool_calls",
+            StopReason::StopToken | StopReason::StopString | StopReason::Callback => "stop",
+            StopReason::MaxTokens | StopReason::ContextFull => "length",
+        }
+    }
+}
+
 /// The scheduler's thread and the way into its queue. Dropping it closes the queue: the thread
 /// finishes what it holds and ends.
 pub struct Scheduler {
@@ -252,6 +265,7 @@ impl Engine {
             for (i, exit) in exits.into_iter().enumerate().rev() {
                 let Some(exit) = exit else { continue };
                 let mut seq = running.remove(i);
+                let failed = matches!(exit, Exit::Failed(_));
                 let outcome = match exit {
                     Exit::Finished(reason) => {
                         let mut send = |part, text: &str| send(&seq.events, part, text);
@@ -264,10 +278,7 @@ impl Engine {
                             tool_calls,
                             time_to_first_token_secs: seq.first_token_secs.unwrap_or(0.0),
                         };
-                        let label = match finished.tool_calls.is_empty() {
-                            true => reason_label(reason),
-                            false => "tool_calls",
-                        };
+                        let label = finished.finish_reason();
                         let _ = seq.events.send(Event::Done(finished));
                         label
                     }
@@ -282,7 +293,7 @@ impl Engine {
                 // later request that begins the same way (a chat's next turn). After a failed
                 // step it is not trusted.
                 let mut tokens = seq.history;
-                if outcome == "error" {
+                if failed {
                     seq.cache.reset();
                 }
                 tokens.truncate(seq.cache.position());
@@ -488,14 +499,5 @@ fn send(events: &UnboundedSender<Event>, part: Part, text: &str) -> Flow {
     match events.send(Event::Text(part, text.to_string())) {
         Ok(()) => Flow::Continue,
         Err(_) => Flow::Stop,
-    }
-}
-
-/// The label a finished request is counted under.
-fn reason_label(reason: StopReason) -> &'static str {
-    match reason {
-        StopReason::StopToken | StopReason::StopString => "stop",
-        StopReason::MaxTokens | StopReason::ContextFull => "length",
-        StopReason::Callback => "cancelled",
     }
 }

@@ -249,13 +249,15 @@ async fn completions(
 /// A 503 when the queue is full already: a request that cannot be queued is refused before its
 /// template and tokenizer run (the queue itself refuses the rest, which race to it).
 fn busy(state: &ServeState) -> Option<Response> {
-    (state.scheduler.waiting() >= state.max_queue).then(|| {
-        let message = "the server is busy: its queue is full; retry in a moment";
-        refuse(
-            state,
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
-        )
-    })
+    state.scheduler.is_full().then(|| queue_full(state))
+}
+
+fn queue_full(state: &ServeState) -> Response {
+    let message = "the server is busy: its queue is full; retry in a moment";
+    refuse(
+        state,
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
+    )
 }
 
 async fn run(
@@ -289,13 +291,7 @@ async fn run(
     };
     match state.scheduler.submit(job) {
         Ok(()) => {}
-        Err(Refused::Busy(_)) => {
-            let message = "the server is busy: its queue is full; retry in a moment";
-            return refuse(
-                &state,
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message),
-            );
-        }
+        Err(Refused::Busy(_)) => return queue_full(&state),
         Err(Refused::Stopped(_)) => {
             let message = "the server's scheduler has stopped; restart the server";
             return refuse(

@@ -90,8 +90,6 @@ pub struct ServeState {
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
-    /// Requests that may wait for the batch.
-    pub max_queue: usize,
     pub scheduler: Scheduler,
     pub metrics: Arc<Metrics>,
     /// When the server started (Unix seconds), for `created` fields.
@@ -167,7 +165,6 @@ impl Server {
             api_key: opts.api_key,
             max_body_bytes: opts.max_body_bytes,
             max_header_bytes: opts.max_header_bytes,
-            max_queue: opts.max_queue,
             scheduler: Scheduler::start(
                 model,
                 tokenizer.clone(),
@@ -177,9 +174,7 @@ impl Server {
             )?,
             tokenizer,
             metrics,
-            created: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created: reply::now(),
         };
         Ok(Server {
             state: Arc::new(state),

@@ -353,7 +353,8 @@ fn random_id() -> String {
     format!("{:024x}", rand::random::<u128>() >> 32)
 }
 
-fn now() -> u64 {
+/// Unix seconds, for `created` fields.
+pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())

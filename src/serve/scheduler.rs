@@ -100,6 +100,7 @@ impl Finished {
 pub struct Scheduler {
     queue: Option<mpsc::SyncSender<Job>>,
     waiting: Arc<AtomicUsize>,
+    max_queue: usize,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -129,7 +130,8 @@ impl Scheduler {
                 opts.max_batch, opts.prefill_chunk, opts.context
             )));
         }
-        let (queue, jobs) = mpsc::sync_channel(opts.max_queue);
+        let max_queue = opts.max_queue;
+        let (queue, jobs) = mpsc::sync_channel(max_queue);
         let waiting = Arc::new(AtomicUsize::new(0));
         let engine = Engine {
             model,
@@ -146,6 +148,7 @@ impl Scheduler {
         Ok(Scheduler {
             queue: Some(queue),
             waiting,
+            max_queue,
             thread: Some(thread),
         })
     }
@@ -170,6 +173,12 @@ impl Scheduler {
     /// scheduler is dropped).
     pub fn is_alive(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Whether the queue holds as many requests as it may: a request submitted now would be
+    /// refused unless one leaves it first.
+    pub fn is_full(&self) -> bool {
+        self.waiting() >= self.max_queue
     }
 
     /// Requests queued and not yet in the batch.

@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::energy::{EnergyMeter, Window};
 
@@ -61,83 +61,84 @@ impl Metrics {
     /// (its window opens now).
     pub fn new(meter: Option<EnergyMeter>) -> Metrics {
         let mut registry = Registry::with_prefix("moe");
-        let requests = Family::<Labels, Counter>::default();
-        registry.register(
+        let r = &mut registry;
+        let requests = add(
+            r,
             "requests",
             "Requests that left the batch, by outcome: stop, length, tool_calls, cancelled or error",
-            requests.clone(),
+            Family::default(),
         );
-        let rejected = Family::<Labels, Counter>::default();
-        registry.register(
+        let rejected = add(
+            r,
             "rejected_requests",
             "Requests answered with an error before reaching the batch, by HTTP status",
-            rejected.clone(),
+            Family::default(),
         );
-        let queue_depth = Gauge::default();
-        registry.register(
+        let queue_depth = add(
+            r,
             "queue_depth",
             "Requests waiting for a place in the batch",
-            queue_depth.clone(),
+            Gauge::default(),
         );
-        let running = Gauge::default();
-        registry.register(
+        let running = add(
+            r,
             "running_sequences",
             "Sequences in the running batch",
-            running.clone(),
+            Gauge::default(),
         );
-        let batch_sequences = Histogram::new(exponential_buckets(1.0, 2.0, 12));
-        registry.register(
+        let batch_sequences = add(
+            r,
             "batch_sequences",
             "Sequences per forward step",
-            batch_sequences.clone(),
+            Histogram::new(exponential_buckets(1.0, 2.0, 12)),
         );
-        let prefill_tokens = Counter::default();
-        registry.register(
+        let prefill_tokens = add(
+            r,
             "prefill_tokens",
             "Prompt tokens read",
-            prefill_tokens.clone(),
+            Counter::default(),
         );
-        let decode_tokens = Counter::default();
-        registry.register(
+        let decode_tokens = add(
+            r,
             "decode_tokens",
             "Tokens fed back while decoding (one per new token after each request's first)",
-            decode_tokens.clone(),
+            Counter::default(),
         );
-        let prefill_rate = FloatGauge::default();
-        registry.register(
+        let prefill_rate = add(
+            r,
             "prefill_tokens_per_second",
             "Prompt tokens read per second of wall time over the last 10 s",
-            prefill_rate.clone(),
+            FloatGauge::default(),
         );
-        let decode_rate = FloatGauge::default();
-        registry.register(
+        let decode_rate = add(
+            r,
             "decode_tokens_per_second",
             "Decode tokens per second of wall time over the last 10 s, all sequences together",
-            decode_rate.clone(),
+            FloatGauge::default(),
         );
-        let first_token = Histogram::new(exponential_buckets(0.005, 2.0, 14));
-        registry.register(
+        let first_token = add(
+            r,
             "time_to_first_token_seconds",
             "From a request's arrival (its wait in the queue included) to its first new token",
-            first_token.clone(),
+            Histogram::new(exponential_buckets(0.005, 2.0, 14)),
         );
-        let step_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
-        registry.register(
+        let step_seconds = add(
+            r,
             "step_seconds",
             "Wall time of one forward step of the batch",
-            step_seconds.clone(),
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         );
-        let core_seconds = FloatGauge::default();
-        registry.register(
+        let core_seconds = add(
+            r,
             "process_core_seconds",
             "CPU time of the process since the server started (user and system, every thread)",
-            core_seconds.clone(),
+            FloatGauge::default(),
         );
-        let tokens_per_core_second = FloatGauge::default();
-        registry.register(
+        let tokens_per_core_second = add(
+            r,
             "tokens_per_core_second",
             "Prefill and decode tokens per core-second of the process since it started",
-            tokens_per_core_second.clone(),
+            FloatGauge::default(),
         );
         let energy = meter.and_then(|mut meter| {
             let window = meter.start().ok()?;
@@ -154,19 +155,19 @@ impl Metrics {
             if labels.is_empty() {
                 return None;
             }
-            let joules = Family::<Labels, FloatGauge>::default();
-            registry.register(
+            let joules = add(
+                r,
                 "energy_joules",
                 "Energy since the server started, idle time included, per source (measured \
                  false: an ESTIMATE from CPU time, not a sensor)",
-                joules.clone(),
+                Family::default(),
             );
-            let tokens_per_joule = Family::<Labels, FloatGauge>::default();
-            registry.register(
+            let tokens_per_joule = add(
+                r,
                 "tokens_per_joule",
                 "Prefill and decode tokens per joule since the server started, idle included \
                  (measured false: ESTIMATED)",
-                tokens_per_joule.clone(),
+                Family::default(),
             );
             Some(Energy {
                 meter: Mutex::new((meter, window)),
@@ -287,4 +288,11 @@ impl Metrics {
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
     }
+}
+
+/// Registers `metric` under `name` with its `help`, and returns it (metrics are handles: the
+/// registry's copy and the one returned count together).
+fn add<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }

@@ -145,13 +145,7 @@ impl<'t> Splitter<'t> {
         let format = OutputFormat::of(tokenizer);
         let mut splitter = Splitter {
             format,
-            stream: tokenizer.stream(),
-            state: State::Text(Part::Answer),
-            header: String::new(),
-            held: String::new(),
-            trim_edges: false,
-            shown: false,
-            tool_calls: Vec::new(),
+            ..Splitter::plain(tokenizer)
         };
         match format {
             OutputFormat::Plain => {}

@@ -93,8 +93,8 @@ struct Common<'r> {
     /// API and vLLM), or a chat (the rest of the context, as vLLM).
     text_completion: bool,
     logit_bias: bool,
-    /// Fields given that the engine cannot honour, by name.
-    unsupported: Vec<&'static str>,
+    /// Fields the engine cannot honour, by name, and whether the request gives each.
+    unsupported: Vec<(&'static str, bool)>,
 }
 
 /// The chat template's prompt for `req`, and its settings.
@@ -129,9 +129,7 @@ pub fn chat(state: &ServeState, req: &ChatCompletionRequest) -> Result<Prepared,
             ("continue_final_message", req.continue_final_message),
             ("min_tokens", req.min_tokens.is_some_and(|n| n > 0)),
         ]
-        .into_iter()
-        .filter_map(|(name, given)| given.then_some(name))
-        .collect(),
+        .into(),
     };
     common.check(state)?;
     let messages = req
@@ -220,9 +218,7 @@ pub fn completion(
             ("json_schema", req.json_schema.is_some()),
             ("min_tokens", req.min_tokens.is_some_and(|n| n > 0)),
         ]
-        .into_iter()
-        .filter_map(|(name, given)| given.then_some(name))
-        .collect(),
+        .into(),
     };
     common.check(state)?;
     if let Some(ids) = ids {
@@ -307,7 +303,7 @@ impl Common<'_> {
                 param: Some("model".into()),
             });
         }
-        if let Some(name) = self.unsupported.first() {
+        if let Some((name, _)) = self.unsupported.iter().find(|(_, given)| *given) {
             return Err(ApiError::field(
                 name,
                 format!("`{name}` is not supported by this server"),

@@ -148,22 +148,7 @@ pub fn generate_cached(
         }
         let start = Instant::now();
         let logits = model.forward_last(&input, cache)?.to_vec1::<f32>()?;
-        // A NaN or an infinity from the model (a broken weight, a degenerate config) would
-        // sample token 0 forever: stop and say where.
-        if let Some(id) = logits.iter().position(|l| !l.is_finite()) {
-            // The layer it came from, found by running the sequence again with checks.
-            let origin = match model.first_non_finite(&history) {
-                Ok(Some(stage)) => format!("; the first output that is not finite is {stage}'s"),
-                Ok(None) | Err(_) => String::new(),
-            };
-            return Err(Error::Input(format!(
-                "step {} (position {}): the model's logits are not finite ({} at token id \
-                 {id}){origin}; a weight or a config value of this checkpoint is broken",
-                tokens.len(),
-                cache.position() - 1,
-                logits[id]
-            )));
-        }
+        check_logits(model, &logits, &history, tokens.len(), cache.position() - 1)?;
         let next = sampler.sample(&logits, &history);
         if tokens.is_empty() {
             stats.prefill_secs = start.elapsed().as_secs_f64();
@@ -188,6 +173,31 @@ pub fn generate_cached(
         stats,
         stop,
     })
+}
+
+/// Refuses `logits` with a NaN or an infinity (a broken weight, a degenerate config: sampled,
+/// they would give token 0 forever), naming the step, the position and the first stage of the
+/// forward over `history` whose output is not finite. That diagnosis costs a forward, run only
+/// once the logits are found broken.
+pub(crate) fn check_logits(
+    model: &Model,
+    logits: &[f32],
+    history: &[u32],
+    step: usize,
+    position: usize,
+) -> Result<()> {
+    let Some(id) = logits.iter().position(|l| !l.is_finite()) else {
+        return Ok(());
+    };
+    let origin = match model.first_non_finite(history) {
+        Ok(Some(stage)) => format!("; the first output that is not finite is {stage}'s"),
+        Ok(None) | Err(_) => String::new(),
+    };
+    Err(Error::Input(format!(
+        "step {step} (position {position}): the model's logits are not finite ({} at token id \
+         {id}){origin}; a weight or a config value of this checkpoint is broken",
+        logits[id]
+    )))
 }
 
 /// Greedy decoding of up to `max_new_tokens` after `prompt`, stopping after any of `eos`.

@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
 use crate::error::{Error, Result};
-use crate::generate::{Flow, StopReason};
+use crate::generate::{check_logits, Flow, StopReason};
 use crate::layers::{shared_start, Cache, Model};
 use crate::reasoning::{Part, ToolCall};
 use crate::sampling::{Sampler, SamplingConfig};
@@ -454,7 +454,7 @@ impl Engine {
             if seq.cache.position() < seq.prompt.len() {
                 continue;
             }
-            *exit = seq.next_token(row, self.opts.context, &self.metrics);
+            *exit = seq.next_token(row, &self.model, self.opts.context, &self.metrics);
         }
         exits
     }
@@ -463,14 +463,16 @@ impl Engine {
 impl Running<'_> {
     /// Samples from `logits` (this sequence's last row), streams the text, and says whether
     /// the sequence ends here.
-    fn next_token(&mut self, logits: &[f32], context: usize, metrics: &Metrics) -> Option<Exit> {
-        if let Some(id) = logits.iter().position(|l| !l.is_finite()) {
-            return Some(Exit::Failed(format!(
-                "the model's logits are not finite at position {} ({} at token id {id}): a \
-                 weight or a config value of this checkpoint is broken",
-                self.cache.position() - 1,
-                logits[id]
-            )));
+    fn next_token(
+        &mut self,
+        logits: &[f32],
+        model: &Model,
+        context: usize,
+        metrics: &Metrics,
+    ) -> Option<Exit> {
+        let (step, position) = (self.generated, self.cache.position() - 1);
+        if let Err(e) = check_logits(model, logits, &self.history, step, position) {
+            return Some(Exit::Failed(e.to_string()));
         }
         let next = self.sampler.sample(logits, &self.history);
         self.history.push(next);

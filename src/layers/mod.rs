@@ -307,11 +307,7 @@ impl Model {
 
     /// Like `forward`, but computes the head for the last token only: (vocab,).
     pub fn forward_last(&self, tokens: &[u32], cache: &mut Cache) -> Result<Tensor> {
-        self.backend.run(tokens.len(), || {
-            let hidden = self.hidden(tokens, cache)?;
-            let last = hidden.narrow(0, tokens.len() - 1, 1)?;
-            Ok(self.logits(&last)?.squeeze(0)?)
-        })
+        Ok(self.forward_sequences(&mut [(tokens, cache)])?.squeeze(0)?)
     }
 
     /// One decode step for several sequences at once: `tokens[b]` continues `caches[b]`. Every

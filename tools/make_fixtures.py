@@ -309,6 +309,23 @@ FIXTURES_SPEC = {
                     routed_scaling_factor=2.5, norm_topk_prob=True, n_shared_experts=1,
                     first_k_dense_replace=1, rope_theta=1e6),
     ),
+    # Dense Qwen3, the baseline a sparse model is weighed against (the bundled MoE's twins are
+    # Qwen3 checkpoints). "a" as Qwen3's published configs (use_sliding_window false beside a
+    # max_window_layers); "sliding" without layer_types, so that the window's layers come from
+    # HF's rule (the layers from max_window_layers up slide, window 4 < the prompt).
+    "qwen3-a": dict(
+        family="qwen3", style="published", dtype=torch.bfloat16,
+        config=dict(vocab_size=201, hidden_size=48, intermediate_size=88, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                    max_window_layers=2, tie_word_embeddings=True, rope_theta=1e6),
+    ),
+    "qwen3-sliding": dict(
+        family="qwen3", style="published", dtype=torch.float32, drop=("layer_types",),
+        config=dict(vocab_size=183, hidden_size=40, intermediate_size=72, num_hidden_layers=3,
+                    num_attention_heads=5, num_key_value_heads=1, head_dim=12,
+                    attention_bias=True, use_sliding_window=True, sliding_window=4,
+                    max_window_layers=1, rope_theta=10000.0),
+    ),
 }
 
 # Families with Gated DeltaNet layers: their references also take HF's recurrent decode path.

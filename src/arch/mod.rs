@@ -8,6 +8,7 @@ mod granitemoe;
 mod mixtral;
 mod olmoe;
 mod qwen2_moe;
+mod qwen3;
 mod qwen3_moe;
 mod qwen3_next;
 mod rope;
@@ -29,6 +30,7 @@ use rope::rope;
 pub const SUPPORTED: &[&str] = &[
     "mixtral",
     "qwen2_moe",
+    "qwen3",
     "qwen3_moe",
     "olmoe",
     "granitemoe",
@@ -275,6 +277,7 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
     let (config, names) = match model_type.as_str() {
         "mixtral" => mixtral::parse(&mut f)?,
         "qwen2_moe" => qwen2_moe::parse(&mut f)?,
+        "qwen3" => qwen3::parse(&mut f)?,
         "qwen3_moe" => qwen3_moe::parse(&mut f)?,
         "olmoe" => olmoe::parse(&mut f)?,
         "granitemoe" => granitemoe::parse(&mut f)?,

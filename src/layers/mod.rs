@@ -134,6 +134,12 @@ impl Model {
             ..
         } = arch;
         if let Some(k) = opts.experts_per_token {
+            if !cfg.has_experts() {
+                return Err(Error::Input(format!(
+                    "--experts-per-token {k}: this {} model is dense, it has no experts to route to",
+                    cfg.model_type
+                )));
+            }
             let e = cfg.moe.num_experts;
             // Group-limited routers choose among the kept groups' experts only.
             let choosable = cfg

@@ -5,6 +5,7 @@
 //! own.
 
 mod activation;
+mod cost;
 mod latent;
 mod router;
 
@@ -277,13 +278,16 @@ impl ModelConfig {
             self.max_position_embeddings,
             MAX_POSITIONS,
         )?;
-        range("num_experts", self.moe.num_experts, MAX_EXPERTS)?;
-        self.validate_router(path)?;
-        range(
-            "moe_intermediate_size",
-            self.moe.expert_intermediate_size,
-            MAX_INTERMEDIATE,
-        )?;
+        // A dense model (every layer `FfnKind::Dense`) has no experts to check.
+        if self.has_experts() {
+            range("num_experts", self.moe.num_experts, MAX_EXPERTS)?;
+            self.validate_router(path)?;
+            range(
+                "moe_intermediate_size",
+                self.moe.expert_intermediate_size,
+                MAX_INTERMEDIATE,
+            )?;
+        }
         for layer in &self.layers {
             if let AttentionKind::Sliding { window } = layer.attention {
                 range("sliding_window", window, MAX_POSITIONS)?;
@@ -493,6 +497,11 @@ impl ModelConfig {
             }
         }
         Ok(())
+    }
+
+    /// Some layer routes its tokens to experts: false for a dense model.
+    pub fn has_experts(&self) -> bool {
+        self.layers.iter().any(|l| l.ffn == FfnKind::Sparse)
     }
 
     pub fn num_layers(&self) -> usize {

@@ -33,6 +33,8 @@ pub const FIXTURES: &[&str] = &[
     "deepseek_v3-b",
     "glm4_moe_lite-a",
     "glm4_moe-a",
+    "qwen3-a",
+    "qwen3-sliding",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {

@@ -89,6 +89,76 @@ def conversations(texts, turns=4):
     return out
 
 
+def token_data(tok, train_texts, held_out):
+    """The corpus as token ids: the plays, the same speeches as chat turns (each text ended by
+    <|endoftext|>), and the held-out play."""
+    eot = tok.token_to_id("<|endoftext|>")
+
+    def ids(texts):
+        out = []
+        for t in texts:
+            out += tok.encode(t).ids + [eot]
+        return torch.tensor(out)
+
+    data, chat_data = ids(train_texts), ids(conversations(train_texts))
+    val = torch.tensor(tok.encode(held_out).ids)
+    print(f"train tokens {len(data)} (as chat turns {len(chat_data)}), held-out tokens {len(val)}")
+    return data, chat_data, val
+
+
+def batch(src, n):
+    """n random windows of SEQ tokens from src."""
+    if n == 0:
+        return torch.empty(0, SEQ, dtype=src.dtype)
+    starts = torch.randint(0, len(src) - SEQ - 1, (n,))
+    return torch.stack([src[s:s + SEQ] for s in starts.tolist()])
+
+
+@torch.no_grad()
+def held_out_loss(model, val):
+    """Mean loss over 16 fixed windows of the held-out play (the same windows for every model)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(1)
+    starts = torch.randint(0, len(val) - SEQ - 1, (16,), generator=gen)
+    x = torch.stack([val[s:s + SEQ] for s in starts.tolist()])
+    loss = model(x, labels=x).loss.item()
+    model.train()
+    return loss
+
+
+def train_phase(model, opt, data, chat_data, val, *, lr, chat_fraction, log, first_step, done, minutes):
+    """One training phase: AdamW steps until `done(steps taken)` (the fraction of the phase behind
+    us) reaches 1, at `lr` warmed up over 50 steps and then cosine-decayed to a tenth by that
+    fraction; `chat_fraction` of each batch drawn from chat turns. Appends to `log` every 25 steps
+    (held-out loss every 100) and returns the next step number and the last output."""
+    warmup = 50
+    moe = getattr(model.config, "num_experts", 0) > 0
+    step = first_step
+    model.train()
+    while (frac := done(step - first_step)) < 1:
+        rate = lr * min(1.0, (step - first_step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for g in opt.param_groups:
+            g["lr"] = rate
+        n_chat = round(BATCH * chat_fraction)
+        x = torch.cat([batch(data, BATCH - n_chat), batch(chat_data, n_chat)])
+        # HF's loss shifts the labels itself: token i's logits are scored against token i + 1.
+        # A MoE's loss includes the router's load-balancing term.
+        out = model(x, labels=x, output_router_logits=True) if moe else model(x, labels=x)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % 25 == 0:
+            entry = {"step": step, "minutes": minutes(),
+                     "train_loss": round(out.loss.item(), 4), "chat_fraction": chat_fraction}
+            if step % 100 == 0:
+                entry["held_out_loss"] = round(held_out_loss(model, val), 4)
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+        step += 1
+    return step, out
+
+
 def train_tokenizer(texts):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -219,16 +289,7 @@ def main():
     tok = train_tokenizer(train_texts)
     write_tokenizer_files(tok, OUT)
     eot = tok.token_to_id("<|endoftext|>")
-    ids = []
-    for t in train_texts:
-        ids += tok.encode(t).ids + [eot]
-    data = torch.tensor(ids)
-    chat_ids = []
-    for c in conversations(train_texts):
-        chat_ids += tok.encode(c).ids + [eot]
-    chat_data = torch.tensor(chat_ids)
-    val = torch.tensor(tok.encode(held_out).ids)
-    print(f"train tokens {len(data)} (as chat turns {len(chat_data)}), held-out tokens {len(val)}")
+    data, chat_data, val = token_data(tok, train_texts, held_out)
 
     cfg = AutoConfig.for_model("qwen3_moe", vocab_size=VOCAB, bos_token_id=None, eos_token_id=tok.token_to_id("<|im_end|>"),
                                pad_token_id=eot, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, **MODEL)
@@ -240,53 +301,18 @@ def main():
     print(f"parameters {n_params}")
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1, betas=(0.9, 0.95))
 
-    def batch(src, n):
-        if n == 0:
-            return torch.empty(0, SEQ, dtype=src.dtype)
-        starts = torch.randint(0, len(src) - SEQ - 1, (n,))
-        return torch.stack([src[s:s + SEQ] for s in starts.tolist()])
-
-    @torch.no_grad()
-    def held_out_loss():
-        model.eval()
-        gen = torch.Generator().manual_seed(1)
-        starts = torch.randint(0, len(val) - SEQ - 1, (16,), generator=gen)
-        x = torch.stack([val[s:s + SEQ] for s in starts.tolist()])
-        loss = model(x, labels=x).loss.item()
-        model.train()
-        return loss
-
     budget = args.minutes * 60
     start = time.time()
     log = json.loads((OUT / "training_log.json").read_text()) if args.resume else []
-    first_step = step = log[-1]["step"] + 1 if log else 0
+    first_step = log[-1]["step"] + 1 if log else 0
     offset = log[-1]["minutes"] if log else 0.0  # minutes trained before a resume
-    warmup = 50
-    model.train()
-    while time.time() - start < budget:
-        frac = (time.time() - start) / budget
-        lr = args.lr * min(1.0, (step - first_step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        n_chat = round(BATCH * args.chat_fraction)
-        x = torch.cat([batch(data, BATCH - n_chat), batch(chat_data, n_chat)])
-        # HF's loss shifts the labels itself: token i's logits are scored against token i + 1.
-        out = model(x, labels=x, output_router_logits=True)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 25 == 0:
-            entry = {"step": step, "minutes": round(offset + (time.time() - start) / 60, 2),
-                     "train_loss": round(out.loss.item(), 4), "chat_fraction": args.chat_fraction}
-            if step % 100 == 0:
-                entry["held_out_loss"] = round(held_out_loss(), 4)
-            log.append(entry)
-            print(json.dumps(entry), flush=True)
-        step += 1
+    step, out = train_phase(model, opt, data, chat_data, val, lr=args.lr, chat_fraction=args.chat_fraction,
+                            log=log, first_step=first_step,
+                            done=lambda _: (time.time() - start) / budget,
+                            minutes=lambda: round(offset + (time.time() - start) / 60, 2))
 
     final = {"step": step, "minutes": round(offset + (time.time() - start) / 60, 2),
-             "train_loss": round(out.loss.item(), 4), "held_out_loss": round(held_out_loss(), 4)}
+             "train_loss": round(out.loss.item(), 4), "held_out_loss": round(held_out_loss(model, val), 4)}
     log.append(final)
     print(json.dumps(final))
     model.generation_config.eos_token_id = tok.token_to_id("<|im_end|>")

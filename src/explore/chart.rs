@@ -7,6 +7,7 @@ use std::path::Path;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
+use super::compare::{Comparison, Entry};
 use super::{Exploration, Run};
 use crate::error::{Error, Result};
 
@@ -120,6 +121,62 @@ pub fn throughput_vs_batch(ex: &Exploration, path: &Path) -> Result<()> {
                 chart
                     .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
                     .map_err(plot_error(path))?;
+            }
+            legend(&mut chart).map_err(plot_error(path))?;
+        }
+        Ok(())
+    })
+}
+
+/// One figure of a compared model.
+type Figure = fn(&Entry) -> f64;
+
+/// `moe compare`'s chart: quality on the held-out text against three costs of a decoded
+/// token (FLOPs, bytes read, and the measured cost: joules or core-seconds), one colour per
+/// model, each point labelled with its format. Down and to the left is better.
+pub fn quality_vs_cost(c: &Comparison, path: &Path) -> Result<()> {
+    let models = distinct(c.entries.iter().map(|e| e.model.as_str()));
+    // Perplexities of different tokenizers do not compare; bits per byte do.
+    let (quality, quality_desc): (Figure, &str) = match c.one_tokenizer() {
+        true => (|e| e.profile.perplexity, "perplexity on held-out text"),
+        false => (
+            |e| e.profile.bits_per_byte,
+            "bits per byte of held-out text",
+        ),
+    };
+    let measured = match c.energy.efficiency_unit.as_str() {
+        "tokens per core-second" => "core-milliseconds per token",
+        _ => "millijoules per token",
+    };
+    let costs: [(&str, Figure); 3] = [
+        ("MFLOPs per token", |e| e.profile.flops_per_token / 1e6),
+        ("MB read per token", |e| e.profile.bytes_per_token / 1e6),
+        (measured, |e| 1e3 / e.efficiency()),
+    ];
+    draw(path, costs.len(), |root| {
+        let panels = titled(root, "quality against the cost of a decoded token", path)?;
+        for (panel, (cost_desc, cost)) in panels.iter().zip(costs) {
+            let x = padded_from_zero(c.entries.iter().map(cost));
+            let y = padded(c.entries.iter().map(quality));
+            let mut chart = axes(panel, cost_desc, x, y, path)?;
+            mesh(&mut chart)
+                .x_desc(cost_desc)
+                .y_desc(quality_desc)
+                .x_label_formatter(&|x| significant(*x))
+                .draw()
+                .map_err(plot_error(path))?;
+            for (i, &model) in models.iter().enumerate() {
+                let colour = Palette99::pick(i).to_rgba();
+                let points: Vec<&Entry> = c.entries.iter().filter(|e| e.model == model).collect();
+                chart
+                    .draw_series(points.iter().map(|e| {
+                        EmptyElement::at((cost(e), quality(e)))
+                            + Circle::new((0, 0), 4, colour.filled())
+                            + Text::new(e.format, (6, -12), (FONT, 11).into_font())
+                    }))
+                    .map_err(plot_error(path))?
+                    .label(short_name(model).to_string())
+                    .legend(move |(x, y)| Circle::new((x + 8, y), 4, colour.filled()));
             }
             legend(&mut chart).map_err(plot_error(path))?;
         }

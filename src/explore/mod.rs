@@ -6,6 +6,8 @@
 //! dense run of the same weights.
 
 mod chart;
+pub mod compare;
+mod compare_report;
 mod report;
 
 use std::fmt;
@@ -15,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
 use crate::bench::{self, BenchOptions, BenchResult, Measured};
-use crate::energy::{EnergyMeter, PhaseReport, Skipped, SourceInfo};
+use crate::energy::{EnergyMeter, EnergyReport, PhaseReport, Reading, Skipped, SourceInfo};
 use crate::error::{Error, Result};
 use crate::layers::{LoadOptions, Model};
 use crate::quality::{self, Agreement};
@@ -143,6 +145,19 @@ pub struct RunEnergy {
     pub warnings: Vec<String>,
 }
 
+impl RunEnergy {
+    /// The figures of a bench's energy report.
+    pub fn new(e: EnergyReport) -> RunEnergy {
+        RunEnergy {
+            tokens_per_joule: e.tokens_per_joule,
+            tokens_per_core_second: 1.0 / e.decode.core_seconds_per_token.max(f64::MIN_POSITIVE),
+            prefill: e.prefill,
+            decode: e.decode,
+            warnings: e.warnings,
+        }
+    }
+}
+
 /// One setting's figures.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Run {
@@ -192,6 +207,29 @@ pub struct EnergySummary {
     pub idle_seconds: Option<f64>,
     pub sources: Vec<SourceInfo>,
     pub skipped: Vec<Skipped>,
+}
+
+impl EnergySummary {
+    /// What `meter` measured with, against the idle baseline `idle`: source, note and skipped
+    /// sources are the meter's, the same for every run.
+    pub fn new(meter: &EnergyMeter, idle: Option<&Reading>) -> EnergySummary {
+        let summary = BenchResult::new(&Measured::default(), meter, idle).energy;
+        let efficiency_unit = match (summary.source.as_str(), summary.measured) {
+            ("none", _) => "tokens per core-second",
+            (_, true) => "tokens per joule",
+            (_, false) => "tokens per joule (ESTIMATE)",
+        };
+        EnergySummary {
+            source: summary.source,
+            measured: summary.measured,
+            note: summary.note,
+            efficiency_unit: efficiency_unit.into(),
+            idle_watts: summary.idle_watts,
+            idle_seconds: summary.idle_seconds,
+            sources: summary.sources.into_iter().map(|s| s.info).collect(),
+            skipped: summary.skipped,
+        }
+    }
 }
 
 /// Settings of the sweep, beside its runs.
@@ -260,6 +298,13 @@ pub fn run(
         ..with(1, Format::F32)
     })?;
     let cfg = reference_model.config().clone();
+    if !cfg.has_experts() {
+        return Err(Error::Input(format!(
+            "explore sweeps experts per token, and this {} model is dense: weigh it against \
+             other models with `moe compare`",
+            cfg.model_type
+        )));
+    }
     let (top_k, num_experts) = (cfg.moe.router.top_k, cfg.moe.num_experts);
     let experts = if opts.experts.is_empty() {
         default_experts(top_k, num_experts)
@@ -330,14 +375,7 @@ pub fn run(
                 decode_runs: result.decode_runs,
                 prefill_runs: result.prefill_runs,
                 bytes_per_token: bytes[i],
-                energy: RunEnergy {
-                    tokens_per_joule: e.tokens_per_joule,
-                    tokens_per_core_second: 1.0
-                        / e.decode.core_seconds_per_token.max(f64::MIN_POSITIVE),
-                    prefill: e.prefill,
-                    decode: e.decode,
-                    warnings: e.warnings,
-                },
+                energy: RunEnergy::new(e),
                 kl_divergence: agreement.kl_mean,
                 kl_max: agreement.kl_max,
                 top1_agreement: agreement.top1,
@@ -345,13 +383,6 @@ pub fn run(
             });
         }
     }
-    // Source, note and skipped sources are the meter's, the same for every run.
-    let summary = BenchResult::new(&Measured::default(), meter, idle.as_ref()).energy;
-    let efficiency_unit = match (summary.source.as_str(), summary.measured) {
-        ("none", _) => "tokens per core-second",
-        (_, true) => "tokens per joule",
-        (_, false) => "tokens per joule (ESTIMATE)",
-    };
     Ok(Exploration {
         model: String::new(),
         num_experts,
@@ -365,16 +396,7 @@ pub fn run(
         rounds: opts.rounds,
         threads: rayon::current_num_threads(),
         cpu_kernels: bench::cpu_kernels(),
-        energy: EnergySummary {
-            source: summary.source,
-            measured: summary.measured,
-            note: summary.note,
-            efficiency_unit: efficiency_unit.into(),
-            idle_watts: summary.idle_watts,
-            idle_seconds: summary.idle_seconds,
-            sources: summary.sources.into_iter().map(|s| s.info).collect(),
-            skipped: summary.skipped,
-        },
+        energy: EnergySummary::new(meter, idle.as_ref()),
         runs,
     })
 }

@@ -297,7 +297,7 @@ impl Exploration {
 }
 
 /// How perplexity `p` compares with `reference`, in words.
-fn compare_perplexity(p: f64, reference: f64) -> String {
+pub(super) fn compare_perplexity(p: f64, reference: f64) -> String {
     let change = p / reference - 1.0;
     if change.abs() <= SAME_PERPLEXITY {
         "about the same".into()

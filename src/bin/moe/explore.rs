@@ -150,7 +150,7 @@ fn check_flags(args: &ExploreArgs) -> Result<()> {
 }
 
 /// `--out` can be created and written in: found before the sweep, not after it.
-fn writable(out: &Path) -> Result<()> {
+pub fn writable(out: &Path) -> Result<()> {
     let cannot = |what: &str| format!("--out {}: cannot {what}", out.display());
     std::fs::create_dir_all(out).with_context(|| cannot("create the folder"))?;
     let probe = out.join(".moe-explore-probe");
@@ -160,7 +160,7 @@ fn writable(out: &Path) -> Result<()> {
 }
 
 /// The held-out text as the model's token ids.
-fn tokens(dir: &Path, text: &Path) -> Result<Vec<u32>> {
+pub fn tokens(dir: &Path, text: &Path) -> Result<Vec<u32>> {
     let text = read_input("the held-out text", text)?;
     let tokenizer = Tokenizer::load(dir)?;
     Ok(tokenizer.encode(&text)?)

@@ -4,6 +4,7 @@ mod bench;
 mod bounds;
 mod chat;
 mod common;
+mod compare;
 mod energy;
 mod explore;
 mod generate;
@@ -137,6 +138,11 @@ enum Command {
     /// top-1, perplexity) against the model's own setting on a held-out text. Writes
     /// explore.json, explore.md and SVG charts to --out.
     Explore(explore::ExploreArgs),
+    /// Several checkpoints measured the same way on one held-out text, each at its own
+    /// settings in each format: decode and prefill tokens/s, energy (or core-seconds), bytes
+    /// read and FLOPs per token, perplexity and bits per byte. Writes compare.json, compare.md
+    /// and quality_vs_cost.svg to --out. By default the bundled MoE and its trained twins.
+    Compare(compare::CompareArgs),
     /// The ids of a text with the model's tokenizer (nothing added and special-token text read
     /// as plain text unless asked), or with --decode the text of ids. Needs only the
     /// tokenizer files.
@@ -283,6 +289,7 @@ fn run(cli: Cli) -> Result<()> {
             bench::run(&common, config.as_deref(), &opts, &energy, json)
         }
         Command::Explore(args) => explore::run(&args),
+        Command::Compare(args) => compare::run(&args),
         Command::Tokenize(args) => tokenize::run(&args),
         Command::Serve(args) => serve::run(&args),
         Command::Prompt {

@@ -284,6 +284,40 @@ fn the_command_line_answers_bad_input_with_one_line_and_a_failure_code() {
             &["explore", "--out", "/tmp/moe-explore-x", "--batches", "0"],
             "batch sizes",
         ),
+        (
+            &["compare", "--model", good, "--out", "/tmp/moe-compare-x"],
+            "--text",
+        ),
+        (
+            &[
+                "compare",
+                "--model",
+                good,
+                "--text",
+                "README.md",
+                "--out",
+                "/tmp/moe-compare-x",
+            ],
+            "tokenizer",
+        ),
+        (
+            &["compare", "--out", "/tmp/moe-compare-x", "--formats", "q5"],
+            "format q5",
+        ),
+        (
+            &["compare", "--out", "/tmp/moe-compare-x", "--batch", "0"],
+            "--batch 0",
+        ),
+        (
+            &[
+                "compare",
+                "--out",
+                "/tmp/moe-compare-x",
+                "--model",
+                "/nonexistent/model",
+            ],
+            "/nonexistent/model",
+        ),
     ];
     for (args, expected) in cases {
         let (ok, stderr) = moe(args);

@@ -207,3 +207,24 @@ fn the_command_line_writes_the_sweep_of_the_bundled_model() {
     let kl = q8["kl_divergence"].as_f64().unwrap();
     assert!(kl > 0.0 && kl < 0.05, "{q8}");
 }
+
+#[test]
+fn a_dense_model_is_refused_with_where_to_go() {
+    let dir = common::fixture("qwen3-a");
+    let mut load = |opts: &LoadOptions| Model::load(&dir, opts);
+    let mut meter = EnergyMeter::new(Vec::new(), Vec::new());
+    let err = explore::run(
+        &mut load,
+        &LoadOptions::default(),
+        &[1, 2, 3],
+        &ExploreOptions::default(),
+        &mut meter,
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("dense") && err.contains("moe compare"),
+        "{err}"
+    );
+}

@@ -269,6 +269,23 @@ fn a_closed_stdout_ends_every_command_quietly() {
     ];
     // Its progress notes come first; the table on stdout finds the reader gone.
     moe_with(&explore, b"", Reader::Gone).ends_quietly(true);
+    let compare_out = dir.path().join("compare");
+    let compare = [
+        "compare",
+        "--out",
+        path(&compare_out),
+        "--formats",
+        "bf16",
+        "--prompt-len",
+        "4",
+        "--gen-len",
+        "2",
+        "--repeats",
+        "1",
+        "--idle-seconds",
+        "0",
+    ];
+    moe_with(&compare, b"", Reader::Gone).ends_quietly(true);
 }
 
 #[test]
@@ -355,6 +372,22 @@ fn counts_at_the_edge_of_their_type_are_refused_before_any_work() {
         (
             &["explore", "--out", "/tmp/unused", "--prompt-len", MAX],
             "--prompt-len",
+        ),
+        (
+            &["compare", "--out", "/tmp/unused", "--repeats", MAX],
+            "--repeats",
+        ),
+        (
+            &["compare", "--out", "/tmp/unused", "--rounds", MAX],
+            "--rounds",
+        ),
+        (
+            &["compare", "--out", "/tmp/unused", "--batch", "100000"],
+            "--batch 100000",
+        ),
+        (
+            &["compare", "--out", "/tmp/unused", "--gen-len", MAX],
+            "--gen-len",
         ),
     ];
     for (args, expected) in cases {

@@ -170,40 +170,48 @@ pub fn run(common: &Common) -> Result<()> {
             c.num_layers()
         )?;
     }
-    writeln!(
-        out,
-        "experts        {} routed, top-{}, ffn {}{}",
-        m.num_experts,
-        m.router.top_k,
-        m.expert_intermediate_size,
-        m.shared_expert.as_ref().map_or(String::new(), |s| format!(
-            ", shared expert ffn {}",
-            s.intermediate_size
-        ))
-    )?;
-    let r = &m.router;
-    writeln!(
-        out,
-        "router         {:?} {:?}{}{}{}{}{}",
-        r.scoring,
-        r.selection,
-        if r.logit_bias { ", with a bias" } else { "" },
-        if r.renormalise { ", renormalised" } else { "" },
-        r.group_limit.map_or(String::new(), |g| format!(
-            ", best {} of {} groups",
-            g.keep, g.groups
-        )),
-        if r.correction_bias {
-            ", selection bias"
-        } else {
-            ""
-        },
-        if r.scale != 1.0 {
-            format!(", scale {}", r.scale)
-        } else {
-            String::new()
-        }
-    )?;
+    if c.has_experts() {
+        writeln!(
+            out,
+            "experts        {} routed, top-{}, ffn {}{}",
+            m.num_experts,
+            m.router.top_k,
+            m.expert_intermediate_size,
+            m.shared_expert.as_ref().map_or(String::new(), |s| format!(
+                ", shared expert ffn {}",
+                s.intermediate_size
+            ))
+        )?;
+        let r = &m.router;
+        writeln!(
+            out,
+            "router         {:?} {:?}{}{}{}{}{}",
+            r.scoring,
+            r.selection,
+            if r.logit_bias { ", with a bias" } else { "" },
+            if r.renormalise { ", renormalised" } else { "" },
+            r.group_limit.map_or(String::new(), |g| format!(
+                ", best {} of {} groups",
+                g.keep, g.groups
+            )),
+            if r.correction_bias {
+                ", selection bias"
+            } else {
+                ""
+            },
+            if r.scale != 1.0 {
+                format!(", scale {}", r.scale)
+            } else {
+                String::new()
+            }
+        )?;
+    } else {
+        writeln!(
+            out,
+            "experts        none: a dense model, one MLP of width {} in every layer",
+            c.dense_intermediate_size
+        )?;
+    }
     writeln!(out, "activation     {:?}", c.activation)?;
     writeln!(out, "vocab          {}", c.vocab_size)?;
     writeln!(out, "context        {}", c.max_position_embeddings)?;

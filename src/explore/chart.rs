@@ -66,7 +66,7 @@ pub fn efficiency_vs_quality(ex: &Exploration, path: &Path) -> Result<()> {
                     .label(format)
                     .legend(move |(x, y)| Circle::new((x + 8, y), 4, colour.filled()));
             }
-            legend(&mut chart).map_err(plot_error(path))?;
+            legend(&mut chart, SeriesLabelPosition::LowerRight).map_err(plot_error(path))?;
         }
         Ok(())
     })
@@ -122,7 +122,7 @@ pub fn throughput_vs_batch(ex: &Exploration, path: &Path) -> Result<()> {
                     .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
                     .map_err(plot_error(path))?;
             }
-            legend(&mut chart).map_err(plot_error(path))?;
+            legend(&mut chart, SeriesLabelPosition::LowerRight).map_err(plot_error(path))?;
         }
         Ok(())
     })
@@ -178,7 +178,8 @@ pub fn quality_vs_cost(c: &Comparison, path: &Path) -> Result<()> {
                     .label(short_name(model).to_string())
                     .legend(move |(x, y)| Circle::new((x + 8, y), 4, colour.filled()));
             }
-            legend(&mut chart).map_err(plot_error(path))?;
+            // Cheap and good is down and to the left; costly models sit low on the right.
+            legend(&mut chart, SeriesLabelPosition::UpperRight).map_err(plot_error(path))?;
         }
         Ok(())
     })
@@ -233,10 +234,13 @@ fn mesh<'a, 'b>(
     mesh
 }
 
-fn legend(chart: &mut Chart<'_>) -> std::result::Result<(), DrawingAreaErrorKind<std::io::Error>> {
+fn legend(
+    chart: &mut Chart<'_>,
+    position: SeriesLabelPosition,
+) -> std::result::Result<(), DrawingAreaErrorKind<std::io::Error>> {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(position)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
         .label_font((FONT, 12))

@@ -57,7 +57,7 @@ impl Comparison {
         let _ = writeln!(
             md,
             "| model | experts | parameters active / total | format | decode tokens/s | prefill \
-             tokens/s | decode {unit} | MB read per token | MFLOPs per token | perplexity | bits \
+             tokens/s | decode {unit} | MB read per token (one sequence) | MFLOPs per token | perplexity | bits \
              per byte |"
         );
         md.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");

@@ -270,8 +270,15 @@ fn a_closed_stdout_ends_every_command_quietly() {
     // Its progress notes come first; the table on stdout finds the reader gone.
     moe_with(&explore, b"", Reader::Gone).ends_quietly(true);
     let compare_out = dir.path().join("compare");
+    // One model on a short text: the check is the closed stdout, not the measurement.
+    let text = dir.path().join("held_out.txt");
+    std::fs::write(&text, "PROSPERO:\nNow does my project gather to a head.\n").unwrap();
     let compare = [
         "compare",
+        "--model",
+        moe_runtime::BUNDLED_MODEL,
+        "--text",
+        path(&text),
         "--out",
         path(&compare_out),
         "--formats",

@@ -9,6 +9,7 @@ fresh optimizer). Only the feed-forward block differs:
 
     dense-active  Qwen3 (dense), MLP width k x expert width: the MoE's parameters per token
     dense-total   Qwen3 (dense), MLP width E x expert width: about the MoE's total parameters
+    moe-rerun     the bundled MoE again, a control: does the schedule by steps change it?
     moe-k1        the same MoE routing each token to 1 expert, not 2
     moe-e16       the same MoE with 16 experts (top-2): twice the experts at the same active size
 
@@ -44,6 +45,9 @@ VARIANTS = {
                      f"dense Qwen3, MLP width {K * WIDTH} (= top-{K} x {WIDTH}): the MoE's active parameters"),
     "dense-total": ("qwen3", dict(SHARED, intermediate_size=E * WIDTH),
                     f"dense Qwen3, MLP width {E * WIDTH} (= {E} experts x {WIDTH}): about the MoE's total parameters"),
+    "moe-rerun": ("qwen3_moe", dict(MODEL),
+                  "the bundled MoE itself trained again by this script (its schedule by steps, not "
+                  "by the clock): a control for the comparison"),
     "moe-k1": ("qwen3_moe", dict(MODEL, num_experts_per_tok=1),
                f"the bundled MoE's shape routed top-1 of {E} experts"),
     "moe-e16": ("qwen3_moe", dict(MODEL, num_experts=2 * E),

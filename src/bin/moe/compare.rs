@@ -14,7 +14,7 @@ use moe_runtime::{hub, Limits};
 use crate::bounds;
 use crate::common::{read_input, Runtime};
 use crate::energy::EnergyArgs;
-use crate::explore::{tokens, writable};
+use crate::explore::{check_runs, checked_load, held_out_text, shown, tokens, writable};
 use crate::output::{self, note};
 
 /// More checkpoints than anyone sets side by side in one table; each is loaded per format and
@@ -79,21 +79,9 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let dirs = (names.iter())
         .map(|m| hub::resolve(m).with_context(|| format!("--model {m}")))
         .collect::<Result<Vec<_>>>()?;
-    let text_path = match &args.text {
-        Some(path) => path.clone(),
-        None => {
-            let path = dirs[0].join("held_out.txt");
-            if !path.exists() {
-                bail!(
-                    "{} has no held_out.txt: give --text FILE, a text none of the models was \
-                     trained on",
-                    dirs[0].display()
-                );
-            }
-            path
-        }
-    };
-    let text_bytes = read_input("the held-out text", &text_path)?.len();
+    let text_path = held_out_text(&dirs[0], args.text.as_ref())?;
+    // Read once; each model tokenizes it.
+    let text = read_input("the held-out text", &text_path)?;
     let base = args.runtime.load_options()?;
     let mut meter = args.energy.meter(!base.device.is_cpu())?;
     let opts = CompareOptions {
@@ -107,26 +95,19 @@ pub fn run(args: &CompareArgs) -> Result<()> {
         },
         rounds: args.rounds,
     };
-    let cwd = std::env::current_dir().unwrap_or_default();
     let mut contenders = Vec::new();
     for (name, dir) in names.iter().zip(&dirs) {
-        let held_out = tokens(dir, &text_path).with_context(|| format!("--model {name}"))?;
+        let held_out = tokens(dir, &text).with_context(|| format!("--model {name}"))?;
         let (runtime, dir) = (&args.runtime, dir.clone());
         let (prompt_len, gen_len, batch) = (args.prompt_len, args.gen_len, args.batch);
         contenders.push(Contender {
-            // As the reader would type it: relative to here when it is under here.
             name: match Path::new(name).exists() {
-                true => dir.strip_prefix(&cwd).unwrap_or(&dir).display().to_string(),
+                true => shown(&dir),
                 false => name.clone(),
             },
             load: Box::new(move |opts: &moe_runtime::LoadOptions| {
-                let checked = runtime.load(&dir, opts).and_then(|model| {
-                    let context = Some(model.config().max_position_embeddings);
-                    let positions = bounds::bench_lengths(prompt_len, gen_len, context)?;
-                    bounds::caches(&model, batch, positions)?;
-                    Ok(model)
-                });
-                checked.map_err(|e| moe_runtime::Error::Input(format!("{}: {e:#}", dir.display())))
+                checked_load(runtime, &dir, opts, prompt_len, gen_len, batch)
+                    .map_err(|e| moe_runtime::Error::Input(format!("{}: {e}", dir.display())))
             }),
             held_out,
         });
@@ -134,16 +115,12 @@ pub fn run(args: &CompareArgs) -> Result<()> {
     let mut comparison = compare::run(
         &mut contenders,
         &base,
-        text_bytes,
+        text.len(),
         &opts,
         &mut meter,
         &mut |line| note!("compare    {line}"),
     )?;
-    comparison.text = text_path
-        .strip_prefix(&cwd)
-        .unwrap_or(&text_path)
-        .display()
-        .to_string();
+    comparison.text = shown(&text_path);
     comparison.write(&args.out)?;
     write!(output::stdout(), "{}", comparison.markdown())?;
     note!(
@@ -174,11 +151,7 @@ fn bundled() -> Result<Vec<String>> {
 /// The counts of the flags, before anything is loaded (the lengths against each model's
 /// context once it is).
 fn check_flags(args: &CompareArgs) -> Result<()> {
-    bounds::bench_lengths(args.prompt_len, args.gen_len, None)?;
-    let why = "a median over more runs measures nothing new";
-    bounds::at_most("--repeats", args.repeats, bounds::MAX_REPEATS, why)?;
-    let why = "each round loads every model again";
-    bounds::at_most("--rounds", args.rounds, bounds::MAX_ROUNDS, why)?;
+    check_runs(args.prompt_len, args.gen_len, args.repeats, args.rounds)?;
     bounds::positive("--batch", args.batch)?;
     Limits::current().check_batch("--batch", args.batch)?;
     if args.formats.is_empty() {

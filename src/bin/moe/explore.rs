@@ -62,20 +62,8 @@ pub fn run(args: &ExploreArgs) -> Result<()> {
     check_flags(args)?;
     writable(&args.out)?;
     let dir = args.model.dir()?;
-    let text_path = match &args.text {
-        Some(path) => path.clone(),
-        None => {
-            let path = dir.join("held_out.txt");
-            if !path.exists() {
-                bail!(
-                    "{} has no held_out.txt: give --text FILE, a text the model was not trained on",
-                    dir.display()
-                );
-            }
-            path
-        }
-    };
-    let held_out = tokens(&dir, &text_path)?;
+    let text_path = held_out_text(&dir, args.text.as_ref())?;
+    let held_out = tokens(&dir, &read_input("the held-out text", &text_path)?)?;
     let base = args.runtime.load_options()?;
     let mut meter = args.energy.meter(!base.device.is_cpu())?;
     let opts = ExploreOptions {
@@ -100,13 +88,14 @@ pub fn run(args: &ExploreArgs) -> Result<()> {
     // reference, before anything is measured.
     let largest_batch = args.batches.iter().copied().max().unwrap_or(1);
     let mut load = |opts: &moe_runtime::LoadOptions| {
-        let checked = args.runtime.load(&dir, opts).and_then(|model| {
-            let context = Some(model.config().max_position_embeddings);
-            let positions = bounds::bench_lengths(args.prompt_len, args.gen_len, context)?;
-            bounds::caches(&model, largest_batch, positions)?;
-            Ok(model)
-        });
-        checked.map_err(|e| moe_runtime::Error::Input(format!("{e:#}")))
+        checked_load(
+            &args.runtime,
+            &dir,
+            opts,
+            args.prompt_len,
+            args.gen_len,
+            largest_batch,
+        )
     };
     let mut exploration = explore::run(
         &mut load,
@@ -116,9 +105,7 @@ pub fn run(args: &ExploreArgs) -> Result<()> {
         &mut meter,
         &mut |line| note!("explore    {line}"),
     )?;
-    // As the reader would type it: relative to here when it is under here.
-    let cwd = std::env::current_dir().unwrap_or_default();
-    exploration.model = dir.strip_prefix(&cwd).unwrap_or(&dir).display().to_string();
+    exploration.model = shown(&dir);
     exploration.write(&args.out)?;
     write!(output::stdout(), "{}", exploration.markdown())?;
     note!(
@@ -132,11 +119,7 @@ pub fn run(args: &ExploreArgs) -> Result<()> {
 /// The counts of the flags, before anything is loaded (the lengths against the model's context
 /// once it is).
 fn check_flags(args: &ExploreArgs) -> Result<()> {
-    bounds::bench_lengths(args.prompt_len, args.gen_len, None)?;
-    let why = "a median over more runs measures nothing new";
-    bounds::at_most("--repeats", args.repeats, bounds::MAX_REPEATS, why)?;
-    let why = "each round loads every model again";
-    bounds::at_most("--rounds", args.rounds, bounds::MAX_ROUNDS, why)?;
+    check_runs(args.prompt_len, args.gen_len, args.repeats, args.rounds)?;
     if args.batches.is_empty() {
         bail!("--batches lists no batch size");
     }
@@ -160,8 +143,61 @@ pub fn writable(out: &Path) -> Result<()> {
 }
 
 /// The held-out text as the model's token ids.
-pub fn tokens(dir: &Path, text: &Path) -> Result<Vec<u32>> {
-    let text = read_input("the held-out text", text)?;
+pub fn tokens(dir: &Path, text: &str) -> Result<Vec<u32>> {
     let tokenizer = Tokenizer::load(dir)?;
-    Ok(tokenizer.encode(&text)?)
+    Ok(tokenizer.encode(text)?)
+}
+
+/// `--text`, else held_out.txt in the model folder `dir` (refused where there is none).
+pub fn held_out_text(dir: &Path, given: Option<&PathBuf>) -> Result<PathBuf> {
+    if let Some(path) = given {
+        return Ok(path.clone());
+    }
+    let path = dir.join("held_out.txt");
+    if !path.exists() {
+        bail!(
+            "{} has no held_out.txt: give --text FILE, a text the model was not trained on",
+            dir.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A path as the reader would type it: relative to here when it is under here.
+pub fn shown(path: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    path.strip_prefix(&cwd)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+/// The timed runs' lengths and counts, before anything is loaded (the lengths against the
+/// model's context once it is).
+pub fn check_runs(prompt_len: usize, gen_len: usize, repeats: usize, rounds: usize) -> Result<()> {
+    bounds::bench_lengths(prompt_len, gen_len, None)?;
+    let why = "a median over more runs measures nothing new";
+    bounds::at_most("--repeats", repeats, bounds::MAX_REPEATS, why)?;
+    let why = "each round loads every model again";
+    bounds::at_most("--rounds", rounds, bounds::MAX_ROUNDS, why)?;
+    Ok(())
+}
+
+/// The checkpoint in `dir` loaded with `opts`, checked against the timed runs' lengths and
+/// caches for `batch` sequences before anything is measured.
+pub fn checked_load(
+    runtime: &Runtime,
+    dir: &Path,
+    opts: &moe_runtime::LoadOptions,
+    prompt_len: usize,
+    gen_len: usize,
+    batch: usize,
+) -> moe_runtime::Result<moe_runtime::Model> {
+    let checked = runtime.load(dir, opts).and_then(|model| {
+        let context = Some(model.config().max_position_embeddings);
+        let positions = bounds::bench_lengths(prompt_len, gen_len, context)?;
+        bounds::caches(&model, batch, positions)?;
+        Ok(model)
+    });
+    checked.map_err(|e| moe_runtime::Error::Input(format!("{e:#}")))
 }

@@ -2,24 +2,12 @@
 //! SiLU-gated MLP in every layer and no experts. The baseline a sparse model is weighed
 //! against: the bundled MoE's dense twins are Qwen3 checkpoints.
 
-use super::{
-    attention_bias, common, layer_types, qwen_window, Defaults, Fields, TensorNames, LLAMA_NAMES,
-};
+use super::{layer_types, Fields, TensorNames, LLAMA_NAMES};
 use crate::error::Result;
-use crate::spec::{AttentionKind, FfnKind, ModelConfig, QkNorm};
+use crate::spec::{AttentionKind, FfnKind, ModelConfig};
 
 pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
-    let mut cfg = common(
-        f,
-        Defaults {
-            rope_theta: 10000.0,
-            rms_norm_eps: 1e-6,
-            ..Defaults::LLAMA
-        },
-    )?;
-    let window = qwen_window(f)?;
-    attention_bias(f, &mut cfg)?;
-    cfg.attention.qk_norm = QkNorm::PerHead;
+    let (mut cfg, window) = super::qwen3_moe::attention(f)?;
     // HF's rule when the config lists no layer types: with the window on, the layers from
     // `max_window_layers` up slide (Qwen2-MoE's rule is the even layers below it).
     let from = f.opt_usize("max_window_layers")?.unwrap_or(28);

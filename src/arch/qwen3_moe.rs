@@ -9,20 +9,10 @@ use crate::error::Result;
 use crate::spec::{AttentionKind, ModelConfig, MoeConfig, QkNorm, RouterSpec};
 
 pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
-    let mut cfg = common(
-        f,
-        Defaults {
-            rope_theta: 10000.0,
-            rms_norm_eps: 1e-6,
-            ..Defaults::LLAMA
-        },
-    )?;
+    let (mut cfg, window) = attention(f)?;
     // With the window on, HF's Qwen3-MoE masks every layer with it; `max_window_layers` and
     // `layer_types` are not read by its model.
-    let window = qwen_window(f)?;
     f.irrelevant(&["max_window_layers", "layer_types"]);
-    attention_bias(f, &mut cfg)?;
-    cfg.attention.qk_norm = QkNorm::PerHead;
     cfg.layers = qwen_layer_plan(f, cfg.layers.len())?;
     if let Some(window) = window {
         for layer in &mut cfg.layers {
@@ -42,4 +32,22 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         shared_expert: None,
     };
     Ok((cfg, LLAMA_NAMES))
+}
+
+/// What Qwen3 and Qwen3-MoE share: the common fields at Qwen's defaults, attention biases from
+/// `attention_bias`, per-head q/k norms, and the window `use_sliding_window` switches on (which
+/// layers it covers is each family's rule).
+pub(super) fn attention(f: &mut Fields) -> Result<(ModelConfig, Option<usize>)> {
+    let mut cfg = common(
+        f,
+        Defaults {
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-6,
+            ..Defaults::LLAMA
+        },
+    )?;
+    let window = qwen_window(f)?;
+    attention_bias(f, &mut cfg)?;
+    cfg.attention.qk_norm = QkNorm::PerHead;
+    Ok((cfg, window))
 }

@@ -6,25 +6,13 @@ use std::path::Path;
 
 use super::chart::{self, significant};
 use super::compare::{Comparison, Entry};
-use super::report::compare_perplexity;
-use crate::error::{Error, Result};
+use super::report::{compare_perplexity, write_report};
+use crate::error::Result;
 
 impl Comparison {
     /// Writes compare.json, compare.md and quality_vs_cost.svg into `dir` (created if missing).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |cause| Error::Io { path, cause }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let path = dir.join("compare.json");
-        let json = serde_json::to_string_pretty(self).map_err(|e| Error::Json {
-            path: path.clone(),
-            cause: e,
-        })?;
-        std::fs::write(&path, json + "\n").map_err(io(&path))?;
-        let path = dir.join("compare.md");
-        std::fs::write(&path, self.markdown()).map_err(io(&path))?;
+        write_report(dir, "compare", self, &self.markdown())?;
         chart::quality_vs_cost(self, &dir.join("quality_vs_cost.svg"))
     }
 

@@ -18,19 +18,7 @@ impl Exploration {
     /// Writes explore.json, explore.md, efficiency_vs_quality.svg and throughput_vs_batch.svg
     /// into `dir` (created if missing).
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |cause| Error::Io { path, cause }
-        };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let json = serde_json::to_string_pretty(self).map_err(|e| Error::Json {
-            path: dir.join("explore.json"),
-            cause: e,
-        })?;
-        let path = dir.join("explore.json");
-        std::fs::write(&path, json + "\n").map_err(io(&path))?;
-        let path = dir.join("explore.md");
-        std::fs::write(&path, self.markdown()).map_err(io(&path))?;
+        write_report(dir, "explore", self, &self.markdown())?;
         chart::efficiency_vs_quality(self, &dir.join("efficiency_vs_quality.svg"))?;
         chart::throughput_vs_batch(self, &dir.join("throughput_vs_batch.svg"))?;
         Ok(())
@@ -297,6 +285,28 @@ impl Exploration {
 }
 
 /// How perplexity `p` compares with `reference`, in words.
+/// Writes `dir/{stem}.json` (`value`, pretty) and `dir/{stem}.md` (`markdown`), creating `dir`.
+pub(super) fn write_report(
+    dir: &Path,
+    stem: &str,
+    value: &impl serde::Serialize,
+    markdown: &str,
+) -> Result<()> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |cause| Error::Io { path, cause }
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(format!("{stem}.json"));
+    let json = serde_json::to_string_pretty(value).map_err(|e| Error::Json {
+        path: path.clone(),
+        cause: e,
+    })?;
+    std::fs::write(&path, json + "\n").map_err(io(&path))?;
+    let path = dir.join(format!("{stem}.md"));
+    std::fs::write(&path, markdown).map_err(io(&path))
+}
+
 pub(super) fn compare_perplexity(p: f64, reference: f64) -> String {
     let change = p / reference - 1.0;
     if change.abs() <= SAME_PERPLEXITY {

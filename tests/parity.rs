@@ -23,6 +23,12 @@ const F16_BOUND: f32 = 0.01;
 /// bf16 and 0.0855 in f16 at the third-worst position (the statistic checked here); ours by
 /// 0.056 and 0.061. The two Qwen3-Next fixtures keep the usual bounds.
 const QWEN3_5_HALF_BOUND: f32 = 0.08;
+/// gemma4-a (13 positions, five routers of 6 experts choosing 2 behind sharpened router scales,
+/// a soft cap at 5, layer scalars up to 1.46 that compound over the layers) flips experts in
+/// bf16: HF's own bf16 run (transformers 5.24, against the f32 reference on the same weights)
+/// is off by 0.170 at the second-worst position (the statistic checked here), ours by 0.185;
+/// in f16 HF's by 0.024, ours by 0.033 (the worst: HF 0.111, ours 0.097).
+const GEMMA4_A_HALF_BOUNDS: (f32, f32) = (0.25, 0.05);
 /// The same carrying-on makes the Qwen3-Next fixtures' half-precision errors depend on the
 /// machine: which near-tie flips follows the summation order of the matrix kernels, which
 /// follows the CPU's kernels and cache sizes. qwen3_next-c in bf16 was within 0.018 on an Intel
@@ -86,6 +92,7 @@ fn half_precision_logits_stay_within_documented_bounds() {
     for name in FIXTURES {
         let (bf16_bound, f16_bound) = match *name {
             "qwen3_5_moe-a" => (QWEN3_5_HALF_BOUND, QWEN3_5_HALF_BOUND),
+            "gemma4-a" => GEMMA4_A_HALF_BOUNDS,
             _ => (BF16_BOUND, F16_BOUND),
         };
         let bf16 = check_logits(name, DType::BF16, Kernels::Fast, bf16_bound);
@@ -102,10 +109,14 @@ fn prefill_equals_one_token_decode_steps() {
         let all = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
         let mut cache = model.new_cache();
         // Blocks on disk: a decode step's activations are rounded to q8_0, a prefill's not.
-        let bound = if common::quantized_on_disk(name) {
-            2.0 * QUANTIZED_ON_DISK_BOUND
-        } else {
-            1e-5
+        // Linear attention runs a prompt by the chunked delta rule and a step by the recurrent
+        // one, two summation orders: qwen3_5_moe-a was off by 1.5e-5 at one position on an AMD
+        // EPYC (Zen 4).
+        let linear = name.starts_with("qwen3_next") || name.starts_with("qwen3_5_moe");
+        let bound = match (common::quantized_on_disk(name), linear) {
+            (true, _) => 2.0 * QUANTIZED_ON_DISK_BOUND,
+            (false, true) => 3e-5,
+            (false, false) => 1e-5,
         };
         for (i, &t) in r.tokens.iter().enumerate() {
             let step = model.forward(&[t], &mut cache).unwrap();

@@ -19,6 +19,7 @@ are decisive: HF's default 0.02 init gives near-ties that would test nothing.
     python tools/make_fixtures.py                      # all fixtures
     python tools/make_fixtures.py --q3-mini DIR        # the benchmark checkpoint (DESIGN.md s5)
     python tools/make_fixtures.py --q3-30b-4l DIR      # Qwen3-30B-A3B's shape, 4 layers
+    python tools/make_fixtures.py --gemma4-26b-4l DIR  # Gemma 4 26B-A4B's shape, 4 layers
 """
 
 import argparse
@@ -326,12 +327,94 @@ FIXTURES_SPEC = {
                     attention_bias=True, use_sliding_window=True, sliding_window=4,
                     max_window_layers=1, rope_theta=10000.0),
     ),
+    # Gemma 4 as google publishes it: Gemma4ForConditionalGeneration (the text model's tensors
+    # under model.language_model.*, a small vision tower's under model.vision_tower.* and
+    # model.embed_vision.*, no audio tower), the text config in text_config with the published
+    # keys: global_head_dim and num_global_key_value_heads, which transformers 5.24 folds into a
+    # `per_layer_config` and writes instead (gemma4_published puts them back), rope_parameters
+    # keyed by layer type (GEMMA4_ROPE: the full layers' "proportional" RoPE turns a quarter of
+    # their head, the sliding layers' plain RoPE all of it), use_bidirectional_attention
+    # "vision" (which text alone does not use). Sliding and full layers of other head sizes and
+    # KV-head counts; q and k norms, a v norm without weight, attention scores unscaled (the
+    # norms stand in for 1/sqrt(d)); each layer's output times its `layer_scalar` buffer; logits
+    # softcapped. Every norm weight, the routers' `scale` and `per_expert_scale` and the
+    # `layer_scalar`s are drawn away from 1 (GEMMA4_UNIT_RANGE), so that each matters.
+    # gemma4-a: Gemma 4 26B-A4B's layout: in every layer a dense MLP and routed experts side by
+    # side, each with its own norms, the router reading the residual stream (not the MLP's
+    # normed input) through its own scale, top-k weights renormalized then times
+    # per_expert_scale; the full layers' keys doubling as values (attention_k_eq_v: no v_proj),
+    # with one KV head of 16 where the sliding layers have two of 12; a window of 4 < the
+    # 13-token prompt; a softcap of 5 that the largest raw logits exceed (6.7 over the prompt,
+    # GEMMA4_HEAD_GAIN), bending all of them; the head untied (the published checkpoints tie
+    # it) so that lm_head.weight is stored.
+    "gemma4-a": dict(
+        family="gemma4", style="published", dtype=torch.float32, prompt_len=13,
+        vision=dict(hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=2, head_dim=8, patch_size=2,
+                    pooling_kernel_size=3, position_embedding_size=16, standardize=True),
+        config=dict(vocab_size=217, hidden_size=48, intermediate_size=40, num_hidden_layers=5,
+                    layer_types=["sliding_attention", "full_attention", "sliding_attention",
+                                 "sliding_attention", "full_attention"],
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=12,
+                    num_global_key_value_heads=1, global_head_dim=16, attention_k_eq_v=True,
+                    enable_moe_block=True, num_experts=6, top_k_experts=2,
+                    moe_intermediate_size=20, sliding_window=4, final_logit_softcapping=5.0,
+                    hidden_size_per_layer_input=0, num_kv_shared_layers=0,
+                    use_bidirectional_attention="vision", tie_word_embeddings=False),
+    ),
+    # gemma4-b: Gemma 4 31B's dense layout (no experts: num_experts, top_k_experts and
+    # moe_intermediate_size null), bf16, sharded, tied; full layers with a v_proj of their own
+    # (attention_k_eq_v false), where transformers ignores num_global_key_value_heads: they keep
+    # num_key_value_heads' one KV head although the config says 5; the first layer full; a
+    # global head of 24 whose proportional RoPE turns 3 pairs; window 5 < the 11-token prompt.
+    # Its own seed: main()'s continues with one token six times, then another six times (a
+    # tied head favours the token just read); this one's twelve tokens are all different.
+    "gemma4-b": dict(
+        family="gemma4", style="published", dtype=torch.bfloat16, shard="40KB", seed=1455,
+        vision=dict(hidden_size=12, intermediate_size=20, num_hidden_layers=1,
+                    num_attention_heads=2, num_key_value_heads=2, head_dim=6, patch_size=2,
+                    pooling_kernel_size=3, position_embedding_size=8, standardize=True),
+        config=dict(vocab_size=181, hidden_size=40, intermediate_size=56, num_hidden_layers=4,
+                    layer_types=["full_attention", "sliding_attention", "sliding_attention",
+                                 "full_attention"],
+                    num_attention_heads=5, num_key_value_heads=1, head_dim=8,
+                    num_global_key_value_heads=5, global_head_dim=24, attention_k_eq_v=False,
+                    enable_moe_block=False, sliding_window=5, final_logit_softcapping=30.0,
+                    hidden_size_per_layer_input=0, num_kv_shared_layers=0,
+                    use_bidirectional_attention="vision", tie_word_embeddings=True),
+    ),
 }
 
 # Families with Gated DeltaNet layers: their references also take HF's recurrent decode path.
 HYBRID_FAMILIES = ("qwen3_next", "qwen3_5_moe")
-# Published as image-text-to-text models; the text engine reads their language model.
-VISION_FAMILIES = ("qwen3_5_moe",)
+# Published as image-text-to-text models; the text engine reads their language model. Their
+# placeholder tokens (image, video, audio, and where they begin and end) are given ids that
+# neither the prompt nor the continuation holds: the references are text-only.
+PLACEHOLDER_TOKENS = {
+    "qwen3_5_moe": ("image_token_id", "video_token_id", "vision_start_token_id",
+                    "vision_end_token_id"),
+    "gemma4": ("image_token_id", "video_token_id", "audio_token_id", "boi_token_id",
+               "eoi_token_id", "boa_token_id", "eoa_token_index"),
+}
+VISION_FAMILIES = tuple(PLACEHOLDER_TOKENS)
+# Gemma 4's rope_parameters as the published checkpoints have them, keyed by layer type.
+GEMMA4_ROPE = {
+    "full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0,
+                       "rope_type": "proportional"},
+    "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"},
+}
+# Text-config keys of the published Gemma 4 checkpoints that transformers folds into
+# per_layer_config and does not keep (gemma4_config, gemma4_published).
+GEMMA4_GLOBAL_KEYS = ("global_head_dim", "num_global_key_value_heads")
+# Where Gemma 4's multiplicative weights are drawn: its RMSNorms' (x * weight, HF's init 1),
+# the router's `scale` and `per_expert_scale` (1), each layer's `layer_scalar` buffer (1).
+GEMMA4_UNIT_RANGE = (0.5, 1.5)
+# An untied Gemma 4 head is drawn this much larger than 1/sqrt(hidden), so that the raw logits
+# reach well past a small final_logit_softcapping, which then bends them.
+GEMMA4_HEAD_GAIN = 2.0
+# The vision_soft_tokens_per_image of the published Gemma 4 config.json (the processor's
+# budget of soft tokens per image, which the model's config does not use).
+GEMMA4_SOFT_TOKENS_PER_IMAGE = 280
 # Sigmoid routers with an `e_score_correction_bias` (DeepSeek-V3's "noaux_tc"): the bias is
 # drawn (it is a buffer, which init_weights does not touch and HF initialises at zero), and the
 # references also take HF's one-token-at-a-time decode path.
@@ -360,6 +443,8 @@ Q3_MINI = dict(vocab_size=32000, hidden_size=1024, intermediate_size=3072, num_h
 
 def make_config(family, overrides, rope=None, vision=None):
     overrides = dict(overrides)
+    if family == "gemma4":
+        return gemma4_config(overrides, rope, vision)
     theta = overrides.pop("rope_theta")
     overrides.setdefault("max_position_embeddings", 128)
     rope = dict(rope or {"rope_type": "default"}, rope_theta=theta)
@@ -370,19 +455,55 @@ def make_config(family, overrides, rope=None, vision=None):
     return AutoConfig.for_model(family, rope_parameters=rope, **overrides)
 
 
+def gemma4_config(text, rope=None, vision=None):
+    """A Gemma4Config (Gemma4ForConditionalGeneration) with `text` as its text_config, rope
+    GEMMA4_ROPE unless given, `vision` as vision_config (None: no vision tower) and no audio.
+    transformers turns global_head_dim (and num_global_key_value_heads, only where
+    attention_k_eq_v) into per_layer_config overrides of the full layers and keeps neither
+    key: they are set back on text_config, which then writes them to config.json as the
+    published checkpoints say them. The top-level tie_word_embeddings, not text_config's, is
+    the one that ties the head: both are given the text's."""
+    text = dict(text)
+    text.setdefault("max_position_embeddings", 128)
+    tie = text.setdefault("tie_word_embeddings", True)
+    published = {key: text[key] for key in GEMMA4_GLOBAL_KEYS}
+    cfg = AutoConfig.for_model("gemma4", text_config=dict(text, rope_parameters=rope or GEMMA4_ROPE),
+                               vision_config=vision, audio_config=None, tie_word_embeddings=tie)
+    for key, value in published.items():
+        setattr(cfg.text_config, key, value)
+    return cfg
+
+
 @torch.no_grad()
 def init_weights(model, seed):
     """Draw every weight at ~1/sqrt(fan_in); norms near 1; a sharper router.
 
     Gated DeltaNet: A_log log-uniform (A_LOG_RANGE), dt_bias 0.5 randn, conv1d at the default
     1/sqrt(kernel) = 0.5; its gated norm (`linear_attn.norm`, x * weight) near 1. Norms computing
-    x * (1 + weight) are drawn near 0 (0.1 randn), so that they too scale by about 1."""
+    x * (1 + weight) are drawn near 0 (0.1 randn), so that they too scale by about 1.
+
+    Gemma 4: its norm weights, the routers' scale and per_expert_scale, and the layer_scalar
+    buffers uniform over GEMMA4_UNIT_RANGE; the embedding at 1/sqrt(hidden) tied or not (the
+    model multiplies it by sqrt(hidden)); router.proj at ROUTER_SHARPNESS, undoing the
+    1/sqrt(hidden) by which the router scales its (RMS-normed) input; an untied head
+    GEMMA4_HEAD_GAIN times larger."""
     gen = torch.Generator().manual_seed(seed)
     zero_centred = {f"{n}.weight" for n, m in model.named_modules()
                     if type(m).__name__ in ZERO_CENTRED_NORMS}
     layer_norms = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
     gpt_oss = model.config.model_type == "gpt_oss"
+    gemma4 = model.config.model_type == "gemma4"
+    gemma4_norms = {f"{n}.weight" for n, m in model.named_modules() if type(m).__name__ == "Gemma4RMSNorm"}
+    unit = lambda shape: GEMMA4_UNIT_RANGE[0] + (GEMMA4_UNIT_RANGE[1] - GEMMA4_UNIT_RANGE[0]) * \
+        torch.rand(shape, generator=gen)
     for name, p in model.named_parameters():
+        if gemma4 and p.ndim == 1:
+            assert name in gemma4_norms or name.endswith(("router.scale", "router.per_expert_scale")), name
+            p.copy_(unit(p.shape))
+            continue
+        if gemma4 and name.endswith("router.proj.weight"):
+            p.copy_(ROUTER_SHARPNESS * torch.randn(p.shape, generator=gen))
+            continue
         if name.endswith("linear_attn.A_log"):
             low, high = A_LOG_RANGE
             p.copy_(low + (high - low) * torch.rand(p.shape, generator=gen))
@@ -403,16 +524,24 @@ def init_weights(model, seed):
         if name.endswith(("experts.gate_up_proj", "experts.down_proj")) and gpt_oss:
             std = 1.0 / math.sqrt(p.shape[-2])  # gpt-oss stores experts as (in, out); the other
             # families' stacked experts are (out, in), as in the fixtures made before gpt-oss
-        if "embed_tokens" in name and not model.config.tie_word_embeddings:
+        if "embed_tokens" in name and not model.config.tie_word_embeddings and not gemma4:
             std = 1.0  # a tied table doubles as the head, where unit rows would make every
             # token predict itself; an untied one feeds RMSNorm and may be large
         if name.endswith(("mlp.gate.weight", "router.weight")):
             std *= ROUTER_SHARPNESS
+        if gemma4 and name == "lm_head.weight" and not model.config.tie_word_embeddings:
+            std *= GEMMA4_HEAD_GAIN
         p.copy_(std * torch.randn(p.shape, generator=gen))
+    if gemma4:  # a buffer, which the checkpoint stores
+        for name, buf in model.named_buffers():
+            if name.endswith("layer_scalar"):
+                buf.copy_(unit(buf.shape))
 
 
 def published_style(cfg):
     """Rewrite a transformers 5 config.json as the hub checkpoints were written."""
+    if cfg["model_type"] == "gemma4":  # published in transformers 5's own style, nearly
+        return gemma4_published(cfg)
     rope = cfg.pop("rope_parameters")
     cfg["rope_theta"] = rope.pop("rope_theta")
     cfg["torch_dtype"] = cfg.pop("dtype")
@@ -462,6 +591,25 @@ def qwen3_5_published(cfg):
     return cfg
 
 
+def gemma4_published(cfg):
+    """Gemma 4's config.json as google publishes it: in text_config global_head_dim and
+    num_global_key_value_heads (gemma4_config), not the `per_layer_config` that transformers
+    5.24 writes in their place (which the published files do not have); the checkpoint's
+    dtype in the sub-configs too; at top level eoa_token_id beside eoa_token_index, and
+    vision_soft_tokens_per_image where there is a vision tower."""
+    text = cfg["text_config"]
+    del text["per_layer_config"]
+    missing = [key for key in GEMMA4_GLOBAL_KEYS if key not in text]
+    assert not missing, f"text_config lacks {missing}"
+    for sub in ("text_config", "vision_config"):  # save_pretrained leaves them the model's f32
+        if cfg.get(sub) is not None:
+            cfg[sub]["dtype"] = cfg["dtype"]
+    cfg["eoa_token_id"] = cfg["eoa_token_index"]
+    if cfg.get("vision_config") is not None:
+        cfg["vision_soft_tokens_per_image"] = GEMMA4_SOFT_TOKENS_PER_IMAGE
+    return cfg
+
+
 def save(model, out, dtype, style, shard=None, drop=()):
     if out.exists():
         shutil.rmtree(out)
@@ -502,6 +650,9 @@ def make_fixture(name, spec, seed):
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.to(spec["dtype"]).to(torch.float32))
+        for n, b in model.named_buffers():  # Gemma 4's, which the checkpoint stores
+            if n.endswith("layer_scalar"):
+                b.copy_(b.to(spec["dtype"]).to(torch.float32))
     # After that rounding: the FP8 weights' values (code times an F32 scale) are not bf16's.
     fp8 = fp8_quantize(model, spec["fp8"]) if spec.get("fp8") else None
 
@@ -521,12 +672,13 @@ def make_fixture(name, spec, seed):
     # Pick an eos id that the continuation never emits, so `moe generate` must run all 12 steps.
     text_cfg.eos_token_id = next(i for i in range(2, text_cfg.vocab_size) if i not in greedy.tolist())
     if family in VISION_FAMILIES:
-        # Image and video placeholders, and vision start and end, at ids that neither the prompt
-        # nor the continuation holds: the references are text-only.
+        # The placeholders (PLACEHOLDER_TOKENS) at ids that neither the prompt nor the
+        # continuation holds: the references are text-only.
         used = set(tokens[0].tolist()) | set(greedy.tolist()) | {text_cfg.eos_token_id}
         free = (i for i in range(text_cfg.vocab_size - 1, 1, -1) if i not in used)
-        for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        for key in PLACEHOLDER_TOKENS[family]:
             setattr(model.config, key, next(free))
+    gap = routing_gap(model, torch.cat([tokens, greedy[None]], 1)) if family == "gemma4" else None
 
     out_dir = FIXTURES / name
     # `save` rounds buffers to the checkpoint's dtype too; the correction bias is kept F32, as
@@ -539,10 +691,12 @@ def make_fixture(name, spec, seed):
         write_published_tensors(out_dir, text_cfg, spec, seed, biases, fp8)
     elif spec.get("mtp"):
         write_mtp(out_dir, text_cfg, spec["dtype"], seed)
-    if family in HYBRID_FAMILIES or family in BIASED_ROUTER_FAMILIES:
+    if family in HYBRID_FAMILIES or family in BIASED_ROUTER_FAMILIES or family == "gemma4":
         check_reload(out_dir, model.config)
     if family in BIASED_ROUTER_FAMILIES:
         check_stored(out_dir, tokens, logits)
+    if family == "gemma4":
+        check_reloaded_logits(out_dir, auto, tokens, logits)
     save_file(reference, out_dir / "reference.safetensors")
     size = sum(f.stat().st_size for f in out_dir.iterdir())
     line = f"{name}: {size / 1024:.0f} KiB, max |logit| {logits.abs().max():.2f}, greedy {greedy.tolist()}"
@@ -550,6 +704,8 @@ def make_fixture(name, spec, seed):
         line += f", max |logits - decode_logits| {(logits - decode_logits).abs().max():.2e}"
     if bias_effect is not None:
         line += f", correction bias changes {100 * bias_effect:.0f}% of routings"
+    if gap is not None:
+        line += f", closest routing gap {gap:.3f}"
     print(line)
 
 
@@ -599,18 +755,57 @@ def check_reload(out_dir, config):
     from; for the biased-router families, every setting the model's config holds."""
     loaded = AutoConfig.from_pretrained(out_dir).get_text_config()
     want = config.get_text_config()
-    assert loaded.head_dim == want.head_dim, (loaded.head_dim, want.head_dim)
+    if getattr(want, "is_heterogeneous", False):  # gemma4: head size and KV heads by layer
+        shapes = lambda c: [(layer.head_dim, layer.num_key_value_heads) for layer in c.per_layer_config]
+        assert shapes(loaded) == shapes(want), (shapes(loaded), shapes(want))
+    else:
+        assert loaded.head_dim == want.head_dim, (loaded.head_dim, want.head_dim)
     for key in ("layer_types", "mlp_layer_types"):
         assert getattr(loaded, key, None) == getattr(want, key, None), (key, getattr(loaded, key, None))
     # A published {"type": "yarn", ...} is read into rope_parameters with "type" kept beside
     # the "rope_type" it becomes.
     rope = {k: v for k, v in loaded.rope_parameters.items() if k != "type"}
     assert rope == want.rope_parameters, (loaded.rope_parameters, want.rope_parameters)
-    if want.model_type in BIASED_ROUTER_FAMILIES:
+    if want.model_type in BIASED_ROUTER_FAMILIES or want.model_type == "gemma4_text":
         got, expected = loaded.to_dict(), want.to_dict()
+        # gemma4: the published global_head_dim and num_global_key_value_heads reload as the
+        # per_layer_config that the model was built from (which this compares), not as keys
+        skip = ("dtype", "rope_parameters", "_name_or_path") + GEMMA4_GLOBAL_KEYS
         differ = {k: (got.get(k), v) for k, v in expected.items()
-                  if k not in ("dtype", "rope_parameters", "_name_or_path") and got.get(k) != v}
+                  if k not in skip and got.get(k) != v}
         assert not differ, f"config.json reloads differently: {differ}"
+
+
+@torch.no_grad()
+def check_reloaded_logits(out_dir, auto, tokens, logits):
+    """The checkpoint as written (published config.json, tensors in the disk dtype), loaded by
+    transformers with no tensor missing or left over, gives exactly the reference logits."""
+    model, info = auto.from_pretrained(
+        out_dir, dtype=torch.float32, attn_implementation="eager", experts_implementation="eager",
+        output_loading_info=True)
+    left = {k: v for k, v in info.items() if v}
+    assert not left, f"loading {out_dir} left {left}"
+    again = model.eval()(tokens).logits[0].float()
+    assert torch.equal(again, logits), \
+        f"the reloaded checkpoint gives other logits: {(again - logits).abs().max()}"
+
+
+@torch.no_grad()
+def routing_gap(model, tokens):
+    """The smallest gap, over the routings of every token of `tokens` (the prompt and its
+    continuation) at every Gemma 4 MoE layer, between the scores (log-probabilities) of the
+    last expert chosen and the first one left out; None without routers."""
+    gaps = []
+    def record(router, args, out):
+        k = router.config.top_k_experts
+        top = out[0].log().topk(k + 1, dim=-1).values
+        gaps.append((top[:, k - 1] - top[:, k]).min())
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if type(m).__name__ == "Gemma4TextRouter"]
+    model(tokens)
+    for hook in hooks:
+        hook.remove()
+    return min(gaps).item() if gaps else None
 
 
 @torch.no_grad()
@@ -867,10 +1062,25 @@ Q3_30B_4L = dict(Q3_MINI, hidden_size=2048, intermediate_size=6144, num_hidden_l
                  moe_intermediate_size=768)
 
 
-def make_bench_model(name, shape, out_dir, dtype=torch.float32):
+# Gemma 4 26B-A4B's text model at 4 of its 30 layers (three sliding, then the full one), with its
+# vocabulary: a dense MLP and 128 experts choosing 8 in every layer, written as google publishes
+# it but without the vision tower (vision_config null).
+GEMMA4_26B_4L = dict(vocab_size=262144, hidden_size=2816, intermediate_size=2112,
+                     num_hidden_layers=4, layer_types=["sliding_attention"] * 3 + ["full_attention"],
+                     num_attention_heads=16, num_key_value_heads=8, head_dim=256,
+                     num_global_key_value_heads=2, global_head_dim=512, attention_k_eq_v=True,
+                     enable_moe_block=True, num_experts=128, top_k_experts=8,
+                     moe_intermediate_size=704, sliding_window=1024, final_logit_softcapping=30.0,
+                     max_position_embeddings=262144, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                     hidden_size_per_layer_input=0, num_kv_shared_layers=0,
+                     hidden_activation="gelu_pytorch_tanh", use_bidirectional_attention="vision")
+
+
+def make_bench_model(name, shape, out_dir, dtype=torch.float32, family="qwen3_moe"):
     torch.manual_seed(0)
-    cfg = make_config("qwen3_moe", shape)
-    model = AutoModelForCausalLM.from_config(
+    cfg = make_config(family, shape)
+    auto = AutoModelForImageTextToText if family in VISION_FAMILIES else AutoModelForCausalLM
+    model = auto.from_config(
         cfg, dtype=dtype, attn_implementation="eager", experts_implementation="eager"
     ).eval()
     init_weights(model, 0)
@@ -885,6 +1095,8 @@ def main():
     ap.add_argument("--q3-mini", metavar="DIR", help="write the q3-mini benchmark checkpoint to DIR")
     ap.add_argument("--q3-30b-4l", metavar="DIR",
                     help="write Qwen3-30B-A3B's shape at 4 layers (random weights, bf16) to DIR")
+    ap.add_argument("--gemma4-26b-4l", metavar="DIR",
+                    help="write Gemma 4 26B-A4B's shape at 4 layers (random weights, bf16) to DIR")
     args = ap.parse_args()
     if args.q3_mini:
         make_bench_model("q3-mini", Q3_MINI, args.q3_mini)
@@ -892,6 +1104,11 @@ def main():
     if args.q3_30b_4l:
         # Made in bf16: 2.6 G parameters would take 10 GB as f32.
         make_bench_model("q3-30b-4l", Q3_30B_4L, args.q3_30b_4l, torch.bfloat16)
+        return
+    if args.gemma4_26b_4l:
+        # Made in bf16 too: 4.0 G parameters would take 16 GB as f32.
+        make_bench_model("gemma4-26b-4l", GEMMA4_26B_4L, args.gemma4_26b_4l, torch.bfloat16,
+                         family="gemma4")
         return
     for i, (name, spec) in enumerate(FIXTURES_SPEC.items()):
         if not args.only or name in args.only:

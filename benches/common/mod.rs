@@ -115,6 +115,8 @@ pub fn sparse_moe(s: &Shape, weights: &Weights, backend: Backend) -> SparseMoe {
             linear: Linear::new(router, None),
             spec: RouterSpec::softmax_top_k(s.top_k, true),
             correction: None,
+            input_norm: None,
+            expert_scale: None,
         },
         experts: Experts::new(Weight::Dense(gate_up), Weight::Dense(down)),
         activation: Activation::SiluGated,

@@ -303,6 +303,8 @@ fn moe(f: &mut Fields, family: &Family) -> Result<MoeConfig> {
             intermediate_size: shared_size,
             gated: false,
         }),
+        router_input_scale: false,
+        per_expert_scale: false,
     })
 }
 

@@ -66,6 +66,8 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         },
         expert_bias: true,
         shared_expert: None,
+        router_input_scale: false,
+        per_expert_scale: false,
     };
     cfg.activation = Activation::SwigluClamped {
         alpha: f.f64_or("swiglu_alpha", 1.702)? as f32,

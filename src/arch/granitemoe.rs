@@ -21,6 +21,7 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         embedding: f.f64_or("embedding_multiplier", 1.0)?,
         residual: f.f64_or("residual_multiplier", 1.0)?,
         logits_divisor: f.f64_or("logits_scaling", 1.0)?,
+        ..Scales::default()
     };
     cfg.moe = MoeConfig {
         num_experts: f.usize_any(&["num_local_experts", "num_experts"])?,
@@ -32,6 +33,8 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         },
         expert_bias: false,
         shared_expert: None,
+        router_input_scale: false,
+        per_expert_scale: false,
     };
     let names = TensorNames {
         moe: "block_sparse_moe",

@@ -29,6 +29,8 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         router: RouterSpec::softmax_top_k(f.usize("num_experts_per_tok")?, true),
         expert_bias: false,
         shared_expert: None,
+        router_input_scale: false,
+        per_expert_scale: false,
     };
     let names = TensorNames {
         moe: "block_sparse_moe",

@@ -3,6 +3,7 @@
 
 mod deepseek;
 mod fields;
+mod gemma4;
 mod gpt_oss;
 mod granitemoe;
 mod mixtral;
@@ -21,7 +22,7 @@ pub use fields::Fields;
 
 use crate::error::{Error, Result};
 use crate::spec::{
-    Activation, AttentionConfig, AttentionKind, FfnKind, LayerSpec, ModelConfig, MoeConfig, QkNorm,
+    Activation, AttentionConfig, AttentionKind, FfnKind, LayerSpec, ModelConfig, MoeConfig,
     RouterSpec, Scales,
 };
 use rope::rope;
@@ -41,6 +42,7 @@ pub const SUPPORTED: &[&str] = &[
     "kimi_k2",
     "glm4_moe_lite",
     "glm4_moe",
+    "gemma4",
 ];
 
 /// A parsed config.json: the blueprint, where its tensors live, and what went unread.
@@ -104,6 +106,28 @@ pub struct TensorNames {
     pub linear_attn: LinearAttnNames,
     /// Latent attention's tensors (the query is `q` without a low-rank path, the output `o`).
     pub latent: LatentNames,
+    /// The post-norms, router scales and layer scalar of Gemma-style layers.
+    pub branches: BranchNames,
+}
+
+/// Tensors of layers whose branches are normed on the way out (`ModelConfig::sandwich_norms`,
+/// `FfnKind::DenseAndSparse`), whose router scales its input and its experts
+/// (`MoeConfig::router_input_scale`, `per_expert_scale`) and whose output is scaled
+/// (`ModelConfig::layer_scalar`): each read where the config asks for it, under the layer
+/// (`router_input_scale` and `per_expert_scale` under the sparse block's prefix).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BranchNames {
+    pub post_attn_norm: &'static str,
+    pub post_ffn_norm: &'static str,
+    /// Beside the experts: the dense MLP's post-norm, the experts' pre- and post-norm.
+    pub dense_post_norm: &'static str,
+    pub experts_pre_norm: &'static str,
+    pub experts_post_norm: &'static str,
+    /// (hidden) and (experts).
+    pub router_input_scale: &'static str,
+    pub per_expert_scale: &'static str,
+    /// (1).
+    pub layer_scalar: &'static str,
 }
 
 /// Multi-head latent attention's projections (without `.weight` / `.bias`) and norms.
@@ -245,6 +269,16 @@ pub const LLAMA_NAMES: TensorNames = TensorNames {
         kv_a_norm: "self_attn.kv_a_layernorm.weight",
         kv_b: "self_attn.kv_b_proj",
     },
+    branches: BranchNames {
+        post_attn_norm: "post_attention_layernorm.weight",
+        post_ffn_norm: "post_feedforward_layernorm.weight",
+        dense_post_norm: "post_feedforward_layernorm_1.weight",
+        experts_pre_norm: "pre_feedforward_layernorm_2.weight",
+        experts_post_norm: "post_feedforward_layernorm_2.weight",
+        router_input_scale: "router.scale",
+        per_expert_scale: "router.per_expert_scale",
+        layer_scalar: "layer_scalar",
+    },
 };
 
 /// `parent.name`, leaving out an empty part (GGUF's layer tensors have no MoE or MLP level).
@@ -274,6 +308,8 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
     // What a multimodal wrapper holds besides its text model, and where the text model's
     // fields are.
     let (mut skipped, mut nested): (Vec<(String, &str)>, &str) = (Vec::new(), "");
+    // Spec fields the family's config names otherwise, for the checks' errors.
+    let mut renamed: &[(&str, &str)] = &[];
     let (config, names) = match model_type.as_str() {
         "mixtral" => mixtral::parse(&mut f)?,
         "qwen2_moe" => qwen2_moe::parse(&mut f)?,
@@ -293,6 +329,14 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
         "deepseek_v3" | "kimi_k2" => deepseek::parse_deepseek_v3(&mut f)?,
         "glm4_moe_lite" => deepseek::parse_glm4_moe_lite(&mut f)?,
         "glm4_moe" => deepseek::parse_glm4_moe(&mut f)?,
+        "gemma4" => {
+            nested = "text_config.";
+            renamed = gemma4::RENAMED;
+            skipped = (gemma4::SKIPPED.iter())
+                .map(|&(prefix, what)| (prefix.to_string(), what))
+                .collect();
+            gemma4::parse(&mut f)?
+        }
         other => {
             return Err(f.error(
                 "model_type",
@@ -310,17 +354,24 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
         skipped = deepseek::mtp_layers(&mut f, config.layers.len())?;
     }
     f.irrelevant(IRRELEVANT);
-    // A multimodal checkpoint's text fields live in `text_config`: its checks name them so.
+    // A multimodal checkpoint's text fields live in `text_config`, and a family may call a
+    // field otherwise: its checks name them so.
     config.validate(path).map_err(|e| match e {
         Error::Config {
             path,
             field,
             message,
-        } if !nested.is_empty() && !field.starts_with('(') => Error::Config {
-            path,
-            field: format!("{nested}{field}"),
-            message,
-        },
+        } if !field.starts_with('(') => {
+            let field = match renamed.iter().find(|(ours, _)| *ours == field) {
+                Some((_, theirs)) => theirs.to_string(),
+                None => field,
+            };
+            Error::Config {
+                path,
+                field: format!("{nested}{field}"),
+                message,
+            }
+        }
         e => e,
     })?;
     Ok(Architecture {
@@ -412,6 +463,9 @@ struct Defaults {
     /// The share of each head that rotates when the config does not say, for the families
     /// that read `partial_rotary_factor` (`None` for the others).
     partial_rotary_factor: Option<f64>,
+    /// `rope_parameters` is keyed by layer type and read by the family (Gemma 4); `rope` is
+    /// then the original RoPE at `rope_theta` until the family sets it.
+    rope_by_layer_type: bool,
 }
 
 impl Defaults {
@@ -422,6 +476,7 @@ impl Defaults {
         head_dim: None,
         quant_methods: &[],
         partial_rotary_factor: None,
+        rope_by_layer_type: false,
     };
 }
 
@@ -479,25 +534,19 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
         hidden_size,
         max_position_embeddings: f.usize("max_position_embeddings")?,
         rms_norm_eps: f.f64_or("rms_norm_eps", defaults.rms_norm_eps)?,
-        attention: AttentionConfig {
-            num_heads,
-            num_kv_heads,
-            head_dim,
-            qkv_bias: false,
-            o_bias: false,
-            qk_norm: QkNorm::None,
-            clip_qkv: None,
-            scale: 1.0 / (head_dim as f64).sqrt(),
-            sinks: false,
-            output_gate: false,
+        attention: AttentionConfig::plain(num_heads, num_kv_heads, head_dim),
+        rope: match defaults.rope_by_layer_type {
+            true => crate::spec::RopeConfig::plain(defaults.rope_theta),
+            false => rope(f, defaults.rope_theta, defaults.partial_rotary_factor)?,
         },
-        rope: rope(f, defaults.rope_theta, defaults.partial_rotary_factor)?,
         moe: MoeConfig {
             num_experts: 0,
             expert_intermediate_size: 0,
             router: RouterSpec::softmax_top_k(0, false),
             expert_bias: false,
             shared_expert: None,
+            router_input_scale: false,
+            per_expert_scale: false,
         },
         dense_intermediate_size: 0,
         activation: Activation::SiluGated,
@@ -505,6 +554,9 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
         linear_attention: None,
         latent_attention: None,
         norm_weight_offset: 0.0,
+        global_attention: None,
+        sandwich_norms: false,
+        layer_scalar: false,
         scales: Scales::default(),
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
     })

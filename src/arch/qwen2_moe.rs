@@ -45,6 +45,8 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
             intermediate_size: f.usize("shared_expert_intermediate_size")?,
             gated: true,
         }),
+        router_input_scale: false,
+        per_expert_scale: false,
     };
     Ok((cfg, LLAMA_NAMES))
 }

@@ -30,6 +30,8 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         ),
         expert_bias: false,
         shared_expert: None,
+        router_input_scale: false,
+        per_expert_scale: false,
     };
     Ok((cfg, LLAMA_NAMES))
 }

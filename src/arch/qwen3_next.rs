@@ -151,6 +151,8 @@ fn text_model(f: &mut Fields) -> Result<ModelConfig> {
             intermediate_size: f.usize("shared_expert_intermediate_size")?,
             gated: true,
         }),
+        router_input_scale: false,
+        per_expert_scale: false,
     };
     Ok(cfg)
 }

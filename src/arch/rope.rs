@@ -120,6 +120,7 @@ pub(super) fn rope(
         theta,
         yarn,
         partial_rotary_factor,
+        proportional: false,
     })
 }
 

@@ -46,6 +46,7 @@ pub const GGUF_NAMES: TensorNames = TensorNames {
     // No GGUF architecture read here has linear attention (FAMILIES); unused.
     linear_attn: arch::LLAMA_NAMES.linear_attn,
     latent: arch::LLAMA_NAMES.latent,
+    branches: arch::LLAMA_NAMES.branches,
 };
 
 /// The GGUF architectures read, with the config.json `model_type` each came from.

@@ -1,5 +1,5 @@
-//! Grouped-query self-attention with RoPE, optional q/k RMSNorm and q/k/v clipping, over the
-//! caller's KV cache; full or over a sliding window.
+//! Grouped-query self-attention with RoPE, optional q/k RMSNorm, a weightless v RMSNorm, keys
+//! as values and q/k/v clipping, over the caller's KV cache; full or over a sliding window.
 
 use candle_core::{DType, Tensor};
 
@@ -15,10 +15,15 @@ use crate::spec::{AttentionConfig, AttentionKind, QkNorm};
 pub struct Attention {
     q: Linear,
     k: Linear,
-    v: Linear,
+    /// `None` where the keys double as values (`cfg.k_eq_v`).
+    v: Option<Linear>,
     o: Linear,
     /// Present unless `cfg.qk_norm` is `QkNorm::None`.
     qk_norm: Option<(Norm, Norm)>,
+    /// A weightless norm over each value head, where `cfg.v_norm`.
+    v_norm: Option<Norm>,
+    /// Rotates by the full-attention layers' own tables (`Step::global`).
+    global_rope: bool,
     cfg: AttentionConfig,
     shape: AttentionShape,
 }
@@ -27,18 +32,32 @@ pub struct Attention {
 pub struct AttentionWeights {
     pub q: Linear,
     pub k: Linear,
-    pub v: Linear,
+    pub v: Option<Linear>,
     pub o: Linear,
     pub qk_norm: Option<(Norm, Norm)>,
+    pub v_norm: Option<Norm>,
     /// (heads) sink logits, f32.
     pub sinks: Option<Vec<f32>>,
 }
 
 /// What every layer's attention needs for one sequence's tokens in one forward call.
 pub struct Step<'a> {
-    /// Each (tokens, head_dim / 2).
+    /// Each (tokens, rotary_dim / 2).
     pub cos: &'a Tensor,
     pub sin: &'a Tensor,
+    /// The full-attention layers' own cos and sin, where their RoPE differs
+    /// (`ModelConfig::global_attention`).
+    pub global: Option<(&'a Tensor, &'a Tensor)>,
+}
+
+impl<'a> Step<'a> {
+    /// The tables a layer rotates by: the global ones for `global` layers where they exist.
+    fn tables(&self, global: bool) -> (&'a Tensor, &'a Tensor) {
+        match (global, self.global) {
+            (true, Some(tables)) => tables,
+            _ => (self.cos, self.sin),
+        }
+    }
 }
 
 /// One sequence's share of a forward call over several: its `tokens` consecutive rows of the
@@ -68,7 +87,13 @@ pub fn each_sequence(
 }
 
 impl Attention {
-    pub fn new(w: AttentionWeights, cfg: &AttentionConfig, kind: AttentionKind) -> Self {
+    /// `global_rope`: the layer rotates by `Step::global`.
+    pub fn new(
+        w: AttentionWeights,
+        cfg: &AttentionConfig,
+        kind: AttentionKind,
+        global_rope: bool,
+    ) -> Self {
         let window = match kind {
             AttentionKind::Sliding { window } => Some(window),
             AttentionKind::Full | AttentionKind::Linear | AttentionKind::Latent => None,
@@ -79,6 +104,8 @@ impl Attention {
             v: w.v,
             o: w.o,
             qk_norm: w.qk_norm,
+            v_norm: w.v_norm,
+            global_rope,
             cfg: cfg.clone(),
             shape: AttentionShape {
                 kv_heads: cfg.num_kv_heads,
@@ -100,10 +127,14 @@ impl Attention {
         layer: usize,
         be: &Backend,
     ) -> Result<Tensor> {
-        // q: (tokens, nh * hd), k and v: (tokens, nkv * hd)
+        // q: (tokens, nh * hd), k and v: (tokens, nkv * hd); v is k where keys double as values
+        // (normed and rotated apart from it below).
         let q = self.q.forward(xs, be)?;
         let k = self.k.forward(xs, be)?;
-        let v = self.v.forward(xs, be)?;
+        let v = match &self.v {
+            Some(v) => v.forward(xs, be)?,
+            None => k.clone(),
+        };
         let out = each_sequence(seqs, |row, seq| {
             let rows = |t: &Tensor| t.narrow(0, row, seq.tokens);
             let qkv = (rows(&q)?, rows(&k)?, rows(&v)?);
@@ -149,13 +180,18 @@ impl Attention {
             k = k.clamp(-clip, clip)?;
             v = v.clamp(-clip, clip)?;
         }
+        let mut v = v.reshape((t, nkv, hd))?;
+        if let Some(norm) = &self.v_norm {
+            v = norm.forward(&v)?;
+        }
+        let (cos, sin) = step.tables(self.global_rope);
         // (heads, t, hd), rotated by position. Attention itself runs in f32 whatever the
         // compute dtype: candle's CPU matmul converts half-precision inputs to f32 on every
         // call (the whole cache buffer, each step), and the cache is small next to the
         // weights; it also keeps the scores as exact as HF's f32-accumulated ones.
-        let q = rope::apply(&q.transpose(0, 1)?, step.cos, step.sin)?.to_dtype(DType::F32)?;
-        let k = rope::apply(&k.transpose(0, 1)?, step.cos, step.sin)?.to_dtype(DType::F32)?;
-        let v = v.reshape((t, nkv, hd))?.transpose(0, 1)?;
+        let q = rope::apply(&q.transpose(0, 1)?, cos, sin)?.to_dtype(DType::F32)?;
+        let k = rope::apply(&k.transpose(0, 1)?, cos, sin)?.to_dtype(DType::F32)?;
+        let v = v.transpose(0, 1)?;
         let v = v.to_dtype(DType::F32)?.contiguous()?;
         // k, v: (nkv, s, hd) with s = cached + t, f32
         let (k, v) = cache.append(layer, k, v)?;

@@ -1,5 +1,6 @@
 //! `Block`: one decoder layer: pre-norm token mixing (attention, latent or linear attention) and
-//! pre-norm feed-forward (dense or sparse), each added back to the residual stream.
+//! pre-norm feed-forward (dense, sparse, or both side by side), each added back to the residual
+//! stream, with post-norms on each branch and a scalar on the output where the model has them.
 
 use candle_core::Tensor;
 
@@ -16,12 +17,36 @@ use crate::ops::Backend;
 pub enum FeedForward {
     Dense(Mlp),
     Sparse(Box<SparseMoe>),
+    DenseAndSparse(Box<DenseAndSparse>),
+}
+
+/// A dense MLP and routed experts on the same residual stream (`FfnKind::DenseAndSparse`).
+#[derive(Debug, Clone)]
+pub struct DenseAndSparse {
+    /// Reads the block's FFN pre-norm output; its output is normed by `mlp_post_norm`.
+    pub mlp: Mlp,
+    pub mlp_post_norm: Norm,
+    /// Routes the residual stream itself; its experts read `experts_pre_norm`'s output, and
+    /// their sum is normed by `experts_post_norm`.
+    pub moe: SparseMoe,
+    pub experts_pre_norm: Norm,
+    pub experts_post_norm: Norm,
+}
+
+impl DenseAndSparse {
+    /// residual, normed: (tokens, hidden) -> the two branches' normed outputs summed.
+    fn forward(&self, residual: &Tensor, normed: &Tensor, be: &Backend) -> Result<Tensor> {
+        let dense = self.mlp_post_norm.forward(&self.mlp.forward(normed, be)?)?;
+        let experts_in = self.experts_pre_norm.forward(residual)?;
+        let experts = self.moe.forward_routed(residual, &experts_in, be)?;
+        Ok((dense + self.experts_post_norm.forward(&experts)?)?)
+    }
 }
 
 /// How a layer mixes information between positions.
 #[derive(Debug, Clone)]
 pub enum Mixer {
-    Attention(Attention),
+    Attention(Box<Attention>),
     Linear(LinearAttention),
     Latent(Box<LatentAttention>),
 }
@@ -32,6 +57,10 @@ pub struct Block {
     pub attn: Mixer,
     pub ffn_norm: Norm,
     pub ffn: FeedForward,
+    /// Each branch's output norm, with sandwich norms (`ModelConfig::sandwich_norms`).
+    pub post_norms: Option<(Norm, Norm)>,
+    /// Multiplies the layer's output (`ModelConfig::layer_scalar`).
+    pub output_scale: Option<f64>,
 }
 
 impl Block {
@@ -52,13 +81,26 @@ impl Block {
             Mixer::Linear(l) => l.forward(&normed, seqs, layer, be)?,
             Mixer::Latent(l) => l.forward(&normed, seqs, layer, be)?,
         };
+        let h = match &self.post_norms {
+            Some((after_attn, _)) => after_attn.forward(&h)?,
+            None => h,
+        };
         let xs = (xs + scaled(h, residual_scale)?)?;
         let normed = self.ffn_norm.forward(&xs)?;
         let h = match &self.ffn {
             FeedForward::Dense(mlp) => mlp.forward(&normed, be)?,
             FeedForward::Sparse(moe) => moe.forward(&normed, be)?,
+            FeedForward::DenseAndSparse(both) => both.forward(&xs, &normed, be)?,
         };
-        Ok((xs + scaled(h, residual_scale)?)?)
+        let h = match &self.post_norms {
+            Some((_, after_ffn)) => after_ffn.forward(&h)?,
+            None => h,
+        };
+        let xs = (xs + scaled(h, residual_scale)?)?;
+        match self.output_scale {
+            Some(s) => scaled(xs, s),
+            None => Ok(xs),
+        }
     }
 }
 

@@ -276,6 +276,7 @@ mod tests {
                             step: Step {
                                 cos: &cos,
                                 sin: &sin,
+                                global: None,
                             },
                             cache: &mut cache,
                         }];

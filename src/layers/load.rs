@@ -4,8 +4,10 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
+use candle_core::Tensor;
+
 use super::attention::{Attention, AttentionWeights};
-use super::block::{Block, FeedForward, Mixer};
+use super::block::{Block, DenseAndSparse, FeedForward, Mixer};
 use super::linear::Linear;
 use super::linear_attention::LinearAttention;
 use super::mlp::Mlp;
@@ -135,7 +137,9 @@ impl LayerReader<'_> {
     }
 
     fn attention(&self, layer: LayerSpec) -> Result<Attention> {
-        let a = &self.cfg.attention;
+        let (a, _) = self.cfg.attention_of(layer.attention);
+        let global_rope =
+            layer.attention == AttentionKind::Full && self.cfg.global_attention.is_some();
         let n = self.names;
         let h = self.cfg.hidden_size;
         let (q_out, kv_out) = (a.num_heads * a.head_dim, a.num_kv_heads * a.head_dim);
@@ -152,9 +156,19 @@ impl LayerReader<'_> {
         let weights = AttentionWeights {
             q: self.linear(n.q, (q_rows, h), a.qkv_bias)?,
             k: self.linear(n.k, (kv_out, h), a.qkv_bias)?,
-            v: self.linear(n.v, (kv_out, h), a.qkv_bias)?,
+            v: match a.k_eq_v {
+                true => None,
+                false => Some(self.linear(n.v, (kv_out, h), a.qkv_bias)?),
+            },
             o: self.linear(n.o, (h, q_out), a.o_bias)?,
             qk_norm,
+            v_norm: match a.v_norm {
+                true => Some(Norm::new(
+                    Tensor::ones(a.head_dim, self.weights.dtype(), self.weights.device())?,
+                    self.cfg.rms_norm_eps,
+                )),
+                false => None,
+            },
             // As the compute dtype holds them (HF adds them to scores in that dtype), kept f32.
             sinks: match a.sinks {
                 true => Some(
@@ -165,7 +179,7 @@ impl LayerReader<'_> {
                 false => None,
             },
         };
-        Ok(Attention::new(weights, a, layer.attention))
+        Ok(Attention::new(weights, a, layer.attention, global_rope))
     }
 
     /// Gated DeltaNet, its input projections joined in the order `LinearAttention` reads
@@ -249,6 +263,7 @@ impl LayerReader<'_> {
             true => self.get_f32(&moe(n.router), &[e, h])?,
             false => self.get(&moe(n.router), &[e, h])?,
         };
+        let b = &n.branches;
         let router = Router {
             linear: Linear::new(router_weight, router_bias),
             spec,
@@ -258,6 +273,24 @@ impl LayerReader<'_> {
                     &[e],
                     candle_core::DType::F32,
                 )?),
+                false => None,
+            },
+            // A weightless RMSNorm times the scale and hidden^-0.5: one norm whose weight is
+            // their product.
+            input_norm: match m.router_input_scale {
+                true => {
+                    let scale = self.get(&moe(b.router_input_scale), &[h])?;
+                    let weight = (scale * (h as f64).powf(-0.5))?;
+                    Some(Norm::new(weight, self.cfg.rms_norm_eps))
+                }
+                false => None,
+            },
+            // As the compute dtype holds it (HF multiplies the f32 weights by the parameter).
+            expert_scale: match m.per_expert_scale {
+                true => Some(
+                    self.get(&moe(b.per_expert_scale), &[e])?
+                        .to_dtype(candle_core::DType::F32)?,
+                ),
                 false => None,
             },
         };
@@ -338,24 +371,54 @@ impl LayerReader<'_> {
 
     pub fn block(&self, layer: LayerSpec, backend: &Backend) -> Result<Block> {
         let h = self.cfg.hidden_size;
-        let ffn = match layer.ffn {
-            FfnKind::Dense => FeedForward::Dense(self.mlp(
-                self.names.dense_mlp,
-                [self.names.mlp_gate, self.names.mlp_up, self.names.mlp_down],
+        let (n, b) = (self.names, &self.names.branches);
+        let dense_mlp = || {
+            self.mlp(
+                n.dense_mlp,
+                [n.mlp_gate, n.mlp_up, n.mlp_down],
                 self.cfg.dense_intermediate_size,
-            )?),
+            )
+        };
+        let ffn = match layer.ffn {
+            FfnKind::Dense => FeedForward::Dense(dense_mlp()?),
             FfnKind::Sparse => FeedForward::Sparse(Box::new(self.sparse_moe(backend)?)),
+            FfnKind::DenseAndSparse => FeedForward::DenseAndSparse(Box::new(DenseAndSparse {
+                mlp: dense_mlp()?,
+                mlp_post_norm: self.norm(b.dense_post_norm, h)?,
+                moe: self.sparse_moe(backend)?,
+                experts_pre_norm: self.norm(b.experts_pre_norm, h)?,
+                experts_post_norm: self.norm(b.experts_post_norm, h)?,
+            })),
         };
         let attn = match layer.attention {
             AttentionKind::Linear => Mixer::Linear(self.linear_attention()?),
             AttentionKind::Latent => Mixer::Latent(Box::new(self.latent_attention()?)),
-            _ => Mixer::Attention(self.attention(layer)?),
+            _ => Mixer::Attention(Box::new(self.attention(layer)?)),
+        };
+        let post_norms = match self.cfg.sandwich_norms {
+            true => Some((
+                self.norm(b.post_attn_norm, h)?,
+                self.norm(b.post_ffn_norm, h)?,
+            )),
+            false => None,
+        };
+        // As the compute dtype holds it (HF multiplies by the buffer in that dtype).
+        let output_scale = match self.cfg.layer_scalar {
+            true => Some(
+                self.get(b.layer_scalar, &[1])?
+                    .to_dtype(candle_core::DType::F64)?
+                    .squeeze(0)?
+                    .to_scalar::<f64>()?,
+            ),
+            false => None,
         };
         Ok(Block {
-            attn_norm: self.norm(self.names.attn_norm, h)?,
+            attn_norm: self.norm(n.attn_norm, h)?,
             attn,
-            ffn_norm: self.norm(self.names.ffn_norm, h)?,
+            ffn_norm: self.norm(n.ffn_norm, h)?,
             ffn,
+            post_norms,
+            output_scale,
         })
     }
 }

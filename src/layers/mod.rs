@@ -86,6 +86,11 @@ pub struct Model {
     /// (vocab, hidden); the embedding table itself when tied.
     lm_head: Linear,
     rope: Rope,
+    /// The full-attention layers' own RoPE (`ModelConfig::global_attention`).
+    global_rope: Option<Rope>,
+    /// Multiplies the embeddings: `Scales::embedding`, rounded to the compute dtype where
+    /// `Scales::embedding_in_dtype` says so.
+    embed_scale: f64,
     device: Device,
     /// Runs every op; chosen from the device, dtype and `LoadOptions::kernels` at load.
     backend: Backend,
@@ -201,8 +206,18 @@ impl Model {
         let norm = load::norm(weights, names.final_norm, h, &cfg)?;
         let skipped: Vec<&str> = skipped.iter().map(|(prefix, _)| prefix.as_str()).collect();
         let unread_tensors = weights.unread(&skipped);
+        let embed_scale = match cfg.scales.embedding_in_dtype {
+            true => Tensor::new(cfg.scales.embedding, &Device::Cpu)?
+                .to_dtype(opts.dtype)?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?,
+            false => cfg.scales.embedding,
+        };
         Ok(Model {
             rope: Rope::new(&cfg.rope, cfg.rope_head_dim()),
+            global_rope: (cfg.global_attention.as_ref())
+                .map(|g| Rope::new(&g.rope, g.attention.head_dim)),
+            embed_scale,
             cfg,
             embed,
             blocks,
@@ -399,23 +414,29 @@ impl Model {
         if seqs.is_empty() {
             return Err(Error::Input("the batch is empty".into()));
         }
-        // Each sequence's rotary tables, at its own positions.
+        // Each sequence's rotary tables (and the global layers' own), at its own positions.
         let mut tables = Vec::with_capacity(seqs.len());
         for (tokens, cache) in seqs.iter() {
             self.check_tokens(tokens, cache)?;
             let (t, start) = (tokens.len(), cache.position());
-            tables.push(self.rope.cos_sin(start, t, self.dtype, &self.device)?);
+            let table = |rope: &Rope| rope.cos_sin(start, t, self.dtype, &self.device);
+            let global = self.global_rope.as_ref().map(table).transpose()?;
+            tables.push((table(&self.rope)?, global));
         }
         let ids: Vec<u32> = seqs.iter().flat_map(|(t, _)| t.iter().copied()).collect();
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
-        let mut xs = block::scaled(self.embed.index_select(&ids, 0)?, self.cfg.scales.embedding)?;
+        let mut xs = block::scaled(self.embed.index_select(&ids, 0)?, self.embed_scale)?;
         watch(Stage::Embedding, &xs)?;
         let mut parts: Vec<Sequence> = seqs
             .iter_mut()
             .zip(&tables)
-            .map(|((tokens, cache), (cos, sin))| Sequence {
+            .map(|((tokens, cache), ((cos, sin), global))| Sequence {
                 tokens: tokens.len(),
-                step: Step { cos, sin },
+                step: Step {
+                    cos,
+                    sin,
+                    global: global.as_ref().map(|(cos, sin)| (cos, sin)),
+                },
                 cache,
             })
             .collect();
@@ -450,7 +471,12 @@ impl Model {
         if divisor != 1.0 {
             logits = (logits / divisor)?;
         }
-        Ok(logits.to_dtype(DType::F32)?)
+        let logits = logits.to_dtype(DType::F32)?;
+        match self.cfg.scales.logit_softcap {
+            // In f32 (HF: in the compute dtype, before its logits are widened).
+            Some(cap) => Ok(((logits / cap)?.tanh()? * cap)?),
+            None => Ok(logits),
+        }
     }
 
     /// Refuses what would fail deep inside the forward: no tokens, ids past the vocabulary,

@@ -6,8 +6,8 @@ use candle_core::{DType, Device, Tensor};
 use crate::error::Result;
 use crate::spec::{RopeConfig, Yarn};
 
-/// The inverse frequencies of a head's rotating dimensions (all of them, or the first
-/// `partial_rotary_factor` of them); cos/sin are made per forward call for the positions it
+/// The inverse frequencies of a head's rotating dimensions (all of them, the first
+/// `partial_rotary_factor` of them, or all with only that share turning: `proportional`); cos/sin are made per forward call for the positions it
 /// covers, so nothing grows with the context length.
 #[derive(Debug, Clone)]
 pub struct Rope {
@@ -19,10 +19,24 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(cfg: &RopeConfig, head_dim: usize) -> Self {
-        // The frequencies of the rotating dimensions alone, as if they were the whole head.
-        let head_dim = cfg.rotary_dim(head_dim);
         // f32 throughout, as HF computes it, so that f32 logits agree to the last bits we test.
         let theta = cfg.theta as f32;
+        if cfg.proportional {
+            // The whole head's frequencies for the turning pairs, zero for the others.
+            let turning = cfg.turning_pairs(head_dim);
+            let inv_freq = (0..head_dim / 2)
+                .map(|i| match i < turning {
+                    true => 1.0 / theta.powf((2 * i) as f32 / head_dim as f32),
+                    false => 0.0,
+                })
+                .collect();
+            return Rope {
+                inv_freq,
+                scale: 1.0,
+            };
+        }
+        // The frequencies of the rotating dimensions alone, as if they were the whole head.
+        let head_dim = cfg.rotary_dim(head_dim);
         let pos_freq: Vec<f32> = (0..head_dim / 2)
             .map(|i| theta.powf((2 * i) as f32 / head_dim as f32))
             .collect();
@@ -113,6 +127,31 @@ pub fn apply(xs: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
 
+    /// HF's `_compute_proportional_rope_parameters` for Gemma 4 26B-A4B's global layers
+    /// (transformers 5.24: head_dim 512, theta 1e6, factor 0.25): 64 turning pairs at the whole
+    /// head's frequencies, then 192 at zero; the whole head is rotated.
+    #[test]
+    fn proportional_frequencies_are_hfs() {
+        let cfg = RopeConfig {
+            partial_rotary_factor: 0.25,
+            proportional: true,
+            ..RopeConfig::plain(1e6)
+        };
+        let rope = Rope::new(&cfg, 512);
+        assert_eq!(rope.inv_freq.len(), 256);
+        for (i, hf) in [
+            (0, 1.0),
+            (1, 0.947_463_5),
+            (16, 0.421_696_5),
+            (63, 0.033_376_25),
+        ] {
+            let ours = rope.inv_freq[i];
+            assert!((ours - hf).abs() <= 2e-6 * hf, "{i}: {ours} vs {hf}");
+        }
+        assert!(rope.inv_freq[64..].iter().all(|&f| f == 0.0));
+        assert_eq!(cfg.rotary_dim(512), 512);
+    }
+
     /// HF's `ROPE_INIT_FUNCTIONS["yarn"]` for gpt-oss-20b's settings (transformers 5.23:
     /// head_dim 64, theta 150000, factor 32, original context 4096, betas 32/1, no truncation)
     /// and for Qwen3's documented long-context setting (head_dim 128, theta 1e6, factor 4,
@@ -121,6 +160,7 @@ mod tests {
     fn yarn_frequencies_and_attention_factor_are_hfs() {
         let gpt_oss = RopeConfig {
             partial_rotary_factor: 1.0,
+            proportional: false,
             theta: 150000.0,
             yarn: Some(Yarn {
                 factor: 32.0,
@@ -173,6 +213,7 @@ mod tests {
         }
         let qwen = RopeConfig {
             partial_rotary_factor: 1.0,
+            proportional: false,
             theta: 1e6,
             yarn: Some(Yarn {
                 factor: 4.0,

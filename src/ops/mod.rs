@@ -165,6 +165,28 @@ impl Routing {
         }
     }
 
+    /// Multiplies each choice's weight by its expert's entry of `scale`, (E) f32 (Gemma 4's
+    /// per-expert scale): on the host as `HostRouting::scale_by_expert`, on the GPU by a
+    /// gather of the same numbers.
+    pub fn scale_by_expert(&mut self, scale: &Tensor) -> Result<()> {
+        match &mut self.0 {
+            RoutingData::Host(r) => {
+                let scale = scale.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+                r.scale_by_expert(&scale)
+            }
+            #[cfg(feature = "cuda")]
+            RoutingData::Device { experts, weights } => {
+                let (tokens, k) = experts.dims2()?;
+                let chosen = scale
+                    .to_dtype(candle_core::DType::F32)?
+                    .index_select(&experts.flatten_all()?, 0)?
+                    .reshape((tokens, k))?;
+                *weights = (&*weights * chosen)?;
+                Ok(())
+            }
+        }
+    }
+
     /// The routing on the host, wherever it was made (a copy from the GPU there).
     pub fn to_host(&self, num_experts: usize) -> Result<HostRouting> {
         match &self.0 {

@@ -15,10 +15,7 @@ impl ModelConfig {
     pub fn decode_flops(&self, context: usize) -> f64 {
         let reads = self.decode_reads();
         let routers: u128 = if self.has_experts() {
-            let sparse = self
-                .layers
-                .iter()
-                .filter(|l| l.ffn == super::FfnKind::Sparse);
+            let sparse = self.layers.iter().filter(|l| l.ffn.routes());
             sparse.count() as u128 * (self.hidden_size * self.moe.num_experts) as u128
         } else {
             0
@@ -31,7 +28,8 @@ impl ModelConfig {
             .map(
                 |l| match (l.attention, &self.latent_attention, &self.linear_attention) {
                     (AttentionKind::Full, ..) => {
-                        4.0 * (a.num_heads * a.head_dim) as f64 * context as f64
+                        let g = self.attention_of(AttentionKind::Full).0;
+                        4.0 * (g.num_heads * g.head_dim) as f64 * context as f64
                     }
                     (AttentionKind::Sliding { window }, ..) => {
                         4.0 * (a.num_heads * a.head_dim) as f64 * context.min(window) as f64

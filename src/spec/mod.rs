@@ -46,6 +46,17 @@ pub struct ModelConfig {
     /// of linear attention): 1 where checkpoints store the weights as an offset from one
     /// (Qwen3-Next, Qwen3.5: `x̂ · (1 + w)`), else 0.
     pub norm_weight_offset: f64,
+    /// The full-attention layers' own attention shape and RoPE, where they differ from the
+    /// other layers' (`attention`, `rope`): Gemma 4's global layers, with wider heads, fewer
+    /// key/value heads, keys that double as values and proportional RoPE.
+    pub global_attention: Option<GlobalAttention>,
+    /// Each branch's output (attention, feed-forward) is RMS-normed before it joins the
+    /// residual stream, beside the usual pre-norms (Gemma's `post_attention_layernorm` and
+    /// `post_feedforward_layernorm`).
+    pub sandwich_norms: bool,
+    /// Each layer's output, the residual stream included, is multiplied by a stored scalar
+    /// of that layer (Gemma 4's `layer_scalar`).
+    pub layer_scalar: bool,
     pub scales: Scales,
     /// The head reuses the embedding table (also assumed when `lm_head.weight` is absent).
     pub tie_word_embeddings: bool,
@@ -113,6 +124,23 @@ pub enum FfnKind {
     Dense,
     /// A sparse Mixture-of-Experts block.
     Sparse,
+    /// A dense gated MLP and a sparse block side by side on the same residual stream, their
+    /// outputs summed (Gemma 4's MoE layers): the MLP reads the pre-FFN norm's output, the
+    /// router the residual stream itself, the experts a second pre-norm's; each branch's output
+    /// has a norm of its own before the sum.
+    DenseAndSparse,
+}
+
+impl FfnKind {
+    /// The layer routes tokens to experts.
+    pub fn routes(self) -> bool {
+        matches!(self, FfnKind::Sparse | FfnKind::DenseAndSparse)
+    }
+
+    /// The layer runs a dense MLP (of `dense_intermediate_size`).
+    pub fn has_mlp(self) -> bool {
+        matches!(self, FfnKind::Dense | FfnKind::DenseAndSparse)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +163,39 @@ pub struct AttentionConfig {
     /// head_dim query rows, then head_dim gate rows, and the attention output is multiplied
     /// by sigmoid(gate) before the output projection (Qwen3-Next's full-attention layers).
     pub output_gate: bool,
+    /// No v projection: the values are the keys as projected, before the keys' norm and RoPE
+    /// (Gemma 4's global layers, `attention_k_eq_v`).
+    pub k_eq_v: bool,
+    /// The values go through an RMSNorm without weights over each head (Gemma 4).
+    pub v_norm: bool,
+}
+
+impl AttentionConfig {
+    /// The attention of most families: no biases, norms, clipping, sinks or gates; scaled by
+    /// 1/sqrt(head_dim).
+    pub fn plain(num_heads: usize, num_kv_heads: usize, head_dim: usize) -> AttentionConfig {
+        AttentionConfig {
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            qkv_bias: false,
+            o_bias: false,
+            qk_norm: QkNorm::None,
+            clip_qkv: None,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+            sinks: false,
+            output_gate: false,
+            k_eq_v: false,
+            v_norm: false,
+        }
+    }
+}
+
+/// The full-attention layers' attention and RoPE, where they differ from the other layers'.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GlobalAttention {
+    pub attention: AttentionConfig,
+    pub rope: RopeConfig,
 }
 
 /// Where RMSNorm is applied to queries and keys, if anywhere.
@@ -156,12 +217,41 @@ pub struct RopeConfig {
     /// The share of each head's dimensions that rotates (the first ones); the rest pass
     /// through (`partial_rotary_factor`, 1 for most families).
     pub partial_rotary_factor: f64,
+    /// HF's `proportional` RoPE (Gemma 4's global layers): the whole head rotates, each
+    /// dimension i paired with i + head_dim / 2, at the frequencies θ^(-2i / head_dim) of the
+    /// whole head for the first `partial_rotary_factor` share of the pairs and at zero (no
+    /// rotation) for the rest, instead of rotating the first dimensions as a head of their own.
+    pub proportional: bool,
 }
 
 impl RopeConfig {
-    /// The rotating dimensions of a head of `head_dim` (HF: `int(head_dim * factor)`).
+    /// The original RoPE over whole heads.
+    pub fn plain(theta: f64) -> RopeConfig {
+        RopeConfig {
+            theta,
+            yarn: None,
+            partial_rotary_factor: 1.0,
+            proportional: false,
+        }
+    }
+
+    /// The dimensions of a head of `head_dim` that the rotation covers (HF: `int(head_dim *
+    /// factor)`; all of them for proportional RoPE, whose unrotated pairs turn at frequency 0).
     pub fn rotary_dim(&self, head_dim: usize) -> usize {
-        (head_dim as f64 * self.partial_rotary_factor) as usize
+        match self.proportional {
+            true => head_dim,
+            false => (head_dim as f64 * self.partial_rotary_factor) as usize,
+        }
+    }
+
+    /// The pairs of a head that turn at a nonzero frequency: (HF's `rope_angles`,
+    /// `int(factor * head_dim // 2)`) for proportional RoPE, half the rotary dimensions
+    /// otherwise.
+    pub fn turning_pairs(&self, head_dim: usize) -> usize {
+        match self.proportional {
+            true => (self.partial_rotary_factor * head_dim as f64 / 2.0).floor() as usize,
+            false => self.rotary_dim(head_dim) / 2,
+        }
     }
 }
 
@@ -193,6 +283,13 @@ pub struct MoeConfig {
     /// Biases on the experts' gate/up ([E, 2I]) and down ([E, H]) projections (gpt-oss).
     pub expert_bias: bool,
     pub shared_expert: Option<SharedExpertConfig>,
+    /// The router reads the layer's input RMS-normed without weights, times a learned
+    /// per-channel `scale` and hidden^-0.5 (Gemma 4's `router.scale`), instead of the FFN's
+    /// normed input.
+    pub router_input_scale: bool,
+    /// The chosen experts' weights are multiplied by a learned scale per expert, after any
+    /// renormalisation (Gemma 4's `router.per_expert_scale`).
+    pub per_expert_scale: bool,
 }
 
 /// An always-on expert added to the routed ones (Qwen2-MoE).
@@ -208,18 +305,25 @@ pub struct SharedExpertConfig {
 pub struct Scales {
     /// Multiplies the token embeddings.
     pub embedding: f64,
+    /// `embedding` is first rounded to the compute dtype (Gemma: a buffer cast to the
+    /// embedding table's dtype; sqrt(2816) = 53.07 becomes 53.0 in bf16).
+    pub embedding_in_dtype: bool,
     /// Multiplies each block's output before it is added to the residual.
     pub residual: f64,
     /// Divides the final logits.
     pub logits_divisor: f64,
+    /// Soft-caps the final logits at ±c: tanh(x / c) · c (Gemma's `final_logit_softcapping`).
+    pub logit_softcap: Option<f64>,
 }
 
 impl Default for Scales {
     fn default() -> Self {
         Scales {
             embedding: 1.0,
+            embedding_in_dtype: false,
             residual: 1.0,
             logits_divisor: 1.0,
+            logit_softcap: None,
         }
     }
 }
@@ -239,6 +343,107 @@ const MAX_STATE_BYTES: u128 = 1 << 32;
 const MAX_POSITIONS: usize = 1 << 24;
 /// 2^42 parameters (16 TiB in f32) is far past any published MoE.
 const MAX_PARAMETERS: u128 = 1 << 42;
+
+/// The config fields an attention shape is read from, for errors.
+struct AttentionFields {
+    kv_heads: &'static str,
+    head_dim: &'static str,
+    rope_theta: &'static str,
+    partial_rotary_factor: &'static str,
+}
+
+const ATTENTION_FIELDS: AttentionFields = AttentionFields {
+    kv_heads: "num_key_value_heads",
+    head_dim: "head_dim",
+    rope_theta: "rope_theta",
+    partial_rotary_factor: "partial_rotary_factor",
+};
+
+/// Gemma 4's full-attention layers.
+const GLOBAL_ATTENTION_FIELDS: AttentionFields = AttentionFields {
+    kv_heads: "num_global_key_value_heads",
+    head_dim: "global_head_dim",
+    rope_theta: "rope_parameters.full_attention.rope_theta",
+    partial_rotary_factor: "rope_parameters.full_attention.partial_rotary_factor",
+};
+
+/// One attention shape and its RoPE: head counts and width, their grouping, the rotating share
+/// and the scales. `heads`: whether the head width is this shape's own (latent attention's is
+/// checked with its shape).
+fn validate_attention(
+    path: &Path,
+    names: &AttentionFields,
+    a: &AttentionConfig,
+    rope: &RopeConfig,
+    heads: bool,
+) -> Result<()> {
+    let err = |field: &str, msg: String| Err(Error::config(path, field, msg));
+    let range = |field: &str, v: usize, max: usize| match v == 0 || v > max {
+        true => err(field, format!("{v} is out of range 1..={max}")),
+        false => Ok(()),
+    };
+    let positive = |field: &str, v: f64| match v.is_finite() && v > 0.0 {
+        true => Ok(()),
+        false => err(field, format!("{v} must be finite and > 0")),
+    };
+    range("num_attention_heads", a.num_heads, MAX_HEADS)?;
+    range(names.kv_heads, a.num_kv_heads, MAX_HEADS)?;
+    if !a.num_heads.is_multiple_of(a.num_kv_heads) {
+        return err(
+            names.kv_heads,
+            format!(
+                "{} does not divide num_attention_heads = {}",
+                a.num_kv_heads, a.num_heads
+            ),
+        );
+    }
+    positive(names.rope_theta, rope.theta)?;
+    positive("attention scale", a.scale)?;
+    if let Some(c) = a.clip_qkv {
+        positive("clip_qkv", c)?;
+    }
+    if !heads {
+        return Ok(());
+    }
+    range(names.head_dim, a.head_dim, MAX_HEAD_DIM)?;
+    if !a.head_dim.is_multiple_of(2) {
+        return err(
+            names.head_dim,
+            format!(
+                "{} is odd; rotary embeddings need an even head_dim",
+                a.head_dim
+            ),
+        );
+    }
+    let p = rope.partial_rotary_factor;
+    let rotary = rope.rotary_dim(a.head_dim);
+    let field = names.partial_rotary_factor;
+    // (A whole head rotates unless the config says otherwise: head_dim was checked above.)
+    if rope.proportional && !(p > 0.0 && p <= 1.0 && rope.turning_pairs(a.head_dim) >= 1) {
+        return err(
+            field,
+            format!(
+                "{p} of head_dim {} turns no pair of dimensions; it must be in (0, 1] and turn \
+                 at least one",
+                a.head_dim
+            ),
+        );
+    }
+    if !rope.proportional
+        && p != 1.0
+        && (!(p > 0.0 && p < 1.0) || rotary < 2 || !rotary.is_multiple_of(2))
+    {
+        return err(
+            field,
+            format!(
+                "{p} of head_dim {} rotates {rotary} dimensions; it must be in (0, 1] and \
+                 rotate an even number of them, at least 2",
+                a.head_dim
+            ),
+        );
+    }
+    Ok(())
+}
 
 impl ModelConfig {
     /// Checks ranges and internal consistency; `path` names the config file in errors.
@@ -263,22 +468,15 @@ impl ModelConfig {
             }
             Ok(())
         };
-        let a = &self.attention;
         range("vocab_size", self.vocab_size, MAX_VOCAB)?;
         range("hidden_size", self.hidden_size, MAX_HIDDEN)?;
         range("num_hidden_layers", self.layers.len(), MAX_LAYERS)?;
-        range("num_attention_heads", a.num_heads, MAX_HEADS)?;
-        range("num_key_value_heads", a.num_kv_heads, MAX_HEADS)?;
-        // (Latent attention's head width is the sum of two fields, each checked with its shape.)
-        if self.latent_attention.is_none() {
-            range("head_dim", a.head_dim, MAX_HEAD_DIM)?;
-        }
         range(
             "max_position_embeddings",
             self.max_position_embeddings,
             MAX_POSITIONS,
         )?;
-        // A dense model (every layer `FfnKind::Dense`) has no experts to check.
+        // A dense model (no layer routes) has no experts to check.
         if self.has_experts() {
             range("num_experts", self.moe.num_experts, MAX_EXPERTS)?;
             self.validate_router(path)?;
@@ -297,7 +495,7 @@ impl ModelConfig {
             positive("swiglu alpha", alpha as f64)?;
             positive("swiglu_limit", limit as f64)?;
         }
-        if self.layers.iter().any(|l| l.ffn == FfnKind::Dense) {
+        if self.layers.iter().any(|l| l.ffn.has_mlp()) {
             range(
                 "intermediate_size",
                 self.dense_intermediate_size,
@@ -311,52 +509,22 @@ impl ModelConfig {
                 MAX_INTERMEDIATE,
             )?;
         }
-        if !a.num_heads.is_multiple_of(a.num_kv_heads) {
-            return Err(Error::config(
-                path,
-                "num_key_value_heads",
-                format!(
-                    "{} does not divide num_attention_heads = {}",
-                    a.num_kv_heads, a.num_heads
-                ),
-            ));
-        }
-        // (Latent attention rotates only its shared rotary part, checked with its shape.)
-        if self.latent_attention.is_none() && !a.head_dim.is_multiple_of(2) {
-            return Err(Error::config(
-                path,
-                "head_dim",
-                format!(
-                    "{} is odd; rotary embeddings need an even head_dim",
-                    a.head_dim
-                ),
-            ));
-        }
-        let p = self.rope.partial_rotary_factor;
-        let rotary = self.rope.rotary_dim(a.head_dim);
-        // (A whole head rotates unless the config says otherwise: head_dim was checked above.)
-        if p != 1.0 && (!(p > 0.0 && p < 1.0) || rotary < 2 || !rotary.is_multiple_of(2)) {
-            return Err(Error::config(
-                path,
-                "partial_rotary_factor",
-                format!(
-                    "{p} of head_dim {} rotates {rotary} dimensions; it must be in (0, 1] and \
-                     rotate an even number of them, at least 2",
-                    a.head_dim
-                ),
-            ));
+        // (Latent attention's head width is the sum of two fields, each checked with its
+        // shape, and it rotates only its shared rotary part.)
+        let heads = self.latent_attention.is_none();
+        validate_attention(path, &ATTENTION_FIELDS, &self.attention, &self.rope, heads)?;
+        if let Some(g) = &self.global_attention {
+            validate_attention(path, &GLOBAL_ATTENTION_FIELDS, &g.attention, &g.rope, true)?;
         }
         self.validate_linear_attention(path)?;
         self.validate_latent_attention(path)?;
         positive("rms_norm_eps", self.rms_norm_eps)?;
-        positive("rope_theta", self.rope.theta)?;
-        positive("attention scale", a.scale)?;
-        if let Some(c) = a.clip_qkv {
-            positive("clip_qkv", c)?;
-        }
         positive("embedding_multiplier", self.scales.embedding)?;
         positive("residual_multiplier", self.scales.residual)?;
         positive("logits_scaling", self.scales.logits_divisor)?;
+        if let Some(c) = self.scales.logit_softcap {
+            positive("final_logit_softcapping", c)?;
+        }
         let (total, _) = self.parameter_counts();
         if total > MAX_PARAMETERS {
             return Err(Error::config(
@@ -442,15 +610,26 @@ impl ModelConfig {
     /// each attention head group, or the latent and its rotary key with latent attention
     /// (linear-attention layers keep a fixed state instead, `recurrent_state_bytes`).
     pub fn cached_numbers_per_position(&self) -> usize {
-        let a = &self.attention;
         self.layers
             .iter()
             .map(|l| match (l.attention, &self.latent_attention) {
                 (AttentionKind::Linear, _) => 0,
                 (AttentionKind::Latent, Some(m)) => m.cached_per_position(),
-                _ => 2 * a.num_kv_heads * a.head_dim,
+                (kind, _) => {
+                    let a = self.attention_of(kind).0;
+                    2 * a.num_kv_heads * a.head_dim
+                }
             })
             .sum()
+    }
+
+    /// The attention shape and RoPE of layers of `kind`: the full-attention layers' own where
+    /// the config gives them (`global_attention`), else the model's.
+    pub fn attention_of(&self, kind: AttentionKind) -> (&AttentionConfig, &RopeConfig) {
+        match (kind, &self.global_attention) {
+            (AttentionKind::Full, Some(g)) => (&g.attention, &g.rope),
+            _ => (&self.attention, &self.rope),
+        }
     }
 
     /// The router's fields against the experts they choose from.
@@ -501,7 +680,7 @@ impl ModelConfig {
 
     /// Some layer routes its tokens to experts: false for a dense model.
     pub fn has_experts(&self) -> bool {
-        self.layers.iter().any(|l| l.ffn == FfnKind::Sparse)
+        self.layers.iter().any(|l| l.ffn.routes())
     }
 
     pub fn num_layers(&self) -> usize {
@@ -548,11 +727,7 @@ impl ModelConfig {
         let h = self.hidden_size as u128;
         let (_, layers_active, matrices) = self.layer_parameter_counts();
         let m = &self.moe;
-        let sparse = self
-            .layers
-            .iter()
-            .filter(|l| l.ffn == FfnKind::Sparse)
-            .count() as u128;
+        let sparse = self.layers.iter().filter(|l| l.ffn.routes()).count() as u128;
         let experts = sparse * m.router.top_k as u128 * 3 * h * m.expert_intermediate_size as u128;
         DecodeReads {
             matrices,
@@ -568,34 +743,9 @@ impl ModelConfig {
     /// layers together.
     fn layer_parameter_counts(&self) -> (u128, u128, u128) {
         let h = self.hidden_size as u128;
-        let a = &self.attention;
-        let (nh, nkv, hd) = (
-            a.num_heads as u128,
-            a.num_kv_heads as u128,
-            a.head_dim as u128,
-        );
-        // A gated q projection yields twice the rows.
-        let q_rows = if a.output_gate { 2 * nh } else { nh };
-        let attn_matrices = h * hd * (q_rows + nh + 2 * nkv);
-        let mut attn = attn_matrices;
-        if a.qkv_bias {
-            attn += hd * (q_rows + 2 * nkv);
-        }
-        if a.o_bias {
-            attn += h;
-        }
-        if a.sinks {
-            attn += nh;
-        }
-        attn += match a.qk_norm {
-            QkNorm::None => 0,
-            QkNorm::PerHead => 2 * hd,
-            QkNorm::Projection => hd * (nh + nkv),
-        };
-        let (latent_matrices, latent) = self
-            .latent_attention
-            .as_ref()
-            .map_or((0, 0), |l| l.parameters(self.hidden_size, a.num_heads));
+        let (latent_matrices, latent) = self.latent_attention.as_ref().map_or((0, 0), |l| {
+            l.parameters(self.hidden_size, self.attention.num_heads)
+        });
         // Gated DeltaNet: the joined input projection and the output one; the convolution,
         // A_log, dt_bias and the gated norm's weight.
         let (linear_matrices, linear) = self.linear_attention.as_ref().map_or((0, 0), |l| {
@@ -603,7 +753,11 @@ impl ModelConfig {
             let small = l.conv_dim() * l.conv_kernel + 2 * l.value_heads + l.value_head_dim;
             (matrices, matrices + small as u128)
         });
-        let norms = 2 * h;
+        // The pre-norms, and the post-norms of both branches with sandwich norms.
+        let norms = match self.sandwich_norms {
+            true => 4 * h,
+            false => 2 * h,
+        } + u128::from(self.layer_scalar);
         let m = &self.moe;
         let mi = m.expert_intermediate_size as u128;
         let expert_matrices = 3 * h * mi;
@@ -616,24 +770,35 @@ impl ModelConfig {
             )
         });
         let shared = shared_matrices + shared_gate;
+        let e = m.num_experts as u128;
         let router_biases = u128::from(m.router.logit_bias) + u128::from(m.router.correction_bias);
-        let router = (h + router_biases) * m.num_experts as u128;
+        let router = (h + router_biases) * e
+            + if m.router_input_scale { h } else { 0 }
+            + if m.per_expert_scale { e } else { 0 };
         let dense = 3 * h * self.dense_intermediate_size as u128;
-        let (mut total, mut active, mut matrices) = (0u128, 0u128, 0u128);
+        // Beside a dense MLP, the experts have a pre-norm and both branches a post-norm.
+        let parallel_norms = 3 * h;
         let k = m.router.top_k as u128;
+        let sparse = (
+            router + shared + expert * e,
+            router + shared + expert * k,
+            shared_matrices + expert_matrices * k,
+        );
+        let (mut total, mut active, mut matrices) = (0u128, 0u128, 0u128);
         for layer in &self.layers {
             let (t, act, mat) = match layer.ffn {
                 FfnKind::Dense => (dense, dense, dense),
-                FfnKind::Sparse => (
-                    router + shared + expert * m.num_experts as u128,
-                    router + shared + expert * k,
-                    shared_matrices + expert_matrices * k,
+                FfnKind::Sparse => sparse,
+                FfnKind::DenseAndSparse => (
+                    dense + parallel_norms + sparse.0,
+                    dense + parallel_norms + sparse.1,
+                    dense + sparse.2,
                 ),
             };
             let (mixer, mixer_matrices) = match layer.attention {
                 AttentionKind::Linear => (linear, linear_matrices),
                 AttentionKind::Latent => (latent, latent_matrices),
-                _ => (attn, attn_matrices),
+                kind => attention_parameters(self.attention_of(kind).0, h),
             };
             total += mixer + norms + t;
             active += mixer + norms + act;
@@ -641,6 +806,36 @@ impl ModelConfig {
         }
         (total, active, matrices)
     }
+}
+
+/// (all, those of matrix products) parameters of one attention layer of shape `a` over a
+/// residual stream of `h`.
+fn attention_parameters(a: &AttentionConfig, h: u128) -> (u128, u128) {
+    let (nh, nkv, hd) = (
+        a.num_heads as u128,
+        a.num_kv_heads as u128,
+        a.head_dim as u128,
+    );
+    // A gated q projection yields twice the rows; keys that double as values need no v.
+    let q_rows = if a.output_gate { 2 * nh } else { nh };
+    let kv_rows = if a.k_eq_v { nkv } else { 2 * nkv };
+    let matrices = h * hd * (q_rows + nh + kv_rows);
+    let mut all = matrices;
+    if a.qkv_bias {
+        all += hd * (q_rows + kv_rows);
+    }
+    if a.o_bias {
+        all += h;
+    }
+    if a.sinks {
+        all += nh;
+    }
+    all += match a.qk_norm {
+        QkNorm::None => 0,
+        QkNorm::PerHead => 2 * hd,
+        QkNorm::Projection => hd * (nh + nkv),
+    };
+    (all, matrices)
 }
 
 /// The parameters a decode step reads, by kind.
@@ -703,29 +898,16 @@ pub(crate) mod tests {
             hidden_size: 16,
             max_position_embeddings: 64,
             rms_norm_eps: 1e-6,
-            attention: AttentionConfig {
-                num_heads: 4,
-                num_kv_heads: 2,
-                head_dim: 4,
-                qkv_bias: false,
-                o_bias: false,
-                qk_norm: QkNorm::None,
-                clip_qkv: None,
-                scale: 0.5,
-                sinks: false,
-                output_gate: false,
-            },
-            rope: RopeConfig {
-                theta: 10000.0,
-                yarn: None,
-                partial_rotary_factor: 1.0,
-            },
+            attention: AttentionConfig::plain(4, 2, 4),
+            rope: RopeConfig::plain(10000.0),
             moe: MoeConfig {
                 num_experts: 4,
                 expert_intermediate_size: 8,
                 router: RouterSpec::softmax_top_k(2, true),
                 expert_bias: false,
                 shared_expert: None,
+                router_input_scale: false,
+                per_expert_scale: false,
             },
             dense_intermediate_size: 0,
             activation: Activation::SiluGated,
@@ -733,6 +915,9 @@ pub(crate) mod tests {
             linear_attention: None,
             latent_attention: None,
             norm_weight_offset: 0.0,
+            global_attention: None,
+            sandwich_norms: false,
+            layer_scalar: false,
             scales: Scales::default(),
             tie_word_embeddings: false,
         }

@@ -35,6 +35,8 @@ pub const FIXTURES: &[&str] = &[
     "glm4_moe-a",
     "qwen3-a",
     "qwen3-sliding",
+    "gemma4-a",
+    "gemma4-b",
 ];
 
 pub fn fixture(name: &str) -> PathBuf {

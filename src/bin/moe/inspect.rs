@@ -36,7 +36,12 @@ pub fn run(common: &Common) -> Result<()> {
     let c = &arch.config;
     let a = &c.attention;
     let m = &c.moe;
-    let sparse = c.layers.iter().filter(|l| l.ffn == FfnKind::Sparse).count();
+    let sparse = c.layers.iter().filter(|l| l.ffn.routes()).count();
+    let beside = c
+        .layers
+        .iter()
+        .filter(|l| l.ffn == FfnKind::DenseAndSparse)
+        .count();
     let windows: Vec<usize> = c
         .layers
         .iter()
@@ -68,6 +73,17 @@ pub fn run(common: &Common) -> Result<()> {
             out,
             "attention      {} heads, {} kv heads, head_dim {}, qk norm {:?}",
             a.num_heads, a.num_kv_heads, a.head_dim, a.qk_norm
+        )?;
+    }
+    if let Some(g) = &c.global_attention {
+        let g = &g.attention;
+        writeln!(
+            out,
+            "global         full-attention layers: {} heads, {} kv heads, head_dim {}{}",
+            g.num_heads,
+            g.num_kv_heads,
+            g.head_dim,
+            if g.k_eq_v { ", keys as values" } else { "" }
         )?;
     }
     if a.output_gate {
@@ -162,6 +178,21 @@ pub fn run(common: &Common) -> Result<()> {
             c.rope.theta, y.factor, y.original_max_position_embeddings, y.attention_factor
         )?,
     }
+    if let Some(g) = &c.global_attention {
+        let r = &g.rope;
+        writeln!(
+            out,
+            "global rope    theta {}, {} of {} dimension pairs turning{}",
+            r.theta,
+            r.turning_pairs(g.attention.head_dim),
+            g.attention.head_dim / 2,
+            if r.proportional {
+                " (proportional)"
+            } else {
+                ""
+            }
+        )?;
+    }
     if let Some(w) = windows.first() {
         writeln!(
             out,
@@ -182,6 +213,14 @@ pub fn run(common: &Common) -> Result<()> {
                 s.intermediate_size
             ))
         )?;
+        if beside > 0 {
+            writeln!(
+                out,
+                "dense beside   {beside} sparse layers also run a dense MLP of ffn {}, summed \
+                 with the experts",
+                c.dense_intermediate_size
+            )?;
+        }
         let r = &m.router;
         writeln!(
             out,

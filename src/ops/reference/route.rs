@@ -102,6 +102,22 @@ impl HostRouting {
         })
     }
 
+    /// Multiplies each choice's weight by `scale[expert]`, one entry per expert.
+    pub fn scale_by_expert(&mut self, scale: &[f32]) -> Result<()> {
+        if scale.len() != self.num_experts {
+            return Err(Error::Input(format!(
+                "{} per-expert scales for {} experts",
+                scale.len(),
+                self.num_experts
+            )));
+        }
+        self.check(self.weights.len() / self.top_k.max(1), self.num_experts)?;
+        for (w, &e) in self.weights.iter_mut().zip(&self.experts) {
+            *w *= scale[e as usize];
+        }
+        Ok(())
+    }
+
     /// Checks a routing (perhaps made by hand) against the tokens and experts it is applied to.
     pub fn check(&self, tokens: usize, num_experts: usize) -> Result<()> {
         let n = tokens * self.top_k;

@@ -416,3 +416,78 @@ fn broken_gpt_oss_checkpoints_are_named() {
         assert!(e.contains(field), "{case}: {e}");
     }
 }
+
+/// Gemma 4's fixture broken the ways a hand-edited or mis-converted checkpoint would be: a MoE
+/// block without its sizes, more experts per token than there are, a global layer without the
+/// keys (or, without keys as values, the values) it needs, the router's and the layer's
+/// scales missing: each is one error naming the field or tensor.
+#[test]
+fn broken_gemma4_checkpoints_are_named() {
+    const LAYER: &str = "model.language_model.layers";
+    let config_cases: [(&str, &str, serde_json::Value, String); 4] = [
+        (
+            "a MoE block without expert sizes",
+            "-moe_intermediate_size",
+            serde_json::Value::Null,
+            "text_config.moe_intermediate_size".into(),
+        ),
+        (
+            "more experts per token than experts",
+            "top_k_experts",
+            serde_json::json!(7),
+            "text_config.top_k_experts".into(),
+        ),
+        // (Without keys as values HF gives the global layers the sliding ones' kv heads.)
+        (
+            "global layers without keys as values",
+            "attention_k_eq_v",
+            serde_json::json!(false),
+            format!("{LAYER}.1.self_attn.k_proj.weight` has shape [16, 48], expected [32, 48]"),
+        ),
+        (
+            "global key/value heads that do not divide the heads",
+            "num_global_key_value_heads",
+            serde_json::json!(3),
+            "text_config.num_global_key_value_heads".into(),
+        ),
+    ];
+    for (case, key, value, expected) in config_cases {
+        let dir = copy_fixture("gemma4-a");
+        edit_config(dir.path(), |c| {
+            let text = c["text_config"].as_object_mut().unwrap();
+            match key.strip_prefix('-') {
+                Some(key) => text.remove(key),
+                None => text.insert(key.into(), value.clone()),
+            };
+        });
+        let e = load_error(dir.path());
+        assert!(
+            e.contains(&expected) && e.lines().count() == 1,
+            "{case}: {e}"
+        );
+    }
+    let global_keys = format!("{LAYER}.4.self_attn.k_proj.weight");
+    let tensor_cases = [
+        format!("{LAYER}.1.self_attn.k_proj.weight"),
+        format!("{LAYER}.0.router.per_expert_scale"),
+        format!("{LAYER}.3.router.scale"),
+        format!("{LAYER}.2.layer_scalar"),
+        format!("{LAYER}.2.post_feedforward_layernorm_2.weight"),
+    ];
+    for name in tensor_cases {
+        let dir = copy_fixture("gemma4-a");
+        edit_tensors(dir.path(), |t| {
+            t.remove(&name);
+        });
+        let e = load_error(dir.path());
+        assert!(e.contains(&name) && e.contains("missing"), "{e}");
+    }
+    // A global layer's keys in the sliding layers' shape (2 heads of 12, not 1 of 16).
+    let dir = copy_fixture("gemma4-a");
+    edit_tensors(dir.path(), |t| {
+        let bad = Tensor::zeros((24, 48), DType::F32, &Device::Cpu).unwrap();
+        t.insert(global_keys.clone(), bad);
+    });
+    let e = load_error(dir.path());
+    assert!(e.contains(&global_keys) && e.contains("[16, 48]"), "{e}");
+}

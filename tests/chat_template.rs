@@ -1,6 +1,7 @@
-//! Chat templates against HF transformers: for six template styles (ChatML, [INST], tulu,
-//! Granite, DeepSeek, and gpt-oss's published harmony template) and every conversation of tools/make_chat_fixtures.py, the rendered text
-//! and its ids equal HF's `apply_chat_template`, and where HF refuses a conversation so do we.
+//! Chat templates against HF transformers: for seven template styles (ChatML, [INST], tulu,
+//! Granite, DeepSeek, and the published templates of gpt-oss (harmony) and Gemma 4) and every
+//! conversation of tools/make_chat_fixtures.py, the rendered text and its ids equal HF's
+//! `apply_chat_template`, and where HF refuses a conversation so do we.
 
 use std::path::PathBuf;
 
@@ -49,7 +50,9 @@ fn cases() -> Cases {
 #[test]
 fn templates_render_as_hf_renders_them() {
     let cases = cases();
-    let styles = ["chatml", "inst", "tulu", "granite", "deepseek", "harmony"];
+    let styles = [
+        "chatml", "inst", "tulu", "granite", "deepseek", "harmony", "gemma4",
+    ];
     for style in styles {
         assert!(
             cases.cases.iter().any(|c| c.style == style),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the chat-template reference cases the tests compare against, with HF transformers.
 
-For each of six template styles this writes tests/fixtures/chat/<style>/ with a tokenizer.json
+For each of seven template styles this writes tests/fixtures/chat/<style>/ with a tokenizer.json
 (the bundled model's byte-level BPE plus the style's special tokens) and the template where
 checkpoints keep it (a string in tokenizer_config.json, a list of named templates, or a
 chat_template.jinja file). tests/fixtures/chat/cases.json then holds, for every conversation,
@@ -11,8 +11,11 @@ what HF's `apply_chat_template(..., add_generation_prompt=...)` renders (`text`)
 The templates are written here in the style of the published ones (Qwen3's ChatML, Mixtral's
 [INST], OLMoE's tulu, Granite 3, DeepSeek V3), or are the published one (gpt-oss's harmony,
 from real/, with its tokenizer's special tokens and conversations of its own: reasoning kept
-beside a tool call, dropped from earlier turns, a reasoning effort), and use the constructs
-those use: namespace,
+beside a tool call, dropped from earlier turns, a reasoning effort; and Gemma 4's, also from
+real/, with conversations of its own: thinking switched on and off, a developer turn, tools
+with nested schemas, OpenAI-style tool calls and results, Gemma's own `tool_responses`,
+thought channels stripped from earlier turns, nulls where it writes values, and image, audio
+and video content parts), and use the constructs those use: namespace,
 reversed slices, loop.last, Python string methods, tojson, raise_exception, bos/eos tokens,
 and the whitespace control that trim_blocks/lstrip_blocks change.
 
@@ -225,6 +228,20 @@ STYLES = {
         config=dict(bos_token="<|startoftext|>", eos_token="<|return|>",
                     pad_token="<|endoftext|>", add_bos_token=False),
         template=(OUT / "real" / "openai-gpt-oss-120b.jinja").read_text(), keep="jinja"),
+    # Gemma 4 (google/gemma-4-26B-A4B-it and its siblings) as published: the template is
+    # llama.cpp's models/templates/google-gemma-4-31B-it.jinja as vendored by the
+    # llama-cpp-python 0.3.36 sdist (vendor/llama.cpp/models/templates/), unmodified (real/
+    # keeps the same file); the specials are the control tokens of Gemma 4's vocabulary
+    # (llama.cpp's models/ggml-vocab-gemma-4.gguf, same sdist), bos <bos> (2) and eos <eos> (1).
+    "gemma4": dict(
+        specials=["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<|tool>", "<tool|>",
+                  "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>",
+                  '<|"|>', "<|think|>", "<|channel>", "<channel|>", "<|turn>", "<turn|>",
+                  "<|image>", "<|audio>", "<|image|>", "<|audio|>", "<image|>", "<audio|>",
+                  "<|video|>"],
+        config=dict(bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                    unk_token="<unk>", mask_token="<mask>", add_bos_token=True),
+        template=(OUT / "real" / "google-gemma-4-31B-it.jinja").read_text(), keep="jinja"),
 }
 
 TOOLS = [{
@@ -275,6 +292,120 @@ HARMONY_CONVERSATIONS = {
                                  {"role": "assistant",
                                   "content": "<|channel|>final<|message|>Hello"},
                                  {"role": "user", "content": "Again"}], None, {}),
+}
+
+# Gemma 4's own: each (messages, add_generation_prompt, tools, template variables).
+GEMMA4_TOOLS = TOOLS + [{
+    "type": "function",
+    "function": {
+        "name": "book_berth",
+        "description": "Reserve a berth for a vessel.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "port": {"type": "string", "description": "Harbour name"},
+                "size": {"type": "string", "enum": ["small", "large"]},
+                "crew": {"type": "array", "description": "Who is aboard",
+                         "items": {"type": "object",
+                                   "properties": {"name": {"type": "string"},
+                                                  "age": {"type": "integer"}},
+                                   "required": ["name"]}},
+                "tags": {"type": "array", "items": {"type": ["string", "null"]}},
+                "pilot": {"type": "boolean", "nullable": True},
+                "vessel": {"type": "object", "description": "The ship",
+                           "properties": {"length": {"type": "number"},
+                                          "flag": {"type": "string"}},
+                           "required": ["length"]},
+            },
+            "required": ["port", "size"],
+        },
+        "response": {"type": "object", "description": "The booking"},
+    },
+}]
+GEMMA4_CALL = {"type": "function", "id": "call_1",
+               "function": {"name": "tide_table", "arguments": {"port": "Dover", "days": 2}}}
+GEMMA4_BOOKING = {"type": "function", "id": "call_2",
+                  "function": {"name": "book_berth",
+                               "arguments": {"port": "Dover", "size": "large", "pilot": True,
+                                             "crew": [{"name": "Ann", "age": 41}],
+                                             "vessel": {"length": 12.5, "flag": "UK"}}}}
+GEMMA4_CONVERSATIONS = {
+    # enable_thinking opens a system turn with <|think|>, before the system prompt if any, and
+    # leaves out the empty thought channel of the generation prompt.
+    "thinking_on": ([{"role": "system", "content": "  Be brief.\n"},
+                     {"role": "user", "content": "Two plus two?"}], True, None,
+                    {"enable_thinking": True}),
+    "thinking_on_no_system": ([{"role": "user", "content": "Two plus two?"}], True, None,
+                              {"enable_thinking": True}),
+    "thinking_off": ([{"role": "user", "content": "Two plus two?"}], True, None,
+                     {"enable_thinking": False}),
+    "developer": ([{"role": "developer", "content": "Answer in French."},
+                   {"role": "user", "content": "Hello."}], True, None, {}),
+    # Thought channels in earlier model turns are stripped, as text or as content parts.
+    "thought_stripped": ([{"role": "user", "content": "Two plus two?"},
+                          {"role": "assistant",
+                           "content": "<|channel>thought\nAdd them.<channel|>Four."},
+                          {"role": "user", "content": "And three more?"},
+                          {"role": "assistant", "content": [
+                              {"type": "text",
+                               "text": "<|channel>thought\nFour and three.<channel|> Seven. "}]},
+                          {"role": "user", "content": "Thanks."}], True, None,
+                         {"enable_thinking": True}),
+    "tools_declared": ([{"role": "system", "content": "Answer from the tables."},
+                        {"role": "user", "content": "Book me a berth at Dover."}], True,
+                       GEMMA4_TOOLS, {"enable_thinking": True}),
+    # OpenAI-style: a call, its result as a role `tool` turn (named by tool_call_id), the
+    # reasoning beside a call after the last user turn kept; no generation prompt after a result.
+    "tool_result": ([{"role": "user", "content": "When is high water at Dover?"},
+                     {"role": "assistant", "content": "", "reasoning_content": "Ask the table.",
+                      "tool_calls": [GEMMA4_CALL]},
+                     {"role": "tool", "tool_call_id": "call_1",
+                      "content": "{\"high\": \"06:12\"}"}], True, TOOLS, {}),
+    # Two calls answered (a text result, a content-parts result, a result named only by
+    # `name`), the answer continuing the same model turn, then a new question: the reasoning of
+    # the earlier turn dropped (under `reasoning`, the alias HF fills in).
+    "tool_round_trip": ([{"role": "system", "content": "Answer from the tables."},
+                         {"role": "user", "content": "Tides at Dover, and book a berth."},
+                         {"role": "assistant", "reasoning": "Two tools.",
+                          "tool_calls": [GEMMA4_CALL, GEMMA4_BOOKING]},
+                         {"role": "tool", "tool_call_id": "call_1", "content": "06:12"},
+                         {"role": "tool", "tool_call_id": "call_2",
+                          "content": [{"type": "text", "text": "booked "},
+                                      {"type": "image"}, {"type": "text", "text": "B7"}]},
+                         {"role": "tool", "name": "tide_table", "content": "12:30"},
+                         {"role": "assistant", "content": "High water 06:12; berth B7."},
+                         {"role": "user", "content": "And tomorrow?"}], True, GEMMA4_TOOLS,
+                        {}),
+    # Arguments given as a JSON string are written as they are; a call not yet answered.
+    "tool_call_pending": ([{"role": "user", "content": "When is high water at Dover?"},
+                           {"role": "assistant", "content": None, "tool_calls": [
+                               {"type": "function", "id": "call_9",
+                                "function": {"name": "tide_table",
+                                             "arguments": "{\"port\": \"Dover\"}"}}]}],
+                          True, TOOLS, {}),
+    # Gemma's own: the results on the model's message (`tool_responses`), a mapping and a value.
+    "tool_responses_field": ([{"role": "user", "content": "When is high water at Dover?"},
+                              {"role": "assistant", "tool_calls": [GEMMA4_CALL],
+                               "tool_responses": [
+                                   {"name": "tide_table",
+                                    "response": {"high": "06:12", "low": ["12:30", 1.5],
+                                                 "ok": True}},
+                                   {"response": 7}]},
+                              {"role": "assistant", "content": "At 06:12."}], False, TOOLS,
+                             {}),
+    # Nulls where the template writes a value: an argument, a result without content.
+    "null_values": ([{"role": "user", "content": "When is high water at Dover?"},
+                     {"role": "assistant", "content": None, "tool_calls": [
+                         {"type": "function", "id": "call_1",
+                          "function": {"name": "tide_table",
+                                       "arguments": {"port": "Dover", "days": None}}}]},
+                     {"role": "tool", "tool_call_id": "call_1", "content": None}], True, TOOLS,
+                    {}),
+    # Media as content parts, their placeholders written in place; user text trimmed.
+    "media_parts": ([{"role": "user", "content": [
+                         {"type": "text", "text": "  What is in these?  "},
+                         {"type": "image"}, {"type": "audio"}, {"type": "video"}]}],
+                    True, None, {}),
 }
 
 PLAIN_PROMPT = "ROMEO: But, soft! what light"
@@ -446,12 +577,17 @@ def main():
         for conv, messages in CONVERSATIONS.items():
             for add_generation_prompt in (True, False):
                 for tools in (None, TOOLS):
-                    if tools and name not in ("chatml", "granite", "harmony"):
+                    if tools and name not in ("chatml", "granite", "harmony", "gemma4"):
                         continue
                     cases.append(case(tok, name, conv, messages, add_generation_prompt, tools))
         if name == "harmony":
             for conv, (messages, tools, variables) in HARMONY_CONVERSATIONS.items():
                 cases.append(case(tok, name, conv, messages, True, tools, variables))
+        if name == "gemma4":
+            for conv, (messages, add_generation_prompt, tools, variables) in \
+                    GEMMA4_CONVERSATIONS.items():
+                cases.append(case(tok, name, conv, messages, add_generation_prompt, tools,
+                                  variables))
     (OUT / "cases.json").write_text(json.dumps({"now": REAL_NOW.isoformat(), "cases": cases,
                                                 "plain": plain}, indent=1,
                                                ensure_ascii=False) + "\n")

@@ -224,9 +224,14 @@ pub fn run(common: &Common) -> Result<()> {
         let r = &m.router;
         writeln!(
             out,
-            "router         {:?} {:?}{}{}{}{}{}",
+            "router         {:?} {:?}{}{}{}{}{}{}{}",
             r.scoring,
             r.selection,
+            if m.router_input_scale {
+                ", reads the residual normed and scaled"
+            } else {
+                ""
+            },
             if r.logit_bias { ", with a bias" } else { "" },
             if r.renormalise { ", renormalised" } else { "" },
             r.group_limit.map_or(String::new(), |g| format!(
@@ -242,6 +247,11 @@ pub fn run(common: &Common) -> Result<()> {
                 format!(", scale {}", r.scale)
             } else {
                 String::new()
+            },
+            if m.per_expert_scale {
+                ", a learned scale per expert"
+            } else {
+                ""
             }
         )?;
     } else {

@@ -207,7 +207,8 @@ impl Model {
         let skipped: Vec<&str> = skipped.iter().map(|(prefix, _)| prefix.as_str()).collect();
         let unread_tensors = weights.unread(&skipped);
         let embed_scale = match cfg.scales.embedding_in_dtype {
-            true => Tensor::new(cfg.scales.embedding, &Device::Cpu)?
+            // Through f32, as HF's buffer holds it before the cast.
+            true => Tensor::new(cfg.scales.embedding as f32, &Device::Cpu)?
                 .to_dtype(opts.dtype)?
                 .to_dtype(DType::F64)?
                 .to_scalar::<f64>()?,

@@ -194,3 +194,21 @@ fn a_mixed_step_of_prompt_chunks_and_decodes_equals_each_sequence_alone() {
         }
     }
 }
+
+/// Gemma 4 embeds its image, audio and video placeholders as the pad token, as HF does, also
+/// where a text prompt holds one.
+#[test]
+fn gemma4_placeholders_are_embedded_as_the_pad_token() {
+    let model = load("gemma4-a", DType::F32, Kernels::Fast);
+    let config = std::fs::read_to_string(common::fixture("gemma4-a").join("config.json")).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let pad = config["text_config"]["pad_token_id"].as_u64().unwrap() as u32;
+    let forward = |tokens: &[u32]| model.forward(tokens, &mut model.new_cache()).unwrap();
+    let padded = forward(&[5, pad, 7]);
+    for key in ["image_token_id", "audio_token_id", "video_token_id"] {
+        let id = config[key].as_u64().unwrap() as u32;
+        assert_ne!(id, pad);
+        let err = relative_error(&forward(&[5, id, 7]), &padded);
+        assert_eq!(err, 0.0, "{key}");
+    }
+}

@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use super::{common, Defaults, ExpertNames, Fields, TensorNames, IRRELEVANT, LLAMA_NAMES};
 use crate::error::Result;
 use crate::spec::{
-    Activation, AttentionKind, FfnKind, GlobalAttention, LayerSpec, ModelConfig, MoeConfig, QkNorm,
-    RopeConfig, RouterSpec,
+    Activation, AttentionKind, EmbeddedAs, FfnKind, GlobalAttention, LayerSpec, ModelConfig,
+    MoeConfig, QkNorm, RopeConfig, RouterSpec,
 };
 
 const NAMES: TensorNames = TensorNames {
@@ -70,8 +70,21 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     let mut cfg = text_model(&mut text)?;
     // HF ties the head of the wrapper by the wrapper's own field (true when absent); the text
     // config's is read by a bare text model alone.
-    text.irrelevant(&["tie_word_embeddings"]);
     cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", true)?;
+    // HF embeds the image, audio and video placeholders as the pad token (HF's defaults for
+    // the ids), a text prompt that holds one included.
+    let mut ids = Vec::new();
+    for (key, default) in [
+        ("image_token_id", 258_880),
+        ("audio_token_id", 258_881),
+        ("video_token_id", 258_884),
+    ] {
+        let id = f.opt_usize(key)?.unwrap_or(default);
+        ids.extend(u32::try_from(id).ok());
+    }
+    let pad = text.opt_usize("pad_token_id")?.unwrap_or(0);
+    let row = u32::try_from(pad).map_err(|_| text.error("pad_token_id", "is out of range"))?;
+    cfg.embedded_as = Some(EmbeddedAs { ids, row });
     // The towers and the ids of their tokens: text-only inference.
     f.irrelevant(&[
         "vision_config",
@@ -81,9 +94,6 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
         "boa_token_id",
         "eoa_token_id",
         "eoa_token_index",
-        "image_token_id",
-        "audio_token_id",
-        "video_token_id",
         "vision_soft_tokens_per_image",
         "initializer_range",
     ]);
@@ -103,6 +113,10 @@ fn text_model(f: &mut Fields) -> Result<ModelConfig> {
         },
     )?;
     cfg.model_type = "gemma4".into();
+    // HF's default, where `common` takes one key/value head per head.
+    if !f.has("num_key_value_heads") {
+        cfg.attention.num_kv_heads = 4;
+    }
     match f.opt_str("hidden_activation")?.as_deref() {
         None | Some("gelu_pytorch_tanh") => cfg.activation = Activation::GeluTanhGated,
         Some(other) => {
@@ -179,6 +193,16 @@ fn refuse_unbuilt(f: &mut Fields) -> Result<()> {
         ));
     }
     f.irrelevant(&["vocab_size_per_layer_input"]);
+    // What transformers 5.24 derives from global_head_dim and num_global_key_value_heads and
+    // writes in their place; a published config says those two.
+    if f.has("per_layer_config") {
+        return Err(f.error(
+            "per_layer_config",
+            "is not read: give the global layers' shape as global_head_dim and \
+             num_global_key_value_heads, as published configs do",
+        ));
+    }
+    f.irrelevant(&["per_layer_config"]);
     let shared = f.opt_usize("num_kv_shared_layers")?.unwrap_or(0);
     if shared != 0 {
         return Err(f.error(
@@ -287,7 +311,8 @@ fn layer_rope(
         });
     };
     let Value::Object(p) = p else {
-        return Err(f.error(&name(""), format!("expected an object, got {p}")));
+        let field = format!("rope_parameters.{layer_type}");
+        return Err(f.error(&field, format!("expected an object, got {p}")));
     };
     let number = |key: &str| -> Result<Option<f64>> {
         match p.get(key) {
@@ -298,19 +323,14 @@ fn layer_rope(
                 .ok_or_else(|| f.error(&name(key), format!("expected a number, got {v}"))),
         }
     };
-    let kind = match p.get("rope_type") {
-        None => "default",
-        Some(v) => v.as_str().unwrap_or(""),
-    };
-    let proportional = match kind {
-        "default" => false,
-        "proportional" => true,
-        _ => {
-            let v = &p["rope_type"];
+    let proportional = match p.get("rope_type").map(|v| (v, v.as_str())) {
+        None | Some((_, Some("default"))) => false,
+        Some((_, Some("proportional"))) => true,
+        Some((v, _)) => {
             return Err(f.error(
                 &name("rope_type"),
                 format!("{v} is not implemented (only default and proportional)"),
-            ));
+            ))
         }
     };
     for key in p.keys() {

@@ -557,6 +557,7 @@ fn common(f: &mut Fields, defaults: Defaults) -> Result<ModelConfig> {
         global_attention: None,
         sandwich_norms: false,
         layer_scalar: false,
+        embedded_as: None,
         scales: Scales::default(),
         tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
     })

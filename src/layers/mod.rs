@@ -31,7 +31,7 @@ use crate::arch::{self, Architecture};
 use crate::error::{Error, Result};
 use crate::ops::{Backend, Kernels};
 use crate::quant::{QuantFormat, Weight};
-use crate::spec::{AttentionKind, ModelConfig};
+use crate::spec::{AttentionKind, EmbeddedAs, ModelConfig};
 use crate::weights::{CheckWeights, Weights};
 use attention::{Sequence, Step};
 use load::{FormatTally, LayerReader};
@@ -424,7 +424,16 @@ impl Model {
             let global = self.global_rope.as_ref().map(table).transpose()?;
             tables.push((table(&self.rope)?, global));
         }
-        let ids: Vec<u32> = seqs.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        let mut ids: Vec<u32> = seqs.iter().flat_map(|(t, _)| t.iter().copied()).collect();
+        if let Some(EmbeddedAs {
+            ids: placeholders,
+            row,
+        }) = &self.cfg.embedded_as
+        {
+            ids.iter_mut()
+                .filter(|id| placeholders.contains(id))
+                .for_each(|id| *id = *row);
+        }
         let ids = Tensor::new(ids.as_slice(), &self.device)?;
         let mut xs = block::scaled(self.embed.index_select(&ids, 0)?, self.embed_scale)?;
         watch(Stage::Embedding, &xs)?;

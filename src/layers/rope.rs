@@ -7,8 +7,9 @@ use crate::error::Result;
 use crate::spec::{RopeConfig, Yarn};
 
 /// The inverse frequencies of a head's rotating dimensions (all of them, the first
-/// `partial_rotary_factor` of them, or all with only that share turning: `proportional`); cos/sin are made per forward call for the positions it
-/// covers, so nothing grows with the context length.
+/// `partial_rotary_factor` of them, or all with only that share turning: `proportional`);
+/// cos/sin are made per forward call for the positions it covers, so nothing grows with the
+/// context length.
 #[derive(Debug, Clone)]
 pub struct Rope {
     /// (rotary_dim / 2,)

@@ -57,6 +57,9 @@ pub struct ModelConfig {
     /// Each layer's output, the residual stream included, is multiplied by a stored scalar
     /// of that layer (Gemma 4's `layer_scalar`).
     pub layer_scalar: bool,
+    /// Token ids the embedding reads as another's row: a multimodal model's media
+    /// placeholders, embedded as the pad token (Gemma 4's image, audio and video tokens).
+    pub embedded_as: Option<EmbeddedAs>,
     pub scales: Scales,
     /// The head reuses the embedding table (also assumed when `lm_head.weight` is absent).
     pub tie_word_embeddings: bool,
@@ -191,6 +194,13 @@ impl AttentionConfig {
     }
 }
 
+/// Placeholder ids and the id whose embedding row they take.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedAs {
+    pub ids: Vec<u32>,
+    pub row: u32,
+}
+
 /// The full-attention layers' attention and RoPE, where they differ from the other layers'.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GlobalAttention {
@@ -283,9 +293,9 @@ pub struct MoeConfig {
     /// Biases on the experts' gate/up ([E, 2I]) and down ([E, H]) projections (gpt-oss).
     pub expert_bias: bool,
     pub shared_expert: Option<SharedExpertConfig>,
-    /// The router reads the layer's input RMS-normed without weights, times a learned
-    /// per-channel `scale` and hidden^-0.5 (Gemma 4's `router.scale`), instead of the FFN's
-    /// normed input.
+    /// The router reads the residual stream entering the FFN RMS-normed without weights, times
+    /// a learned per-channel `scale` and hidden^-0.5 (Gemma 4's `router.scale`), instead of the
+    /// FFN's pre-normed input.
     pub router_input_scale: bool,
     /// The chosen experts' weights are multiplied by a learned scale per expert, after any
     /// renormalisation (Gemma 4's `router.per_expert_scale`).
@@ -357,6 +367,13 @@ const ATTENTION_FIELDS: AttentionFields = AttentionFields {
     head_dim: "head_dim",
     rope_theta: "rope_theta",
     partial_rotary_factor: "partial_rotary_factor",
+};
+
+/// Gemma 4's sliding layers, whose RoPE is keyed by layer type.
+const SLIDING_ATTENTION_FIELDS: AttentionFields = AttentionFields {
+    rope_theta: "rope_parameters.sliding_attention.rope_theta",
+    partial_rotary_factor: "rope_parameters.sliding_attention.partial_rotary_factor",
+    ..ATTENTION_FIELDS
 };
 
 /// Gemma 4's full-attention layers.
@@ -512,7 +529,20 @@ impl ModelConfig {
         // (Latent attention's head width is the sum of two fields, each checked with its
         // shape, and it rotates only its shared rotary part.)
         let heads = self.latent_attention.is_none();
-        validate_attention(path, &ATTENTION_FIELDS, &self.attention, &self.rope, heads)?;
+        let fields = match self.global_attention {
+            Some(_) => &SLIDING_ATTENTION_FIELDS,
+            None => &ATTENTION_FIELDS,
+        };
+        validate_attention(path, fields, &self.attention, &self.rope, heads)?;
+        if let Some(EmbeddedAs { row, .. }) = self.embedded_as {
+            if row as usize >= self.vocab_size {
+                return Err(Error::config(
+                    path,
+                    "pad_token_id",
+                    format!("{row} is past the vocabulary ({})", self.vocab_size),
+                ));
+            }
+        }
         if let Some(g) = &self.global_attention {
             validate_attention(path, &GLOBAL_ATTENTION_FIELDS, &g.attention, &g.rope, true)?;
         }
@@ -918,6 +948,7 @@ pub(crate) mod tests {
             global_attention: None,
             sandwich_norms: false,
             layer_scalar: false,
+            embedded_as: None,
             scales: Scales::default(),
             tie_word_embeddings: false,
         }

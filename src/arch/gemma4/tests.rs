@@ -110,6 +110,9 @@ fn published_26b_a4b_config_translates() {
     assert_eq!(c.scales.embedding, 2816f64.sqrt());
     assert!(c.scales.embedding_in_dtype);
     assert_eq!(c.scales.logit_softcap, Some(30.0));
+    let placeholders = c.embedded_as.as_ref().unwrap();
+    assert_eq!(placeholders.ids, [258880, 258881, 258884]);
+    assert_eq!(placeholders.row, 0);
     // The 26B at 30 layers: 25.2 B parameters, 3.8 B active (HF counts 25.2 B in the text
     // model, the vision tower aside).
     let mut full = gemma4_26b();
@@ -132,6 +135,7 @@ fn hfs_defaults_fill_what_the_config_leaves_out() {
         "layer_types",
         "global_head_dim",
         "sliding_window",
+        "num_key_value_heads",
     ] {
         v = with_text(v, &format!("-{key}"), Value::Null);
     }
@@ -153,6 +157,7 @@ fn hfs_defaults_fill_what_the_config_leaves_out() {
         (1e6, 0.25, true)
     );
     assert_eq!(c.rope.theta, 10000.0);
+    assert_eq!(c.attention.num_kv_heads, 4);
 }
 
 #[test]
@@ -250,4 +255,19 @@ fn each_bad_or_unbuilt_setting_is_refused_in_one_line_naming_its_field() {
     let mut v = gemma4_26b();
     v["text_config"]["rope_parameters"]["chunked_attention"] = json!({});
     assert!(error(v).contains("rope_parameters.chunked_attention"));
+    let mut v = gemma4_26b();
+    v["text_config"]["rope_parameters"]["sliding_attention"]["rope_theta"] = (-1.0).into();
+    let err = error(v);
+    assert!(
+        err.contains("text_config.rope_parameters.sliding_attention.rope_theta"),
+        "{err}"
+    );
+    let v = with_text(
+        gemma4_26b(),
+        "per_layer_config",
+        json!({"5": {"head_dim": 512}}),
+    );
+    assert!(error(v).contains("text_config.per_layer_config"));
+    let v = with_text(gemma4_26b(), "pad_token_id", 262144.into());
+    assert!(error(v).contains("text_config.pad_token_id"));
 }

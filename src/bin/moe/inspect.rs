@@ -71,8 +71,16 @@ pub fn run(common: &Common) -> Result<()> {
     if c.latent_attention.is_none() {
         writeln!(
             out,
-            "attention      {} heads, {} kv heads, head_dim {}, qk norm {:?}",
-            a.num_heads, a.num_kv_heads, a.head_dim, a.qk_norm
+            "attention      {} heads, {} kv heads, head_dim {}, qk norm {:?}{}",
+            a.num_heads,
+            a.num_kv_heads,
+            a.head_dim,
+            a.qk_norm,
+            if c.global_attention.is_some() {
+                " (the sliding layers)"
+            } else {
+                ""
+            }
         )?;
     }
     if let Some(g) = &c.global_attention {

@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::DType;
 use common::{load, position_errors, reference, relative_error, FIXTURES};
-use moe_runtime::{generate, Kernels};
+use moe_runtime::{generate, Kernels, LoadOptions, Model};
 
 /// f32 logits must agree with HF to 1e-4 of the largest reference logit.
 const F32_BOUND: f32 = 1e-4;
@@ -211,4 +211,36 @@ fn gemma4_placeholders_are_embedded_as_the_pad_token() {
         let err = relative_error(&forward(&[5, id, 7]), &padded);
         assert_eq!(err, 0.0, "{key}");
     }
+}
+
+/// Gemma 4's text model saved on its own (`Gemma4ForCausalLM`: `model_type: gemma4_text`, the
+/// text config flat, tensors under `model.`, no towers) computes what the multimodal
+/// checkpoint's text model does.
+#[test]
+fn a_bare_gemma4_text_model_equals_the_multimodal_ones() {
+    let dir = common::copy_fixture("gemma4-a");
+    common::edit_config(dir.path(), |c| {
+        let mut text = c["text_config"].clone();
+        text["tie_word_embeddings"] = c["tie_word_embeddings"].clone();
+        *c = text;
+    });
+    common::edit_tensors(dir.path(), |t| {
+        let names: Vec<String> = t.keys().cloned().collect();
+        for name in names {
+            let tensor = t.remove(&name).unwrap();
+            if let Some(rest) = name.strip_prefix("model.language_model.") {
+                t.insert(format!("model.{rest}"), tensor);
+            } else if name == "lm_head.weight" {
+                t.insert(name, tensor);
+            }
+        }
+    });
+    let r = reference("gemma4-a");
+    let model = Model::load(dir.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(model.config().model_type, "gemma4_text");
+    assert!(model.unrecognized_config_fields().is_empty());
+    assert!(model.unread_tensors().is_empty());
+    let logits = model.forward(&r.tokens, &mut model.new_cache()).unwrap();
+    let err = relative_error(&logits, &r.logits);
+    assert!(err <= F32_BOUND, "{err:e}");
 }

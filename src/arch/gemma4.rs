@@ -10,7 +10,8 @@
 //! soft-capped. With `enable_moe_block` (26B-A4B) each layer runs a GeGLU MLP and the routed
 //! experts side by side: the router reads the residual stream through a weightless norm, a
 //! learned scale and hidden^-0.5, and scales each chosen expert's weight by a learned factor.
-//! Without it (31B) the layers are dense.
+//! Without it (31B) the layers are dense. A bare text model (`gemma4_text`, `Gemma4ForCausalLM`)
+//! is the same model with its config flat and its tensors under `model.`.
 
 use serde_json::{Map, Value};
 
@@ -21,10 +22,8 @@ use crate::spec::{
     MoeConfig, QkNorm, RopeConfig, RouterSpec,
 };
 
-const NAMES: TensorNames = TensorNames {
-    embed: "model.language_model.embed_tokens.weight",
-    final_norm: "model.language_model.norm.weight",
-    layers: "model.language_model.layers",
+/// A bare text model's tensors (`Gemma4ForCausalLM`, under `model.`).
+const TEXT_NAMES: TensorNames = TensorNames {
     ffn_norm: "pre_feedforward_layernorm.weight",
     // Router and experts sit directly under the layer.
     moe: "",
@@ -35,6 +34,14 @@ const NAMES: TensorNames = TensorNames {
     },
     // Its post-norms, router scales and layer scalar are named as `LLAMA_NAMES.branches`.
     ..LLAMA_NAMES
+};
+
+/// The multimodal wrapper's text tensors, under `model.language_model.`.
+const NAMES: TensorNames = TensorNames {
+    embed: "model.language_model.embed_tokens.weight",
+    final_norm: "model.language_model.norm.weight",
+    layers: "model.language_model.layers",
+    ..TEXT_NAMES
 };
 
 /// Tensors of a `gemma4` checkpoint outside the text model, by name prefix.
@@ -99,6 +106,15 @@ pub fn parse(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
     ]);
     f.absorb(text);
     Ok((cfg, NAMES))
+}
+
+/// `gemma4_text`: a bare text model (`Gemma4ForCausalLM`, as fine-tunes may publish it), its
+/// config flat and its head tied by its own `tie_word_embeddings` (true when absent).
+pub fn parse_text(f: &mut Fields) -> Result<(ModelConfig, TensorNames)> {
+    let mut cfg = text_model(f)?;
+    cfg.model_type = "gemma4_text".into();
+    cfg.tie_word_embeddings = f.bool_or("tie_word_embeddings", true)?;
+    Ok((cfg, TEXT_NAMES))
 }
 
 fn text_model(f: &mut Fields) -> Result<ModelConfig> {

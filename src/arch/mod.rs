@@ -43,6 +43,7 @@ pub const SUPPORTED: &[&str] = &[
     "glm4_moe_lite",
     "glm4_moe",
     "gemma4",
+    "gemma4_text",
 ];
 
 /// A parsed config.json: the blueprint, where its tensors live, and what went unread.
@@ -336,6 +337,10 @@ pub fn parse(path: &Path, value: Value) -> Result<Architecture> {
                 .map(|&(prefix, what)| (prefix.to_string(), what))
                 .collect();
             gemma4::parse(&mut f)?
+        }
+        "gemma4_text" => {
+            renamed = gemma4::RENAMED;
+            gemma4::parse_text(&mut f)?
         }
         other => {
             return Err(f.error(
